@@ -1,0 +1,91 @@
+"""What every backend implements: canonical request in, canonical events out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from dragoman.core.events import Event
+from dragoman.core.models import ModelInfo
+from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse
+from dragoman.errors import ErrorKind, GatewayError
+
+
+@dataclass(slots=True, frozen=True)
+class Timeouts:
+    """Seconds. ``first_byte`` bounds the wait for the upstream's first byte of an answer,
+    ``idle`` the gap between two chunks of it; neither caps a long answer that keeps coming."""
+
+    connect: float = 10.0
+    first_byte: float = 600.0
+    idle: float = 120.0
+
+
+@dataclass(slots=True)
+class CallOptions:
+    """Per-call settings the gateway passes down."""
+
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    client_api_key: str | None = None  # for ``api_key: forward``
+
+
+class ImageFetcher(Protocol):
+    """Fetches an http(s) image URL safely (SSRF rules in DESIGN.md); returns (bytes, media type)."""
+
+    async def fetch(self, url: str) -> tuple[bytes, str]: ...
+
+
+@dataclass(slots=True)
+class BackendDeps:
+    """What the app hands every backend it builds."""
+
+    config_dir: Path = field(default_factory=Path.cwd)
+    image_fetcher: ImageFetcher | None = None
+
+
+class Backend(ABC):
+    """A configured upstream. Built by the app, started in its lifespan, closed on shutdown."""
+
+    type: str = ""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @classmethod
+    @abstractmethod
+    def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> Backend:
+        """Build from the backend's config entry (``settings`` excludes ``name`` and ``type``).
+
+        Validate with the backend's own pydantic model; a ``pydantic.ValidationError`` or
+        ``ValueError`` is reported by the config loader with the file and key."""
+
+    async def start(self) -> None:
+        """Open pools; must not fail when the upstream is down (discovery retries later)."""
+
+    async def aclose(self) -> None:
+        """Close pools and stop background work."""
+
+    @abstractmethod
+    async def list_models(self) -> list[ModelInfo]:
+        """The models this backend serves now (discovered and filtered by the allow-list)."""
+
+    @abstractmethod
+    def stream(self, request: ChatRequest, model: str, options: CallOptions) -> AsyncIterator[Event]:
+        """Stream the answer. Raise ``GatewayError`` before the first event for failures the
+        router may retry; after it, raise ``GatewayError`` (the gateway turns it into a
+        ``StreamError``). Closing the iterator must cancel the upstream work."""
+
+    async def embed(self, request: EmbeddingRequest, model: str, options: CallOptions) -> EmbeddingResponse:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, f"backend {self.name!r} does not serve embeddings",
+                           param="model")
+
+    async def count_tokens(self, request: ChatRequest, model: str) -> int | None:
+        """Exact prompt token count when the backend has a tokenizer, else None."""
+        return None
+
+    async def health(self) -> str | None:
+        """None when healthy, else a short reason."""
+        return None

@@ -1,0 +1,465 @@
+"""The embedded llama.cpp backend (``type: llamacpp``): GGUF models in this process.
+
+Each configured model loads on first use in a worker thread and unloads after ``keep_alive``
+idle. One generation runs per model at a time; up to ``max_queue`` more wait in arrival
+order and the next is a 429 (``RATE_LIMITED``: "local model queue is full"). Tokens flow
+from the worker thread to the event loop through ``call_soon_threadsafe``, so the loop never
+blocks; closing the stream stops the model within one token.
+
+Config::
+
+    backends:
+      - name: local
+        type: llamacpp
+        max_queue: 8        # waiting requests per model
+        keep_alive: 5m      # seconds or "30s" / "5m" / "1h"; negative: never unload
+        n_ctx: 8192         # default context window (capped by the model's training context)
+        models:
+          - {name: "gemma3:270m", path: "builtin:gemma3-270m"}
+          - {name: my-model, path: models/qwen2.5-1.5b-instruct-q4_k_m.gguf, n_ctx: 4096}
+          - {name: from-hub, hf: org/repo, file: x.gguf}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dragoman.backends.base import Backend, BackendDeps, CallOptions
+from dragoman.backends.llamacpp_engine import (
+    Finished,
+    Output,
+    Runtime,
+    Started,
+    embed,
+    generate,
+    load_llama,
+    prepare,
+    prompt_tokens,
+)
+from dragoman.backends.llamacpp_gguf import human_parameters
+from dragoman.backends.llamacpp_models import (
+    LlamaCppSettings,
+    ModelConfig,
+    ModelFile,
+    check_memory,
+    context_size,
+    inspect_file,
+    parse_duration,
+    resolve_path,
+)
+from dragoman.backends.llamacpp_templates import ParsedCall, resolve_template, template_traits
+from dragoman.core.events import Event
+from dragoman.core.ids import completion_id, now
+from dragoman.core.models import Capabilities, ModelDetails, ModelInfo
+from dragoman.core.parts import PartTracker
+from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Usage
+from dragoman.errors import ErrorKind, GatewayError, not_found
+
+log = logging.getLogger("dragoman.llamacpp")
+
+T = TypeVar("T")
+FOREVER = 100 * 365 * 86400.0  # how "never unload" shows as an expiry time
+_DONE = object()
+
+
+class FifoGate:
+    """One holder at a time; waiters are served in arrival order and at most ``max_waiting`` wait.
+
+    Ownership passes straight from the releaser to the next waiter, so nobody can barge in."""
+
+    __slots__ = ("_busy", "_label", "_max_waiting", "_waiters")
+
+    def __init__(self, max_waiting: int, label: str) -> None:
+        self._busy = False
+        self._max_waiting = max_waiting
+        self._label = label
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def try_acquire(self) -> bool:
+        if self._busy or self._waiters:
+            return False
+        self._busy = True
+        return True
+
+    async def acquire(self) -> None:
+        if self.try_acquire():
+            return
+        if len(self._waiters) >= self._max_waiting:
+            raise GatewayError(ErrorKind.RATE_LIMITED,
+                               f"local model queue is full ({len(self._waiters)} waiting for {self._label})",
+                               code="queue_full", retry_after=1.0)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed over just as we were cancelled: pass it on
+            else:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._busy = False
+
+
+class ModelSlot:
+    """One configured model: its file, its loaded runtimes, their queues and expiry."""
+
+    def __init__(self, config: ModelConfig, settings: LlamaCppSettings, deps: BackendDeps) -> None:
+        self.config = config
+        self.settings = settings
+        self.deps = deps
+        self.keep_alive = config.keep_alive if config.keep_alive is not None else settings.keep_alive
+        self.gate = FifoGate(settings.max_queue, config.name)
+        self.embed_gate = FifoGate(settings.max_queue, f"{config.name} embeddings")
+        self.life = threading.Lock()  # held to load, unload, or use a runtime outside a gate
+        self.chat: Runtime | None = None
+        self.embedder: Runtime | None = None
+        self.chat_expires = 0.0
+        self.embed_expires = 0.0
+        self._resolved: tuple[Path, str | None] | None = None
+        self._file: ModelFile | None = None
+
+    # ------------------------------------------------------------------ blocking (worker thread)
+
+    def file(self, *, download: bool) -> ModelFile | None:
+        """The model's file and header, cached until the file changes; None if not downloaded yet."""
+        if self._resolved is None:
+            resolved = resolve_path(self.config, self.settings, self.deps.config_dir, download=download)
+            if resolved is None:
+                return None
+            self._resolved = resolved
+        path, digest = self._resolved
+        cached = self._file
+        if cached is not None:
+            with contextlib.suppress(OSError):
+                stat = path.stat()
+                if stat.st_size == cached.size and stat.st_mtime == cached.modified_at:
+                    return cached
+        try:
+            self._file = inspect_file(self.config.name, path, digest)
+        except GatewayError:
+            self._resolved = None  # re-resolve next time (a builtin can be reassembled)
+            raise
+        return self._file
+
+    def n_ctx(self, file: ModelFile | None) -> int:
+        return context_size(self.config, self.settings, file.info if file else None)
+
+    def _load(self, *, embedding: bool) -> Runtime:
+        file = self.file(download=True)
+        assert file is not None
+        n_ctx = self.n_ctx(file)
+        if self.settings.check_memory:
+            check_memory(self.config.name, file, n_ctx)
+        llama = load_llama(self.config.name, file.path, n_ctx=n_ctx,
+                           n_threads=self.config.n_threads or self.settings.n_threads,
+                           n_batch=self.config.n_batch, embedding=embedding)
+        template = resolve_template(self.config.name, file.info.chat_template, self.config.chat_template,
+                                    file.info.architecture, file.info.metadata.get("tokenizer.ggml.pre"))
+        tools = template is not None and template.known is None and template_traits(template.source).tools
+        return Runtime(self.config.name, llama, n_ctx, template, tools)
+
+    def chat_runtime(self) -> Runtime:
+        """The loaded chat runtime (loading it); call with ``life`` held or the gate owned."""
+        if self.chat is None:
+            self.chat = self._load(embedding=False)
+            self.chat_expires = time.time() + min(self.keep_alive, FOREVER)
+        return self.chat
+
+    def embed_runtime(self) -> Runtime:
+        if self.embedder is None:
+            self.embedder = self._load(embedding=True)
+            self.embed_expires = time.time() + min(self.keep_alive, FOREVER)
+        return self.embedder
+
+    def unload(self, *, embedding: bool) -> None:
+        with self.life:
+            runtime = self.embedder if embedding else self.chat
+            if embedding:
+                self.embedder = None
+            else:
+                self.chat = None
+        if runtime is not None:
+            runtime.llama.close()
+            log.info("unloaded %s%s", self.config.name, " (embeddings)" if embedding else "")
+
+    # ---------------------------------------------------------------------------- bookkeeping
+
+    def touch(self, *, embedding: bool, keep_alive: float | None = None) -> None:
+        expires = time.time() + min(self.keep_alive if keep_alive is None else keep_alive, FOREVER)
+        if embedding:
+            self.embed_expires = expires
+        else:
+            self.chat_expires = expires
+
+    def info(self, file: ModelFile | None, error: str | None = None) -> ModelInfo:
+        """What /api/tags and /api/show say, from the header only."""
+        details = ModelDetails(format="gguf")
+        capabilities = Capabilities(vision=False, tools=False, json_schema=True, embeddings=True)
+        extra: dict[str, Any] = {}
+        embedding_length = None
+        if file is not None:
+            meta = file.info
+            architecture = meta.architecture
+            template = resolve_template(self.config.name, meta.chat_template, self.config.chat_template,
+                                        architecture, meta.metadata.get("tokenizer.ggml.pre"))
+            traits = template_traits(template.source if template and template.known is None else None)
+            capabilities.tools = traits.tools
+            capabilities.reasoning = traits.reasoning
+            details = ModelDetails(
+                family=architecture, families=[architecture] if architecture else [],
+                parameter_size=human_parameters(meta.parameter_count), quantization_level=meta.quantization,
+                format="gguf", size=file.size, digest=file.digest, modified_at=file.modified_at,
+                license=str(meta.metadata.get("general.license", "")),
+                template=template.source if template else "",
+            )
+            extra = {k: v for k, v in meta.metadata.items() if k != "tokenizer.chat_template"}
+            extra["general.parameter_count"] = meta.parameter_count
+            embedding_length = meta.embedding_length
+        if error:
+            extra["error"] = error
+        return ModelInfo(name=self.config.name, capabilities=capabilities, context_length=self.n_ctx(file),
+                         embedding_length=embedding_length, details=details,
+                         created=int(file.modified_at) if file else 0, extra=extra)
+
+
+class LlamaCppBackend(Backend):
+    """GGUF models run by llama-cpp-python inside the gateway process."""
+
+    type = "llamacpp"
+
+    def __init__(self, name: str, settings: LlamaCppSettings, deps: BackendDeps, *,
+                 reap_interval: float = 1.0) -> None:
+        super().__init__(name)
+        self.settings = settings
+        self._slots = {m.name: ModelSlot(m, settings, deps) for m in settings.models}
+        self._executor = ThreadPoolExecutor(max_workers=2 * len(self._slots) + 4,
+                                            thread_name_prefix=f"llamacpp-{name}")
+        self._reap_interval = reap_interval
+        self._reaper: asyncio.Task[None] | None = None
+        self._active: set[threading.Event] = set()
+
+    @classmethod
+    def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> LlamaCppBackend:
+        return cls(name, LlamaCppSettings.model_validate(dict(settings)), deps)
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._reaper is None:
+            self._reaper = asyncio.create_task(self._reap_forever(), name=f"llamacpp-{self.name}-keep-alive")
+
+    async def aclose(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        for cancel in list(self._active):
+            cancel.set()
+        await asyncio.to_thread(self._executor.shutdown, True)
+        for slot in self._slots.values():
+            slot.unload(embedding=False)
+            slot.unload(embedding=True)
+
+    async def health(self) -> str | None:
+        if importlib.util.find_spec("llama_cpp") is None:
+            return "llama-cpp-python is not installed"
+        return None
+
+    def loaded_models(self) -> dict[str, float]:
+        """Loaded model name -> unix time it unloads if left idle (Ollama ``/api/ps``)."""
+        out: dict[str, float] = {}
+        for name, slot in self._slots.items():
+            times = [t for r, t in ((slot.chat, slot.chat_expires), (slot.embedder, slot.embed_expires)) if r]
+            if times:
+                out[name] = max(times)
+        return out
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._reap_interval)
+            await self.reap()
+
+    async def reap(self) -> None:
+        """Unload every runtime idle past its expiry (and not in use or awaited)."""
+        current = time.time()
+        for slot in self._slots.values():
+            for embedding, gate, runtime, expires in (
+                (False, slot.gate, slot.chat, slot.chat_expires),
+                (True, slot.embed_gate, slot.embedder, slot.embed_expires),
+            ):
+                if runtime is None or expires > current or not gate.try_acquire():
+                    continue
+                try:
+                    await self._run(partial(slot.unload, embedding=embedding))
+                finally:
+                    gate.release()
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def _slot(self, model: str) -> ModelSlot:
+        slot = self._slots.get(model)
+        if slot is None:
+            raise not_found(f"model {model!r} is not configured on backend {self.name!r} "
+                            f"(configured: {', '.join(self._slots) or 'none'})")
+        return slot
+
+    # ----------------------------------------------------------------------------------- API
+
+    async def list_models(self) -> list[ModelInfo]:
+        infos = []
+        for slot in self._slots.values():
+            try:
+                file = await self._run(partial(slot.file, download=False))
+                infos.append(slot.info(file))
+            except GatewayError as exc:
+                log.warning("%s", exc.message)
+                infos.append(slot.info(None, exc.message))
+        return infos
+
+    async def count_tokens(self, request: ChatRequest, model: str) -> int | None:
+        slot = self._slot(model)
+
+        def count() -> int:
+            with slot.life:
+                return len(prompt_tokens(slot.chat_runtime(), request))
+
+        return await self._run(count)
+
+    async def embed(self, request: EmbeddingRequest, model: str, options: CallOptions) -> EmbeddingResponse:
+        slot = self._slot(model)
+        await slot.embed_gate.acquire()
+
+        def job() -> tuple[list[list[float]], int]:
+            with slot.life:
+                runtime = slot.embed_runtime()
+            if request.dimensions is not None and request.dimensions != runtime.llama.n_embd():
+                raise GatewayError(ErrorKind.INVALID_REQUEST,
+                                   f"model {model!r} makes {runtime.llama.n_embd()}-dimensional embeddings",
+                                   param="dimensions")
+            return embed(runtime, request.inputs)
+
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._executor, job)
+        except BaseException:
+            slot.embed_gate.release()
+            raise
+        def done(finished: asyncio.Future[tuple[list[list[float]], int]]) -> None:
+            slot.touch(embedding=True)
+            slot.embed_gate.release()
+            if not finished.cancelled():
+                finished.exception()  # retrieved even when the caller went away
+
+        future.add_done_callback(done)
+        vectors, tokens = await asyncio.shield(future)
+        return EmbeddingResponse(model=model, vectors=vectors, usage=Usage(prompt_tokens=tokens))
+
+    async def stream(self, request: ChatRequest, model: str, options: CallOptions) -> AsyncIterator[Event]:
+        slot = self._slot(model)
+        keep_alive = _request_keep_alive(request)
+        await slot.gate.acquire()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        cancel = threading.Event()
+
+        def emit(item: Output) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def job() -> None:
+            with slot.life:
+                runtime = slot.chat_runtime()
+            prepared = prepare(runtime, request)
+            generate(runtime, prepared, request.sampling, emit, cancel)
+
+        def done(finished: asyncio.Future[None]) -> None:
+            if not finished.cancelled():
+                finished.exception()  # retrieved even when the client went away
+            self._active.discard(cancel)
+            slot.touch(embedding=False, keep_alive=keep_alive)
+            slot.gate.release()
+            queue.put_nowait(_DONE)
+
+        try:
+            future = loop.run_in_executor(self._executor, job)
+        except BaseException:
+            slot.gate.release()
+            raise
+        self._active.add(cancel)
+        future.add_done_callback(done)
+        tracker = PartTracker(split_think_tags=request.prompt is None)
+        prompt = 0
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, str):
+                    for event in tracker.text(item):
+                        yield event
+                elif isinstance(item, Started):
+                    for event in tracker.start(completion_id(), model, now(), prompt_tokens=item.prompt_tokens):
+                        yield event
+                    prompt = item.prompt_tokens
+                elif isinstance(item, ParsedCall):
+                    for event in tracker.tool_call(object(), name=item.name, arguments=item.arguments):
+                        yield event
+                elif isinstance(item, Finished):
+                    tracker.finish(item.reason, item.stop_sequence)
+                    tracker.usage(Usage(prompt_tokens=prompt, completion_tokens=item.completion_tokens))
+                    for event in tracker.end():
+                        yield event
+                    return
+                elif item is _DONE:
+                    raise _job_error(future, model)
+        finally:
+            cancel.set()
+
+
+def _job_error(future: asyncio.Future[None], model: str) -> GatewayError:
+    """Why a generation job ended without finishing."""
+    if future.cancelled():
+        return GatewayError(ErrorKind.UPSTREAM_UNAVAILABLE, f"model {model!r} was shut down")
+    exc = future.exception()
+    if isinstance(exc, GatewayError):
+        return exc
+    if exc is None:
+        return GatewayError(ErrorKind.CANCELLED, f"generation of {model!r} was cancelled")
+    log.error("generation of %s failed", model, exc_info=exc)
+    return GatewayError(ErrorKind.INTERNAL, f"local model {model!r} failed: {type(exc).__name__}: {exc}")
+
+
+def _request_keep_alive(request: ChatRequest) -> float | None:
+    """Ollama's per-request ``keep_alive``, if the client sent one."""
+    value = request.options.get("keep_alive")
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, str(exc), param="keep_alive") from exc

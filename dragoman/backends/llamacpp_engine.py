@@ -1,0 +1,316 @@
+"""The worker-thread side of the embedded runtime: load a GGUF, build the prompt, generate.
+
+Everything here blocks and runs in a worker thread, never on the event loop. Generation
+reports through an ``emit`` callback (the backend forwards it with ``call_soon_threadsafe``)
+and checks a ``threading.Event`` after every sampled token, so a client that goes away stops
+the model within one token.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from dragoman.backends.llamacpp_models import unavailable
+from dragoman.backends.llamacpp_templates import ChatTemplate, ParsedCall, ToolCallExtractor
+from dragoman.core.types import ChatRequest, FinishReason, ResponseFormat, Sampling
+from dragoman.errors import ErrorKind, GatewayError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from llama_cpp import Llama
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+log = logging.getLogger("dragoman.llamacpp")
+
+# llama.cpp server's sampling defaults, used for whatever the request leaves unset.
+DEFAULT_TEMPERATURE = 0.8
+DEFAULT_TOP_K = 40
+DEFAULT_TOP_P = 0.95
+DEFAULT_MIN_P = 0.05
+DEFAULT_REPEAT_PENALTY = 1.0
+
+_SCHEMA_ERRORS = (AssertionError, ValueError, KeyError, TypeError, IndexError, RecursionError)
+
+
+def load_llama(model: str, path: Path, *, n_ctx: int, n_threads: int | None, n_batch: int,
+               embedding: bool = False) -> Llama:
+    """Load the weights; failures are a 503 naming the model and the file."""
+    try:
+        from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
+    except ImportError as exc:
+        raise unavailable(model, "local models need llama-cpp-python (pip install 'dragoman[local]')") from exc
+    threads = n_threads or os.cpu_count() or 1
+    kwargs: dict[str, Any] = {}
+    if embedding:
+        # One vector per input (Gemma's default pooling is none: a vector per token), and the
+        # whole input in one batch, which pooled embeddings need.
+        kwargs = {"embedding": True, "pooling_type": LLAMA_POOLING_TYPE_MEAN, "n_ubatch": n_ctx}
+        n_batch = n_ctx
+    started = time.perf_counter()
+    try:
+        llama = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_threads=threads,
+                      n_threads_batch=threads, verbose=False, **kwargs)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise unavailable(model, f"llama.cpp could not load {path}: {exc}") from exc
+    log.info("loaded %s%s in %.2fs", model, " (embeddings)" if embedding else "", time.perf_counter() - started)
+    return llama
+
+
+@dataclass(slots=True)
+class Runtime:
+    """A loaded model and what generation needs from it."""
+
+    model: str
+    llama: Llama
+    n_ctx: int
+    template: ChatTemplate | None
+    tools: bool  # the template renders tools and emits Hermes <tool_call> blocks
+
+    def token_text(self, token: int) -> str:
+        return "" if token < 0 else str(self.llama._model.token_get_text(token))
+
+    def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
+        return list(self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
+
+    def is_eog(self, token: int) -> bool:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_vocab_is_eog(self.llama._model.vocab, token))
+
+
+# ------------------------------------------------------------------------------------ prompts
+
+
+@dataclass(slots=True)
+class Prepared:
+    tokens: list[int]
+    budget: int  # completion tokens allowed (max_tokens, or what the context has left)
+    grammar: LlamaGrammar | None = None
+    parse_tools: bool = False
+    stops: list[str] = field(default_factory=list)
+
+
+def prompt_tokens(runtime: Runtime, request: ChatRequest) -> list[int]:
+    """The exact tokens the model will read: the raw prompt, or the rendered chat template."""
+    llama = runtime.llama
+    default_bos = bool(llama._model.add_bos_token())
+    if request.prompt is not None:
+        if request.suffix is None:
+            return runtime.tokenize(request.prompt, add_bos=default_bos, special=True)
+        pre, suf, mid = llama._model.token_prefix(), llama._model.token_suffix(), llama._model.token_middle()
+        if min(pre, suf, mid) < 0:
+            raise GatewayError(ErrorKind.INVALID_REQUEST,
+                               f"model {runtime.model!r} does not support fill-in-the-middle (suffix)",
+                               param="suffix")
+        bos = [llama.token_bos()] if default_bos and llama.token_bos() >= 0 else []
+        prefix = runtime.tokenize(request.prompt, add_bos=False, special=False)
+        suffix = runtime.tokenize(request.suffix, add_bos=False, special=False)
+        return [*bos, pre, *prefix, suf, *suffix, mid]
+    if runtime.template is None:
+        raise GatewayError(ErrorKind.INVALID_REQUEST,
+                           f"model {runtime.model!r} has no chat template (its GGUF file carries none and its "
+                           "architecture has no known one): set 'chat_template' in its config or send a raw "
+                           "prompt", param="model")
+    bos_text = runtime.token_text(llama.token_bos())
+    text = runtime.template.render(request, bos_token=bos_text, eos_token=runtime.token_text(llama.token_eos()),
+                                   with_tools=bool(request.tools) and _tools_wanted(request))
+    add_bos = default_bos and not (bos_text and text.startswith(bos_text))
+    return runtime.tokenize(text, add_bos=add_bos, special=True)
+
+
+def _tools_wanted(request: ChatRequest) -> bool:
+    return request.tool_choice is None or request.tool_choice.mode != "none"
+
+
+def grammar_for(runtime: Runtime, response_format: ResponseFormat | None) -> LlamaGrammar | None:
+    """A llama.cpp grammar that forces JSON (or JSON matching the schema)."""
+    if response_format is None or response_format.type == "text":
+        return None
+    import llama_cpp
+    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+
+    if response_format.type == "json_schema" and response_format.schema:
+        try:
+            grammar = LlamaGrammar.from_json_schema(orjson.dumps(response_format.schema).decode(), verbose=False)
+        except _SCHEMA_ERRORS as exc:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"unsupported JSON schema: {exc}",
+                               param="response_format") from exc
+    else:
+        grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    # llama.cpp returns NULL for a grammar it cannot parse; adding NULL to a sampler chain crashes.
+    probe = llama_cpp.llama_sampler_init_grammar(runtime.llama._model.vocab, grammar._grammar.encode(),
+                                                 grammar._root.encode())
+    if not probe:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "the JSON schema could not be turned into a grammar",
+                           param="response_format")
+    llama_cpp.llama_sampler_free(probe)
+    return grammar
+
+
+def prepare(runtime: Runtime, request: ChatRequest) -> Prepared:
+    tokens = prompt_tokens(runtime, request)
+    if len(tokens) >= runtime.n_ctx:
+        raise GatewayError(ErrorKind.CONTEXT_TOO_LONG,
+                           f"prompt is {len(tokens)} tokens, the context window of {runtime.model} is "
+                           f"{runtime.n_ctx}", param="messages", code="context_length_exceeded")
+    room = runtime.n_ctx - len(tokens)
+    max_tokens = request.sampling.max_tokens
+    budget = room if max_tokens is None else max(0, min(max_tokens, room))
+    return Prepared(tokens=tokens, budget=budget, grammar=grammar_for(runtime, request.response_format),
+                    parse_tools=runtime.tools and bool(request.tools) and _tools_wanted(request),
+                    stops=[s for s in request.sampling.stop if s])
+
+
+# --------------------------------------------------------------------------------- generation
+
+
+@dataclass(slots=True)
+class Started:
+    prompt_tokens: int
+
+
+@dataclass(slots=True)
+class Finished:
+    reason: FinishReason
+    completion_tokens: int
+    stop_sequence: str | None = None
+
+
+Output = Started | str | ParsedCall | Finished | BaseException
+Emit = Callable[[Output], None]
+
+
+class StopMatcher:
+    """Cuts the text at the first stop sequence, holding back a tail that could start one."""
+
+    __slots__ = ("_held", "_stops")
+
+    def __init__(self, stops: list[str]) -> None:
+        self._stops = stops
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, str | None]:
+        if not self._stops:
+            return text, None
+        buf = self._held + text
+        found: tuple[int, str] | None = None
+        for stop in self._stops:
+            at = buf.find(stop)
+            if at >= 0 and (found is None or at < found[0]):
+                found = (at, stop)
+        if found is not None:
+            self._held = ""
+            return buf[: found[0]], found[1]
+        keep = max(_partial_suffix(buf, stop) for stop in self._stops)
+        self._held = buf[len(buf) - keep:]
+        return buf[: len(buf) - keep], None
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held
+
+
+def _partial_suffix(text: str, stop: str) -> int:
+    for size in range(min(len(stop) - 1, len(text)), 0, -1):
+        if text.endswith(stop[:size]):
+            return size
+    return 0
+
+
+def sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
+    def pick(value: float | None, default: float) -> float:
+        return default if value is None else value
+
+    return {
+        "temp": pick(sampling.temperature, DEFAULT_TEMPERATURE),
+        "top_k": int(pick(sampling.top_k, DEFAULT_TOP_K)),
+        "top_p": pick(sampling.top_p, DEFAULT_TOP_P),
+        "min_p": pick(sampling.min_p, DEFAULT_MIN_P),
+        "repeat_penalty": pick(sampling.repeat_penalty, DEFAULT_REPEAT_PENALTY),
+        "presence_penalty": pick(sampling.presence_penalty, 0.0),
+        "frequency_penalty": pick(sampling.frequency_penalty, 0.0),
+    }
+
+
+def generate(runtime: Runtime, prepared: Prepared, sampling: Sampling, emit: Emit,
+             cancel: threading.Event) -> None:
+    """Generate until end of turn, a stop sequence, the budget or ``cancel``; emit as it goes."""
+    import llama_cpp
+
+    llama = runtime.llama
+    llama.set_seed(sampling.seed if sampling.seed is not None else llama_cpp.LLAMA_DEFAULT_SEED)
+    emit(Started(len(prepared.tokens)))
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    stops = StopMatcher(prepared.stops)
+    tools = ToolCallExtractor() if prepared.parse_tools else None
+
+    def send(text: str) -> None:
+        if not text:
+            return
+        if tools is None:
+            emit(text)
+            return
+        for piece in tools.feed(text):
+            emit(piece)
+
+    completion = 0
+    reason = FinishReason.LENGTH
+    matched: str | None = None
+    try:
+        if prepared.budget > 0:
+            for token in llama.generate(prepared.tokens, grammar=prepared.grammar, **sampling_kwargs(sampling)):
+                if cancel.is_set():
+                    log.info("generation of %s cancelled after %d tokens", runtime.model, completion)
+                    return
+                if runtime.is_eog(token):
+                    reason = FinishReason.STOP
+                    break
+                completion += 1
+                text, matched = stops.feed(decoder.decode(llama.detokenize([token])))
+                send(text)
+                if matched is not None:
+                    reason = FinishReason.STOP_SEQUENCE
+                    break
+                if completion >= prepared.budget:
+                    break
+    except (RuntimeError, ValueError) as exc:
+        llama.reset()  # type: ignore[no-untyped-call]  # the KV cache may be half-written
+        raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"model {runtime.model!r} failed while generating: {exc}"
+                           ) from exc
+    if matched is None:
+        text, matched = stops.feed(decoder.decode(b"", final=True))
+        send(text)
+        if matched is not None:
+            reason = FinishReason.STOP_SEQUENCE
+        else:
+            send(stops.flush())
+    if tools is not None:
+        for piece in tools.flush():
+            emit(piece)
+    emit(Finished(reason, completion, matched))
+
+
+def embed(runtime: Runtime, inputs: list[str]) -> tuple[list[list[float]], int]:
+    """L2-normalised mean-pooled vectors and the prompt tokens they took."""
+    llama = runtime.llama
+    for index, text in enumerate(inputs):
+        count = len(runtime.tokenize(text, add_bos=True, special=False))
+        if count > runtime.n_ctx:
+            raise GatewayError(ErrorKind.CONTEXT_TOO_LONG,
+                               f"input {index} is {count} tokens, the context window of {runtime.model} is "
+                               f"{runtime.n_ctx}", param="input")
+    try:
+        vectors, total = llama.embed(inputs, normalize=True, truncate=False, return_count=True)
+    except (RuntimeError, ValueError) as exc:
+        raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"model {runtime.model!r} failed to embed: {exc}") from exc
+    return [list(map(float, vector)) for vector in vectors], int(total)

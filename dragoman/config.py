@@ -1,0 +1,228 @@
+"""Configuration: a YAML file with ``${VAR}`` interpolation, validated by pydantic.
+
+The spellings of ``server``, ``backends`` (``name``, ``type``, ``base_url``, ``api_key``,
+``models``) are a contract outside tools rely on. A broken file fails at start with a
+:class:`ConfigError` naming the file, the key and what is wrong, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 11435
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A configuration problem, phrased for the person who wrote the file."""
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = DEFAULT_HOST
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class TimeoutConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    connect: float = Field(10.0, gt=0)
+    first_byte: float = Field(600.0, gt=0)
+    idle: float = Field(120.0, gt=0)
+
+
+class BackendEntry(BaseModel):
+    """``name`` and ``type`` here; the rest is validated by the backend's own settings model."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.:-]+$")
+    type: str
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OverrideConfig(BaseModel):
+    """Per-model-glob parameters: defaults a request may override, ``force`` values it may not."""
+
+    model_config = ConfigDict(extra="allow")
+
+    force: dict[str, Any] = Field(default_factory=dict)
+    max_tokens_cap: int | None = Field(None, ge=1)
+    exclude_reasoning: bool | None = None
+    request_timeout: float | None = Field(None, gt=0)
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class AuthConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["none", "keys", "forward"] = "none"
+    cache_ttl: float = Field(5.0, ge=0)
+    admin_password: str | None = None
+    session_secret: str | None = None
+
+
+class UsageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    retention_days: int = Field(90, ge=1)
+    queue_size: int = Field(10000, ge=1)
+    flush_interval: float = Field(1.0, gt=0)
+    batch_size: int = Field(500, ge=1)
+
+
+class ImageFetchConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    allow_hosts: list[str] = Field(default_factory=list)  # globs; empty = any public host
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    timeout: float = Field(10.0, gt=0)
+    allow_private: bool = False  # only for trusted networks and tests
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    backends: list[BackendEntry] = Field(default_factory=list)
+    aliases: dict[str, str | list[str]] = Field(default_factory=dict)
+    overrides: dict[str, OverrideConfig] = Field(default_factory=dict)
+    timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    database: str | None = None
+    redis: str | None = None
+    usage: UsageConfig = Field(default_factory=UsageConfig)
+    prices: dict[str, dict[str, float]] = Field(default_factory=dict)
+    images: ImageFetchConfig = Field(default_factory=ImageFetchConfig)
+    model_refresh_seconds: float = Field(60.0, gt=0)
+
+    # Where the file was; relative paths (database, GGUF files) resolve against its folder.
+    source: Path | None = Field(default=None, exclude=True)
+
+    @field_validator("backends")
+    @classmethod
+    def _unique_names(cls, backends: list[BackendEntry]) -> list[BackendEntry]:
+        seen: set[str] = set()
+        for entry in backends:
+            if entry.name in seen:
+                raise ValueError(f"backend name {entry.name!r} is used twice")
+            seen.add(entry.name)
+        return backends
+
+    @model_validator(mode="after")
+    def _has_backends(self) -> Config:
+        if not self.backends:
+            raise ValueError("at least one backend is required")
+        return self
+
+    @property
+    def config_dir(self) -> Path:
+        return self.source.parent if self.source else Path.cwd()
+
+    @property
+    def database_url(self) -> str:
+        """SQLAlchemy URL: ``dragoman.db`` next to the config file unless ``database`` is set."""
+        if self.database:
+            url = self.database
+            if url.startswith(("postgres://", "postgresql://")):
+                url = "postgresql+asyncpg://" + url.split("://", 1)[1]
+            elif url.startswith("sqlite:///") and "+aiosqlite" not in url:
+                url = "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
+            return url
+        return f"sqlite+aiosqlite:///{(self.config_dir / 'dragoman.db').resolve()}"
+
+    @property
+    def redis_url(self) -> str | None:
+        return self.redis
+
+
+def default_config(*, local_model: bool) -> Config:
+    """What ``dragoman serve`` runs with no config: the built-in local model (when installed) and echo."""
+    backends: list[dict[str, Any]] = []
+    if local_model:
+        backends.append({"name": "local", "type": "llamacpp",
+                         "models": [{"name": "gemma3:270m", "path": "builtin:gemma3-270m"}]})
+    backends.append({"name": "echo", "type": "echo", "models": ["echo"]})
+    data_dir = Path(os.environ.get("DRAGOMAN_HOME", Path.home() / ".dragoman"))
+    return Config.model_validate({"backends": backends,
+                                  "database": f"sqlite:///{data_dir / 'dragoman.db'}"})
+
+
+def interpolate(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string of the parsed YAML."""
+    if isinstance(value, str):
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{path or 'value'}: environment variable {name} is not set")
+        return _ENV_REFERENCE.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: interpolate(v, environ, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, environ, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for error in exc.errors():
+        location = prefix
+        for part in error["loc"]:
+            location += f"[{part}]" if isinstance(part, int) else (f".{part}" if location else str(part))
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{location or '(top level)'}: {message}")
+    return "; ".join(lines)
+
+
+def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None,
+                local_model: bool = False) -> Config:
+    """Load ``path`` (or ``$DRAGOMAN_CONFIG``); with neither, the built-in default."""
+    env = os.environ if environ is None else environ
+    chosen = path or env.get("DRAGOMAN_CONFIG")
+    if not chosen:
+        return default_config(local_model=local_model)
+    file = Path(chosen).expanduser()
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{file}: file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{file}: the top level must be a mapping of keys (server, backends, ...)")
+    try:
+        data = interpolate(raw, env)
+        config = Config.model_validate(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"{file}: {describe_validation_error(exc)}") from exc
+    config.source = file.resolve()
+    return config

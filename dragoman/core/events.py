@@ -1,0 +1,68 @@
+"""The block-structured canonical stream.
+
+Every backend yields these; every dialect encodes them. A stream is::
+
+    MessageStart (PartStart PartDelta* PartEnd)* MessageEnd
+    | ... StreamError          (anywhere, ends the stream)
+
+Parts are sequential: one is closed before the next opens, and ``index`` counts from 0 in
+the order parts started, which is exactly Anthropic's content-block index and the position
+in ``ChatResponse.parts``. OpenAI's encoder flattens, Ollama's buffers tool calls until
+``PartEnd``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dragoman.core.types import FinishReason, Usage
+from dragoman.errors import GatewayError
+
+PartKind = Literal["text", "reasoning", "tool_call"]
+
+
+@dataclass(slots=True)
+class MessageStart:
+    id: str
+    model: str
+    created: int
+    prompt_tokens: int | None = None  # known up front by some backends (Anthropic, local)
+
+
+@dataclass(slots=True)
+class PartStart:
+    index: int
+    kind: PartKind
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    redacted: str | None = None  # a redacted reasoning block carries its opaque data whole
+
+
+@dataclass(slots=True)
+class PartDelta:
+    """Text for text and reasoning parts; a JSON-text fragment for tool calls."""
+
+    index: int
+    text: str
+
+
+@dataclass(slots=True)
+class PartEnd:
+    index: int
+    signature: str | None = None  # reasoning signature, byte-exact
+
+
+@dataclass(slots=True)
+class MessageEnd:
+    finish_reason: FinishReason
+    usage: Usage
+    stop_sequence: str | None = None
+
+
+@dataclass(slots=True)
+class StreamError:
+    error: GatewayError
+
+
+Event = MessageStart | PartStart | PartDelta | PartEnd | MessageEnd | StreamError

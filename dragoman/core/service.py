@@ -1,0 +1,61 @@
+"""The contract between client dialects and the gateway.
+
+Dialects depend on this protocol, never on the gateway or any backend: the app passes the
+concrete gateway in through each dialect's constructor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dragoman.core.events import Event
+from dragoman.core.models import ModelEntry
+from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse
+
+
+@dataclass(slots=True)
+class CallContext:
+    """Who is calling and how; built by the dialect route from the HTTP request."""
+
+    dialect: str
+    api_key: str | None = None  # the credential the client presented, if any (never logged)
+    client_host: str | None = None
+    request_id: str = ""
+    principal: object | None = None  # set by authentication
+    started_at: float = 0.0  # perf_counter when the request arrived
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class ChatStream(Protocol):
+    """An answer that has started: its first event is known to be good."""
+
+    headers: dict[str, str]
+
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+
+    async def aclose(self) -> None: ...
+
+
+@dataclass(slots=True)
+class TokenCount:
+    tokens: int
+    exact: bool
+
+
+class GatewayService(Protocol):
+    async def authenticate(self, ctx: CallContext) -> None:
+        """Raise ``GatewayError(AUTHENTICATION)`` unless the context's key may use the gateway."""
+
+    async def chat(self, request: ChatRequest, ctx: CallContext) -> ChatStream:
+        """Plan, route and start the request; raises ``GatewayError`` before the first event."""
+
+    async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse: ...
+
+    async def list_models(self, ctx: CallContext) -> list[ModelEntry]: ...
+
+    async def get_model(self, name: str, ctx: CallContext) -> ModelEntry:
+        """The entry for a client-facing name; ``GatewayError(NOT_FOUND)`` listing close matches."""
+
+    async def count_tokens(self, request: ChatRequest, ctx: CallContext) -> TokenCount: ...

@@ -1,0 +1,349 @@
+"""OpenAI wire <-> canonical: requests in, responses and errors out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from dragoman.core.images import parse_data_url
+from dragoman.core.types import (
+    ChatRequest,
+    ChatResponse,
+    EmbeddingRequest,
+    FinishReason,
+    ImagePart,
+    Message,
+    Part,
+    Reasoning,
+    ReasoningPart,
+    ResponseFormat,
+    Role,
+    Sampling,
+    TextPart,
+    Tool,
+    ToolCallPart,
+    ToolChoice,
+    ToolResultPart,
+)
+from dragoman.dialects.common import validation_error
+from dragoman.dialects.openai import wire
+from dragoman.errors import ErrorKind, GatewayError
+
+FINISH_REASONS: dict[FinishReason, str] = {
+    FinishReason.STOP: "stop",
+    FinishReason.STOP_SEQUENCE: "stop",
+    FinishReason.LENGTH: "length",
+    FinishReason.TOOL_CALLS: "tool_calls",
+    FinishReason.CONTENT_FILTER: "content_filter",
+    FinishReason.ERROR: "stop",
+}
+
+# OpenAI's documented defaults, applied when neither the request nor an override sets them.
+CHAT_DEFAULTS = Sampling(temperature=1.0, top_p=1.0, presence_penalty=0.0, frequency_penalty=0.0)
+COMPLETION_DEFAULTS = Sampling(temperature=1.0, top_p=1.0, max_tokens=16)
+
+ERROR_TYPES: dict[ErrorKind, tuple[str, str | None]] = {
+    ErrorKind.INVALID_REQUEST: ("invalid_request_error", None),
+    ErrorKind.CONTEXT_TOO_LONG: ("invalid_request_error", "context_length_exceeded"),
+    ErrorKind.AUTHENTICATION: ("authentication_error", "invalid_api_key"),
+    ErrorKind.PERMISSION: ("permission_error", None),
+    ErrorKind.NOT_FOUND: ("invalid_request_error", "model_not_found"),
+    ErrorKind.PAYLOAD_TOO_LARGE: ("invalid_request_error", "request_too_large"),
+    ErrorKind.RATE_LIMITED: ("rate_limit_error", "rate_limit_exceeded"),
+    ErrorKind.UPSTREAM_ERROR: ("api_error", "upstream_error"),
+    ErrorKind.UPSTREAM_UNAVAILABLE: ("api_error", "upstream_unavailable"),
+    ErrorKind.OVERLOADED: ("overloaded_error", "overloaded"),
+    ErrorKind.TIMEOUT: ("timeout_error", "timeout"),
+    ErrorKind.CANCELLED: ("api_error", "cancelled"),
+    ErrorKind.INTERNAL: ("server_error", None),
+}
+
+
+def error_body(error: GatewayError) -> dict[str, Any]:
+    kind_type, kind_code = ERROR_TYPES[error.kind]
+    return {"error": {"message": error.message, "type": kind_type, "param": error.param,
+                      "code": error.code or kind_code}}
+
+
+# ---------------------------------------------------------------------------------- requests
+
+
+def parse_chat(body: Any) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "request body must be a JSON object")
+    try:
+        req = wire.ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from exc
+    if req.n not in (None, 1):
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "only n=1 is supported", param="n")
+    if req.logprobs:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "logprobs are not supported", param="logprobs")
+    if req.stream_options is not None and not req.stream:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "stream_options is only allowed when stream is true",
+                           param="stream_options")
+
+    messages = _messages(req.messages)
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    if len(stop) > 4:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "stop may hold at most 4 sequences", param="stop")
+    sampling = Sampling(
+        temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
+        max_tokens=req.max_completion_tokens or req.max_tokens, stop=stop, seed=req.seed,
+        presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+        repeat_penalty=req.repetition_penalty,
+    )
+    tools = [Tool(t.function.name, t.function.description, t.function.parameters, t.function.strict)
+             for t in req.tools or []]
+    tool_choice: ToolChoice | None = None
+    if isinstance(req.tool_choice, str):
+        tool_choice = ToolChoice(mode=req.tool_choice)
+    elif req.tool_choice is not None:
+        name = req.tool_choice.function.name
+        if not any(t.name == name for t in tools):
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"tool_choice names unknown tool {name!r}",
+                               param="tool_choice")
+        tool_choice = ToolChoice(mode="tool", name=name)
+    if req.parallel_tool_calls is False:
+        tool_choice = tool_choice or ToolChoice()
+        tool_choice.parallel = False
+    if tool_choice is not None and tool_choice.mode in ("required", "tool") and not tools:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "tool_choice requires tools", param="tool_choice")
+
+    return ChatRequest(
+        model=req.model,
+        messages=messages,
+        stream=bool(req.stream),
+        sampling=sampling,
+        defaults=CHAT_DEFAULTS,
+        tools=tools,
+        tool_choice=tool_choice,
+        response_format=_response_format(req.response_format),
+        reasoning=_reasoning(req),
+        include_usage=bool(req.stream and req.stream_options and req.stream_options.include_usage),
+        user=req.user,
+    )
+
+
+def _reasoning(req: wire.ChatCompletionRequest) -> Reasoning:
+    reasoning = Reasoning()
+    if req.reasoning_effort is not None:
+        reasoning.effort = req.reasoning_effort
+        reasoning.enabled = req.reasoning_effort != "none"
+    if req.reasoning is not None:
+        if req.reasoning.effort is not None:
+            reasoning.effort = req.reasoning.effort
+            reasoning.enabled = req.reasoning.effort != "none"
+        if req.reasoning.enabled is not None:
+            reasoning.enabled = req.reasoning.enabled
+        if req.reasoning.max_tokens is not None:
+            reasoning.budget_tokens = req.reasoning.max_tokens
+            reasoning.enabled = True if reasoning.enabled is None else reasoning.enabled
+        reasoning.exclude = bool(req.reasoning.exclude)
+    return reasoning
+
+
+def _response_format(fmt: wire.ResponseFormat | None) -> ResponseFormat | None:
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return ResponseFormat(type="json_object")
+    if fmt.json_schema is None or fmt.json_schema.schema_ is None:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "response_format.json_schema.schema is required",
+                           param="response_format.json_schema")
+    return ResponseFormat(type="json_schema", schema=fmt.json_schema.schema_, name=fmt.json_schema.name,
+                          strict=fmt.json_schema.strict)
+
+
+def _messages(wire_messages: list[wire.ChatMessage]) -> list[Message]:
+    out: list[Message] = []
+    tool_names: dict[str, str] = {}
+    for i, msg in enumerate(wire_messages):
+        param = f"messages[{i}]"
+        if msg.role in ("system", "developer"):
+            out.append(Message(Role.SYSTEM, _parts(msg.content, param, allow_images=False), name=msg.name))
+        elif msg.role == "user":
+            if msg.content is None:
+                raise GatewayError(ErrorKind.INVALID_REQUEST, f"{param}.content: field required",
+                                   param=f"{param}.content")
+            out.append(Message(Role.USER, _parts(msg.content, param, allow_images=True), name=msg.name))
+        elif msg.role == "assistant":
+            parts: list[Part] = _reasoning_parts(msg)
+            parts += _parts(msg.content, param, allow_images=False)
+            for j, call in enumerate(msg.tool_calls or []):
+                arguments = call.function.arguments
+                text = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
+                call_id = call.id or f"call_{i}_{j}"
+                tool_names[call_id] = call.function.name
+                parts.append(ToolCallPart(id=call_id, name=call.function.name, arguments=text))
+            out.append(Message(Role.ASSISTANT, parts, name=msg.name))
+        else:  # tool, function (deprecated)
+            call_id = msg.tool_call_id or (msg.name if msg.role == "function" else None) or ""
+            if not call_id:
+                raise GatewayError(ErrorKind.INVALID_REQUEST, f"{param}.tool_call_id: field required",
+                                   param=f"{param}.tool_call_id")
+            content = [p for p in _parts(msg.content, param, allow_images=True)
+                       if isinstance(p, (TextPart, ImagePart))]
+            name = tool_names.get(call_id) or msg.name
+            out.append(Message(Role.TOOL, [ToolResultPart(tool_call_id=call_id, content=content, name=name)]))
+    return out
+
+
+def _reasoning_parts(msg: wire.ChatMessage) -> list[Part]:
+    if msg.reasoning_details:
+        parts: list[Part] = []
+        for detail in msg.reasoning_details:
+            if detail.type == "reasoning.encrypted" and detail.data:
+                parts.append(ReasoningPart(redacted=detail.data))
+            elif detail.text is not None or detail.signature is not None:
+                parts.append(ReasoningPart(text=detail.text or "", signature=detail.signature))
+        return parts
+    text = msg.reasoning_content or msg.reasoning
+    return [ReasoningPart(text=text)] if text else []
+
+
+def _parts(content: str | list[Any] | None, param: str, *, allow_images: bool) -> list[Part]:
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [TextPart(content)]
+    parts: list[Part] = []
+    for j, item in enumerate(content):
+        where = f"{param}.content[{j}]"
+        if isinstance(item, wire.TextContent):
+            parts.append(TextPart(item.text))
+        elif isinstance(item, wire.ImageContent):
+            if not allow_images:
+                raise GatewayError(ErrorKind.INVALID_REQUEST, f"{where}: images are only allowed in user messages",
+                                   param=where)
+            image = item.image_url
+            url = image if isinstance(image, str) else image.url
+            detail = None if isinstance(image, str) else image.detail
+            if url.startswith("data:"):
+                data, media_type = parse_data_url(url, param=where)
+                parts.append(ImagePart(data=data, media_type=media_type, detail=detail))
+            elif url.startswith(("http://", "https://")):
+                parts.append(ImagePart(url=url, detail=detail))
+            else:
+                raise GatewayError(ErrorKind.INVALID_REQUEST,
+                                   f"{where}: image_url must be an http(s) URL or a data: URL", param=where)
+        else:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"{where}: content type {item.type!r} is not supported",
+                               param=where)
+    return parts
+
+
+def parse_completion(body: Any) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "request body must be a JSON object")
+    try:
+        req = wire.CompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from exc
+    if isinstance(req.prompt, list):
+        if len(req.prompt) != 1:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "prompt must be one string (batches are not supported)",
+                               param="prompt")
+        prompt = req.prompt[0]
+    else:
+        prompt = req.prompt
+    for name, value in (("n", req.n), ("best_of", req.best_of)):
+        if value not in (None, 1):
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"only {name}=1 is supported", param=name)
+    if req.echo:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "echo is not supported", param="echo")
+    if req.logprobs:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "logprobs are not supported", param="logprobs")
+    stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    return ChatRequest(
+        model=req.model, messages=[], prompt=prompt, suffix=req.suffix, stream=bool(req.stream),
+        sampling=Sampling(temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens, stop=stop,
+                          seed=req.seed, presence_penalty=req.presence_penalty,
+                          frequency_penalty=req.frequency_penalty),
+        defaults=COMPLETION_DEFAULTS,
+        include_usage=bool(req.stream and req.stream_options and req.stream_options.include_usage),
+        user=req.user,
+    )
+
+
+def parse_embeddings(body: Any) -> tuple[EmbeddingRequest, str]:
+    if not isinstance(body, dict):
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "request body must be a JSON object")
+    try:
+        req = wire.EmbeddingRequest.model_validate(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from exc
+    if req.encoding_format not in ("float", "base64"):
+        raise GatewayError(ErrorKind.INVALID_REQUEST,
+                           f"Invalid value for 'encoding_format' = {req.encoding_format}. "
+                           "Supported values: ['float', 'base64'].", param="encoding_format")
+    inputs: list[str]
+    if isinstance(req.input, str):
+        inputs = [req.input]
+    elif all(isinstance(i, str) for i in req.input):
+        inputs = [str(i) for i in req.input]
+    else:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "token-array input is not supported; send text",
+                           param="input")
+    if not inputs:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "input must not be empty", param="input")
+    return EmbeddingRequest(model=req.model, inputs=inputs, dimensions=req.dimensions), req.encoding_format
+
+
+# --------------------------------------------------------------------------------- responses
+
+
+def usage_body(response_usage: Any) -> dict[str, Any]:
+    return {
+        "prompt_tokens": response_usage.prompt_tokens,
+        "completion_tokens": response_usage.completion_tokens,
+        "total_tokens": response_usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": response_usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": response_usage.reasoning_tokens},
+    }
+
+
+def reasoning_detail(part: ReasoningPart, index: int) -> dict[str, Any]:
+    if part.redacted is not None:
+        return {"type": "reasoning.encrypted", "data": part.redacted, "index": index}
+    return {"type": "reasoning.text", "text": part.text, "signature": part.signature, "index": index}
+
+
+def render_chat(response: ChatResponse, model: str) -> dict[str, Any]:
+    calls = response.tool_calls
+    text = response.text
+    message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None,
+                               "refusal": None}
+    reasoning = [p for p in response.parts if isinstance(p, ReasoningPart)]
+    if reasoning:
+        message["reasoning_content"] = response.reasoning_text
+        if any(p.signature or p.redacted is not None for p in reasoning):
+            message["reasoning_details"] = [reasoning_detail(p, i) for i, p in enumerate(reasoning)]
+    if calls:
+        message["tool_calls"] = [{"id": c.id, "type": "function",
+                                  "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
+    return {
+        "id": response.id,
+        "object": "chat.completion",
+        "created": response.created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": FINISH_REASONS[response.finish_reason]}],
+        "usage": usage_body(response.usage),
+    }
+
+
+def render_completion(response: ChatResponse, model: str) -> dict[str, Any]:
+    return {
+        "id": "cmpl-" + response.id.removeprefix("chatcmpl-"),
+        "object": "text_completion",
+        "created": response.created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"text": response.text, "index": 0, "logprobs": None,
+                     "finish_reason": FINISH_REASONS[response.finish_reason]}],
+        "usage": usage_body(response.usage),
+    }

@@ -1,0 +1,128 @@
+"""The OpenAI-compatible HTTP surface, with and without the ``/v1`` prefix."""
+
+from __future__ import annotations
+
+import array
+import base64
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from dragoman.core.accumulate import accumulate
+from dragoman.core.models import ModelEntry
+from dragoman.core.service import CallContext, GatewayService
+from dragoman.dialects.common import (
+    FrameStreamResponse,
+    call_context,
+    json_response,
+    read_json,
+    until_disconnect,
+)
+from dragoman.dialects.openai import convert
+from dragoman.dialects.openai.stream import ChunkEncoder, sse_frames
+from dragoman.errors import GatewayError
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    extra = dict(headers or {})
+    if error.retry_after is not None:
+        extra["retry-after"] = str(max(1, round(error.retry_after)))
+    return json_response(convert.error_body(error), status=error.status, headers=extra)
+
+
+def model_body(entry: ModelEntry) -> dict[str, Any]:
+    return {"id": entry.id, "object": "model", "created": entry.info.created, "owned_by": entry.backend}
+
+
+class OpenAIDialect:
+    name = "openai"
+
+    def __init__(self, service: GatewayService) -> None:
+        self.service = service
+
+    def routes(self) -> list[BaseRoute]:
+        table: list[tuple[str, Handler, list[str]]] = [
+            ("/chat/completions", self.chat_completions, ["POST"]),
+            ("/completions", self.completions, ["POST"]),
+            ("/embeddings", self.embeddings, ["POST"]),
+            ("/models", self.list_models, ["GET"]),
+            ("/models/{model_id:path}", self.retrieve_model, ["GET"]),
+        ]
+        routes: list[BaseRoute] = []
+        for prefix in ("/v1", ""):
+            routes += [Route(prefix + path, handler, methods=methods) for path, handler, methods in table]
+        return routes
+
+    async def _context(self, request: Request) -> CallContext:
+        ctx = call_context(request, self.name)
+        await self.service.authenticate(ctx)
+        return ctx
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._generate(request, completion=False)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, completion=True)
+
+    async def _generate(self, request: Request, *, completion: bool) -> Response:
+        try:
+            ctx = await self._context(request)
+            body = await read_json(request)
+            chat = convert.parse_completion(body) if completion else convert.parse_chat(body)
+            stream = await self.service.chat(chat, ctx)
+        except GatewayError as exc:
+            return error_response(exc)
+        if chat.stream:
+            encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage, completion=completion)
+            return FrameStreamResponse(sse_frames(stream, encoder), media_type="text/event-stream",
+                                       headers=stream.headers)
+        try:
+            response = await until_disconnect(request, accumulate(stream))
+        except GatewayError as exc:
+            return error_response(exc, stream.headers)
+        finally:
+            await stream.aclose()
+        body = convert.render_completion(response, chat.model) if completion else convert.render_chat(
+            response, chat.model)
+        return json_response(body, headers=stream.headers)
+
+    async def embeddings(self, request: Request) -> Response:
+        try:
+            ctx = await self._context(request)
+            embedding_request, encoding = convert.parse_embeddings(await read_json(request))
+            result = await until_disconnect(request, self.service.embed(embedding_request, ctx))
+        except GatewayError as exc:
+            return error_response(exc)
+        data = []
+        for index, vector in enumerate(result.vectors):
+            value: Any = vector
+            if encoding == "base64":
+                floats = array.array("f", vector)
+                if sys.byteorder == "big":
+                    floats.byteswap()  # the wire format is little-endian float32
+                value = base64.b64encode(floats.tobytes()).decode("ascii")
+            data.append({"object": "embedding", "index": index, "embedding": value})
+        usage = {"prompt_tokens": result.usage.prompt_tokens, "total_tokens": result.usage.prompt_tokens}
+        return json_response({"object": "list", "data": data, "model": embedding_request.model, "usage": usage})
+
+    async def list_models(self, request: Request) -> Response:
+        try:
+            ctx = await self._context(request)
+            entries = await self.service.list_models(ctx)
+        except GatewayError as exc:
+            return error_response(exc)
+        return json_response({"object": "list", "data": [model_body(e) for e in entries]})
+
+    async def retrieve_model(self, request: Request) -> Response:
+        try:
+            ctx = await self._context(request)
+            entry = await self.service.get_model(request.path_params["model_id"], ctx)
+        except GatewayError as exc:
+            return error_response(exc)
+        return json_response(model_body(entry))

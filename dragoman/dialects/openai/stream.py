@@ -1,0 +1,117 @@
+"""Canonical events -> OpenAI SSE chunks, flattened exactly as OpenAI streams them.
+
+Role once in the first chunk; a tool call's id, type and name once in its first fragment,
+then argument fragments by ``index``; one chunk with ``finish_reason``; with
+``include_usage`` every chunk carries ``usage: null`` and a last ``choices: []`` chunk
+carries the usage. Chunks are built from a byte template, not re-serialised models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, PartEnd, PartStart, StreamError
+from dragoman.core.service import ChatStream
+from dragoman.core.types import ReasoningPart
+from dragoman.dialects.openai.convert import FINISH_REASONS, error_body, reasoning_detail, usage_body
+
+DONE = b"data: [DONE]\n\n"
+
+
+class ChunkEncoder:
+    """One per response; ``object`` is ``chat.completion.chunk`` or ``text_completion``."""
+
+    def __init__(self, model: str, *, include_usage: bool, completion: bool = False) -> None:
+        self.model = model
+        self.include_usage = include_usage
+        self.completion = completion
+        self._prefix = b""
+        self._suffix = b',"usage":null}' if include_usage else b"}"
+        self._kinds: dict[int, str] = {}
+        self._tool_index: dict[int, int] = {}
+        self._reasoning_index: dict[int, int] = {}
+        self._reasoning_text: dict[int, list[str]] = {}
+        self._head: bytes = b""
+
+    def encode(self, event: Event) -> bytes:
+        if isinstance(event, PartDelta):
+            kind = self._kinds[event.index]
+            if kind == "text":
+                return self._delta({"content": event.text}) if not self.completion else self._text(event.text)
+            if kind == "reasoning":
+                if event.index in self._reasoning_text:
+                    self._reasoning_text[event.index].append(event.text)
+                return b"" if self.completion else self._delta({"reasoning_content": event.text})
+            return self._delta({"tool_calls": [{"index": self._tool_index[event.index],
+                                                "function": {"arguments": event.text}}]})
+        if isinstance(event, PartStart):
+            self._kinds[event.index] = event.kind
+            if event.kind == "tool_call":
+                position = len(self._tool_index)
+                self._tool_index[event.index] = position
+                return self._delta({"tool_calls": [{
+                    "index": position, "id": event.tool_call_id, "type": "function",
+                    "function": {"name": event.tool_name, "arguments": ""}}]})
+            if event.kind == "reasoning":
+                self._reasoning_index[event.index] = len(self._reasoning_index)
+                self._reasoning_text[event.index] = []
+                if event.redacted is not None and not self.completion:
+                    part = ReasoningPart(redacted=event.redacted)
+                    detail = reasoning_detail(part, self._reasoning_index[event.index])
+                    return self._delta({"reasoning_details": [detail]})
+            return b""
+        if isinstance(event, PartEnd):
+            text = self._reasoning_text.pop(event.index, None)
+            if event.signature and text is not None and not self.completion:
+                part = ReasoningPart(text="".join(text), signature=event.signature)
+                return self._delta({"reasoning_details": [reasoning_detail(part,
+                                                                           self._reasoning_index[event.index])]})
+            return b""
+        if isinstance(event, MessageStart):
+            obj = "text_completion" if self.completion else "chat.completion.chunk"
+            self._prefix = (b'{"id":' + orjson.dumps(event.id if not self.completion else
+                                                     "cmpl-" + event.id.removeprefix("chatcmpl-"))
+                            + b',"object":"' + obj.encode() + b'","created":' + str(event.created).encode()
+                            + b',"model":' + orjson.dumps(self.model) + b',"system_fingerprint":null,"choices":')
+            if self.completion:
+                return b""
+            return self._delta({"role": "assistant", "content": ""})
+        if isinstance(event, MessageEnd):
+            reason = orjson.dumps(FINISH_REASONS[event.finish_reason])
+            if self.completion:
+                out = self._frame(b'[{"text":"","index":0,"logprobs":null,"finish_reason":' + reason + b"}]")
+            else:
+                out = self._frame(b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":' + reason + b"}]")
+            if self.include_usage:
+                out += (b"data: " + self._prefix + b'[],"usage":' + orjson.dumps(usage_body(event.usage))
+                        + b"}\n\n")
+            return out
+        if isinstance(event, StreamError):
+            return b"data: " + orjson.dumps(error_body(event.error)) + b"\n\n"
+        return b""
+
+    def _frame(self, choices: bytes) -> bytes:
+        return b"data: " + self._prefix + choices + self._suffix + b"\n\n"
+
+    def _delta(self, delta: dict[str, Any]) -> bytes:
+        return self._frame(b'[{"index":0,"delta":' + orjson.dumps(delta)
+                           + b',"logprobs":null,"finish_reason":null}]')
+
+    def _text(self, text: str) -> bytes:
+        return self._frame(b'[{"text":' + orjson.dumps(text) + b',"index":0,"logprobs":null,"finish_reason":null}]')
+
+
+async def sse_frames(events: ChatStream, encoder: ChunkEncoder) -> AsyncIterator[bytes]:
+    try:
+        async for event in events:
+            frame = encoder.encode(event)
+            if frame:
+                yield frame
+            if isinstance(event, StreamError):
+                break
+    finally:
+        await events.aclose()
+    yield DONE

@@ -1,0 +1,173 @@
+"""OpenAI request bodies as pydantic models: validated once, lenient where real clients are.
+
+Unknown fields are allowed (clients send many newer ones) and ignored; known fields are
+typed and ranged so a bad value is a precise 400.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=False)
+
+
+class ImageURL(WireModel):
+    url: str
+    detail: str | None = None
+
+
+class TextContent(WireModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageContent(WireModel):
+    type: Literal["image_url"]
+    image_url: ImageURL | str
+
+
+class OtherContent(WireModel):
+    type: Literal["input_audio", "file", "refusal"]
+
+
+ContentPart = Annotated[TextContent | ImageContent | OtherContent, Field(discriminator="type")]
+
+
+class FunctionCall(WireModel):
+    name: str
+    arguments: str | dict[str, Any] = ""
+
+
+class ToolCall(WireModel):
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ReasoningDetail(WireModel):
+    """OpenRouter's ``reasoning_details`` entries: how signed reasoning rides on OpenAI messages."""
+
+    type: str
+    text: str | None = None
+    signature: str | None = None
+    data: str | None = None
+
+
+class ChatMessage(WireModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+    reasoning_details: list[ReasoningDetail] | None = None
+
+
+class FunctionDefinition(WireModel):
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(WireModel):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedFunction(WireModel):
+    name: str
+
+
+class NamedToolChoice(WireModel):
+    type: Literal["function"] = "function"
+    function: NamedFunction
+
+
+class JSONSchemaFormat(WireModel):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(WireModel):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+
+class StreamOptions(WireModel):
+    include_usage: bool | None = None
+
+
+class ReasoningConfig(WireModel):
+    """OpenRouter-style ``reasoning`` object."""
+
+    effort: str | None = None
+    enabled: bool | None = None
+    exclude: bool | None = None
+    max_tokens: int | None = Field(None, ge=0)
+
+
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
+
+
+class ChatCompletionRequest(WireModel):
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    reasoning_effort: Effort | None = None
+    reasoning: ReasoningConfig | None = None
+    user: str | None = None
+    logprobs: bool | None = None
+    # Common non-OpenAI sampling extras (vLLM, llama.cpp server).
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+
+
+class CompletionRequest(WireModel):
+    model: str = Field(min_length=1)
+    prompt: str | list[str]
+    suffix: str | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    echo: bool | None = None
+    logprobs: int | None = None
+    best_of: int | None = Field(None, ge=1)
+    user: str | None = None
+
+
+class EmbeddingRequest(WireModel):
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: str = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None

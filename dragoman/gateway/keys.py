@@ -1,0 +1,500 @@
+"""API keys: creation, storage as hashes, and fast authentication with a short-lived cache.
+
+A key is ``sk-dm-`` followed by 40 URL-safe random characters (240 bits). It is shown once, at
+creation; the database keeps only its SHA-256 (HMAC-SHA-256 with a server pepper when one is
+configured). A slow password hash (argon2, bcrypt) exists to make guessing a *low-entropy* secret
+expensive; nobody can enumerate 2**240 keys, so a fast hash is as safe here and keeps
+authentication cheap. The pepper adds that a stolen database alone cannot even check a guess.
+
+Lookup is by hash (an index lookup on a value an attacker cannot steer towards a real key), then
+``hmac.compare_digest``: nothing about the secret leaks through timing. Results, good and bad,
+are cached for ``cache_ttl`` seconds (default 5) so the database is not on the request path; a
+revoked or edited key therefore stops working within that TTL on every instance, and at once on
+all of them when Redis is configured (a pub/sub message evicts it from every instance's cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import bindparam, delete, or_, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from dragoman.errors import ErrorKind, GatewayError
+from dragoman.gateway.store import Store
+from dragoman.gateway.store.schema import api_keys
+from dragoman.gateway.timeutil import PERIODS, as_utc, utcnow
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "sk-dm-"
+_SECRET_BYTES = 30  # -> 40 URL-safe base64 characters
+_MAX_SECRET_LEN = 256
+AUTH_FAILED = "Invalid API key"  # one message for missing, unknown, revoked, expired and disabled keys
+
+
+def generate_secret() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
+
+
+def hash_secret(secret: str, pepper: bytes | None = None) -> str:
+    """Hex SHA-256 of the key, or HMAC-SHA-256 keyed by ``pepper`` (changing it voids every key)."""
+    data = secret.encode()
+    if pepper:
+        return hmac.new(pepper, data, hashlib.sha256).hexdigest()
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(slots=True, frozen=True)
+class Principal:
+    """Who is calling, as the pipeline needs it: access and limits, no secret."""
+
+    key_id: str
+    name: str
+    models: tuple[str, ...] = ("*",)
+    rpm: int | None = None
+    tpm: int | None = None
+    max_parallel: int | None = None
+    budget_tokens: int | None = None
+    budget_cost: float | None = None
+    budget_period: str | None = None
+    expires_at: datetime | None = None
+    enabled: bool = True
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def anonymous(cls) -> Principal:
+        """The caller under ``auth.mode: none`` or ``forward``: every model, no limits."""
+        return cls(key_id="", name="anonymous")
+
+    def may_use(self, *names: str) -> bool:
+        """True if any of ``names`` (``<backend>/<model>``, alias) matches any of the key's globs."""
+        for pattern in self.models:
+            if pattern == "*":
+                return True
+            for name in names:
+                if fnmatchcase(name, pattern):
+                    return True
+        return False
+
+    def is_expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+
+@dataclass(slots=True, frozen=True)
+class KeyInfo:
+    """A stored key as the admin UI and CLI show it (``hint``: the secret's last 4 characters)."""
+
+    id: str
+    name: str
+    hint: str
+    models: tuple[str, ...]
+    expires_at: datetime | None
+    rpm: int | None
+    tpm: int | None
+    max_parallel: int | None
+    budget_tokens: int | None
+    budget_cost: float | None
+    budget_period: str | None
+    enabled: bool
+    metadata: dict[str, Any]
+    created_at: datetime
+    last_used_at: datetime | None
+
+    def principal(self) -> Principal:
+        return Principal(
+            key_id=self.id, name=self.name, models=self.models, rpm=self.rpm, tpm=self.tpm,
+            max_parallel=self.max_parallel, budget_tokens=self.budget_tokens, budget_cost=self.budget_cost,
+            budget_period=self.budget_period, expires_at=self.expires_at, enabled=self.enabled,
+            metadata=self.metadata,
+        )
+
+
+def _info(row: RowMapping) -> KeyInfo:
+    expires = row["expires_at"]
+    last = row["last_used_at"]
+    return KeyInfo(
+        id=row["id"], name=row["name"], hint=row["hint"], models=tuple(row["models"]),
+        expires_at=None if expires is None else as_utc(expires),
+        rpm=row["rpm"], tpm=row["tpm"], max_parallel=row["max_parallel"],
+        budget_tokens=row["budget_tokens"], budget_cost=row["budget_cost"],
+        budget_period=row["budget_period"],
+        enabled=bool(row["enabled"]), metadata=dict(row["metadata"] or {}),
+        created_at=as_utc(row["created_at"]), last_used_at=None if last is None else as_utc(last),
+    )
+
+
+_EDITABLE = ("name", "models", "expires_at", "rpm", "tpm", "max_parallel", "budget_tokens", "budget_cost",
+             "budget_period", "enabled", "metadata")
+
+
+def _invalid(message: str, param: str) -> GatewayError:
+    return GatewayError(ErrorKind.INVALID_REQUEST, message, param=param)
+
+
+def _validate(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Check and normalise editable fields; raises ``GatewayError(INVALID_REQUEST)``."""
+    unknown = set(values) - set(_EDITABLE)
+    if unknown:
+        raise _invalid(f"unknown key field(s): {', '.join(sorted(unknown))}", sorted(unknown)[0])
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if name == "name":
+            if not isinstance(value, str) or not value.strip() or len(value) > 200:
+                raise _invalid("name must be a non-empty string of at most 200 characters", name)
+            out[name] = value.strip()
+        elif name == "models":
+            if isinstance(value, str):
+                value = [value]
+            models = list(value)
+            if not models or not all(isinstance(m, str) and m for m in models):
+                raise _invalid("models must be a non-empty list of names or globs ('*' for all)", name)
+            out[name] = models
+        elif name in ("rpm", "tpm", "max_parallel", "budget_tokens"):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+                raise _invalid(f"{name} must be a positive integer or null", name)
+            out[name] = value
+        elif name == "budget_cost":
+            numeric = isinstance(value, int | float) and not isinstance(value, bool)
+            if value is not None and (not numeric or value <= 0):
+                raise _invalid("budget_cost must be a positive number or null", name)
+            out[name] = None if value is None else float(value)
+        elif name == "budget_period":
+            if value is not None and value not in PERIODS:
+                raise _invalid(f"budget_period must be one of {', '.join(PERIODS)} or null", name)
+            out[name] = value
+        elif name == "expires_at":
+            if value is not None and not isinstance(value, datetime):
+                raise _invalid("expires_at must be a datetime or null", name)
+            out[name] = None if value is None else as_utc(value)
+        elif name == "enabled":
+            out[name] = bool(value)
+        elif name == "metadata":
+            value = {} if value is None else value
+            if not isinstance(value, dict):
+                raise _invalid("metadata must be a JSON object", name)
+            try:
+                orjson.dumps(value)
+            except TypeError as exc:
+                raise _invalid(f"metadata must be JSON-serialisable: {exc}", name) from exc
+            out[name] = value
+    return out
+
+
+def _check_budget(row: Mapping[str, Any]) -> None:
+    has_budget = row.get("budget_tokens") is not None or row.get("budget_cost") is not None
+    if has_budget and row.get("budget_period") is None:
+        raise _invalid("a token or cost budget needs budget_period (day or month)", "budget_period")
+
+
+@dataclass(slots=True)
+class _Cached:
+    principal: Principal | None  # None: no such key (negative entries are cached too)
+    fetched: float  # monotonic
+
+
+class KeyService:
+    """CRUD for keys and ``authenticate(secret) -> Principal``.
+
+    ``redis`` (optional, ``redis.asyncio.Redis``) makes cache invalidation immediate on every
+    instance; without it each instance's cache simply expires after ``cache_ttl``. Call
+    :meth:`start` to run the background tasks (``last_used_at`` writer, invalidation listener)
+    and :meth:`aclose` to stop them.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        pepper: bytes | None = None,
+        cache_ttl: float = 5.0,
+        stale_ttl: float = 300.0,
+        max_cache_entries: int = 10_000,
+        touch_interval: float = 10.0,
+        redis: Redis | None = None,
+        redis_prefix: str = "dragoman:",
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._store = store
+        self._pepper = pepper
+        self.cache_ttl = cache_ttl
+        self._stale_ttl = stale_ttl  # how long a cached answer may serve while the database is down
+        self._max_entries = max_cache_entries
+        self._touch_interval = touch_interval
+        self._redis = redis
+        self._channel = f"{redis_prefix}keys:invalidate"
+        self._clock = clock
+        self._now = now
+        self._cache: dict[str, _Cached] = {}
+        self._hash_by_id: dict[str, str] = {}
+        self._inflight: dict[str, asyncio.Task[Principal | None]] = {}
+        self._touched: dict[str, datetime] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscribed = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._tasks:
+            return
+        self._tasks.append(asyncio.create_task(self._touch_loop(), name="dragoman-keys-touch"))
+        if self._redis is not None:
+            self._tasks.append(asyncio.create_task(self._listen(), name="dragoman-keys-invalidate"))
+            try:
+                await asyncio.wait_for(self._subscribed.wait(), timeout=5.0)
+            except TimeoutError:
+                log.warning("key cache invalidation: Redis not subscribed yet; keys expire after %.0fs",
+                            self.cache_ttl)
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        for inflight in list(self._inflight.values()):
+            inflight.cancel()
+        await self.flush_last_used()
+
+    # -- authentication --------------------------------------------------------------------
+
+    async def authenticate(self, secret: str | None) -> Principal:
+        """The principal for ``secret``; ``GatewayError(AUTHENTICATION)`` with one message otherwise."""
+        if not secret or not secret.startswith(KEY_PREFIX) or len(secret) > _MAX_SECRET_LEN:
+            raise GatewayError(ErrorKind.AUTHENTICATION, AUTH_FAILED)
+        key_hash = hash_secret(secret, self._pepper)
+        principal = await self._lookup(key_hash)
+        if principal is None or not principal.enabled or principal.is_expired(self._now()):
+            raise GatewayError(ErrorKind.AUTHENTICATION, AUTH_FAILED)
+        self._touched[principal.key_id] = self._now()
+        return principal
+
+    async def _lookup(self, key_hash: str) -> Principal | None:
+        entry = self._cache.get(key_hash)
+        now = self._clock()
+        if entry is not None and now - entry.fetched < self.cache_ttl:
+            return entry.principal
+        task = self._inflight.get(key_hash)
+        if task is None:
+            # One database query per hash however many requests miss the cache at once.
+            task = asyncio.create_task(self._load(key_hash))
+            self._inflight[key_hash] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(key_hash, None))
+        try:
+            return await asyncio.shield(task)
+        except SQLAlchemyError as exc:
+            if entry is not None and now - entry.fetched < self._stale_ttl:
+                log.warning("key store unavailable (%s); using a cached answer", type(exc).__name__)
+                return entry.principal
+            log.error("key store unavailable: %s", exc)
+            raise GatewayError(ErrorKind.INTERNAL, "The key store is unavailable; try again shortly.",
+                               status=503, retry_after=1.0) from exc
+
+    async def _load(self, key_hash: str) -> Principal | None:
+        async with self._store.connect() as conn:
+            query = select(api_keys).where(api_keys.c.key_hash == key_hash)
+            row = (await conn.execute(query)).mappings().first()
+        principal = None
+        if row is not None and hmac.compare_digest(row["key_hash"], key_hash):
+            principal = _info(row).principal()
+        self._remember(key_hash, principal)
+        return principal
+
+    def _remember(self, key_hash: str, principal: Principal | None) -> None:
+        if len(self._cache) >= self._max_entries and key_hash not in self._cache:
+            self._shrink()
+        self._cache[key_hash] = _Cached(principal, self._clock())
+        if principal is not None:
+            self._hash_by_id[principal.key_id] = key_hash
+
+    def _shrink(self) -> None:
+        """Drop expired entries, then the oldest half if that was not enough (bounded memory
+        however many random keys a client tries)."""
+        now = self._clock()
+        for key_hash in [h for h, e in self._cache.items() if now - e.fetched >= self._stale_ttl]:
+            self._forget_hash(key_hash)
+        if len(self._cache) >= self._max_entries:
+            for key_hash in list(self._cache)[: len(self._cache) // 2 + 1]:
+                self._forget_hash(key_hash)
+
+    def _forget_hash(self, key_hash: str) -> None:
+        entry = self._cache.pop(key_hash, None)
+        if entry is not None and entry.principal is not None:
+            self._hash_by_id.pop(entry.principal.key_id, None)
+
+    def invalidate(self, key_id: str | None = None) -> None:
+        """Evict one key (by id) from this instance's cache, or everything with ``None``."""
+        if key_id is None:
+            self._cache.clear()
+            self._hash_by_id.clear()
+            return
+        key_hash = self._hash_by_id.pop(key_id, None)
+        if key_hash is not None:
+            self._cache.pop(key_hash, None)
+
+    async def _broadcast(self, key_id: str) -> None:
+        self.invalidate(key_id)
+        if self._redis is None:
+            return
+        from redis.exceptions import RedisError
+
+        try:
+            await self._redis.publish(self._channel, key_id)
+        except (RedisError, OSError) as exc:
+            # The change is saved; only the broadcast failed, and caches expire on their own.
+            log.warning("could not publish key invalidation (%s); other instances catch up within %.0fs",
+                        exc, self.cache_ttl)
+
+    async def _listen(self) -> None:
+        from redis.exceptions import RedisError
+
+        assert self._redis is not None
+        backoff = 0.5
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    # Anything published while we were not listening is lost: start clean.
+                    self.invalidate()
+                    self._subscribed.set()
+                    backoff = 0.5
+                    while True:
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                        if message and message.get("type") == "message":
+                            data = message["data"]
+                            key_id = data.decode() if isinstance(data, bytes) else str(data)
+                            self.invalidate(None if key_id == "*" else key_id)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self._subscribed.clear()
+                log.warning("key invalidation listener lost Redis (%s); retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    # -- last_used_at, written in batches off the request path ---------------------------------
+
+    async def _touch_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._touch_interval)
+            await self.flush_last_used()
+
+    async def flush_last_used(self) -> None:
+        if not self._touched:
+            return
+        batch, self._touched = self._touched, {}
+        try:
+            async with self._store.begin() as conn:
+                await conn.execute(
+                    update(api_keys)
+                    .where(api_keys.c.id == bindparam("kid"))
+                    .values(last_used_at=bindparam("ts")),
+                    [{"kid": k, "ts": ts} for k, ts in batch.items()],
+                )
+        except SQLAlchemyError as exc:
+            log.warning("could not record keys' last use (%s); will retry", exc)
+            for key_id, ts in batch.items():
+                self._touched.setdefault(key_id, ts)
+
+    # -- management --------------------------------------------------------------------------
+
+    async def create(
+        self,
+        name: str,
+        *,
+        models: Iterable[str] = ("*",),
+        expires_at: datetime | None = None,
+        rpm: int | None = None,
+        tpm: int | None = None,
+        max_parallel: int | None = None,
+        budget_tokens: int | None = None,
+        budget_cost: float | None = None,
+        budget_period: str | None = None,
+        enabled: bool = True,
+        metadata: dict[str, Any] | None = None,
+    ) -> tuple[KeyInfo, str]:
+        """Store a new key; returns its info and the secret, which is never available again."""
+        values = _validate({
+            "name": name, "models": list(models), "expires_at": expires_at, "rpm": rpm, "tpm": tpm,
+            "max_parallel": max_parallel, "budget_tokens": budget_tokens, "budget_cost": budget_cost,
+            "budget_period": budget_period, "enabled": enabled, "metadata": metadata,
+        })
+        _check_budget(values)
+        secret = generate_secret()
+        row = {
+            **values,
+            "id": "key_" + secrets.token_hex(8),
+            "key_hash": hash_secret(secret, self._pepper),
+            "hint": secret[-4:],
+            "created_at": self._now(),
+            "last_used_at": None,
+        }
+        try:
+            async with self._store.begin() as conn:
+                await conn.execute(api_keys.insert().values(**row))
+        except IntegrityError as exc:
+            raise _invalid(f"a key named {values['name']!r} already exists", "name") from exc
+        return await self.get(row["id"]), secret
+
+    async def list_keys(self) -> list[KeyInfo]:
+        async with self._store.connect() as conn:
+            query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.name)
+            rows = (await conn.execute(query)).mappings()
+            return [_info(row) for row in rows]
+
+    async def get(self, ref: str) -> KeyInfo:
+        """A key by id or, failing that, by name; ``GatewayError(NOT_FOUND)`` if neither."""
+        async with self._store.connect() as conn:
+            rows = (await conn.execute(
+                select(api_keys).where(or_(api_keys.c.id == ref, api_keys.c.name == ref))
+            )).mappings().all()
+        if not rows:
+            raise GatewayError(ErrorKind.NOT_FOUND, f"no API key with id or name {ref!r}",
+                               code="key_not_found")
+        by_id = [row for row in rows if row["id"] == ref]
+        return _info((by_id or rows)[0])
+
+    async def update(self, ref: str, changes: Mapping[str, Any]) -> KeyInfo:
+        """Change editable fields (see ``_EDITABLE``); ``None`` clears an optional limit."""
+        values = _validate(changes)
+        current = await self.get(ref)
+        merged = {f: getattr(current, f) for f in _EDITABLE} | values
+        _check_budget(merged)
+        if values:
+            try:
+                async with self._store.begin() as conn:
+                    await conn.execute(update(api_keys).where(api_keys.c.id == current.id).values(**values))
+            except IntegrityError as exc:
+                raise _invalid(f"a key named {values.get('name')!r} already exists", "name") from exc
+            await self._broadcast(current.id)
+        return await self.get(current.id)
+
+    async def revoke(self, ref: str) -> KeyInfo:
+        """Delete a key for good (usage records keep its id and name). To pause a key instead,
+        ``update(ref, {"enabled": False})``."""
+        current = await self.get(ref)
+        async with self._store.begin() as conn:
+            await conn.execute(delete(api_keys).where(api_keys.c.id == current.id))
+        self._touched.pop(current.id, None)
+        await self._broadcast(current.id)
+        return current
+
+

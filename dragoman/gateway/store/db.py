@@ -1,0 +1,155 @@
+"""The database handle: an async SQLAlchemy engine, migrated to the current schema on open.
+
+SQLite (a file next to the config) is the zero-setup default; PostgreSQL serves a team running
+several instances. Migrations run at every start because a gateway upgrade must not need a manual
+step; on PostgreSQL a transaction-scoped advisory lock makes instances that start together take
+turns instead of racing to create the same tables.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Any constant works; it only has to be the same for every dragoman instance on one database.
+_MIGRATION_LOCK_ID = 0x64726167  # "drag"
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def normalize_url(url: str) -> URL:
+    """Map the URLs people write to the async drivers dragoman uses.
+
+    ``sqlite:///x.db`` -> ``sqlite+aiosqlite``; ``postgres://`` and ``postgresql://`` ->
+    ``postgresql+asyncpg``. URLs that already name a driver are left alone.
+    """
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    parsed = make_url(url)
+    if parsed.drivername == "sqlite":
+        return parsed.set(drivername="sqlite+aiosqlite")
+    if parsed.drivername == "postgresql":
+        return parsed.set(drivername="postgresql+asyncpg")
+    return parsed
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the usage writer and readers (admin UI, CLI) work at the same time; busy_timeout
+    # makes a second process wait for the write lock instead of failing at once.
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=5000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _alembic_config(connection: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _upgrade(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+    command.upgrade(_alembic_config(connection), "head")
+
+
+def _current_revision(connection: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+class Store:
+    """Owns the engine. Build with :meth:`open`; close with :meth:`aclose`.
+
+    Other modules (keys, usage, settings) take a ``Store`` and run their own Core statements
+    through :meth:`begin` (a transaction) or :meth:`connect` (autocommit-free reads).
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @classmethod
+    async def open(
+        cls,
+        url: str,
+        *,
+        schema: str | None = None,
+        migrate: bool = True,
+        echo: bool = False,
+        pool_size: int = 5,
+    ) -> Store:
+        """Connect and bring the schema up to date.
+
+        ``schema`` (PostgreSQL only) puts every table, ``alembic_version`` included, in that
+        schema, created if missing; tests use it to isolate runs, teams to share one database.
+        """
+        parsed = normalize_url(url)
+        kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+        backend = parsed.get_backend_name()
+        if backend == "postgresql":
+            kwargs["pool_size"] = pool_size
+            if schema is not None:
+                if not _SCHEMA_NAME.match(schema):
+                    raise ValueError(f"invalid schema name {schema!r}")
+                kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
+        elif schema is not None:
+            raise ValueError("schema= is only supported on PostgreSQL")
+        engine = create_async_engine(parsed, **kwargs)
+        if backend == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        store = cls(engine)
+        try:
+            if schema is not None:
+                async with engine.begin() as conn:
+                    await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            if migrate:
+                await store.migrate()
+        except BaseException:
+            await engine.dispose()
+            raise
+        return store
+
+    async def migrate(self) -> None:
+        """Apply pending Alembic migrations (idempotent)."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+
+    async def revision(self) -> str | None:
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(_current_revision)
+
+    @asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def aclose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,331 @@
+"""The request path, written once against the canonical model for every dialect.
+
+    authenticate -> plan (resolve name, access, overrides, capabilities)
+                 -> route (targets in order, retried before the first event)
+                 -> stream (observed: time to first token, usage, outcome)
+
+Nothing here waits on a database: observers (usage, metrics) are handed a finished
+:class:`CallOutcome` and queue it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dragoman.backends.base import CallOptions, Timeouts
+from dragoman.config import OverrideConfig
+from dragoman.core.events import Event, MessageEnd, PartDelta, PartEnd, PartStart, StreamError
+from dragoman.core.models import ModelEntry
+from dragoman.core.service import CallContext, TokenCount
+from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Usage
+from dragoman.errors import ErrorKind, GatewayError
+from dragoman.gateway import overrides as override_rules
+from dragoman.gateway.registry import ModelRegistry, Target
+from dragoman.gateway.router import Router
+
+log = logging.getLogger("dragoman.pipeline")
+
+
+class Lease(Protocol):
+    async def release(self, tokens: int) -> None: ...
+
+
+class AccessPolicy(Protocol):
+    """Authentication, model access and limits (the control plane implements it)."""
+
+    async def authenticate(self, ctx: CallContext) -> None: ...
+
+    def may_use(self, ctx: CallContext, *names: str) -> bool: ...
+
+    async def acquire(self, ctx: CallContext, model: str) -> Lease | None: ...
+
+
+class OpenAccess:
+    """``auth.mode: none``: everyone may use everything, unlimited."""
+
+    async def authenticate(self, ctx: CallContext) -> None:
+        return None
+
+    def may_use(self, ctx: CallContext, *names: str) -> bool:
+        return True
+
+    async def acquire(self, ctx: CallContext, model: str) -> Lease | None:
+        return None
+
+
+@dataclass(slots=True)
+class CallOutcome:
+    """One finished request, as usage tracking and metrics see it (no prompt, no key)."""
+
+    ctx: CallContext
+    kind: str  # chat | embeddings
+    requested_model: str
+    stream: bool
+    target: str | None = None  # <backend>/<model> that served (or last failed)
+    backend: str | None = None
+    attempts: int = 0
+    status: int = 200
+    error_kind: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    ttft: float | None = None  # seconds
+    latency: float = 0.0
+    cancelled: bool = False
+
+
+Observer = Callable[[CallOutcome], None]
+
+
+class Gateway:
+    """Implements ``dragoman.core.service.GatewayService``."""
+
+    def __init__(self, registry: ModelRegistry, *, router: Router | None = None,
+                 access: AccessPolicy | None = None, overrides: dict[str, OverrideConfig] | None = None,
+                 timeouts: Timeouts | None = None, forward_keys: bool = False,
+                 observers: Sequence[Observer] = ()) -> None:
+        self.registry = registry
+        self.router = router or Router()
+        self.access: AccessPolicy = access or OpenAccess()
+        self.overrides = overrides or {}
+        self.timeouts = timeouts or Timeouts()
+        self.forward_keys = forward_keys
+        self.observers: list[Observer] = list(observers)
+
+    # ------------------------------------------------------------ service API
+
+    async def authenticate(self, ctx: CallContext) -> None:
+        await self.access.authenticate(ctx)
+
+    async def list_models(self, ctx: CallContext) -> list[ModelEntry]:
+        await self.registry.refresh()
+        return [e for e in self.registry.entries() if self.access.may_use(ctx, e.id, *_alias(e))]
+
+    async def get_model(self, name: str, ctx: CallContext) -> ModelEntry:
+        targets = await self._targets(name, ctx)
+        first = targets[0]
+        return ModelEntry(id=name, backend=first.backend.name, info=first.info,
+                          alias_of=first.id if first.id != name else None)
+
+    async def count_tokens(self, request: ChatRequest, ctx: CallContext) -> TokenCount:
+        target = (await self._targets(request.model, ctx))[0]
+        exact = await target.backend.count_tokens(request, target.model)
+        if exact is not None:
+            return TokenCount(exact, True)
+        return TokenCount(estimate_prompt_tokens(request), False)
+
+    async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse:
+        outcome = CallOutcome(ctx, "embeddings", request.model, False)
+        try:
+            targets = await self._targets(request.model, ctx)
+            lease = await self.access.acquire(ctx, targets[0].id)
+            try:
+                response, target, attempts = await self.router.embed(
+                    targets, request, self._call_options(ctx, targets[0]))
+            finally:
+                if lease is not None:
+                    await lease.release(0)
+            outcome.target, outcome.backend, outcome.attempts = target.id, target.backend.name, attempts
+            outcome.usage = response.usage
+            return response
+        except GatewayError as exc:
+            outcome.status, outcome.error_kind = exc.status, exc.kind.value
+            raise
+        finally:
+            outcome.latency = time.perf_counter() - ctx.started_at
+            self._notify(outcome)
+
+    async def chat(self, request: ChatRequest, ctx: CallContext) -> GatewayChatStream:
+        outcome = CallOutcome(ctx, "chat", request.model, request.stream)
+        try:
+            targets = await self._targets(request.model, ctx)
+            planned = [(t, self._plan(request, t)) for t in targets]
+            lease = await self.access.acquire(ctx, targets[0].id)
+            try:
+                started = await self.router.start(planned, lambda t: self._call_options(ctx, t),
+                                                  started_at=ctx.started_at)
+            except BaseException:
+                if lease is not None:
+                    await lease.release(0)
+                raise
+        except GatewayError as exc:
+            outcome.status, outcome.error_kind = exc.status, exc.kind.value
+            outcome.latency = time.perf_counter() - ctx.started_at
+            self._notify(outcome)
+            raise
+        outcome.target, outcome.backend = started.target.id, started.target.backend.name
+        outcome.attempts = started.attempts
+        plan = started.request
+        headers = {
+            "x-dragoman-backend": started.target.id,
+            "x-dragoman-attempts": str(started.attempts),
+            "x-dragoman-overhead-ms": f"{started.overhead * 1000:.2f}",
+        }
+        return GatewayChatStream(started.first, started.events, headers=headers, outcome=outcome,
+                                 exclude_reasoning=plan.reasoning.exclude, lease=lease,
+                                 prompt_estimate=lambda: estimate_prompt_tokens(request),
+                                 on_close=self._notify)
+
+    # --------------------------------------------------------------- planning
+
+    async def _targets(self, name: str, ctx: CallContext) -> list[Target]:
+        if not name:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "model is required", param="model")
+        targets = await self.registry.resolve(name)
+        allowed = [t for t in targets if self.access.may_use(ctx, name, t.id)]
+        if not allowed:
+            raise GatewayError(ErrorKind.PERMISSION, f"this key may not use model {name!r}",
+                               code="model_not_allowed", param="model")
+        return allowed
+
+    def _plan(self, request: ChatRequest, target: Target) -> ChatRequest:
+        rules = override_rules.matching(self.overrides, target.id, request.model)
+        planned = override_rules.apply(request, rules)
+        caps = target.info.capabilities
+        if planned.prompt is None and not caps.chat:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {target.id!r} does not support chat",
+                               param="model")
+        if planned.has_images and not caps.vision:
+            raise GatewayError(ErrorKind.INVALID_REQUEST,
+                               f"model {target.id!r} does not accept images", param="messages")
+        if planned.tools and not caps.tools:
+            raise GatewayError(ErrorKind.INVALID_REQUEST,
+                               f"model {target.id!r} does not support tools", param="tools")
+        fmt = planned.response_format
+        if fmt is not None and fmt.type == "json_schema" and not caps.json_schema:
+            raise GatewayError(ErrorKind.INVALID_REQUEST,
+                               f"model {target.id!r} does not support json_schema output",
+                               param="response_format")
+        if not caps.reasoning and (planned.reasoning.enabled or planned.reasoning.effort not in (None, "none")):
+            # Reasoning is a preference, not a requirement: a model that cannot think answers directly.
+            planned.reasoning.enabled, planned.reasoning.effort = None, None
+            planned.reasoning.budget_tokens = None
+        return planned
+
+    def _call_options(self, ctx: CallContext, target: Target) -> CallOptions:
+        timeouts = self.timeouts
+        for rule in override_rules.matching(self.overrides, target.id):
+            if rule.request_timeout is not None:
+                timeouts = Timeouts(timeouts.connect, rule.request_timeout, rule.request_timeout)
+        return CallOptions(timeouts=timeouts, client_api_key=ctx.api_key if self.forward_keys else None)
+
+    def _notify(self, outcome: CallOutcome) -> None:
+        for observer in self.observers:
+            try:
+                observer(outcome)
+            except Exception:
+                log.exception("usage observer failed")
+
+
+def _alias(entry: ModelEntry) -> tuple[str, ...]:
+    return (entry.alias_of,) if entry.alias_of else ()
+
+
+def estimate_prompt_tokens(request: ChatRequest) -> int:
+    """About four characters a token: only used when a backend reports no usage."""
+    chars = len(request.prompt or "") + sum(len(m.text) for m in request.messages)
+    return max(1, chars // 4)
+
+
+class GatewayChatStream:
+    """The started answer: observes events, turns late failures into ``StreamError``."""
+
+    def __init__(self, first: Event, rest: AsyncIterator[Event], *, headers: dict[str, str],
+                 outcome: CallOutcome, exclude_reasoning: bool, lease: Lease | None,
+                 prompt_estimate: Callable[[], int], on_close: Callable[[CallOutcome], None]) -> None:
+        self.headers = headers
+        self._first: Event | None = first
+        self._rest = rest
+        self._outcome = outcome
+        self._exclude = exclude_reasoning
+        self._lease = lease
+        self._prompt_estimate = prompt_estimate
+        self._on_close = on_close
+        self._closed = False
+        self._generated_chars = 0
+        self._iterator = self._iterate()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterator
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        outcome = self._outcome
+        hidden: set[int] = set()
+        shift = 0
+        finished = False
+        try:
+            async for event in self._events():
+                if isinstance(event, PartDelta):
+                    if outcome.ttft is None:
+                        outcome.ttft = time.perf_counter() - outcome.ctx.started_at
+                    self._generated_chars += len(event.text)
+                elif isinstance(event, MessageEnd):
+                    finished = True
+                    outcome.usage = self._usage(event.usage)
+                    event = MessageEnd(event.finish_reason, outcome.usage, event.stop_sequence)
+                elif isinstance(event, StreamError):
+                    outcome.status, outcome.error_kind = event.error.status, event.error.kind.value
+                if self._exclude and isinstance(event, (PartStart, PartDelta, PartEnd)):
+                    if isinstance(event, PartStart) and event.kind == "reasoning":
+                        hidden.add(event.index)
+                        shift += 1
+                        continue
+                    if event.index in hidden:
+                        continue
+                    if shift:
+                        event = _reindex(event, event.index - shift)
+                yield event
+                if isinstance(event, StreamError):
+                    return
+        except BaseException:
+            if not finished and outcome.error_kind is None:
+                outcome.cancelled = True
+                outcome.status, outcome.error_kind = 499, ErrorKind.CANCELLED.value
+            raise
+        finally:
+            await self._close()
+
+    async def _events(self) -> AsyncIterator[Event]:
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield first
+        try:
+            async for event in self._rest:
+                yield event
+        except GatewayError as exc:
+            yield StreamError(exc)
+
+    def _usage(self, usage: Usage) -> Usage:
+        if usage.prompt_tokens or usage.completion_tokens:
+            return usage
+        return Usage(prompt_tokens=self._prompt_estimate(),
+                     completion_tokens=max(1, self._generated_chars // 4) if self._generated_chars else 0,
+                     estimated=True)
+
+    async def aclose(self) -> None:
+        """Stop early (client gone): closes the upstream call and records the outcome."""
+        await self._iterator.aclose()  # type: ignore[attr-defined]
+        await self._close()
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        outcome = self._outcome
+        try:
+            await self._rest.aclose()  # type: ignore[attr-defined]
+        finally:
+            outcome.latency = time.perf_counter() - outcome.ctx.started_at
+            if self._lease is not None:
+                await self._lease.release(outcome.usage.total_tokens)
+            self._on_close(outcome)
+
+
+def _reindex(event: PartStart | PartDelta | PartEnd, index: int) -> PartStart | PartDelta | PartEnd:
+    if isinstance(event, PartStart):
+        return PartStart(index, event.kind, event.tool_call_id, event.tool_name, event.redacted)
+    if isinstance(event, PartDelta):
+        return PartDelta(index, event.text)
+    return PartEnd(index, event.signature)
