@@ -493,7 +493,8 @@ def parse_args() -> Settings:
     parser.add_argument("--skip-dragoman", action="store_true", help="upstream and baseline only")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway (bench/profiles/*.txt)")
     parser.add_argument("--gateway-cmd", default="{python} -m dragoman serve --config {config} "
-                        "--host {host} --port {port}", help="command template for the gateway; fields: python config host port upstream bench")
+                        "--host {host} --port {port}",
+                        help="command template for the gateway; fields: python config host port upstream bench")
     parser.add_argument("--out", type=Path, default=BENCH / "results.json")
     args = parser.parse_args()
     quick = args.quick

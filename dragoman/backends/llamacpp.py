@@ -14,6 +14,7 @@ Config::
         max_queue: 8        # waiting requests per model
         keep_alive: 5m      # seconds or "30s" / "5m" / "1h"; negative: never unload
         n_ctx: 8192         # default context window (capped by the model's training context)
+        cache_prompt: true  # reuse the KV cache of a shared prefix (false: reproducible answers)
         models:
           - {name: "gemma3:270m", path: "builtin:gemma3-270m"}
           - {name: my-model, path: models/qwen2.5-1.5b-instruct-q4_k_m.gguf, n_ctx: 4096}
@@ -201,13 +202,14 @@ class ModelSlot:
     def unload(self, *, embedding: bool) -> None:
         with self.life:
             runtime = self.embedder if embedding else self.chat
+            if runtime is None:
+                return
+            runtime.llama.close()
+            log.info("unloaded %s%s", self.config.name, " (embeddings)" if embedding else "")
             if embedding:
                 self.embedder = None
             else:
                 self.chat = None
-        if runtime is not None:
-            runtime.llama.close()
-            log.info("unloaded %s%s", self.config.name, " (embeddings)" if embedding else "")
 
     # ---------------------------------------------------------------------------- bookkeeping
 
@@ -396,7 +398,7 @@ class LlamaCppBackend(Backend):
         def job() -> None:
             with slot.life:
                 runtime = slot.chat_runtime()
-            prepared = prepare(runtime, request)
+            prepared = prepare(runtime, request, cache_prompt=self.settings.cache_prompt)
             generate(runtime, prepared, request.sampling, emit, cancel)
 
         def done(finished: asyncio.Future[None]) -> None:

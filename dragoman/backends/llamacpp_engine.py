@@ -96,6 +96,7 @@ class Prepared:
     tokens: list[int]
     budget: int  # completion tokens allowed (max_tokens, or what the context has left)
     grammar: LlamaGrammar | None = None
+    cache_prompt: bool = True  # reuse the KV cache of the previous request's common prefix
     parse_tools: bool = False
     stops: list[str] = field(default_factory=list)
 
@@ -157,7 +158,7 @@ def grammar_for(runtime: Runtime, response_format: ResponseFormat | None) -> Lla
     return grammar
 
 
-def prepare(runtime: Runtime, request: ChatRequest) -> Prepared:
+def prepare(runtime: Runtime, request: ChatRequest, *, cache_prompt: bool = True) -> Prepared:
     tokens = prompt_tokens(runtime, request)
     if len(tokens) >= runtime.n_ctx:
         raise GatewayError(ErrorKind.CONTEXT_TOO_LONG,
@@ -166,7 +167,9 @@ def prepare(runtime: Runtime, request: ChatRequest) -> Prepared:
     room = runtime.n_ctx - len(tokens)
     max_tokens = request.sampling.max_tokens
     budget = room if max_tokens is None else max(0, min(max_tokens, room))
+    cache = request.options.get("cache_prompt", cache_prompt)
     return Prepared(tokens=tokens, budget=budget, grammar=grammar_for(runtime, request.response_format),
+                    cache_prompt=cache if isinstance(cache, bool) else cache_prompt,
                     parse_tools=runtime.tools and bool(request.tools) and _tools_wanted(request),
                     stops=[s for s in request.sampling.stop if s])
 
@@ -263,6 +266,11 @@ def generate(runtime: Runtime, prepared: Prepared, sampling: Sampling, emit: Emi
         for piece in tools.feed(text):
             emit(piece)
 
+    if not prepared.cache_prompt:
+        # A prefix reused from the KV cache is evaluated in a different batch shape than a
+        # fresh prompt, which moves logits slightly; without reuse, equal requests at
+        # temperature 0 (or with one seed) give equal answers.
+        llama.reset()  # type: ignore[no-untyped-call]
     completion = 0
     reason = FinishReason.LENGTH
     matched: str | None = None

@@ -88,7 +88,10 @@ class LlamaCppSettings(BaseModel):
     """The backend entry minus ``name`` and ``type``.
 
     ``max_queue``: requests that may wait per model while one generates (FIFO); one more is a
-    429. ``keep_alive``: idle time before a model is unloaded. ``n_ctx``: the context window
+    429. ``keep_alive``: idle time before a model is unloaded. ``cache_prompt``: reuse the KV
+    cache for the prefix a request shares with the previous one (much faster multi-turn chat;
+    like llama.cpp's server, greedy answers can then differ in near-ties between a cold and a
+    warm cache; false makes equal requests give equal answers). ``n_ctx``: the context window
     models load with unless they set their own (capped by what the model was trained for).
     """
 
@@ -100,6 +103,7 @@ class LlamaCppSettings(BaseModel):
     n_ctx: int = Field(default=DEFAULT_N_CTX, ge=64)
     n_threads: int | None = Field(default=None, ge=1)
     check_memory: bool = True
+    cache_prompt: bool = True  # reuse the KV cache across requests with a common prefix
     hf_endpoint: str | None = None  # an alternative hub (mirror); default: HF_ENDPOINT or the hub
     hf_cache_dir: str | None = None  # default: the usual Hugging Face cache
 

@@ -127,7 +127,8 @@ class OpenAIBackend(Backend):
 
     async def list_models(self) -> list[ModelInfo]:
         names = await self._model_names()
-        caps = Capabilities(**{"vision": True, **self.settings.capabilities})
+        # Unknown upstream abilities are assumed present: the upstream itself refuses what it cannot do.
+        caps = Capabilities(**{"vision": True, "reasoning": True, **self.settings.capabilities})
         return [ModelInfo(name=n, capabilities=caps, context_length=self.settings.context_length)
                 for n in names]
 

@@ -34,9 +34,19 @@ class ChunkEncoder:
         self._tool_index: dict[int, int] = {}
         self._reasoning_index: dict[int, int] = {}
         self._reasoning_text: dict[int, list[str]] = {}
-        self._head: bytes = b""
+        self._role_sent = False
 
     def encode(self, event: Event) -> bytes:
+        if not self._role_sent and not isinstance(event, (MessageStart, StreamError)) and not self.completion:
+            # The role chunk waits for the first part: a tool-call turn carries content null, as OpenAI's does.
+            self._role_sent = True
+            if isinstance(event, PartStart) and event.kind == "tool_call":
+                self._kinds[event.index] = event.kind
+                position = self._tool_index[event.index] = len(self._tool_index)
+                return self._delta({"role": "assistant", "content": None, "tool_calls": [{
+                    "index": position, "id": event.tool_call_id, "type": "function",
+                    "function": {"name": event.tool_name, "arguments": ""}}]})
+            return self._delta({"role": "assistant", "content": ""}) + self.encode(event)
         if isinstance(event, PartDelta):
             kind = self._kinds[event.index]
             if kind == "text":
@@ -76,9 +86,7 @@ class ChunkEncoder:
                                                      "cmpl-" + event.id.removeprefix("chatcmpl-"))
                             + b',"object":"' + obj.encode() + b'","created":' + str(event.created).encode()
                             + b',"model":' + orjson.dumps(self.model) + b',"system_fingerprint":null,"choices":')
-            if self.completion:
-                return b""
-            return self._delta({"role": "assistant", "content": ""})
+            return b""
         if isinstance(event, MessageEnd):
             reason = orjson.dumps(FINISH_REASONS[event.finish_reason])
             if self.completion:

@@ -58,6 +58,11 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _ensure_parent(database: str) -> None:
+    """A first start with the default ``~/.dragoman/dragoman.db`` must not fail on a missing folder."""
+    Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
 def _alembic_config(connection: Connection) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
@@ -117,6 +122,8 @@ class Store:
                 kwargs["connect_args"] = {"server_settings": {"search_path": schema}}
         elif schema is not None:
             raise ValueError("schema= is only supported on PostgreSQL")
+        if backend == "sqlite" and parsed.database and parsed.database != ":memory:":
+            _ensure_parent(parsed.database)
         engine = create_async_engine(parsed, **kwargs)
         if backend == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

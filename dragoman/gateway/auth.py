@@ -1,0 +1,54 @@
+"""The pipeline's access policy for each ``auth.mode``.
+
+* ``keys``: every request needs a dragoman key (``sk-dm-...``); the key decides which models it
+  may use and which limits and budgets apply.
+* ``none`` and ``forward``: no dragoman key. Under ``forward`` the client's own credential is
+  passed to the upstream, which does the checking; here both admit everyone to every model, with
+  only the shared per-model limits (``model_limits``) applied.
+"""
+
+from __future__ import annotations
+
+from dragoman.core.service import CallContext
+from dragoman.errors import ErrorKind, GatewayError
+from dragoman.gateway.keys import KeyService, Principal
+from dragoman.gateway.limits import Lease, Limiter
+
+_ANONYMOUS = Principal.anonymous()
+
+
+class KeyAccess:
+    """``auth.mode: keys``."""
+
+    def __init__(self, keys: KeyService, limiter: Limiter | None = None) -> None:
+        self.keys = keys
+        self.limiter = limiter
+
+    async def authenticate(self, ctx: CallContext) -> None:
+        ctx.principal = await self.keys.authenticate(ctx.api_key)
+
+    def may_use(self, ctx: CallContext, *names: str) -> bool:
+        principal = ctx.principal
+        return isinstance(principal, Principal) and principal.may_use(*names)
+
+    async def acquire(self, ctx: CallContext, model: str) -> Lease | None:
+        principal = ctx.principal
+        if not isinstance(principal, Principal):  # the pipeline authenticates first; be safe anyway
+            raise GatewayError(ErrorKind.AUTHENTICATION, "Invalid API key")
+        return None if self.limiter is None else await self.limiter.acquire(principal, model)
+
+
+class AnonymousAccess:
+    """``auth.mode: none`` or ``forward``: everyone, every model; only per-model limits apply."""
+
+    def __init__(self, limiter: Limiter | None = None) -> None:
+        self.limiter = limiter
+
+    async def authenticate(self, ctx: CallContext) -> None:
+        ctx.principal = _ANONYMOUS
+
+    def may_use(self, ctx: CallContext, *names: str) -> bool:
+        return True
+
+    async def acquire(self, ctx: CallContext, model: str) -> Lease | None:
+        return None if self.limiter is None else await self.limiter.acquire(_ANONYMOUS, model)

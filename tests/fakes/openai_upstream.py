@@ -1,0 +1,239 @@
+"""A fake OpenAI-compatible upstream speaking the real wire format, with scripted faults.
+
+The model name picks the behaviour:
+
+* ``gpt-test``: replies ``"You said: <last user text>"``, streamed in small chunks;
+* ``gpt-tools``: two parallel tool calls, arguments streamed in fragments;
+* ``gpt-reason``: ``reasoning_content`` deltas, then text;
+* ``gpt-think``: text with inline ``<think>...</think>`` split across chunks;
+* ``gpt-split``: the SSE bytes cut at awkward places (mid-line, mid-``\\r\\n``);
+* ``gpt-nodone``: ends without ``data: [DONE]`` (clean EOF);
+* ``gpt-eof``: the connection is cut mid-stream;
+* ``gpt-stall``: stalls mid-stream forever; ``gpt-hang``: never answers;
+* ``gpt-error-<status>``: an OpenAI-shaped error with that status (429 adds retry-after);
+* ``gpt-midstream-error``: an ``{"error": ...}`` frame mid-stream;
+* ``gpt-slow``: streams one chunk every 50 ms (for disconnect tests).
+
+Every request is recorded (path, headers, JSON body); streams record whether the client
+went away before the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+MODELS = ["gpt-test", "gpt-tools", "gpt-reason", "gpt-think", "gpt-split", "gpt-nodone", "gpt-eof",
+          "gpt-stall", "gpt-hang", "gpt-error-400", "gpt-error-401", "gpt-error-429", "gpt-error-500",
+          "gpt-error-503", "gpt-midstream-error", "gpt-slow", "text-embedding-test", "gpt-context"]
+
+
+@dataclass
+class Recorded:
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeOpenAI:
+    requests: list[Recorded] = field(default_factory=list)
+    disconnects: int = 0
+    completed_streams: int = 0
+    open_streams: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def last(self, path_suffix: str = "/chat/completions") -> Recorded:
+        return [r for r in self.requests if r.path.endswith(path_suffix)][-1]
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+        ])
+
+    async def _record(self, request: Request) -> Any:
+        body = orjson.loads(await request.body()) if request.method == "POST" else None
+        with self.lock:
+            self.requests.append(Recorded(request.url.path, dict(request.headers), body))
+        return body
+
+    async def models(self, request: Request) -> Response:
+        await self._record(request)
+        return JSONResponse({"object": "list", "data": [
+            {"id": m, "object": "model", "created": 1700000000, "owned_by": "fake"} for m in MODELS]})
+
+    async def embeddings(self, request: Request) -> Response:
+        body = await self._record(request)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        import array
+        import base64
+
+        data = []
+        for i, text in enumerate(inputs):
+            vector = [float(len(text)), 1.0, -0.5]
+            if body.get("encoding_format") == "base64":
+                data.append({"object": "embedding", "index": i,
+                             "embedding": base64.b64encode(array.array("f", vector).tobytes()).decode()})
+            else:
+                data.append({"object": "embedding", "index": i, "embedding": vector})
+        return JSONResponse({"object": "list", "data": data, "model": body["model"],
+                             "usage": {"prompt_tokens": 7, "total_tokens": 7}})
+
+    async def completions(self, request: Request) -> Response:
+        body = await self._record(request)
+        text = f"completed: {body['prompt']}"
+        base = {"id": "cmpl-up1", "object": "text_completion", "created": 1700000000, "model": body["model"]}
+
+        async def frames() -> Any:
+            for piece in (text[:5], text[5:]):
+                yield _sse({**base, "choices": [{"text": piece, "index": 0, "finish_reason": None}]})
+            yield _sse({**base, "choices": [{"text": "", "index": 0, "finish_reason": "stop"}]})
+            yield _sse({**base, "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3,
+                                                        "total_tokens": 5}})
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(frames(), media_type="text/event-stream")
+
+    async def chat(self, request: Request) -> Response:
+        body = await self._record(request)
+        model: str = body["model"]
+        if model.startswith("gpt-error-"):
+            status = int(model.rsplit("-", 1)[1])
+            headers = {"retry-after": "2"} if status == 429 else {}
+            return JSONResponse({"error": {"message": f"fake upstream failure {status}", "type": "fake_error",
+                                           "param": None, "code": f"fake_{status}"}},
+                                status_code=status, headers=headers)
+        if model == "gpt-context":
+            return JSONResponse({"error": {"message": "This model's maximum context length is 10 tokens",
+                                           "type": "invalid_request_error", "param": "messages",
+                                           "code": "context_length_exceeded"}}, status_code=400)
+        if model == "gpt-hang":
+            await asyncio.sleep(3600)
+        frames = self._frames(body)
+        return _TrackedStream(self, frames, model)
+
+    def _frames(self, body: dict[str, Any]) -> list[bytes]:
+        model = body["model"]
+        last_user = next((m for m in reversed(body["messages"]) if m["role"] == "user"), {"content": ""})
+        content = last_user["content"]
+        if isinstance(content, list):
+            content = " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+        base = {"id": "chatcmpl-up123", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                              "finish_reason": finish}]})
+
+        out = [chunk({"role": "assistant", "content": ""})]
+        finish = "stop"
+        if model == "gpt-tools":
+            calls = [("call_a", "get_weather", '{"city": "Paris"}'), ("call_b", "get_time", '{"tz": "UTC"}')]
+            for index, (call_id, name, args) in enumerate(calls):
+                out.append(chunk({"tool_calls": [{"index": index, "id": call_id, "type": "function",
+                                                  "function": {"name": name, "arguments": ""}}]}))
+                for piece in (args[:6], args[6:]):
+                    out.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
+            finish = "tool_calls"
+        elif model == "gpt-reason":
+            for piece in ("Let me ", "think."):
+                out.append(chunk({"reasoning_content": piece}))
+            out.append(chunk({"content": "Answer."}))
+        elif model == "gpt-think":
+            for piece in ("<thi", "nk>Pondering", " deeply</th", "ink>\nThe ", "answer."):
+                out.append(chunk({"content": piece}))
+        elif model == "gpt-midstream-error":
+            out.append(chunk({"content": "partial "}))
+            out.append(_sse({"error": {"message": "upstream exploded", "type": "server_error"}}))
+            return out
+        else:
+            text = f"You said: {content}"
+            for i in range(0, len(text), 4):
+                out.append(chunk({"content": text[i:i + 4]}))
+        out.append(chunk({}, finish))
+        out.append(_sse({**base, "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7,
+                                                          "total_tokens": 18}}))
+        if model != "gpt-nodone":
+            out.append(b"data: [DONE]\n\n")
+        if model == "gpt-split":
+            raw = b"".join(out).replace(b"\n", b"\r\n")
+            out = [raw[i:i + 7] for i in range(0, len(raw), 7)]
+        return out
+
+
+class _TrackedStream(Response):
+    """Streams frames and notes whether the client left before the end."""
+
+    def __init__(self, fake: FakeOpenAI, frames: list[bytes], model: str) -> None:
+        super().__init__(media_type="text/event-stream")
+        self.fake, self.frames, self.model = fake, frames, model
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with self.fake.lock:
+            self.fake.open_streams += 1
+        producer = asyncio.ensure_future(self._produce(send))
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if watcher.done() and not producer.done():
+                producer.cancel()
+                with self.fake.lock:
+                    self.fake.disconnects += 1
+            else:
+                watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+        finally:
+            watcher.cancel()
+            with self.fake.lock:
+                self.fake.open_streams -= 1
+
+    async def _produce(self, send: Send) -> None:
+        headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for i, frame in enumerate(self.frames):
+            if self.model == "gpt-eof" and i == 3:
+                raise _CutConnection
+            if self.model == "gpt-stall" and i == 3:
+                await asyncio.sleep(3600)
+            if self.model == "gpt-slow":
+                await asyncio.sleep(0.05)
+            await send({"type": "http.response.body", "body": frame, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        with self.fake.lock:
+            self.fake.completed_streams += 1
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+class _CutConnection(Exception):
+    """Raised inside the ASGI app mid-body: uvicorn then drops the connection."""
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())

@@ -1,0 +1,88 @@
+"""Run real ASGI servers on ephemeral loopback ports, each in its own thread and event loop.
+
+Tests then talk to them over real HTTP with the official (synchronous) SDKs, which would
+deadlock a server sharing the test's own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import yaml
+from starlette.types import ASGIApp
+
+from dragoman.app import create_app
+from dragoman.config import load_config
+
+
+class ServerThread:
+    """An ASGI app served by uvicorn in a background thread."""
+
+    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1") -> None:
+        self.app = app
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
+                                                    loop="asyncio", http="h11", lifespan="on",
+                                                    timeout_graceful_shutdown=3))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.serve(sockets=[self.sock]))
+        self.loop.close()
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("server thread died during startup")
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not start within 30s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        self.sock.close()
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def run_coroutine(self, coro: Any) -> Any:
+        """Run a coroutine on the server's loop (to inspect its state) and wait for it."""
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
+
+
+@contextlib.contextmanager
+def dragoman_server(config: dict[str, Any], *, env: dict[str, str] | None = None,
+                    workdir: Path | None = None) -> Iterator[ServerThread]:
+    """A dragoman app built from a config dict written to a temporary YAML file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = workdir or Path(tmp)
+        path = directory / "dragoman.yaml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        app = create_app(load_config(path, environ=env or {}))
+        with ServerThread(app) as server:
+            server.app_state = app.state  # type: ignore[attr-defined]
+            yield server

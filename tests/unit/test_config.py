@@ -1,0 +1,68 @@
+"""Config loading: interpolation and errors that name the file and the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dragoman.app import build_backends
+from dragoman.backends.base import BackendDeps
+from dragoman.config import ConfigError, load_config
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "dragoman.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_env_interpolation_and_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+server: {host: 127.0.0.1, port: 9999}
+backends:
+  - name: up
+    type: openai
+    base_url: ${BASE:-http://127.0.0.1:1/v1}
+    api_key: ${UPSTREAM_KEY}
+    models: ["*"]
+""")
+    config = load_config(path, environ={"UPSTREAM_KEY": "secret"})
+    assert config.server.port == 9999
+    assert config.backends[0].settings["api_key"] == "secret"
+    assert config.backends[0].settings["base_url"] == "http://127.0.0.1:1/v1"
+    assert config.database_url.endswith(str(tmp_path / "dragoman.db"))
+
+
+def test_missing_env_var_names_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "backends:\n  - {name: up, type: openai, base_url: x, api_key: \"${NOPE}\"}\n")
+    with pytest.raises(ConfigError, match=r"dragoman.yaml: backends\[0\].api_key: environment variable NOPE"):
+        load_config(path, environ={})
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("server: {port: nope}\nbackends: [{name: e, type: echo}]\n", r"server.port: Input should be a valid integer"),
+    ("backends: []\n", r"at least one backend is required"),
+    ("backends: [{name: e, type: echo}, {name: e, type: echo}]\n", r"used twice"),
+    ("backend: []\n", r"backend: unknown key"),
+    ("- just a list\n", r"top level must be a mapping"),
+    ("backends: [\n", r"not valid YAML"),
+])
+def test_broken_config_is_a_clear_error(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected) as info:
+        load_config(write(tmp_path, text), environ={})
+    assert str(tmp_path / "dragoman.yaml") in str(info.value)
+
+
+def test_backend_settings_errors_name_the_entry(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "backends:\n  - {name: up, type: openai, models: [a]}\n"), environ={})
+    with pytest.raises(ConfigError, match=r"backends\[0\] \(up\)\.base_url: Field required"):
+        build_backends(config, BackendDeps())
+    config = load_config(write(tmp_path, "backends:\n  - {name: up, type: nosuch}\n"), environ={})
+    with pytest.raises(ConfigError, match=r"unknown backend type 'nosuch'"):
+        build_backends(config, BackendDeps())
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "absent.yaml", environ={})

@@ -1,0 +1,42 @@
+"""The import directions of DESIGN.md: core <- dialects, backends <- gateway <- app."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "dragoman"
+
+
+def imports_of(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.startswith("dragoman")}
+
+
+def layer_violations(folder: str, allowed: tuple[str, ...]) -> list[str]:
+    problems = []
+    for path in (PACKAGE / folder).rglob("*.py"):
+        for module in imports_of(path):
+            if not module.startswith(allowed):
+                problems.append(f"{path.relative_to(PACKAGE)} imports {module}")
+    return problems
+
+
+def test_core_imports_only_core_and_errors() -> None:
+    assert layer_violations("core", ("dragoman.core", "dragoman.errors")) == []
+
+
+def test_dialects_never_import_backends_or_gateway() -> None:
+    for dialect in ("openai", "ollama", "anthropic"):
+        if (PACKAGE / "dialects" / dialect).exists():
+            assert layer_violations(f"dialects/{dialect}", (
+                "dragoman.core", "dragoman.errors", "dragoman.dialects.common", f"dragoman.dialects.{dialect}")) == []
+
+
+def test_backends_never_import_dialects_or_gateway() -> None:
+    assert layer_violations("backends", ("dragoman.core", "dragoman.errors", "dragoman.backends")) == []
