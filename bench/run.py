@@ -236,8 +236,9 @@ def profile(settings: Settings, gateway: Server, logdir: Path) -> dict[str, Any]
 
 
 def top_frames(raw: Path, limit: int = 12) -> dict[str, list[tuple[str, float]]]:
-    """From py-spy's collapsed stacks: self-time share per function, and inclusive share per
-    dragoman function (where the gateway's own code spends, callees included)."""
+    """From py-spy's collapsed stacks: self-time share per package and per function, and inclusive
+    share per dragoman function (where the gateway's own code spends, callees included)."""
+    by_package: dict[str, int] = {}
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     total = 0
@@ -251,15 +252,18 @@ def top_frames(raw: Path, limit: int = 12) -> dict[str, list[tuple[str, float]]]
         total += n
         frames = [frame.rsplit(":", 1)[0] + ")" if ":" in frame else frame for frame in stack.split(";")]
         own[frames[-1]] = own.get(frames[-1], 0) + n
+        path = frames[-1].rpartition("(")[2].rstrip(")").split("/")
+        package = "/".join(path[:2]) if path[0] == "dragoman" else path[0]
+        by_package[package] = by_package.get(package, 0) + n
         for frame in set(frames):
-            if "dragoman/" in frame or frame.startswith("dragoman"):
+            if "dragoman/" in frame and "dragoman/cli.py" not in frame and "dragoman/__main__" not in frame:
                 inclusive[frame] = inclusive.get(frame, 0) + n
 
     def ranked(counts: dict[str, int]) -> list[tuple[str, float]]:
         top = sorted(counts.items(), key=lambda kv: -kv[1])[:limit]
         return [(name, round(100 * n / max(total, 1), 1)) for name, n in top]
 
-    return {"self": ranked(own), "dragoman_inclusive": ranked(inclusive)}
+    return {"self_by_package": ranked(by_package), "self": ranked(own), "dragoman_inclusive": ranked(inclusive)}
 
 
 def median(results: list[LoadResult], key: Callable[[LoadResult], float]) -> float:
@@ -369,7 +373,11 @@ def print_profile(report: dict[str, Any]) -> None:
         if not isinstance(found, dict) or "self" not in found:
             print(f"\nprofile {mode}: {found}")
             continue
-        print(f"\nprofile, {mode} (py-spy, {found['file']}): self time")
+        print(f"\nprofile, {mode} (py-spy, {found['file']}): self time by package (file when py-spy"
+              " shortens the path)")
+        for name, pct in found["self_by_package"]:
+            print(f"  {pct:5.1f}%  {name}")
+        print("  self time by function:")
         for name, pct in found["self"]:
             print(f"  {pct:5.1f}%  {name}")
         print("  dragoman code, inclusive:")
@@ -483,9 +491,9 @@ def bench(settings: Settings, logdir: Path) -> int:
 def parse_args() -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 s runs, 1 round, 4k-request soak")
-    parser.add_argument("--duration", type=float, help="seconds per saturated run (default 10)")
-    parser.add_argument("--low-duration", type=float, help="seconds per 1-connection run (default 5)")
-    parser.add_argument("--rounds", type=int, help="interleaved rounds, medians reported (default 3)")
+    parser.add_argument("--duration", type=float, help="seconds per saturated run (default 5)")
+    parser.add_argument("--low-duration", type=float, help="seconds per 1-connection run (default 2)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds, medians reported (default 6)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--soak-requests", type=int, help="default 100000")
     parser.add_argument("--engine", choices=("auto", "wrk", "python"), default="auto")
@@ -503,8 +511,8 @@ def parse_args() -> Settings:
         return value if value is not None else (fast if quick else full)
 
     can_pin = not args.no_pin and shutil.which("taskset") is not None and len(os.sched_getaffinity(0)) >= 2
-    return Settings(duration=pick(args.duration, 10.0, 1.0), low_duration=pick(args.low_duration, 5.0, 1.0),
-                    warmup=1.0 if quick else 2.0, rounds=pick(args.rounds, 3, 1),
+    return Settings(duration=pick(args.duration, 5.0, 1.0), low_duration=pick(args.low_duration, 2.0, 1.0),
+                    warmup=1.0 if quick else 2.0, rounds=pick(args.rounds, 6, 1),
                     connections=args.connections, soak_requests=pick(args.soak_requests, 100_000, 4_000),
                     engine=args.engine, pin=can_pin, gateway_cmd=args.gateway_cmd,
                     skip_dragoman=args.skip_dragoman, profile=args.profile, out=args.out)

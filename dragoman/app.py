@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,12 +24,25 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dragoman.admin import admin_routes
 from dragoman.backends.base import Backend, BackendDeps, Timeouts
+from dragoman.backends.fetch import SafeImageFetcher
 from dragoman.backends.registry import backend_class
 from dragoman.config import Config, ConfigError, describe_validation_error
+from dragoman.control import ControlPlane, make_observer, open_control_plane
+from dragoman.dialects.anthropic.routes import AnthropicDialect
 from dragoman.dialects.common import json_response
+from dragoman.dialects.ollama.routes import OllamaDialect
 from dragoman.dialects.openai.routes import OpenAIDialect
+from dragoman.gateway.balance import Balancer
+from dragoman.gateway.cooldown import CooldownSettings, CooldownStore, cooldown_store
+from dragoman.gateway.health import BackendHealth, HealthMonitor, ReadinessCheck, readiness
+from dragoman.gateway.keys import KeyService
+from dragoman.gateway.metrics import Metrics
 from dragoman.gateway.registry import ModelRegistry
+from dragoman.gateway.route import DeploymentSpec, ModelSpec
+from dragoman.gateway.router import Router, RoutingSettings
+from dragoman.gateway.store import Store
 from dragoman.pipeline import Gateway
 
 log = logging.getLogger("dragoman")
@@ -47,6 +61,20 @@ class AppServices:
     ready: bool = False
     startup_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     shutdown_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Routing and health (see build_routing).
+    router: Router | None = None
+    cooldowns: CooldownStore | None = None
+    health: HealthMonitor | None = None
+    # Latest background health check per backend (the monitor's own dict, kept up to date).
+    backend_health: dict[str, BackendHealth] = field(default_factory=dict)
+    # ``GET /health/ready`` runs these; each returns an error string, or None when fine.
+    readiness_checks: list[ReadinessCheck] = field(default_factory=list)
+    # Control plane (opened at start-up: the database is async).
+    deps: BackendDeps | None = None
+    store: Store | None = None
+    keys: KeyService | None = None
+    control: ControlPlane | None = None
+    metrics: Metrics | None = None
 
 
 def build_backends(config: Config, deps: BackendDeps) -> list[Backend]:
@@ -71,6 +99,32 @@ def build_backends(config: Config, deps: BackendDeps) -> list[Backend]:
     return backends
 
 
+def model_specs(config: Config) -> list[ModelSpec]:
+    """``models:`` entries as the registry takes them, timeouts merged with the global ones."""
+    base = config.timeouts
+    specs = []
+    for model in config.models:
+        timeouts = None
+        if model.timeouts is not None:
+            t = model.timeouts
+            timeouts = Timeouts(t.connect or base.connect, t.first_byte or base.first_byte, t.idle or base.idle)
+        specs.append(ModelSpec(
+            name=model.name,
+            deployments=tuple(DeploymentSpec(d.target, d.weight, d.priority) for d in model.deployments),
+            strategy=model.strategy, fallbacks=tuple(model.fallbacks), timeouts=timeouts, retries=model.retries))
+    return specs
+
+
+def build_routing(config: Config) -> tuple[Router, CooldownStore]:
+    """The router and its cooldown store (shared through Redis when ``redis:`` is set)."""
+    r = config.routing
+    cooldowns = cooldown_store(CooldownSettings(r.cooldown.failures, r.cooldown.window, r.cooldown.period),
+                               config.redis_url, prefix=r.cooldown.key_prefix)
+    settings = RoutingSettings(strategy=r.strategy, retries=r.retries, backoff=r.backoff,
+                               backoff_max=r.backoff_max, max_retry_after=r.max_retry_after)
+    return Router(settings, cooldowns=cooldowns, balancer=Balancer()), cooldowns
+
+
 class StartTimeMiddleware:
     """Stamps the arrival time on the scope, so latency figures include body reading."""
 
@@ -84,13 +138,43 @@ class StartTimeMiddleware:
 
 
 def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlette:
-    deps = BackendDeps(config_dir=config.config_dir)
+    images = config.images
+    fetcher = SafeImageFetcher(allow_hosts=images.allow_hosts, max_bytes=images.max_bytes, timeout=images.timeout,
+                               allow_private=images.allow_private)
+    deps = BackendDeps(config_dir=config.config_dir, image_fetcher=fetcher)
     backends = build_backends(config, deps)
-    registry = ModelRegistry(backends, config.aliases, refresh_seconds=config.model_refresh_seconds)
+    registry = ModelRegistry(backends, config.aliases, refresh_seconds=config.model_refresh_seconds,
+                             models=model_specs(config))
     timeouts = Timeouts(config.timeouts.connect, config.timeouts.first_byte, config.timeouts.idle)
-    gateway = Gateway(registry, overrides=config.overrides, timeouts=timeouts,
+    router, cooldowns = build_routing(config)
+    gateway = Gateway(registry, router=router, overrides=config.overrides, timeouts=timeouts,
                       forward_keys=config.auth.mode != "keys")
-    services = AppServices(config=config, backends=backends, registry=registry, gateway=gateway)
+    health_monitor = HealthMonitor(backends, interval=config.routing.health_interval,
+                                   model_count=registry.model_count)
+    services = AppServices(config=config, backends=backends, registry=registry, gateway=gateway,
+                           router=router, cooldowns=cooldowns, health=health_monitor,
+                           backend_health=health_monitor.results, deps=deps)
+
+    metrics = Metrics()
+    services.metrics = metrics
+    gateway.metrics = metrics
+
+    async def open_control() -> None:
+        control = await open_control_plane(config, metrics)
+        services.control, services.store, services.keys = control, control.store, control.keys
+        gateway.access = control.access
+        gateway.prices = control.prices
+        gateway.overrides = control.overrides
+        registry.set_aliases(control.aliases)
+        gateway.observers.append(make_observer(control.recorder, metrics))
+        services.readiness_checks.append(control.store.check)
+
+    async def close_control() -> None:
+        if services.control is not None:
+            await services.control.aclose()
+
+    services.startup_hooks.append(open_control)
+    services.shutdown_hooks.append(close_control)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -101,13 +185,21 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlett
                 started.append(backend)
             for hook in services.startup_hooks:
                 await hook()
+            await cooldowns.start()
             await registry.refresh(force=True)
+            await health_monitor.check_all()
+            health_monitor.start()
             services.ready = True
             if on_ready is not None:
                 await on_ready(services)
             yield
         finally:
             services.ready = False
+            await health_monitor.aclose()
+            try:
+                await cooldowns.aclose()
+            except Exception:
+                log.exception("closing the cooldown store failed")
             for hook in reversed(services.shutdown_hooks):
                 try:
                     await hook()
@@ -128,17 +220,38 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlett
             return json_response({"status": "starting"}, status=503)
         return json_response({"status": "ok"})
 
+    async def metrics_route(request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def health_ready(request: Request) -> Response:
+        ok, body = await readiness(services.ready, health_monitor, services.readiness_checks)
+        return json_response(body, status=200 if ok else 503)
+
     routes: list[BaseRoute] = [
         Route("/", root, methods=["GET", "HEAD"]),
         Route("/health", health, methods=["GET", "HEAD"]),
+        Route("/health/ready", health_ready, methods=["GET"]),
+        Route("/metrics", metrics_route, methods=["GET"]),
     ]
-    routes += OpenAIDialect(gateway).routes()
+    openai_dialect, anthropic_dialect = OpenAIDialect(gateway), AnthropicDialect(gateway)
+    routes += anthropic_dialect.routes()
+    # GET /v1/models is both dialects' route: the Anthropic SDK marks its calls with anthropic-version.
+    routes += [
+        Route("/v1/models", _by_header("anthropic-version", anthropic_dialect.list_models,
+                                       openai_dialect.list_models), methods=["GET"]),
+        Route("/v1/models/{model_id:path}", _by_header("anthropic-version", anthropic_dialect.retrieve_model,
+                                                       openai_dialect.retrieve_model), methods=["GET"]),
+    ]
+    routes += openai_dialect.routes()
+    routes += OllamaDialect(gateway).routes()
+    routes += admin_routes(services)
 
     middleware = [
         Middleware(StartTimeMiddleware),
         Middleware(CORSMiddleware, allow_origins=config.server.cors_origins, allow_methods=["*"],
                    allow_headers=["*"], allow_credentials=False, expose_headers=["x-dragoman-backend",
-                                                                                 "x-dragoman-attempts"]),
+                                                                                 "x-dragoman-attempts",
+                                                                                 "x-dragoman-overhead-ms"]),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_exception,  # type: ignore[dict-item]
@@ -146,6 +259,14 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlett
     app.state.services = services
     app.state.max_body_bytes = config.server.max_body_bytes
     return app
+
+
+def _by_header(header: str, present: Callable[[Request], Awaitable[Response]],
+               absent: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """A handler that dispatches on whether the request carries ``header``."""
+    async def dispatch(request: Request) -> Response:
+        return await (present if header in request.headers else absent)(request)
+    return dispatch
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -43,6 +43,104 @@ class TimeoutConfig(BaseModel):
     idle: float = Field(120.0, gt=0)
 
 
+class PartialTimeoutConfig(BaseModel):
+    """A model's own timeouts; what is left out comes from the global ``timeouts:``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect: float | None = Field(None, gt=0)
+    first_byte: float | None = Field(None, gt=0)
+    idle: float | None = Field(None, gt=0)
+
+
+Strategy = Literal["weighted_random", "least_busy", "lowest_latency"]
+
+
+class CooldownConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    failures: int = Field(3, ge=1)
+    window: float = Field(60.0, gt=0)
+    period: float = Field(30.0, gt=0)
+    key_prefix: str = "dragoman:cooldown:"  # Redis keys, when ``redis:`` is set
+
+
+class RoutingConfig(BaseModel):
+    """``routing:``: defaults for every model; see ``dragoman.gateway.router`` for the walk."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Strategy = "weighted_random"
+    retries: int = Field(2, ge=0, le=10)
+    backoff: float = Field(0.25, ge=0)
+    backoff_max: float = Field(4.0, ge=0)
+    max_retry_after: float = Field(10.0, ge=0)
+    cooldown: CooldownConfig = Field(default_factory=CooldownConfig)
+    health_interval: float = Field(30.0, ge=0)  # seconds between backend health checks; 0: off
+
+
+class DeploymentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target: str = Field(min_length=1)  # <backend>/<model>, or a model served by one backend
+    weight: float = Field(1.0, gt=0)
+    priority: int = Field(0, ge=0)  # lower first; higher ones only when all lower ones failed
+
+
+class ModelConfig(BaseModel):
+    """A ``models:`` entry: one client-facing name served by several deployments.
+
+    .. code-block:: yaml
+
+        timeouts: {connect: 10, first_byte: 600, idle: 120}   # global
+        routing:                      # defaults for every model
+          strategy: weighted_random   # weighted_random | least_busy | lowest_latency
+          retries: 2                  # further attempts once every deployment had one
+          backoff: 0.25               # seconds before the first retry; doubles, with jitter
+          backoff_max: 4
+          max_retry_after: 10         # wait for an upstream's retry-after up to this; else move on
+          cooldown: {failures: 3, window: 60, period: 30}   # N failures in window s: skip for period s
+          health_interval: 30         # background Backend.health() checks; 0: off
+        models:
+          - name: llama               # what clients ask for
+            strategy: least_busy
+            deployments:
+              - {target: ollama-a/llama3.2, weight: 2, priority: 0}
+              - ollama-b/llama3.2                      # just a target: weight 1, priority 0
+              - {target: openai/gpt-4o-mini, priority: 1}   # only when no priority-0 one can
+            fallbacks: [bigger-model]  # names (models:, aliases, <backend>/<model>) tried after
+            timeouts: {first_byte: 60} # the rest from the global timeouts
+            retries: 1
+
+    ``aliases:`` stay ordered fallback lists: each of their targets (a ``models:`` name, an alias,
+    or a concrete model) is tried in turn. A name is either a model here or an alias, not both.
+    How a route is walked: ``dragoman.gateway.registry`` and ``dragoman.gateway.router``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    strategy: Strategy | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+    timeouts: PartialTimeoutConfig | None = None
+    retries: int | None = Field(None, ge=0, le=10)
+
+    @field_validator("deployments", mode="before")
+    @classmethod
+    def _plain_targets(cls, value: Any) -> Any:
+        """A deployment may be written as just its target."""
+        if isinstance(value, list):
+            return [{"target": item} if isinstance(item, str) else item for item in value]
+        return value
+
+    @model_validator(mode="after")
+    def _no_self_fallback(self) -> ModelConfig:
+        if self.name in self.fallbacks:
+            raise ValueError(f"model {self.name!r} lists itself among its fallbacks")
+        return self
+
+
 class BackendEntry(BaseModel):
     """``name`` and ``type`` here; the rest is validated by the backend's own settings model."""
 
@@ -106,6 +204,8 @@ class Config(BaseModel):
     aliases: dict[str, str | list[str]] = Field(default_factory=dict)
     overrides: dict[str, OverrideConfig] = Field(default_factory=dict)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    models: list[ModelConfig] = Field(default_factory=list)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     database: str | None = None
     redis: str | None = None
@@ -131,6 +231,17 @@ class Config(BaseModel):
     def _has_backends(self) -> Config:
         if not self.backends:
             raise ValueError("at least one backend is required")
+        return self
+
+    @model_validator(mode="after")
+    def _unique_models(self) -> Config:
+        seen: set[str] = set()
+        for model in self.models:
+            if model.name in seen:
+                raise ValueError(f"models: name {model.name!r} is used twice")
+            if model.name in self.aliases:
+                raise ValueError(f"models: name {model.name!r} is also an alias; use one or the other")
+            seen.add(model.name)
         return self
 
     @property
@@ -203,7 +314,7 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
     env = os.environ if environ is None else environ
     chosen = path or env.get("DRAGOMAN_CONFIG")
     if not chosen:
-        return default_config(local_model=local_model)
+        return _from_environment(default_config(local_model=local_model), env)
     file = Path(chosen).expanduser()
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
@@ -225,4 +336,12 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
     except ValidationError as exc:
         raise ConfigError(f"{file}: {describe_validation_error(exc)}") from exc
     config.source = file.resolve()
+    return _from_environment(config, env)
+
+
+def _from_environment(config: Config, env: Mapping[str, str]) -> Config:
+    """``DRAGOMAN_ADMIN_PASSWORD`` wins over ``auth.admin_password`` (secrets belong in the environment)."""
+    password = env.get("DRAGOMAN_ADMIN_PASSWORD")
+    if password:
+        config.auth.admin_password = password
     return config

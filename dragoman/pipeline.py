@@ -1,7 +1,7 @@
 """The request path, written once against the canonical model for every dialect.
 
     authenticate -> plan (resolve name, access, overrides, capabilities)
-                 -> route (targets in order, retried before the first event)
+                 -> route (deployments, retries, fallbacks; only before the first event)
                  -> stream (observed: time to first token, usage, outcome)
 
 Nothing here waits on a database: observers (usage, metrics) are handed a finished
@@ -10,9 +10,10 @@ Nothing here waits on a database: observers (usage, metrics) are handed a finish
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,13 +26,24 @@ from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway import overrides as override_rules
 from dragoman.gateway.registry import ModelRegistry, Target
+from dragoman.gateway.route import Route, Step
 from dragoman.gateway.router import Router
 
 log = logging.getLogger("dragoman.pipeline")
 
 
 class Lease(Protocol):
-    async def release(self, tokens: int) -> None: ...
+    async def release(self, tokens: int, cost: float = 0.0) -> None: ...
+
+
+class Pricing(Protocol):
+    def cost(self, prompt_tokens: int, completion_tokens: int, *names: str | None) -> float | None: ...
+
+
+class StreamGauge(Protocol):
+    def stream_started(self) -> None: ...
+
+    def stream_ended(self) -> None: ...
 
 
 class AccessPolicy(Protocol):
@@ -93,6 +105,8 @@ class Gateway:
         self.timeouts = timeouts or Timeouts()
         self.forward_keys = forward_keys
         self.observers: list[Observer] = list(observers)
+        self.metrics: StreamGauge | None = None
+        self.prices: Pricing | None = None
 
     # ------------------------------------------------------------ service API
 
@@ -119,11 +133,11 @@ class Gateway:
     async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse:
         outcome = CallOutcome(ctx, "embeddings", request.model, False)
         try:
-            targets = await self._targets(request.model, ctx)
-            lease = await self.access.acquire(ctx, targets[0].id)
+            route = await self._route(request.model, ctx)
+            lease = await self.access.acquire(ctx, route.targets()[0].id)
             try:
                 response, target, attempts = await self.router.embed(
-                    targets, request, self._call_options(ctx, targets[0]))
+                    route, request, lambda step, t: self._call_options(ctx, t, step))
             finally:
                 if lease is not None:
                     await lease.release(0)
@@ -133,6 +147,9 @@ class Gateway:
         except GatewayError as exc:
             outcome.status, outcome.error_kind = exc.status, exc.kind.value
             raise
+        except asyncio.CancelledError:
+            _cancelled(outcome)
+            raise
         finally:
             outcome.latency = time.perf_counter() - ctx.started_at
             self._notify(outcome)
@@ -140,11 +157,10 @@ class Gateway:
     async def chat(self, request: ChatRequest, ctx: CallContext) -> GatewayChatStream:
         outcome = CallOutcome(ctx, "chat", request.model, request.stream)
         try:
-            targets = await self._targets(request.model, ctx)
-            planned = [(t, self._plan(request, t)) for t in targets]
-            lease = await self.access.acquire(ctx, targets[0].id)
+            route = await self._route(request.model, ctx)
+            lease = await self.access.acquire(ctx, route.targets()[0].id)
             try:
-                started = await self.router.start(planned, lambda t: self._call_options(ctx, t),
+                started = await self.router.start(route, lambda step, t: self._prepare(request, ctx, step, t),
                                                   started_at=ctx.started_at)
             except BaseException:
                 if lease is not None:
@@ -152,6 +168,11 @@ class Gateway:
                 raise
         except GatewayError as exc:
             outcome.status, outcome.error_kind = exc.status, exc.kind.value
+            outcome.latency = time.perf_counter() - ctx.started_at
+            self._notify(outcome)
+            raise
+        except asyncio.CancelledError:  # the client left before the answer started
+            _cancelled(outcome)
             outcome.latency = time.perf_counter() - ctx.started_at
             self._notify(outcome)
             raise
@@ -163,22 +184,53 @@ class Gateway:
             "x-dragoman-attempts": str(started.attempts),
             "x-dragoman-overhead-ms": f"{started.overhead * 1000:.2f}",
         }
+        if request.stream and self.metrics is not None:
+            self.metrics.stream_started()
+
+        async def closed(outcome: CallOutcome) -> None:
+            if lease is not None:
+                cost = self.prices.cost(outcome.usage.prompt_tokens, outcome.usage.completion_tokens,
+                                        outcome.target, outcome.requested_model) if self.prices else None
+                await lease.release(outcome.usage.total_tokens, cost or 0.0)
+            if request.stream and self.metrics is not None:
+                self.metrics.stream_ended()
+            self._notify(outcome)
+
         return GatewayChatStream(started.first, started.events, headers=headers, outcome=outcome,
-                                 exclude_reasoning=plan.reasoning.exclude, lease=lease,
-                                 prompt_estimate=lambda: estimate_prompt_tokens(request),
-                                 on_close=self._notify)
+                                 exclude_reasoning=plan.reasoning.exclude,
+                                 prompt_estimate=lambda: estimate_prompt_tokens(request), on_close=closed)
 
     # --------------------------------------------------------------- planning
 
     async def _targets(self, name: str, ctx: CallContext) -> list[Target]:
+        return (await self._route(name, ctx)).targets()
+
+    # ---------------------------------------------------------------- routing
+
+    async def _route(self, name: str, ctx: CallContext) -> Route:
+        """The route for a requested name, with what this key may not use left out.
+
+        A key allowed the requested name may use every deployment and fallback the operator put
+        behind it (as with aliases); otherwise each step or target must be allowed itself."""
         if not name:
             raise GatewayError(ErrorKind.INVALID_REQUEST, "model is required", param="model")
-        targets = await self.registry.resolve(name)
-        allowed = [t for t in targets if self.access.may_use(ctx, name, t.id)]
-        if not allowed:
+        route = await self.registry.resolve_route(name)
+        if self.access.may_use(ctx, name):
+            return route
+        steps = []
+        for step in route.steps:
+            allowed = tuple(d for d in step.deployments if self.access.may_use(ctx, step.name, d.id))
+            if allowed:
+                steps.append(Step(step.name, allowed, step.strategy, step.retries, step.timeouts))
+        if not steps:
             raise GatewayError(ErrorKind.PERMISSION, f"this key may not use model {name!r}",
                                code="model_not_allowed", param="model")
-        return allowed
+        return Route(route.name, tuple(steps))
+
+    def _prepare(self, request: ChatRequest, ctx: CallContext, step: Step,
+                 target: Target) -> tuple[ChatRequest, CallOptions]:
+        """The request as one target gets it (the router calls this per attempted target)."""
+        return self._plan(request, target), self._call_options(ctx, target, step)
 
     def _plan(self, request: ChatRequest, target: Target) -> ChatRequest:
         rules = override_rules.matching(self.overrides, target.id, request.model)
@@ -204,8 +256,10 @@ class Gateway:
             planned.reasoning.budget_tokens = None
         return planned
 
-    def _call_options(self, ctx: CallContext, target: Target) -> CallOptions:
-        timeouts = self.timeouts
+    def _call_options(self, ctx: CallContext, target: Target, step: Step | None = None) -> CallOptions:
+        """Timeouts: the step's (a ``models:`` entry's, merged with the global ones), else the
+        global ones; an override's ``request_timeout`` then bounds first byte and idle gaps."""
+        timeouts = step.timeouts if step is not None and step.timeouts is not None else self.timeouts
         for rule in override_rules.matching(self.overrides, target.id):
             if rule.request_timeout is not None:
                 timeouts = Timeouts(timeouts.connect, rule.request_timeout, rule.request_timeout)
@@ -217,6 +271,11 @@ class Gateway:
                 observer(outcome)
             except Exception:
                 log.exception("usage observer failed")
+
+
+def _cancelled(outcome: CallOutcome) -> None:
+    outcome.cancelled = True
+    outcome.status, outcome.error_kind = 499, ErrorKind.CANCELLED.value
 
 
 def _alias(entry: ModelEntry) -> tuple[str, ...]:
@@ -233,14 +292,13 @@ class GatewayChatStream:
     """The started answer: observes events, turns late failures into ``StreamError``."""
 
     def __init__(self, first: Event, rest: AsyncIterator[Event], *, headers: dict[str, str],
-                 outcome: CallOutcome, exclude_reasoning: bool, lease: Lease | None,
-                 prompt_estimate: Callable[[], int], on_close: Callable[[CallOutcome], None]) -> None:
+                 outcome: CallOutcome, exclude_reasoning: bool, prompt_estimate: Callable[[], int],
+                 on_close: Callable[[CallOutcome], Awaitable[None]]) -> None:
         self.headers = headers
         self._first: Event | None = first
         self._rest = rest
         self._outcome = outcome
         self._exclude = exclude_reasoning
-        self._lease = lease
         self._prompt_estimate = prompt_estimate
         self._on_close = on_close
         self._closed = False
@@ -318,9 +376,7 @@ class GatewayChatStream:
             await self._rest.aclose()  # type: ignore[attr-defined]
         finally:
             outcome.latency = time.perf_counter() - outcome.ctx.started_at
-            if self._lease is not None:
-                await self._lease.release(outcome.usage.total_tokens)
-            self._on_close(outcome)
+            await self._on_close(outcome)
 
 
 def _reindex(event: PartStart | PartDelta | PartEnd, index: int) -> PartStart | PartDelta | PartEnd:

@@ -119,6 +119,13 @@ class FifoGate:
                 self._waiters.remove(waiter)
             raise
 
+    def close(self, error: GatewayError) -> None:
+        """Fail everyone still waiting (the backend is shutting down)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
+
     def release(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
@@ -266,6 +273,7 @@ class LlamaCppBackend(Backend):
         self._reap_interval = reap_interval
         self._reaper: asyncio.Task[None] | None = None
         self._active: set[threading.Event] = set()
+        self._closed = False
 
     @classmethod
     def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> LlamaCppBackend:
@@ -278,6 +286,10 @@ class LlamaCppBackend(Backend):
             self._reaper = asyncio.create_task(self._reap_forever(), name=f"llamacpp-{self.name}-keep-alive")
 
     async def aclose(self) -> None:
+        self._closed = True
+        for slot in self._slots.values():
+            for gate in (slot.gate, slot.embed_gate):
+                gate.close(GatewayError(ErrorKind.UPSTREAM_UNAVAILABLE, f"backend {self.name!r} is shutting down"))
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -328,6 +340,8 @@ class LlamaCppBackend(Backend):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     def _slot(self, model: str) -> ModelSlot:
+        if self._closed:
+            raise GatewayError(ErrorKind.UPSTREAM_UNAVAILABLE, f"backend {self.name!r} is shut down")
         slot = self._slots.get(model)
         if slot is None:
             raise not_found(f"model {model!r} is not configured on backend {self.name!r} "
@@ -398,6 +412,7 @@ class LlamaCppBackend(Backend):
         def job() -> None:
             with slot.life:
                 runtime = slot.chat_runtime()
+            slot.touch(embedding=False, keep_alive=keep_alive)
             prepared = prepare(runtime, request, cache_prompt=self.settings.cache_prompt)
             generate(runtime, prepared, request.sampling, emit, cancel)
 

@@ -82,10 +82,6 @@ class Runtime:
     def tokenize(self, text: str, *, add_bos: bool, special: bool) -> list[int]:
         return list(self.llama.tokenize(text.encode("utf-8"), add_bos=add_bos, special=special))
 
-    def is_eog(self, token: int) -> bool:
-        import llama_cpp
-
-        return bool(llama_cpp.llama_vocab_is_eog(self.llama._model.vocab, token))
 
 
 # ------------------------------------------------------------------------------------ prompts
@@ -271,6 +267,7 @@ def generate(runtime: Runtime, prepared: Prepared, sampling: Sampling, emit: Emi
         # fresh prompt, which moves logits slightly; without reuse, equal requests at
         # temperature 0 (or with one seed) give equal answers.
         llama.reset()  # type: ignore[no-untyped-call]
+    is_eog, vocab = llama_cpp.llama_vocab_is_eog, llama._model.vocab
     completion = 0
     reason = FinishReason.LENGTH
     matched: str | None = None
@@ -280,7 +277,7 @@ def generate(runtime: Runtime, prepared: Prepared, sampling: Sampling, emit: Emi
                 if cancel.is_set():
                     log.info("generation of %s cancelled after %d tokens", runtime.model, completion)
                     return
-                if runtime.is_eog(token):
+                if is_eog(vocab, token):
                     reason = FinishReason.STOP
                     break
                 completion += 1

@@ -28,15 +28,15 @@ from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.gateway.key_fields import EDITABLE, check_budget, invalid, validate
 from dragoman.gateway.store import Store
 from dragoman.gateway.store.schema import api_keys
-from dragoman.gateway.timeutil import PERIODS, as_utc, utcnow
+from dragoman.gateway.timeutil import as_utc, utcnow
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -140,69 +140,6 @@ def _info(row: RowMapping) -> KeyInfo:
     )
 
 
-_EDITABLE = ("name", "models", "expires_at", "rpm", "tpm", "max_parallel", "budget_tokens", "budget_cost",
-             "budget_period", "enabled", "metadata")
-
-
-def _invalid(message: str, param: str) -> GatewayError:
-    return GatewayError(ErrorKind.INVALID_REQUEST, message, param=param)
-
-
-def _validate(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Check and normalise editable fields; raises ``GatewayError(INVALID_REQUEST)``."""
-    unknown = set(values) - set(_EDITABLE)
-    if unknown:
-        raise _invalid(f"unknown key field(s): {', '.join(sorted(unknown))}", sorted(unknown)[0])
-    out: dict[str, Any] = {}
-    for name, value in values.items():
-        if name == "name":
-            if not isinstance(value, str) or not value.strip() or len(value) > 200:
-                raise _invalid("name must be a non-empty string of at most 200 characters", name)
-            out[name] = value.strip()
-        elif name == "models":
-            if isinstance(value, str):
-                value = [value]
-            models = list(value)
-            if not models or not all(isinstance(m, str) and m for m in models):
-                raise _invalid("models must be a non-empty list of names or globs ('*' for all)", name)
-            out[name] = models
-        elif name in ("rpm", "tpm", "max_parallel", "budget_tokens"):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
-                raise _invalid(f"{name} must be a positive integer or null", name)
-            out[name] = value
-        elif name == "budget_cost":
-            numeric = isinstance(value, int | float) and not isinstance(value, bool)
-            if value is not None and (not numeric or value <= 0):
-                raise _invalid("budget_cost must be a positive number or null", name)
-            out[name] = None if value is None else float(value)
-        elif name == "budget_period":
-            if value is not None and value not in PERIODS:
-                raise _invalid(f"budget_period must be one of {', '.join(PERIODS)} or null", name)
-            out[name] = value
-        elif name == "expires_at":
-            if value is not None and not isinstance(value, datetime):
-                raise _invalid("expires_at must be a datetime or null", name)
-            out[name] = None if value is None else as_utc(value)
-        elif name == "enabled":
-            out[name] = bool(value)
-        elif name == "metadata":
-            value = {} if value is None else value
-            if not isinstance(value, dict):
-                raise _invalid("metadata must be a JSON object", name)
-            try:
-                orjson.dumps(value)
-            except TypeError as exc:
-                raise _invalid(f"metadata must be JSON-serialisable: {exc}", name) from exc
-            out[name] = value
-    return out
-
-
-def _check_budget(row: Mapping[str, Any]) -> None:
-    has_budget = row.get("budget_tokens") is not None or row.get("budget_cost") is not None
-    if has_budget and row.get("budget_period") is None:
-        raise _invalid("a token or cost budget needs budget_period (day or month)", "budget_period")
-
-
 @dataclass(slots=True)
 class _Cached:
     principal: Principal | None  # None: no such key (negative entries are cached too)
@@ -300,7 +237,7 @@ class KeyService:
             task.add_done_callback(lambda _t: self._inflight.pop(key_hash, None))
         try:
             return await asyncio.shield(task)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:  # asyncpg raises OSError when it cannot connect
             if entry is not None and now - entry.fetched < self._stale_ttl:
                 log.warning("key store unavailable (%s); using a cached answer", type(exc).__name__)
                 return entry.principal
@@ -377,7 +314,9 @@ class KeyService:
                     self._subscribed.set()
                     backoff = 0.5
                     while True:
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                        # Poll with a timeout rather than block: a blocking read would trip the
+                        # client's socket timeout on a quiet channel.
+                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                         if message and message.get("type") == "message":
                             data = message["data"]
                             key_id = data.decode() if isinstance(data, bytes) else str(data)
@@ -409,7 +348,7 @@ class KeyService:
                     .values(last_used_at=bindparam("ts")),
                     [{"kid": k, "ts": ts} for k, ts in batch.items()],
                 )
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:
             log.warning("could not record keys' last use (%s); will retry", exc)
             for key_id, ts in batch.items():
                 self._touched.setdefault(key_id, ts)
@@ -432,12 +371,12 @@ class KeyService:
         metadata: dict[str, Any] | None = None,
     ) -> tuple[KeyInfo, str]:
         """Store a new key; returns its info and the secret, which is never available again."""
-        values = _validate({
+        values = validate({
             "name": name, "models": list(models), "expires_at": expires_at, "rpm": rpm, "tpm": tpm,
             "max_parallel": max_parallel, "budget_tokens": budget_tokens, "budget_cost": budget_cost,
             "budget_period": budget_period, "enabled": enabled, "metadata": metadata,
         })
-        _check_budget(values)
+        check_budget(values)
         secret = generate_secret()
         row = {
             **values,
@@ -451,7 +390,7 @@ class KeyService:
             async with self._store.begin() as conn:
                 await conn.execute(api_keys.insert().values(**row))
         except IntegrityError as exc:
-            raise _invalid(f"a key named {values['name']!r} already exists", "name") from exc
+            raise invalid(f"a key named {values['name']!r} already exists", "name") from exc
         return await self.get(row["id"]), secret
 
     async def list_keys(self) -> list[KeyInfo]:
@@ -473,17 +412,17 @@ class KeyService:
         return _info((by_id or rows)[0])
 
     async def update(self, ref: str, changes: Mapping[str, Any]) -> KeyInfo:
-        """Change editable fields (see ``_EDITABLE``); ``None`` clears an optional limit."""
-        values = _validate(changes)
+        """Change editable fields (see ``EDITABLE``); ``None`` clears an optional limit."""
+        values = validate(changes)
         current = await self.get(ref)
-        merged = {f: getattr(current, f) for f in _EDITABLE} | values
-        _check_budget(merged)
+        merged = {f: getattr(current, f) for f in EDITABLE} | values
+        check_budget(merged)
         if values:
             try:
                 async with self._store.begin() as conn:
                     await conn.execute(update(api_keys).where(api_keys.c.id == current.id).values(**values))
             except IntegrityError as exc:
-                raise _invalid(f"a key named {values.get('name')!r} already exists", "name") from exc
+                raise invalid(f"a key named {values.get('name')!r} already exists", "name") from exc
             await self._broadcast(current.id)
         return await self.get(current.id)
 

@@ -1,9 +1,22 @@
 """Which models exist and what a client-facing name means.
 
-Resolution of a name, in order: an alias (exact, then glob such as ``claude-sonnet-*``);
-``<backend>/<model>``; a bare ``<model>`` served by exactly one backend. Anything else is a
-404 that lists close matches. Backend model lists are cached and refreshed in the
-background, and refreshed at once on a miss, so new upstream models appear without restart.
+Resolution of a name, in order: a ``models:`` entry (several deployments, with fallbacks); an
+alias (exact, then glob such as ``claude-sonnet-*``); ``<backend>/<model>``; a bare ``<model>``
+served by exactly one backend. Anything else is a 404 that lists close matches. Backend model
+lists are cached and refreshed in the background, and refreshed at once on a miss, so new
+upstream models appear without restart.
+
+A name resolves to a :class:`~dragoman.gateway.route.Route`: steps tried in order.
+
+* a ``models:`` entry is one step (its deployments, strategy, retries, timeouts), followed by
+  the routes of its ``fallbacks`` in order;
+* an alias is the routes of its targets in order (an ordered fallback list); a target may be a
+  ``models:`` name, another alias or a concrete name;
+* a concrete name is a step with one deployment.
+
+Each name appears once in a route (cycles are cut). Retries are for when there is nowhere else
+to go: a concrete step in a route of several steps is tried once (declare it under ``models:``
+to give it retries); alone, it gets the ``routing:`` default.
 """
 
 from __future__ import annotations
@@ -14,34 +27,25 @@ import fnmatch
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 from dragoman.backends.base import Backend
 from dragoman.core.models import ModelEntry, ModelInfo
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.gateway.route import Deployment, ModelSpec, Route, Step, Target
+
+__all__ = ["ModelRegistry", "Target"]
 
 log = logging.getLogger("dragoman.models")
 
 
-@dataclass(slots=True, frozen=True)
-class Target:
-    """One concrete place a request can go."""
-
-    backend: Backend
-    model: str  # upstream name
-    info: ModelInfo
-
-    @property
-    def id(self) -> str:
-        return f"{self.backend.name}/{self.model}"
-
-
 class ModelRegistry:
     def __init__(self, backends: Iterable[Backend], aliases: dict[str, str | list[str]] | None = None,
-                 *, refresh_seconds: float = 60.0) -> None:
+                 *, refresh_seconds: float = 60.0, models: Iterable[ModelSpec] = ()) -> None:
         self.backends: dict[str, Backend] = {b.name: b for b in backends}
         self.aliases: dict[str, list[str]] = {}
+        self.models: dict[str, ModelSpec] = {}
         self.set_aliases(aliases or {})
+        self.set_models(models)
         self.refresh_seconds = refresh_seconds
         self._models: dict[str, dict[str, ModelInfo]] = {}
         self._errors: dict[str, str | None] = {}
@@ -50,6 +54,22 @@ class ModelRegistry:
 
     def set_aliases(self, aliases: dict[str, str | list[str]]) -> None:
         self.aliases = {name: [t] if isinstance(t, str) else list(t) for name, t in aliases.items()}
+
+    def set_models(self, models: Iterable[ModelSpec]) -> None:
+        self.models = {spec.name: spec for spec in models}
+
+    def set_backend(self, backend: Backend) -> None:
+        """Add a backend, or replace the one of the same name (admin edits at run time); its
+        models are listed again on the next refresh."""
+        self.backends[backend.name] = backend
+        self._models.pop(backend.name, None)
+        self._errors.pop(backend.name, None)
+        self._refreshed_at = 0.0
+
+    def remove_backend(self, name: str) -> None:
+        self.backends.pop(name, None)
+        self._models.pop(name, None)
+        self._errors.pop(name, None)
 
     # ---------------------------------------------------------------- refresh
 
@@ -84,41 +104,71 @@ class ModelRegistry:
     # ---------------------------------------------------------------- listing
 
     def entries(self) -> list[ModelEntry]:
-        """Every ``<backend>/<model>``, then every alias that resolves (globs are not listed)."""
+        """Every ``<backend>/<model>``, then every ``models:`` name and alias that resolves (globs are
+        not listed); ``alias_of`` is the first target its route reaches."""
         out = [ModelEntry(id=f"{backend}/{name}", backend=backend, info=info)
                for backend, models in self._models.items() for name, info in models.items()]
-        for alias, targets in self.aliases.items():
-            if _is_glob(alias):
-                continue
-            first = self._concrete(targets[0]) if targets else None
-            if first is not None:
-                out.append(ModelEntry(id=alias, backend=first.backend.name, info=first.info,
-                                      alias_of=first.id))
+        names = list(self.models) + [a for a in self.aliases if not _is_glob(a) and a not in self.models]
+        for name in names:
+            route = self._route(name)
+            if route is not None:
+                first = route.targets()[0]
+                out.append(ModelEntry(id=name, backend=first.backend.name, info=first.info, alias_of=first.id))
         return out
 
     # ------------------------------------------------------------- resolution
 
     async def resolve(self, name: str) -> list[Target]:
-        """Targets for a client-facing name, in fallback order."""
-        await self.refresh()
-        targets = self._resolve(name)
-        if targets is None:
-            await self.refresh(force=True)  # a model may have appeared upstream
-            targets = self._resolve(name)
-        if not targets:
-            raise self._not_found(name)
-        return targets
+        """Every target for a client-facing name, in the order its route reaches them."""
+        return (await self.resolve_route(name)).targets()
 
-    def _resolve(self, name: str) -> list[Target] | None:
+    async def resolve_route(self, name: str) -> Route:
+        """The steps a request for ``name`` walks through (see the module docstring)."""
+        await self.refresh()
+        route = self._route(name)
+        if route is None:
+            await self.refresh(force=True)  # a model may have appeared upstream
+            route = self._route(name)
+        if route is None:
+            raise self._not_found(name)
+        return route
+
+    def _route(self, name: str) -> Route | None:
+        steps: list[tuple[Step, bool]] = []
+        self._steps(name, steps, set(), top=True)
+        if not steps:
+            return None
+        if len(steps) > 1:  # concrete steps with somewhere else to go are tried once
+            return Route(name, tuple(Step(s.name, s.deployments, s.strategy, 0, s.timeouts) if implicit else s
+                                     for s, implicit in steps))
+        return Route(name, (steps[0][0],))
+
+    def _steps(self, name: str, out: list[tuple[Step, bool]], seen: set[str], *, top: bool = False) -> None:
+        """Append the steps of ``name`` to ``out``; ``seen`` cuts cycles and repeats."""
+        if name in seen:
+            return
+        seen.add(name)
+        spec = self.models.get(name)
+        if spec is not None:
+            deployments = tuple(Deployment(t, d.weight, d.priority)
+                                for d in spec.deployments if (t := self._concrete(d.target)) is not None)
+            if deployments:
+                out.append((Step(name, deployments, spec.strategy, spec.retries, spec.timeouts), False))
+            for fallback in spec.fallbacks:
+                self._steps(fallback, out, seen)
+            return
         alias = self.aliases.get(name)
-        if alias is None:
+        if alias is None and top:  # globs match requested names, not names inside a route
             alias = next((t for pattern, t in self.aliases.items() if _is_glob(pattern)
                           and fnmatch.fnmatchcase(name, pattern)), None)
         if alias is not None:
-            found = [t for t in (self._concrete(a) for a in alias) if t is not None]
-            return found or None
+            for target_name in alias:
+                self._steps(target_name, out, seen)
+            return
         target = self._concrete(name)
-        return [target] if target else None
+        if target is not None and "\0" + target.id not in seen:  # the same target by another spelling
+            seen.add("\0" + target.id)
+            out.append((Step(target.id, (Deployment(target),)), True))
 
     def _concrete(self, name: str) -> Target | None:
         backend_name, sep, model = name.partition("/")
@@ -135,6 +185,12 @@ class ModelRegistry:
         return None
 
     def _not_found(self, name: str) -> GatewayError:
+        spec = self.models.get(name)
+        if spec is not None:
+            listed = ", ".join(d.target for d in spec.deployments)
+            return GatewayError(ErrorKind.UPSTREAM_UNAVAILABLE,
+                                f"model {name!r} is configured, but no backend serves any of its deployments "
+                                f"({listed}) or fallbacks right now")
         known = [e.id for e in self.entries()]
         bare = [m for models in self._models.values() for m in models]
         ambiguous = sum(1 for models in self._models.values() if name in models) > 1

@@ -71,8 +71,10 @@ class Price:
 class PriceTable:
     """``prices: {"up/gpt-4o": {input: 2.5, output: 10.0}, "local/*": {input: 0, output: 0}}``.
 
-    Keys are names or globs over ``<backend>/<model>`` and alias names. An exact key wins over
-    globs; among globs the first in the config's order that matches wins.
+    Keys are names or globs over ``<backend>/<model>`` and alias names. A record is priced by its
+    upstream name (``<backend>/<upstream model>``), then by the name the client asked for: an exact
+    key for either wins over any glob; otherwise the first glob (in the config's order) matching
+    the upstream name, then the requested name.
     """
 
     def __init__(self, prices: Mapping[str, Mapping[str, float] | Price] | None = None) -> None:
@@ -200,20 +202,25 @@ class UsageRecorder:
     async def _run(self) -> None:
         backoff = 0.0
         while not self._closing:
-            with contextlib.suppress(TimeoutError):
+            timed_out = False
+            try:
                 await asyncio.wait_for(self._wake.wait(), backoff or self._flush_interval)
+            except TimeoutError:
+                timed_out = True
             self._wake.clear()
             if self._closing:
                 break
-            if await self.flush():
+            # Woken by a full batch: write full batches; on the interval (or retrying): everything.
+            if await self.flush(full_only=not timed_out and not backoff):
                 backoff = 0.0
             else:
                 backoff = min(max(backoff * 2, 0.5), self._max_backoff)
 
-    async def flush(self) -> bool:
-        """Write everything queued; False if the sink failed (records stay queued)."""
+    async def flush(self, *, full_only: bool = False) -> bool:
+        """Write everything queued (or only full batches); False if the sink failed (the records
+        stay queued)."""
         async with self._lock:
-            while self._queue:
+            while self._queue and (not full_only or len(self._queue) >= self._batch_size):
                 batch = list(islice(self._queue, self._batch_size))
                 if self._prices is not None:
                     for rec in batch:

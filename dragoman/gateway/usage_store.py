@@ -206,7 +206,7 @@ class UsagePruner:
         while True:
             try:
                 await self.run_once()
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, OSError) as exc:
                 log.warning("usage retention: pruning failed (%s); retrying in %.0fs", exc, self._interval)
             await asyncio.sleep(self._interval)
 

@@ -75,7 +75,7 @@ class OpenAIDialect:
             ctx = await self._context(request)
             body = await read_json(request)
             chat = convert.parse_completion(body) if completion else convert.parse_chat(body)
-            stream = await self.service.chat(chat, ctx)
+            stream = await until_disconnect(request, self.service.chat(chat, ctx))  # a client leaving stops routing
         except GatewayError as exc:
             return error_response(exc)
         if chat.stream:

@@ -73,8 +73,9 @@ class Policy:
 
     def __init__(self, per_model: bool, model_limits: Mapping[str, RateLimits] | None,
                  budget_source: BudgetSource | None, now: Callable[[], datetime],
-                 metrics: Metrics | None) -> None:
+                 metrics: Metrics | None, window: float) -> None:
         self.per_model = per_model
+        self.per = "minute" if window == 60 else f"{window:g} seconds"
         self.model_limits = {glob: lim for glob, lim in (model_limits or {}).items() if lim}
         self.budget_source = budget_source
         self.now = now
@@ -109,8 +110,8 @@ class Policy:
     def rate_error(self, bucket: Bucket, kind: str, retry_after: float) -> GatewayError:
         lim = bucket.limits
         what = {
-            "rpm": f"{lim.rpm} requests per minute",
-            "tpm": f"{lim.tpm} tokens per minute",
+            "rpm": f"{lim.rpm} requests per {self.per}",
+            "tpm": f"{lim.tpm} tokens per {self.per}",
             "parallel": f"{lim.max_parallel} parallel requests",
         }[kind]
         if self.metrics is not None:

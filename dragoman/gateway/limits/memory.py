@@ -73,7 +73,7 @@ class MemoryLimiter:
         now: Callable[[], datetime] = utcnow,
         metrics: Metrics | None = None,
     ) -> None:
-        self._policy = Policy(per_model, model_limits, budget_source, now, metrics)
+        self._policy = Policy(per_model, model_limits, budget_source, now, metrics, window)
         self._window = window
         self._clock = clock
         self._requests: dict[str, _Window] = {}

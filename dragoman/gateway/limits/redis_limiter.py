@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -127,6 +129,8 @@ class RedisLimiter:
     request running longer than that stops counting toward ``max_parallel``). If Redis is
     unreachable, ``fail_open`` (default) admits requests unlimited and logs, because a limiter
     outage should not become a gateway outage; ``fail_open=False`` refuses them with a 503.
+    Each Redis call is bounded by ``timeout`` seconds, and after a failure Redis is not tried
+    again for ``retry_down_after`` seconds, so an outage costs requests no waiting.
     """
 
     def __init__(
@@ -140,15 +144,22 @@ class RedisLimiter:
         window: float = 60.0,
         lease_ttl: float = 900.0,
         fail_open: bool = True,
+        timeout: float = 0.5,
+        retry_down_after: float = 5.0,
         now: Callable[[], datetime] = utcnow,
+        clock: Callable[[], float] = time.monotonic,
         metrics: Metrics | None = None,
     ) -> None:
         self._redis = redis
         self._prefix = prefix
-        self._policy = Policy(per_model, model_limits, budget_source, now, metrics)
+        self._policy = Policy(per_model, model_limits, budget_source, now, metrics, window)
         self._window_ms = int(window * 1000)
         self._lease_ttl_ms = int(lease_ttl * 1000)
         self._fail_open = fail_open
+        self._timeout = timeout
+        self._retry_down_after = retry_down_after
+        self._clock = clock
+        self._down_until = 0.0
         self._acquire = redis.register_script(_ACQUIRE_LUA)
         self._release = redis.register_script(_RELEASE_LUA)
         self._warn = ThrottledLog(log, 10.0)
@@ -180,21 +191,22 @@ class RedisLimiter:
         budget_keys = self._budget_keys(principal) if budget else ("", "")
         if budget:
             keys += budget_keys
+        if self._clock() < self._down_until:
+            return self._unavailable(None)
         try:
-            result = await self._acquire(keys=keys, args=args)
+            async with asyncio.timeout(self._timeout):
+                result = await self._acquire(keys=keys, args=args)
             if result[0] == -1:
                 await self._seed_budget(principal, budget_keys)
-                result = await self._acquire(keys=keys, args=args)
+                async with asyncio.timeout(self._timeout):
+                    result = await self._acquire(keys=keys, args=args)
                 if result[0] == -1:  # only if the counters vanished in between: do not loop
                     self._warn(logging.WARNING, "rate limiter: budget counters for key %s missing",
                                principal.key_id)
                     return NO_LEASE
-        except (RedisError, OSError) as exc:
-            if not self._fail_open:
-                raise GatewayError(ErrorKind.OVERLOADED, "The rate limiter is unavailable; try again shortly.",
-                                   retry_after=1.0) from exc
-            self._warn(logging.WARNING, "rate limiter: Redis unavailable (%s); admitting without limits", exc)
-            return NO_LEASE
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._down_until = self._clock() + self._retry_down_after
+            return self._unavailable(exc)
         if result[0] == 0:
             index, reason, retry_ms = int(result[1]), _text(result[2]), float(result[3])
             if reason.startswith("budget_"):
@@ -204,6 +216,14 @@ class RedisLimiter:
             raise policy.rate_error(buckets[index], reason, retry_ms / 1000)
         return _RedisLease(self, lease_id, buckets, budget_keys if budget else None)
 
+    def _unavailable(self, exc: BaseException | None) -> Lease:
+        if not self._fail_open:
+            raise GatewayError(ErrorKind.OVERLOADED, "The rate limiter is unavailable; try again shortly.",
+                               retry_after=1.0) from exc
+        self._warn(logging.WARNING, "rate limiter: Redis unavailable (%s); admitting without limits",
+                   exc or "recent failure")
+        return NO_LEASE
+
     async def _seed_budget(self, principal: Principal, keys: tuple[str, str]) -> None:
         """Start this period's counters from the usage table (NX: the first instance wins)."""
         assert principal.budget_period is not None
@@ -212,13 +232,19 @@ class RedisLimiter:
         tokens, cost = spent if spent is not None else (0, 0.0)
         # Keep the counters a day past the period's end; a new period uses new keys.
         expire_at_ms = int(period_end(principal.budget_period, now).timestamp() * 1000) + 86_400_000
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with asyncio.timeout(self._timeout), self._redis.pipeline(transaction=True) as pipe:
             pipe.set(keys[0], int(tokens), nx=True, pxat=expire_at_ms)
             pipe.set(keys[1], repr(float(cost)), nx=True, pxat=expire_at_ms)
             await pipe.execute()
 
     async def _spent_now(self, key: str) -> float:
-        value = await self._redis.get(key)
+        from redis.exceptions import RedisError
+
+        try:
+            async with asyncio.timeout(self._timeout):
+                value = await self._redis.get(key)
+        except (RedisError, OSError, TimeoutError):
+            return float("nan")  # only for the message; the refusal itself stands
         return float(value) if value is not None else 0.0
 
     async def release_lease(self, lease: _RedisLease, tokens: int, cost: float) -> None:
@@ -235,9 +261,13 @@ class RedisLimiter:
             keys += lease.budget_keys
         args: list[Any] = [lease.lease_id, max(int(tokens), 0), repr(max(float(cost), 0.0)),
                            len(lease.buckets), int(has_budget), self._window_ms, *flags]
+        if self._clock() < self._down_until:
+            return
         try:
-            await self._release(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
+            async with asyncio.timeout(self._timeout):
+                await self._release(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._down_until = self._clock() + self._retry_down_after
             # The parallel slot frees itself after lease_ttl; tokens of this request are not counted.
             self._warn(logging.WARNING, "rate limiter: could not release a lease (%s)", exc)
 

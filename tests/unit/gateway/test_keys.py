@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import re
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import event, select, text
@@ -171,7 +172,7 @@ async def test_cache_is_bounded(sqlite_store: Store) -> None:
 async def test_validation_errors(sqlite_store: Store) -> None:
     service = KeyService(sqlite_store)
     await service.create("taken")
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"name": "taken"}, "already exists"),
         ({"name": " "}, "name"),
         ({"name": "x", "models": []}, "models"),
@@ -183,7 +184,7 @@ async def test_validation_errors(sqlite_store: Store) -> None:
     for kwargs, needle in cases:
         name = kwargs.pop("name")
         with pytest.raises(GatewayError) as info:
-            await service.create(name, **kwargs)  # type: ignore[arg-type]
+            await service.create(name, **kwargs)
         assert info.value.kind is ErrorKind.INVALID_REQUEST
         assert needle in info.value.message
     with pytest.raises(GatewayError) as nf:
@@ -215,3 +216,16 @@ async def test_concurrent_misses_share_one_lookup(sqlite_store: Store) -> None:
     results = await asyncio.gather(*(service.authenticate(secret) for _ in range(20)))
     assert {p.key_id for p in results} == {info.id}
     assert not service._inflight
+
+
+async def test_unreachable_database_is_a_503_not_a_401() -> None:
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/test")  # nothing listens
+    service = KeyService(Store(engine))
+    try:
+        with pytest.raises(GatewayError) as info:
+            await service.authenticate(generate_secret())
+        assert info.value.status == 503 and info.value.retry_after
+    finally:
+        await engine.dispose()

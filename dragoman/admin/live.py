@@ -1,0 +1,280 @@
+"""Settings the admin UI changes while dragoman runs: aliases, per-model overrides, backends.
+
+The config file seeds the ``aliases``, ``overrides`` and ``backends`` settings
+(:func:`dragoman.gateway.settings.seed_settings`); from then on the database holds the truth,
+and every edit is saved there and applied to the running gateway at once:
+
+* aliases go to the registry, overrides to the gateway (both are plain replaceable maps);
+* a backend is rebuilt from its new settings, started, and swapped into the registry. The old
+  instance is not closed at once, because requests may still be streaming through it; backends
+  built here are closed at shutdown (the lifespan closes the ones the app built).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from dragoman.admin.masking import contains_mask, unmask
+from dragoman.backends.base import Backend, BackendDeps
+from dragoman.backends.registry import BACKEND_TYPES, backend_class
+from dragoman.config import BackendEntry, Config, OverrideConfig, describe_validation_error
+from dragoman.errors import ErrorKind, GatewayError
+from dragoman.gateway.health import HealthMonitor
+from dragoman.gateway.registry import ModelRegistry
+from dragoman.gateway.settings import SettingsStore, seed_settings
+from dragoman.gateway.store import Store
+from dragoman.pipeline import Gateway
+
+log = logging.getLogger("dragoman.admin")
+
+TEST_TIMEOUT = 15.0
+
+
+def _invalid(message: str, param: str | None = None) -> GatewayError:
+    return GatewayError(ErrorKind.INVALID_REQUEST, message, param=param)
+
+
+def backend_entries(config: Config) -> dict[str, dict[str, Any]]:
+    """The config file's backends as settings values: ``{name: {"type": ..., **settings}}``."""
+    return {e.name: {"type": e.type, **e.settings} for e in config.backends}
+
+
+def override_entries(config: Config) -> dict[str, dict[str, Any]]:
+    return {pattern: o.model_dump(exclude_defaults=True) for pattern, o in config.overrides.items()}
+
+
+def parse_override(pattern: str, value: Any) -> OverrideConfig:
+    if not isinstance(value, dict):
+        raise _invalid(f"the override for {pattern!r} must be a JSON object", "override")
+    try:
+        return OverrideConfig.model_validate(value)
+    except ValidationError as exc:
+        raise _invalid(f"override {pattern!r}: {describe_validation_error(exc)}", "override") from exc
+
+
+def parse_alias_targets(value: Any) -> list[str]:
+    targets = [value] if isinstance(value, str) else value
+    if (not isinstance(targets, list) or not targets
+            or not all(isinstance(t, str) and t.strip() for t in targets)):
+        raise _invalid("targets must be a non-empty list of model names", "targets")
+    return [t.strip() for t in targets]
+
+
+def check_name(name: str, what: str) -> str:
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise _invalid(f"{what} must be 1 to 200 characters", "name")
+    return name
+
+
+class LiveSettings:
+    """Owns the runtime copies of aliases, overrides and backends (see the module docstring)."""
+
+    def __init__(self, *, config: Config, registry: ModelRegistry, gateway: Gateway, backends: list[Backend],
+                 deps: BackendDeps, store: Callable[[], Store], health: HealthMonitor | None = None) -> None:
+        self._config = config
+        self._registry = registry
+        self._gateway = gateway
+        self._backends = backends  # the app's list (the CLI banner and shutdown read it)
+        self._deps = deps
+        self._store = store
+        self._health = health
+        self._from_file = backend_entries(config)
+        self._owned: list[Backend] = []  # built here: closed at shutdown
+        self._lock = asyncio.Lock()
+
+    # -- start and stop -----------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Seed from the config file, then apply what the database holds (edits made earlier)."""
+        await seed_settings(self._store(), self._config.aliases, override_entries(self._config),
+                            backends=self._from_file)
+        store = self._settings()
+        aliases = await store.get("aliases", {}) or {}
+        self._registry.set_aliases({k: parse_alias_targets(v) for k, v in aliases.items()})
+        overrides = await store.get("overrides", {}) or {}
+        self._gateway.overrides = {k: parse_override(k, v) for k, v in overrides.items()}
+        wanted = await store.get("backends", {}) or {}
+        for name in list(self._registry.backends):
+            if name not in wanted:
+                self._remove(name)
+        for name, entry in wanted.items():
+            if entry != self._from_file.get(name):
+                try:
+                    await self._swap(self._build(name, entry))
+                except GatewayError as exc:
+                    log.error("backend %s saved in the admin settings cannot be built (%s); "
+                              "fix it on the Settings page", name, exc.message)
+
+    def _settings(self) -> SettingsStore:
+        return SettingsStore(self._store())
+
+    async def aclose(self) -> None:
+        for backend in reversed(self._owned):
+            try:
+                await backend.aclose()
+            except Exception:
+                log.exception("closing backend %s failed", backend.name)
+        self._owned.clear()
+
+    # -- aliases and overrides ----------------------------------------------------------------
+
+    async def aliases(self) -> dict[str, list[str]]:
+        raw = await self._settings().get("aliases", {}) or {}
+        return {k: parse_alias_targets(v) for k, v in raw.items()}
+
+    async def set_alias(self, name: str, targets: Any) -> None:
+        name = check_name(name, "an alias name")
+        parsed = parse_alias_targets(targets)
+        async with self._lock:
+            current = await self.aliases()
+            current[name] = parsed
+            await self._settings().set("aliases", current)
+            self._registry.set_aliases(dict(current))
+
+    async def delete_alias(self, name: str) -> None:
+        async with self._lock:
+            current = await self.aliases()
+            if current.pop(name, None) is None:
+                raise GatewayError(ErrorKind.NOT_FOUND, f"no alias {name!r}")
+            await self._settings().set("aliases", current)
+            self._registry.set_aliases(dict(current))
+
+    async def overrides(self) -> dict[str, Any]:
+        return dict(await self._settings().get("overrides", {}) or {})
+
+    async def set_override(self, pattern: str, value: Any) -> None:
+        pattern = check_name(pattern, "a model name or glob")
+        parsed = parse_override(pattern, value)
+        async with self._lock:
+            current = await self.overrides()
+            current[pattern] = value
+            await self._settings().set("overrides", current)
+            live = dict(self._gateway.overrides)
+            live[pattern] = parsed
+            self._gateway.overrides = live
+
+    async def delete_override(self, pattern: str) -> None:
+        async with self._lock:
+            current = await self.overrides()
+            if current.pop(pattern, None) is None:
+                raise GatewayError(ErrorKind.NOT_FOUND, f"no override for {pattern!r}")
+            await self._settings().set("overrides", current)
+            live = dict(self._gateway.overrides)
+            live.pop(pattern, None)
+            self._gateway.overrides = live
+
+    # -- backends -----------------------------------------------------------------------------
+
+    async def backend_settings(self) -> dict[str, dict[str, Any]]:
+        """Every backend's stored settings (secrets in clear: never send these to a browser)."""
+        return dict(await self._settings().get("backends", {}) or {})
+
+    def source(self, name: str, stored: Mapping[str, Any] | None) -> str:
+        """``config`` when the backend runs as the config file says, ``admin`` when edited here."""
+        return "config" if stored is not None and stored == self._from_file.get(name) else "admin"
+
+    def prepare(self, name: str, entry: Any, old: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Validate an entry sent by the browser and restore the masked secrets from ``old``."""
+        if not isinstance(entry, dict):
+            raise _invalid("a backend is a JSON object with type and settings", "settings")
+        kind = entry.get("type")
+        if not isinstance(kind, str) or kind not in BACKEND_TYPES:
+            raise _invalid(f"type must be one of {', '.join(sorted(BACKEND_TYPES))}", "type")
+        settings = entry.get("settings", {})
+        if not isinstance(settings, dict):
+            raise _invalid("settings must be a JSON object", "settings")
+        if "name" in settings or "type" in settings:
+            raise _invalid("name and type are set outside settings", "settings")
+        restored = unmask(settings, {k: v for k, v in (old or {}).items() if k != "type"})
+        if contains_mask(restored):
+            raise _invalid("a secret is still masked (••••): type the secret itself", "settings")
+        try:
+            BackendEntry.model_validate({"name": name, "type": kind})
+        except ValidationError as exc:
+            raise _invalid(f"invalid backend name: {describe_validation_error(exc)}", "name") from exc
+        return {"type": kind, **restored}
+
+    def _build(self, name: str, entry: Mapping[str, Any]) -> Backend:
+        settings = {k: v for k, v in entry.items() if k != "type"}
+        try:
+            cls = backend_class(str(entry.get("type")))
+            return cls.from_config(name, settings, self._deps)
+        except ValidationError as exc:
+            raise _invalid(f"backend {name}: {describe_validation_error(exc)}", "settings") from exc
+        except ImportError as exc:
+            raise _invalid(f"backend type {entry.get('type')!r} needs an optional dependency that is not "
+                           f"installed ({exc.name})", "type") from exc
+        except ValueError as exc:
+            raise _invalid(f"backend {name}: {exc}", "settings") from exc
+
+    async def save_backend(self, name: str, entry: dict[str, Any], *, create: bool) -> None:
+        """Build, start and swap in the backend, then persist it (a bad entry changes nothing)."""
+        async with self._lock:
+            stored = await self.backend_settings()
+            if create and (name in stored or name in self._registry.backends):
+                raise GatewayError(ErrorKind.INVALID_REQUEST, f"a backend named {name!r} already exists",
+                                   status=409, param="name")
+            if not create and name not in stored and name not in self._registry.backends:
+                raise GatewayError(ErrorKind.NOT_FOUND, f"no backend named {name!r}")
+            backend = self._build(name, entry)
+            await self._swap(backend)
+            stored[name] = entry
+            await self._settings().set("backends", stored)
+        await self._registry.refresh(force=True)
+
+    async def delete_backend(self, name: str) -> None:
+        async with self._lock:
+            stored = await self.backend_settings()
+            if name not in stored and name not in self._registry.backends:
+                raise GatewayError(ErrorKind.NOT_FOUND, f"no backend named {name!r}")
+            stored.pop(name, None)
+            await self._settings().set("backends", stored)
+            self._remove(name)
+
+    async def test_backend(self, name: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """Build a throwaway instance and ask it for its models; never touches the running one."""
+        backend = self._build(name, entry)
+        try:
+            async with asyncio.timeout(TEST_TIMEOUT):
+                await backend.start()
+                problem = await backend.health()
+                models = [m.name for m in await backend.list_models()]
+        except GatewayError as exc:
+            return {"ok": False, "error": exc.message, "models": []}
+        except TimeoutError:
+            return {"ok": False, "error": f"no answer within {TEST_TIMEOUT:.0f}s", "models": []}
+        finally:
+            await backend.aclose()
+        if problem:
+            return {"ok": False, "error": problem, "models": models}
+        return {"ok": True, "error": None, "models": models}
+
+    async def _swap(self, backend: Backend) -> None:
+        await backend.start()
+        old = self._registry.backends.get(backend.name)
+        self._registry.set_backend(backend)
+        self._owned.append(backend)
+        for listing in (self._backends, self._health.backends if self._health else None):
+            if listing is None:
+                continue
+            if old is not None and old in listing:
+                listing[listing.index(old)] = backend
+            else:
+                listing.append(backend)
+        if self._health is not None:
+            self._health.results.pop(backend.name, None)  # the next check reports on the new instance
+
+    def _remove(self, name: str) -> None:
+        old = self._registry.backends.get(name)
+        self._registry.remove_backend(name)
+        for listing in (self._backends, self._health.backends if self._health else None):
+            if listing is not None and old is not None and old in listing:
+                listing.remove(old)
+        if self._health is not None:
+            self._health.results.pop(name, None)

@@ -1,0 +1,192 @@
+"""Admin sign-in: the password, signed sessions, CSRF tokens and login throttling.
+
+* The password comes from ``DRAGOMAN_ADMIN_PASSWORD`` / ``auth.admin_password``; without either,
+  one is generated on the first start, shown once on the terminal and only its argon2 hash is
+  kept (in the settings table, so it survives restarts). There is no built-in default.
+* A session is a cookie signed with itsdangerous: ``{csrf token, signed in?, password
+  fingerprint}``. Any instance sharing the database (and so the signing secret) accepts it;
+  changing the password ends every session, because the fingerprint no longer matches.
+* CSRF: a synchronizer token lives in the session; every unsafe request made with the cookie
+  must echo it (``x-csrf-token`` header or ``csrf_token`` form field).
+* Scripts use ``Authorization: Bearer <admin password>`` instead (no cookie, so no CSRF). A
+  verified bearer is remembered as an HMAC, compared in constant time, so argon2 runs once.
+* Failed attempts (form or bearer) are throttled per client address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from dragoman.gateway.settings import SettingsStore
+
+log = logging.getLogger("dragoman.admin")
+
+PASSWORD_HASH_SETTING = "admin:password_hash"
+SESSION_SECRET_SETTING = "admin:session_secret"
+COOKIE_NAME = "dragoman_admin"
+SESSION_MAX_AGE = 12 * 3600
+_SALT = "dragoman-admin-session"
+
+
+@dataclass(slots=True, frozen=True)
+class Session:
+    """What a session cookie says once its signature checks out."""
+
+    csrf: str
+    signed_in: bool
+
+    def csrf_ok(self, token: str | None) -> bool:
+        return bool(token) and hmac.compare_digest(self.csrf.encode(), (token or "").encode())
+
+
+class LoginThrottle:
+    """At most ``limit`` failed attempts per ``window`` seconds per client address.
+
+    Memory is bounded: at most ``max_clients`` addresses are tracked (the oldest are dropped).
+    """
+
+    def __init__(self, *, limit: int = 5, window: float = 300.0, max_clients: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = limit
+        self.window = window
+        self._max = max_clients
+        self._clock = clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, client: str) -> deque[float]:
+        now = self._clock()
+        stamps = self._failures.get(client)
+        if stamps is None:
+            return deque()
+        while stamps and now - stamps[0] >= self.window:
+            stamps.popleft()
+        if not stamps:
+            del self._failures[client]
+        return stamps
+
+    def retry_after(self, client: str) -> float | None:
+        """Seconds until ``client`` may try again, or None when it may try now."""
+        stamps = self._recent(client)
+        if len(stamps) < self.limit:
+            return None
+        return max(1.0, self.window - (self._clock() - stamps[0]))
+
+    def failed(self, client: str) -> None:
+        stamps = self._recent(client)
+        if client not in self._failures:
+            if len(self._failures) >= self._max:
+                del self._failures[next(iter(self._failures))]
+            self._failures[client] = stamps
+        stamps.append(self._clock())
+
+    def succeeded(self, client: str) -> None:
+        self._failures.pop(client, None)
+
+
+class AdminAuth:
+    """The admin credential and sessions. :meth:`setup` must run (once, at start) before use."""
+
+    def __init__(self, *, password: str | None, session_secret: str | None,
+                 announce: Callable[[str], None], throttle: LoginThrottle | None = None) -> None:
+        self._configured_password = password
+        self._configured_secret = session_secret
+        self._announce = announce
+        self.throttle = throttle or LoginThrottle()
+        self._hasher = PasswordHasher()
+        self._hash: str | None = None
+        self._serializer: URLSafeTimedSerializer | None = None
+        self._fingerprint = ""
+        self._mac_key = secrets.token_bytes(32)  # per process: keys the remembered bearer digest
+        self._bearer_digest: bytes | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self._hash is not None and self._serializer is not None
+
+    async def setup(self, settings: SettingsStore) -> None:
+        """Resolve the password hash and the signing secret, generating and persisting them
+        when they are not configured."""
+        if self._configured_password:
+            self._hash = await asyncio.to_thread(self._hasher.hash, self._configured_password)
+            self._configured_password = None  # keep only the hash from here on
+        else:
+            stored = await settings.get(PASSWORD_HASH_SETTING)
+            if not isinstance(stored, str) or not stored.startswith("$argon2"):
+                generated = secrets.token_urlsafe(15)
+                digest = await asyncio.to_thread(self._hasher.hash, generated)
+                await settings.set(PASSWORD_HASH_SETTING, digest)
+                stored = await settings.get(PASSWORD_HASH_SETTING)
+                if stored == digest:  # another instance starting at once may have won the race
+                    self._announce(generated)
+            self._hash = str(stored)
+        secret = self._configured_secret
+        if not secret:
+            stored_secret = await settings.get(SESSION_SECRET_SETTING)
+            if not isinstance(stored_secret, str) or len(stored_secret) < 32:
+                await settings.set(SESSION_SECRET_SETTING, secrets.token_urlsafe(48))
+                stored_secret = await settings.get(SESSION_SECRET_SETTING)
+            secret = str(stored_secret)
+        self._serializer = URLSafeTimedSerializer(secret, salt=_SALT)
+        self._fingerprint = hashlib.sha256(self._hash.encode()).hexdigest()[:16]
+        self._bearer_digest = None
+
+    # -- the password -------------------------------------------------------------------------
+
+    async def check_password(self, password: str) -> bool:
+        """argon2 verification, off the event loop (it is deliberately slow)."""
+        if self._hash is None or not password or len(password) > 1024:
+            return False
+        return await asyncio.to_thread(self._verify, self._hash, password)
+
+    def _verify(self, digest: str, password: str) -> bool:
+        try:
+            return bool(self._hasher.verify(digest, password))
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    async def check_bearer(self, token: str) -> bool:
+        """The admin password as a bearer token: constant-time compare against the last one
+        that verified, argon2 otherwise."""
+        digest = hmac.new(self._mac_key, token.encode(), hashlib.sha256).digest()
+        if self._bearer_digest is not None and hmac.compare_digest(digest, self._bearer_digest):
+            return True
+        if await self.check_password(token):
+            self._bearer_digest = digest
+            return True
+        return False
+
+    # -- sessions -----------------------------------------------------------------------------
+
+    def new_session(self, *, signed_in: bool) -> tuple[Session, str]:
+        """A fresh session (new CSRF token) and its cookie value."""
+        session = Session(csrf=secrets.token_urlsafe(32), signed_in=signed_in)
+        return session, self.dump(session)
+
+    def dump(self, session: Session) -> str:
+        assert self._serializer is not None, "AdminAuth.setup() has not run"
+        return self._serializer.dumps({"c": session.csrf, "a": int(session.signed_in), "p": self._fingerprint})
+
+    def load(self, cookie: str | None) -> Session | None:
+        """The session in ``cookie``, or None when it is missing, forged, expired or stale."""
+        if not cookie or self._serializer is None or len(cookie) > 4096:
+            return None
+        try:
+            data = self._serializer.loads(cookie, max_age=SESSION_MAX_AGE)
+        except BadSignature:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("c"), str):
+            return None
+        signed_in = data.get("a") == 1 and hmac.compare_digest(str(data.get("p", "")), self._fingerprint)
+        return Session(csrf=data["c"], signed_in=signed_in)

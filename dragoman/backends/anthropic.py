@@ -1,0 +1,606 @@
+"""Anthropic's Messages API as a backend, so every client dialect can reach Claude models.
+
+Chat always streams from the upstream (non-streaming clients get the accumulated stream).
+Anthropic's named SSE events are already block-structured, so they map straight onto
+canonical events: no :class:`PartTracker` needed. Decisions worth knowing:
+
+* ``system`` messages are lifted into ``system``; tool results (``Role.TOOL``) join the user
+  turn after the assistant's tool use as ``tool_result`` blocks (first in the turn, as the API
+  requires); consecutive turns of one role are merged.
+* ``max_tokens`` is required upstream: the client's, else ``default_max_tokens``.
+* ``temperature`` is clamped to Anthropic's 0..1. With thinking on, Anthropic accepts only
+  ``temperature`` 1 and ``top_p`` >= 0.95 and no ``top_k``: other values are left out.
+* Reasoning (``reasoning_effort``, ``think``, ``thinking``) becomes ``thinking`` with
+  ``Reasoning.effective_budget()`` tokens, at least 1024; when ``max_tokens`` does not exceed
+  the budget, the budget is added to it (``max_tokens`` then still bounds the answer after the
+  thinking, which is what an OpenAI or Ollama client meant by it).
+* Thinking blocks go back upstream byte-exact with their signatures; reasoning without a
+  signature (from another model, or through Ollama's wire, which has no field for one) cannot
+  be verified by Anthropic and is left out. When the last assistant turn then calls tools
+  without a thinking block first, thinking is not requested for this turn (Anthropic would
+  refuse the request).
+* ``json_object`` has no Anthropic equivalent and is not sent; ``json_schema`` becomes
+  ``output_config.format``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import aiohttp
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from dragoman.backends.base import Backend, BackendDeps, CallOptions
+from dragoman.backends.http import (
+    client_timeout,
+    exception_error,
+    iter_chunks,
+    make_session,
+    read_json,
+    status_error,
+)
+from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, PartEnd, PartKind, PartStart
+from dragoman.core.ids import now, random_id
+from dragoman.core.images import encode_base64, sniff_media_type
+from dragoman.core.jsonprefix import to_object
+from dragoman.core.models import Capabilities, ModelInfo
+from dragoman.core.sse import ServerSentEvent, SSEDecoder
+from dragoman.core.types import (
+    ChatRequest,
+    FinishReason,
+    ImagePart,
+    Message,
+    ReasoningPart,
+    Role,
+    TextPart,
+    ToolCallPart,
+    ToolResultPart,
+    Usage,
+)
+from dragoman.errors import ErrorKind, GatewayError
+
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+DEFAULT_VERSION = "2023-06-01"
+MIN_THINKING_BUDGET = 1024
+DISCOVERY_TTL = 60.0
+
+STOP_REASONS: dict[str, FinishReason] = {
+    "end_turn": FinishReason.STOP,
+    "pause_turn": FinishReason.STOP,
+    "stop_sequence": FinishReason.STOP_SEQUENCE,
+    "max_tokens": FinishReason.LENGTH,
+    "model_context_window_exceeded": FinishReason.LENGTH,
+    "tool_use": FinishReason.TOOL_CALLS,
+    "refusal": FinishReason.CONTENT_FILTER,
+}
+
+# Anthropic's structured ``error.type`` refines the HTTP status table (and is all a mid-stream error has).
+ERROR_TYPES: dict[str, ErrorKind] = {
+    "invalid_request_error": ErrorKind.INVALID_REQUEST,
+    "authentication_error": ErrorKind.AUTHENTICATION,
+    "permission_error": ErrorKind.PERMISSION,
+    "billing_error": ErrorKind.RATE_LIMITED,
+    "not_found_error": ErrorKind.NOT_FOUND,
+    "request_too_large": ErrorKind.PAYLOAD_TOO_LARGE,
+    "rate_limit_error": ErrorKind.RATE_LIMITED,
+    "api_error": ErrorKind.UPSTREAM_ERROR,
+    "overloaded_error": ErrorKind.OVERLOADED,
+    "timeout_error": ErrorKind.TIMEOUT,
+}
+# The status an error type stands for, when it arrives mid-stream without one.
+ERROR_TYPE_STATUS: dict[str, int] = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500,
+                                     "timeout_error": 504}
+
+
+class AnthropicSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str | None = None  # a key, "forward" (the client's own), or None
+    auth: Literal["x-api-key", "bearer"] = "x-api-key"  # bearer for OAuth tokens and some proxies
+    models: list[str] = Field(default_factory=lambda: ["*"])  # names or globs (globs are discovered)
+    default_max_tokens: int = Field(4096, ge=1)
+    version: str = DEFAULT_VERSION
+    beta: list[str] = Field(default_factory=list)
+    headers: dict[str, str] = Field(default_factory=dict)
+    max_connections: int = 256
+    capabilities: dict[str, bool] = Field(default_factory=dict)  # overrides for every model
+    context_length: int | None = 200_000
+
+
+class AnthropicBackend(Backend):
+    type = "anthropic"
+
+    def __init__(self, name: str, settings: AnthropicSettings) -> None:
+        super().__init__(name)
+        self.settings = settings
+        self.base_url = settings.base_url.rstrip("/").removesuffix("/v1")
+        self._session: aiohttp.ClientSession | None = None
+        self._discovered: dict[str, int] | None = None  # model id -> created (unix seconds)
+        self._discovered_at = 0.0
+        self._discovery_lock = asyncio.Lock()
+        self.last_error: str | None = None
+
+    @classmethod
+    def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> AnthropicBackend:
+        return cls(name, AnthropicSettings.model_validate(settings))
+
+    async def start(self) -> None:
+        self._session = make_session(limit=self.settings.max_connections)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = make_session(limit=self.settings.max_connections)
+        return self._session
+
+    def _headers(self, client_key: str | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "anthropic-version": self.settings.version,
+                   **self.settings.headers}
+        if self.settings.beta:
+            headers["anthropic-beta"] = ",".join(self.settings.beta)
+        key = client_key if self.settings.api_key == "forward" else self.settings.api_key
+        if key:
+            if self.settings.auth == "bearer":
+                headers["Authorization"] = f"Bearer {key}"
+            else:
+                headers["x-api-key"] = key
+        return headers
+
+    # ------------------------------------------------------------------ models
+
+    async def list_models(self) -> list[ModelInfo]:
+        caps = Capabilities(**{"vision": True, "tools": True, "reasoning": True, "json_schema": True,
+                               "completion": False, **self.settings.capabilities})
+        created = await self._models()
+        return [ModelInfo(name=n, capabilities=caps, context_length=self.settings.context_length, created=c)
+                for n, c in created.items()]
+
+    async def _models(self) -> dict[str, int]:
+        patterns = self.settings.models
+        explicit = [p for p in patterns if not any(c in p for c in "*?[")]
+        if len(explicit) == len(patterns):
+            return dict.fromkeys(explicit, 0)
+        if self._discovered is None or time.monotonic() - self._discovered_at > DISCOVERY_TTL:
+            async with self._discovery_lock:
+                if self._discovered is None or time.monotonic() - self._discovered_at > DISCOVERY_TTL:
+                    await self._discover()
+        found = {m: c for m, c in (self._discovered or {}).items()
+                 if any(fnmatch.fnmatchcase(m, p) for p in patterns)}
+        return {**dict.fromkeys(explicit, 0), **found}
+
+    async def _discover(self) -> None:
+        """``GET /v1/models``, every page."""
+        found: dict[str, int] = {}
+        params = {"limit": "1000"}
+        try:
+            async with asyncio.timeout(10):
+                while True:
+                    async with self.session.get(f"{self.base_url}/v1/models", params=params,
+                                                headers=self._headers(None)) as resp:
+                        if resp.status != 200:
+                            message, kind, code = await _error_fields(resp)
+                            raise status_error(self.name, resp.status, message, kind=kind, code=code)
+                        body = await read_json(resp, self.name)
+                    for item in body.get("data") or []:
+                        if isinstance(item, dict) and "id" in item:
+                            found[str(item["id"])] = _unix(item.get("created_at"))
+                    if not body.get("has_more") or not body.get("last_id"):
+                        break
+                    params = {"limit": "1000", "after_id": str(body["last_id"])}
+            self._discovered = found
+            self.last_error = None
+        except (aiohttp.ClientError, TimeoutError, GatewayError, OSError) as exc:
+            self.last_error = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            self._discovered = self._discovered or {}
+        self._discovered_at = time.monotonic()
+
+    async def health(self) -> str | None:
+        await self._models()
+        return self.last_error
+
+    async def count_tokens(self, request: ChatRequest, model: str) -> int | None:
+        """Anthropic's own count (``/v1/messages/count_tokens``); None (an estimate) when it fails."""
+        if self.settings.api_key == "forward":
+            return None  # the client's key is not at hand here
+        body = build_body(request, model, self.settings)
+        for key in ("max_tokens", "stream", "stop_sequences", "temperature", "top_p", "top_k", "metadata"):
+            body.pop(key, None)
+        try:
+            async with asyncio.timeout(10):
+                async with self.session.post(f"{self.base_url}/v1/messages/count_tokens", data=orjson.dumps(body),
+                                             headers=self._headers(None)) as resp:
+                    if resp.status != 200:
+                        return None
+                    payload = await read_json(resp, self.name)
+        except (aiohttp.ClientError, TimeoutError, GatewayError, OSError):
+            return None
+        tokens = payload.get("input_tokens") if isinstance(payload, dict) else None
+        return tokens if isinstance(tokens, int) else None
+
+    # -------------------------------------------------------------------- chat
+
+    async def stream(self, request: ChatRequest, model: str, options: CallOptions) -> AsyncIterator[Event]:
+        if request.prompt is not None:
+            raise GatewayError(ErrorKind.INVALID_REQUEST,
+                               f"backend {self.name!r} (Anthropic) serves chat only, not raw text completion",
+                               param="model")
+        body = build_body(request, model, self.settings)
+        timeouts = options.timeouts
+        response = await self._post(body, options)
+        try:
+            decoder = StreamDecoder(self.name, model)
+            async for chunk in iter_chunks(response, timeouts.idle, self.name):
+                for sse in decoder.sse.feed(chunk):
+                    for event in decoder.decode(sse):
+                        yield event
+            for sse in decoder.sse.flush():
+                for event in decoder.decode(sse):
+                    yield event
+            for event in decoder.end_of_stream():
+                yield event
+        except (aiohttp.ClientError, OSError) as exc:
+            raise exception_error(self.name, exc, timeouts) from exc
+        finally:
+            response.release()
+            response.close()
+
+    async def _post(self, body: dict[str, Any], options: CallOptions) -> aiohttp.ClientResponse:
+        """POST and wait for a good status and headers within the first-byte timeout."""
+        timeouts = options.timeouts
+        try:
+            async with asyncio.timeout(timeouts.first_byte):
+                response = await self.session.post(
+                    f"{self.base_url}/v1/messages", data=orjson.dumps(body),
+                    headers=self._headers(options.client_api_key), timeout=client_timeout(timeouts),
+                )
+                if response.status != 200:
+                    try:
+                        message, kind, code = await _error_fields(response)
+                    finally:
+                        response.release()
+                    raise status_error(self.name, response.status, message, headers=response.headers,
+                                       code=code, kind=kind)
+                return response
+        except TimeoutError as exc:
+            raise GatewayError(ErrorKind.TIMEOUT,
+                               f"upstream {self.name!r} sent no answer within {timeouts.first_byte:g}s") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise exception_error(self.name, exc, timeouts) from exc
+
+
+# ----------------------------------------------------------------------- stream decoding
+
+
+@dataclass(slots=True)
+class _Block:
+    index: int  # canonical index
+    kind: PartKind
+    signature: str | None = None
+
+
+@dataclass(slots=True)
+class StreamDecoder:
+    """Anthropic's named SSE events -> canonical events (pure: unit-testable on recorded streams)."""
+
+    backend: str
+    model: str
+    sse: SSEDecoder = field(default_factory=SSEDecoder)
+    started: bool = False
+    ended: bool = False
+    blocks: dict[int, _Block] = field(default_factory=dict)  # upstream index -> block
+    next_index: int = 0
+    finish_reason: FinishReason | None = None
+    stop_sequence: str | None = None
+    input_tokens: int = 0
+    cache_creation: int = 0
+    cache_read: int = 0
+    output_tokens: int = 0
+
+    def decode(self, sse: ServerSentEvent) -> list[Event]:
+        if not sse.data or sse.event == "ping":
+            return []
+        try:
+            data = orjson.loads(sse.data)
+        except orjson.JSONDecodeError as exc:
+            raise GatewayError(ErrorKind.UPSTREAM_ERROR,
+                               f"upstream {self.backend!r} sent an invalid stream event") from exc
+        if not isinstance(data, dict):
+            return []
+        kind = sse.event or data.get("type")
+        if kind == "error" or data.get("type") == "error":
+            raise _stream_error(self.backend, data.get("error"))
+        handler = _HANDLERS.get(str(kind))
+        return handler(self, data) if handler is not None else []
+
+    def _message_start(self, data: dict[str, Any]) -> list[Event]:
+        message = data.get("message") or {}
+        self._usage(message.get("usage") or {})
+        self.started = True
+        return [MessageStart(id=str(message.get("id") or random_id("msg_")),
+                             model=str(message.get("model") or self.model), created=now(),
+                             prompt_tokens=self.input_tokens + self.cache_creation + self.cache_read)]
+
+    def _block_start(self, data: dict[str, Any]) -> list[Event]:
+        block = data.get("content_block") or {}
+        upstream = int(data.get("index", len(self.blocks)))
+        kind = block.get("type")
+        index = self.next_index
+        events: list[Event]
+        if kind == "text":
+            events = [PartStart(index, "text")]
+            if block.get("text"):
+                events.append(PartDelta(index, str(block["text"])))
+            self.blocks[upstream] = _Block(index, "text")
+        elif kind == "thinking":
+            events = [PartStart(index, "reasoning")]
+            if block.get("thinking"):
+                events.append(PartDelta(index, str(block["thinking"])))
+            self.blocks[upstream] = _Block(index, "reasoning", signature=block.get("signature") or None)
+        elif kind == "redacted_thinking":
+            events = [PartStart(index, "reasoning", redacted=str(block.get("data") or ""))]
+            self.blocks[upstream] = _Block(index, "reasoning")
+        elif kind == "tool_use":
+            events = [PartStart(index, "tool_call", tool_call_id=str(block.get("id") or random_id("toolu_")),
+                                tool_name=str(block.get("name") or ""))]
+            if block.get("input"):
+                events.append(PartDelta(index, orjson.dumps(block["input"]).decode()))
+            self.blocks[upstream] = _Block(index, "tool_call")
+        else:
+            return []  # server-tool blocks and the like: not requested, not modelled
+        self.next_index += 1
+        return events
+
+    def _block_delta(self, data: dict[str, Any]) -> list[Event]:
+        block = self.blocks.get(int(data.get("index", -1)))
+        delta = data.get("delta") or {}
+        if block is None:
+            return []
+        kind = delta.get("type")
+        text = None
+        if kind == "text_delta":
+            text = delta.get("text")
+        elif kind == "thinking_delta":
+            text = delta.get("thinking")
+        elif kind == "input_json_delta":
+            text = delta.get("partial_json")
+        elif kind == "signature_delta":
+            block.signature = str(delta.get("signature") or "") or None
+        return [PartDelta(block.index, str(text))] if text else []
+
+    def _block_stop(self, data: dict[str, Any]) -> list[Event]:
+        block = self.blocks.get(int(data.get("index", -1)))
+        if block is None:
+            return []
+        return [PartEnd(block.index, signature=block.signature if block.kind == "reasoning" else None)]
+
+    def _message_delta(self, data: dict[str, Any]) -> list[Event]:
+        delta = data.get("delta") or {}
+        reason = delta.get("stop_reason")
+        if reason:
+            self.finish_reason = STOP_REASONS.get(str(reason), FinishReason.STOP)
+            sequence = delta.get("stop_sequence")
+            self.stop_sequence = str(sequence) if sequence is not None else None
+        self._usage(data.get("usage") or {})
+        return []
+
+    def _message_stop(self, data: dict[str, Any]) -> list[Event]:
+        return self._end()
+
+    def _usage(self, usage: dict[str, Any]) -> None:
+        for key, attr in (("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"),
+                          ("cache_creation_input_tokens", "cache_creation"),
+                          ("cache_read_input_tokens", "cache_read")):
+            value = usage.get(key)
+            if isinstance(value, int):
+                setattr(self, attr, value)
+
+    def _end(self) -> list[Event]:
+        if self.ended:
+            return []
+        self.ended = True
+        usage = Usage(prompt_tokens=self.input_tokens + self.cache_creation + self.cache_read,
+                      completion_tokens=self.output_tokens, cached_tokens=self.cache_read)
+        return [MessageEnd(self.finish_reason or FinishReason.STOP, usage, self.stop_sequence)]
+
+    def end_of_stream(self) -> list[Event]:
+        """At upstream EOF: a clean end needs at least the ``message_delta`` (its stop reason)."""
+        if self.ended:
+            return []
+        if not self.started or self.finish_reason is None:
+            raise GatewayError(ErrorKind.UPSTREAM_ERROR,
+                               f"upstream {self.backend!r} closed the stream before the message ended")
+        return self._end()
+
+
+_HANDLERS = {
+    "message_start": StreamDecoder._message_start,
+    "content_block_start": StreamDecoder._block_start,
+    "content_block_delta": StreamDecoder._block_delta,
+    "content_block_stop": StreamDecoder._block_stop,
+    "message_delta": StreamDecoder._message_delta,
+    "message_stop": StreamDecoder._message_stop,
+}
+
+
+def _stream_error(backend: str, error: Any) -> GatewayError:
+    error = error if isinstance(error, dict) else {}
+    kind_name = str(error.get("type") or "api_error")
+    message = str(error.get("message") or f"upstream {backend!r} failed mid-stream")
+    return GatewayError(ERROR_TYPES.get(kind_name, ErrorKind.UPSTREAM_ERROR), message,
+                        upstream_status=ERROR_TYPE_STATUS.get(kind_name), code=kind_name)
+
+
+async def _error_fields(response: aiohttp.ClientResponse) -> tuple[str, ErrorKind | None, str | None]:
+    """(message, kind, Anthropic error type) from ``{"type":"error","error":{"type","message"}}``."""
+    raw = await response.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", errors="replace").strip()[:2000], None, None
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        kind_name = str(error.get("type") or "") or None
+        return str(error.get("message") or ""), ERROR_TYPES.get(kind_name or ""), kind_name
+    return raw.decode("utf-8", errors="replace")[:2000], None, None
+
+
+def _unix(value: Any) -> int:
+    if not isinstance(value, str):
+        return 0
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
+
+
+# ----------------------------------------------------------------------- request bodies
+
+
+def build_body(request: ChatRequest, model: str, settings: AnthropicSettings) -> dict[str, Any]:
+    s = request.sampling
+    max_tokens = s.max_tokens or settings.default_max_tokens
+    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
+    system = [{"type": "text", "text": p.text} for m in request.messages if m.role is Role.SYSTEM
+              for p in m.parts if isinstance(p, TextPart) and p.text]
+    if system:
+        body["system"] = system[0]["text"] if len(system) == 1 else system
+    body["messages"] = wire_messages(request.messages)
+
+    budget = _thinking_budget(request)
+    if budget is not None and _unsigned_tool_turn(body["messages"]):
+        budget = None  # Anthropic refuses thinking when the tool turn it continues has no thinking block
+    if budget is not None:
+        if max_tokens <= budget:
+            max_tokens = budget + max_tokens
+        body["max_tokens"] = max_tokens
+        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    elif request.reasoning.enabled is False:
+        body["thinking"] = {"type": "disabled"}
+    thinking = budget is not None
+
+    if s.temperature is not None:
+        temperature = min(1.0, max(0.0, s.temperature))
+        if not thinking or temperature == 1.0:
+            body["temperature"] = temperature
+    if s.top_p is not None and (not thinking or s.top_p >= 0.95):
+        body["top_p"] = s.top_p
+    if s.top_k is not None and not thinking:
+        body["top_k"] = s.top_k
+    if s.stop:
+        body["stop_sequences"] = s.stop
+
+    if request.tools:
+        tools = []
+        for tool in request.tools:
+            definition: dict[str, Any] = {"name": tool.name,
+                                          "input_schema": tool.parameters or {"type": "object", "properties": {}}}
+            if tool.description:
+                definition["description"] = tool.description
+            if tool.strict is not None:
+                definition["strict"] = tool.strict
+            tools.append(definition)
+        body["tools"] = tools
+    choice = request.tool_choice
+    if choice is not None and (request.tools or choice.mode == "none"):
+        mode = {"auto": "auto", "required": "any", "tool": "tool", "none": "none"}[choice.mode]
+        wire: dict[str, Any] = {"type": mode}
+        if mode == "tool":
+            wire["name"] = choice.name
+        if not choice.parallel and mode != "none":
+            wire["disable_parallel_tool_use"] = True
+        body["tool_choice"] = wire
+    fmt = request.response_format
+    if fmt is not None and fmt.type == "json_schema" and fmt.schema is not None:
+        body["output_config"] = {"format": {"type": "json_schema", "schema": fmt.schema}}
+    if request.user:
+        body["metadata"] = {"user_id": request.user}
+    body["stream"] = True
+    return body
+
+
+def _thinking_budget(request: ChatRequest) -> int | None:
+    effort = request.reasoning.effective_effort()
+    if effort in (None, "none"):
+        return None
+    budget = request.reasoning.effective_budget()
+    return max(MIN_THINKING_BUDGET, budget or MIN_THINKING_BUDGET)
+
+
+def _unsigned_tool_turn(turns: list[dict[str, Any]]) -> bool:
+    """Whether the last assistant turn calls tools without starting with a (signed) thinking block."""
+    last = next((t for t in reversed(turns) if t["role"] == "assistant"), None)
+    if last is None or not any(b["type"] == "tool_use" for b in last["content"]):
+        return False
+    return last["content"][0]["type"] not in ("thinking", "redacted_thinking")
+
+
+def wire_messages(messages: list[Message]) -> list[dict[str, Any]]:
+    """Canonical turns as Anthropic ``messages``: tool results in user turns, same roles merged."""
+    turns: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role is Role.SYSTEM:
+            continue
+        role = "assistant" if message.role is Role.ASSISTANT else "user"
+        blocks = _blocks(message)
+        if not blocks:
+            continue
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"] += blocks
+        else:
+            turns.append({"role": role, "content": blocks})
+    for turn in turns:
+        if turn["role"] == "user":  # tool results first in a user turn, as the API requires
+            content = turn["content"]
+            turn["content"] = ([b for b in content if b["type"] == "tool_result"]
+                               + [b for b in content if b["type"] != "tool_result"])
+    return turns
+
+
+def _blocks(message: Message) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    for part in message.parts:
+        if isinstance(part, TextPart):
+            if part.text:  # Anthropic refuses empty text blocks
+                blocks.append({"type": "text", "text": part.text})
+        elif isinstance(part, ImagePart):
+            blocks.append(_image(part))
+        elif isinstance(part, ToolCallPart):
+            blocks.append({"type": "tool_use", "id": part.id or random_id("toolu_"), "name": part.name,
+                           "input": to_object(part.arguments)})
+        elif isinstance(part, ToolResultPart):
+            result: dict[str, Any] = {"type": "tool_result", "tool_use_id": part.tool_call_id}
+            if any(isinstance(p, ImagePart) for p in part.content):
+                result["content"] = [_image(p) if isinstance(p, ImagePart) else {"type": "text", "text": p.text}
+                                     for p in part.content if not isinstance(p, TextPart) or p.text]
+            else:
+                result["content"] = part.text
+            if part.is_error:
+                result["is_error"] = True
+            blocks.append(result)
+        elif isinstance(part, ReasoningPart) and message.role is Role.ASSISTANT:
+            if part.redacted is not None:
+                blocks.append({"type": "redacted_thinking", "data": part.redacted})
+            elif part.signature:
+                blocks.append({"type": "thinking", "thinking": part.text, "signature": part.signature})
+    return blocks
+
+
+def _image(part: ImagePart) -> dict[str, Any]:
+    if part.data is not None:
+        media_type = part.media_type or sniff_media_type(part.data)
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type,
+                                            "data": encode_base64(part.data)}}
+    return {"type": "image", "source": {"type": "url", "url": part.url or ""}}

@@ -1,0 +1,152 @@
+"""Canonical events -> Ollama NDJSON lines (and the same timings for whole answers).
+
+One complete JSON object per line and per write. Text and thinking deltas go out as they
+come; a tool call is buffered until its part ends and sent whole with object arguments.
+The final line carries ``done_reason`` and the nanosecond metrics Ollama clients show:
+``load_duration`` is the time until the backend started answering, ``prompt_eval_duration``
+from there to the first token, ``eval_duration`` from the first token to the end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, PartEnd, PartStart, StreamError
+from dragoman.core.service import ChatStream
+from dragoman.core.types import ChatResponse, ToolCallPart, Usage
+from dragoman.dialects.ollama.convert import DONE_REASONS, error_body, timestamp, tool_call_body
+
+
+class Timing:
+    """Marks when the answer started and produced its first token (``perf_counter`` seconds)."""
+
+    __slots__ = ("first_token", "start", "started_at")
+
+    def __init__(self, started_at: float) -> None:
+        self.started_at = started_at
+        self.start: float | None = None
+        self.first_token: float | None = None
+
+    def observe(self, event: Event) -> None:
+        if isinstance(event, PartDelta):
+            if self.first_token is None:
+                self.first_token = time.perf_counter()
+        elif isinstance(event, MessageStart) and self.start is None:
+            self.start = time.perf_counter()
+
+    def metrics(self, usage: Usage) -> dict[str, int]:
+        end = time.perf_counter()
+        start = self.start if self.start is not None else end
+        first = self.first_token if self.first_token is not None else end
+
+        def ns(seconds: float) -> int:
+            return max(0, int(seconds * 1_000_000_000))
+
+        return {
+            "total_duration": max(1, ns(end - self.started_at)),
+            "load_duration": ns(start - self.started_at),
+            "prompt_eval_count": usage.prompt_tokens,
+            "prompt_eval_duration": max(1, ns(first - start)),
+            "eval_count": usage.completion_tokens,
+            "eval_duration": max(1, ns(end - first)),
+        }
+
+
+def final_body(model: str, response: ChatResponse, timing: Timing, *, generate: bool) -> dict[str, Any]:
+    """The whole (non-streamed) answer as one object."""
+    body: dict[str, Any] = {"model": model, "created_at": timestamp()}
+    reasoning = response.reasoning_text
+    if generate:
+        body["response"] = response.text
+        if reasoning:
+            body["thinking"] = reasoning
+    else:
+        message: dict[str, Any] = {"role": "assistant", "content": response.text}
+        if reasoning:
+            message["thinking"] = reasoning
+        calls = response.tool_calls
+        if calls:
+            message["tool_calls"] = [tool_call_body(call, i) for i, call in enumerate(calls)]
+        body["message"] = message
+    body["done_reason"] = DONE_REASONS[response.finish_reason]
+    body["done"] = True
+    body.update(timing.metrics(response.usage))
+    return body
+
+
+class LineEncoder:
+    """One per response: events in, NDJSON lines out (``b""`` when an event writes nothing)."""
+
+    def __init__(self, model: str, timing: Timing, *, generate: bool) -> None:
+        self.timing = timing
+        self.generate = generate
+        self._head = b'{"model":' + orjson.dumps(model) + b',"created_at":"'
+        self._kinds: dict[int, str] = {}
+        self._tool: dict[int, tuple[str, str, list[str]]] = {}
+        self._tool_count = 0
+        self._second = -1
+        self._second_text = ""
+
+    def _stamp(self) -> bytes:
+        ns = time.time_ns()
+        second, fraction = divmod(ns, 1_000_000_000)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return self._head + f'{self._second_text}.{fraction:09d}Z"'.encode()
+
+    def _line(self, body: bytes) -> bytes:
+        return self._stamp() + body + b"\n"
+
+    def encode(self, event: Event) -> bytes:
+        self.timing.observe(event)
+        if isinstance(event, PartDelta):
+            kind = self._kinds[event.index]
+            if kind == "tool_call":
+                self._tool[event.index][2].append(event.text)
+                return b""
+            text = orjson.dumps(event.text)
+            if self.generate:
+                body = b',"response":' + text if kind == "text" else b',"response":"","thinking":' + text
+            elif kind == "text":
+                body = b',"message":{"role":"assistant","content":' + text + b"}"
+            else:
+                body = b',"message":{"role":"assistant","content":"","thinking":' + text + b"}"
+            return self._line(body + b',"done":false}')
+        if isinstance(event, PartStart):
+            self._kinds[event.index] = event.kind
+            if event.kind == "tool_call":
+                self._tool[event.index] = (event.tool_call_id or "", event.tool_name or "", [])
+            return b""
+        if isinstance(event, PartEnd):
+            call = self._tool.pop(event.index, None)
+            if call is None or self.generate:
+                return b""
+            part = ToolCallPart(id=call[0], name=call[1], arguments="".join(call[2]))
+            message = {"role": "assistant", "content": "", "tool_calls": [tool_call_body(part, self._tool_count)]}
+            self._tool_count += 1
+            return self._line(b',"message":' + orjson.dumps(message) + b',"done":false}')
+        if isinstance(event, MessageEnd):
+            empty = b',"response":""' if self.generate else b',"message":{"role":"assistant","content":""}'
+            tail = {"done_reason": DONE_REASONS[event.finish_reason], "done": True,
+                    **self.timing.metrics(event.usage)}
+            return self._line(empty + b"," + orjson.dumps(tail)[1:])
+        if isinstance(event, StreamError):
+            return orjson.dumps(error_body(event.error)) + b"\n"
+        return b""
+
+
+async def ndjson_lines(events: ChatStream, encoder: LineEncoder) -> AsyncIterator[bytes]:
+    try:
+        async for event in events:
+            line = encoder.encode(event)
+            if line:
+                yield line
+            if isinstance(event, StreamError):
+                break
+    finally:
+        await events.aclose()

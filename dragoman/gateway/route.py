@@ -1,0 +1,99 @@
+"""What a client-facing name resolves to: an ordered route of steps, each a set of deployments.
+
+* A **deployment** is one concrete ``<backend>/<model>`` with a weight and a priority.
+* A **step** is one client-facing model: its deployments and how to spread and retry over them
+  (strategy, retries, timeouts). A ``models:`` entry of the config is a step.
+* A **route** is the steps tried in order: the requested model, then its fallbacks.
+
+These are plain data the registry builds from :class:`ModelSpec` (the config's ``models:``
+entries, translated by the app) and the router walks; the router never reads config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from dragoman.backends.base import Backend, Timeouts
+from dragoman.core.models import ModelInfo
+
+Strategy = Literal["weighted_random", "least_busy", "lowest_latency"]
+STRATEGIES: tuple[Strategy, ...] = ("weighted_random", "least_busy", "lowest_latency")
+
+
+@dataclass(slots=True, frozen=True)
+class Target:
+    """One concrete place a request can go."""
+
+    backend: Backend
+    model: str  # upstream name
+    info: ModelInfo
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend.name}/{self.model}"
+
+
+@dataclass(slots=True, frozen=True)
+class DeploymentSpec:
+    """A deployment as configured: ``target`` is a concrete name (``<backend>/<model>``, or a bare
+    model served by exactly one backend); lower ``priority`` is tried first."""
+
+    target: str
+    weight: float = 1.0
+    priority: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class ModelSpec:
+    """A ``models:`` entry: one client-facing name served by several deployments.
+
+    ``None`` fields fall back to the ``routing:`` defaults; ``timeouts`` is already merged with
+    the global ones by the app."""
+
+    name: str
+    deployments: tuple[DeploymentSpec, ...]
+    strategy: Strategy | None = None
+    fallbacks: tuple[str, ...] = ()
+    timeouts: Timeouts | None = None
+    retries: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Deployment:
+    target: Target
+    weight: float = 1.0
+    priority: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.target.id
+
+
+@dataclass(slots=True, frozen=True)
+class Step:
+    """One model of a route. ``retries=None`` means the router's default."""
+
+    name: str
+    deployments: tuple[Deployment, ...]
+    strategy: Strategy | None = None
+    retries: int | None = None
+    timeouts: Timeouts | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class Route:
+    name: str  # as requested
+    steps: tuple[Step, ...]
+
+    def targets(self) -> list[Target]:
+        """Every distinct target, in the order the route would reach them."""
+        seen: dict[str, Target] = {}
+        for step in self.steps:
+            for deployment in sorted(step.deployments, key=lambda d: d.priority):
+                seen.setdefault(deployment.id, deployment.target)
+        return list(seen.values())
+
+    @property
+    def deployment_count(self) -> int:
+        return len({d.id for step in self.steps for d in step.deployments})
