@@ -58,6 +58,7 @@ class LoadResult:
     mean_ms: float
     max_ms: float
     errors: int
+    server_cpu_us_per_req: float = math.nan  # filled in by run.py, which knows the server's pid
 
 
 def chat_body(model: str, stream: bool) -> bytes:

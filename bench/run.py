@@ -27,7 +27,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +187,25 @@ def proc_tree(pid: int) -> list[int]:
     return pids
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process tree (all threads) so far."""
+    ticks = 0
+    for one in proc_tree(pid):
+        fields = Path(f"/proc/{one}/stat").read_text().rpartition(")")[2].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def timed_load(settings: Settings, server: Server, stream: bool, connections: int, duration: float,
+               cpu: int) -> LoadResult:
+    """A load run that also charges the server's CPU time to each request: on a shared machine
+    CPU per request is far steadier than requests/s, which move with whatever else runs."""
+    before = cpu_seconds(server.proc.pid)
+    res = load(settings, server.url, stream, connections, duration, cpu=cpu)
+    spent = cpu_seconds(server.proc.pid) - before
+    return replace(res, server_cpu_us_per_req=spent / max(res.requests, 1) * 1e6)
+
+
 def memory_mb(pid: int) -> dict[str, float]:
     """VmRSS (now) and VmHWM (peak) summed over the process and its children, in MB."""
     totals = {"rss_mb": 0.0, "peak_mb": 0.0}
@@ -278,7 +297,9 @@ def summarise(run: Run, targets: list[str]) -> dict[str, Any]:
             sat, seq = run.saturated[mode][target], run.sequential[mode][target]
             rows[target] = {
                 "rps": median(sat, lambda r: r.rps), "p50_ms": median(sat, lambda r: r.p50_ms),
-                "p99_ms": median(sat, lambda r: r.p99_ms), "seq_p50_ms": median(seq, lambda r: r.p50_ms),
+                "p99_ms": median(sat, lambda r: r.p99_ms),
+                "cpu_us_per_req": median(sat, lambda r: r.server_cpu_us_per_req),
+                "seq_p50_ms": median(seq, lambda r: r.p50_ms),
                 "seq_p99_ms": median(seq, lambda r: r.p99_ms),
                 "errors": sum(r.errors for r in sat + seq),
             }
@@ -290,9 +311,10 @@ def summarise(run: Run, targets: list[str]) -> dict[str, Any]:
             rows["dragoman"]["over_baseline_p50_ms"] = statistics.median(
                 g.p50_ms - b.p50_ms for g, b in zip(run.sequential[mode]["dragoman"],
                                                     run.sequential[mode]["baseline"], strict=True))
-            rows["rps_ratio"] = statistics.median(
-                g.rps / b.rps for g, b in zip(run.saturated[mode]["dragoman"],
-                                              run.saturated[mode]["baseline"], strict=True))
+            pairs = list(zip(run.saturated[mode]["dragoman"], run.saturated[mode]["baseline"], strict=True))
+            rows["rps_ratio"] = statistics.median(g.rps / b.rps for g, b in pairs)
+            rows["cpu_ratio"] = statistics.median(
+                b.server_cpu_us_per_req / g.server_cpu_us_per_req for g, b in pairs)
         summary[mode] = rows
     return summary
 
@@ -341,18 +363,21 @@ def print_report(settings: Settings, info: dict[str, Any], summary: dict[str, An
           f"{'wrk' if info['wrk'] and settings.engine != 'python' else 'python'}, pinning: {info['pinning']}")
     print(f"{settings.rounds} round(s); saturated: {settings.connections} connections x {settings.duration:g} s; "
           f"sequential: 1 connection x {settings.low_duration:g} s; medians over rounds\n")
-    head = (f"{'mode':<11}{'target':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}  |{'1-conn p50':>11}"
-            f"{'added ms':>10}{'errors':>8}")
+    head = (f"{'mode':<11}{'target':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>11}  |"
+            f"{'1-conn p50':>11}{'added ms':>10}{'errors':>8}")
     print(head)
     print("-" * len(head))
     for mode in MODES:
         for i, (target, row) in enumerate((t, r) for t, r in summary[mode].items() if t in TARGETS):
             added = f"{row['added_p50_ms']:+.3f}" if "added_p50_ms" in row else "-"
             print(f"{mode if i == 0 else '':<11}{target:<10}{row['rps']:>9.0f}{row['p50_ms']:>9.2f}"
-                  f"{row['p99_ms']:>9.2f}  |{row['seq_p50_ms']:>11.3f}{added:>10}{row['errors']:>8}")
+                  f"{row['p99_ms']:>9.2f}{row['cpu_us_per_req']:>11.0f}  |{row['seq_p50_ms']:>11.3f}{added:>10}"
+                  f"{row['errors']:>8}")
     if "rps_ratio" in summary["non-stream"]:
         print("\ndragoman / baseline req/s: " + ", ".join(
-            f"{mode} {summary[mode]['rps_ratio']:.2f}" for mode in MODES))
+            f"{mode} {summary[mode]['rps_ratio']:.2f}" for mode in MODES)
+              + "  (from CPU per request, steadier on a shared machine: " + ", ".join(
+            f"{mode} {summary[mode]['cpu_ratio']:.2f}" for mode in MODES) + ")")
         print("dragoman's 1-connection p50 over the baseline's (its own work): " + ", ".join(
             f"{mode} {summary[mode]['dragoman']['over_baseline_p50_ms']:+.3f} ms" for mode in MODES))
     for name in ("baseline", "dragoman"):
@@ -403,11 +428,12 @@ def measure(settings: Settings, servers: dict[str, Server], run: Run) -> None:
         for mode in MODES:
             stream = mode == "stream"
             for target in targets:
-                res = load(settings, servers[target].url, stream, settings.connections, settings.duration,
-                           cpu=cpu(target))
+                res = timed_load(settings, servers[target], stream, settings.connections,
+                                 settings.duration, cpu(target))
                 run.saturated[mode][target].append(res)
                 print(f"  round {rnd + 1} {mode:<10} {target:<9} {settings.connections:>3} conn: "
-                      f"{res.rps:8.0f} req/s p50 {res.p50_ms:.2f} ms p99 {res.p99_ms:.2f} ms", flush=True)
+                      f"{res.rps:8.0f} req/s p50 {res.p50_ms:.2f} ms p99 {res.p99_ms:.2f} ms, server CPU "
+                      f"{res.server_cpu_us_per_req:.0f} us/req", flush=True)
             for target in targets:
                 res = load(settings, servers[target].url, stream, 1, settings.low_duration, cpu=cpu(target))
                 run.sequential[mode][target].append(res)

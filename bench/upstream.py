@@ -4,6 +4,7 @@ A raw ``asyncio.Protocol`` on uvloop with httptools parsing and every response p
 no framework, no JSON work per request. It answers keep-alive HTTP/1.1 (pipelining included):
 
 - ``GET /health``: 200 ``ok``;
+- ``GET /stats``: requests served so far per ``METHOD path`` (JSON);
 - ``GET /v1/models``: one model ``m``;
 - ``POST /v1/chat/completions``: a fixed ``chat.completion``; when the body asks for ``"stream": true``
   a fixed SSE sequence (role chunk, 10 content chunks, finish chunk, usage chunk, ``[DONE]``) in
@@ -84,11 +85,27 @@ class Responses:
             {"error": {"message": "not found", "type": "invalid_request_error", "code": None}}))
 
 
+class Counts:
+    """Requests served per ``METHOD path``, so a harness can see how many upstream calls the
+    proxy in front made per client request (``GET /stats``; not counted itself)."""
+
+    def __init__(self) -> None:
+        self.by_route: dict[str, int] = {}
+
+    def add(self, method: bytes, path: bytes) -> None:
+        key = f"{method.decode()} {path.decode(errors='replace')}"
+        self.by_route[key] = self.by_route.get(key, 0) + 1
+
+    def response(self) -> bytes:
+        return _response(b"200 OK", b"application/json", orjson.dumps(self.by_route))
+
+
 class UpstreamProtocol(asyncio.Protocol):
     """One connection: parse requests with httptools, answer each from the precomputed table."""
 
-    def __init__(self, responses: Responses) -> None:
+    def __init__(self, responses: Responses, counts: Counts) -> None:
         self.responses = responses
+        self.counts = counts
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.url = b""
@@ -125,6 +142,9 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def _answer(self, method: bytes, path: bytes) -> bytes:
         r = self.responses
+        if path == b"/stats":
+            return self.counts.response()
+        self.counts.add(method, path)
         if path == b"/v1/chat/completions" and method == b"POST":
             return r.stream if STREAM_RE.search(b"".join(self.body)) else r.completion
         if path == b"/v1/models" and method == b"GET":
@@ -136,8 +156,8 @@ class UpstreamProtocol(asyncio.Protocol):
 
 async def serve(host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
-    responses = Responses()
-    server = await loop.create_server(lambda: UpstreamProtocol(responses), host, port, backlog=4096,
+    responses, counts = Responses(), Counts()
+    server = await loop.create_server(lambda: UpstreamProtocol(responses, counts), host, port, backlog=4096,
                                       reuse_address=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

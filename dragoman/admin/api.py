@@ -107,7 +107,8 @@ def key_dict(info: KeyInfo) -> dict[str, Any]:
 
 
 def summary_dict(row: UsageSummary) -> dict[str, Any]:
-    return {**{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.group.items()},
+    # str(): the group's keys are SQLAlchemy ``quoted_name`` objects, which orjson refuses.
+    return {**{str(k): (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.group.items()},
             "requests": row.requests, "errors": row.errors, "prompt_tokens": row.prompt_tokens,
             "completion_tokens": row.completion_tokens, "total_tokens": row.total_tokens,
             "reasoning_tokens": row.reasoning_tokens, "cost": row.cost,
@@ -148,14 +149,14 @@ class AdminAPI:
 
     @property
     def store(self) -> Store:
-        store: Store | None = getattr(self.services, "store", None)
+        store = self.services.store
         if store is None:
             raise GatewayError(ErrorKind.INTERNAL, "the database is not open yet", status=503)
         return store
 
     @property
     def keys(self) -> KeyService:
-        keys: KeyService | None = getattr(self.services, "keys", None)
+        keys = self.services.keys
         if keys is None:
             raise GatewayError(ErrorKind.INTERNAL, "the key service is not running", status=503)
         return keys
@@ -197,7 +198,7 @@ class AdminAPI:
 
     def backend_health(self) -> list[dict[str, Any]]:
         registry = self.services.registry
-        checks = getattr(self.services, "backend_health", None) or {}
+        checks = self.services.backend_health
         out = []
         for name, backend in registry.backends.items():
             error = registry.backend_error(name)

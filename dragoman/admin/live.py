@@ -45,7 +45,7 @@ def backend_entries(config: Config) -> dict[str, dict[str, Any]]:
 
 
 def override_entries(config: Config) -> dict[str, dict[str, Any]]:
-    return {pattern: o.model_dump(exclude_defaults=True) for pattern, o in config.overrides.items()}
+    return {pattern: o.model_dump(exclude_none=True) for pattern, o in config.overrides.items()}
 
 
 def parse_override(pattern: str, value: Any) -> OverrideConfig:

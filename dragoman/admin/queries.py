@@ -106,7 +106,7 @@ async def series(store: Store, flt: UsageFilter, *, since: datetime, until: date
                  bucket: timedelta) -> list[dict[str, Any]]:
     """Requests, errors, tokens and mean latency per bucket, every bucket present (zeros too)."""
     size = int(bucket.total_seconds())
-    slot = (_epoch(store) / size).label("slot")
+    slot = (_epoch(store) // size).label("slot")  # // is integer division in SQL; / is true division
     query = select(
         slot,
         func.count().label("requests"),

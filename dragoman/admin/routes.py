@@ -95,8 +95,8 @@ class AdminSite:
                               session_secret=config.auth.session_secret, announce=announce_password)
         self.live = LiveSettings(config=config, registry=services.registry, gateway=services.gateway,
                                  backends=services.backends,
-                                 deps=getattr(services, "deps", None) or BackendDeps(config_dir=config.config_dir),
-                                 store=self._store, health=getattr(services, "health", None))
+                                 deps=services.deps or BackendDeps(config_dir=config.config_dir),
+                                 store=self._store, health=services.health)
         self.api = AdminAPI(services, self.live)
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                                      autoescape=select_autoescape(default=True, default_for_string=True),
@@ -105,7 +105,7 @@ class AdminSite:
         services.shutdown_hooks.append(self.live.aclose)
 
     def _store(self) -> Store:
-        store: Store | None = getattr(self.services, "store", None)
+        store = self.services.store
         if store is None:
             raise GatewayError(ErrorKind.INTERNAL, "the database is not open", status=503)
         return store
@@ -252,9 +252,13 @@ class AdminSite:
         if not self.auth.ready:
             return self.render("login.html", status=503, page="login", title="Sign in", csrf_token="",
                                next=target, error="dragoman is starting; reload in a moment")
-        fresh, cookie = self.auth.new_session(signed_in=False)
+        # Reuse a valid signed-out session (two tabs keep working); a new one is issued on success.
+        if session is None or session.signed_in:
+            session, cookie = self.auth.new_session(signed_in=False)
+        else:
+            cookie = self.auth.dump(session)
         response = self.render("login.html", status=status, page="login", title="Sign in",
-                               csrf_token=fresh.csrf, next=target, error=error)
+                               csrf_token=session.csrf, next=target, error=error)
         response.headers.update(extra)
         self.set_cookie(request, response, cookie)
         return response

@@ -4,8 +4,8 @@
   one is generated on the first start, shown once on the terminal and only its argon2 hash is
   kept (in the settings table, so it survives restarts). There is no built-in default.
 * A session is a cookie signed with itsdangerous: ``{csrf token, signed in?, password
-  fingerprint}``. Any instance sharing the database (and so the signing secret) accepts it;
-  changing the password ends every session, because the fingerprint no longer matches.
+  fingerprint}``. Any instance sharing the database (and so the signing secret) accepts it, also
+  after a restart; changing the password ends every session (the fingerprint no longer matches).
 * CSRF: a synchronizer token lives in the session; every unsafe request made with the cookie
   must echo it (``x-csrf-token`` header or ``csrf_token`` form field).
 * Scripts use ``Authorization: Bearer <admin password>`` instead (no cookie, so no CSRF). A
@@ -116,11 +116,21 @@ class AdminAuth:
         return self._hash is not None and self._serializer is not None
 
     async def setup(self, settings: SettingsStore) -> None:
-        """Resolve the password hash and the signing secret, generating and persisting them
+        """Resolve the signing secret and the password hash, generating and persisting them
         when they are not configured."""
+        secret = self._configured_secret
+        if not secret:
+            stored_secret = await settings.get(SESSION_SECRET_SETTING)
+            if not isinstance(stored_secret, str) or len(stored_secret) < 32:
+                await settings.set(SESSION_SECRET_SETTING, secrets.token_urlsafe(48))
+                stored_secret = await settings.get(SESSION_SECRET_SETTING)
+            secret = str(stored_secret)
+        self._serializer = URLSafeTimedSerializer(secret, salt=_SALT)
         if self._configured_password:
-            self._hash = await asyncio.to_thread(self._hasher.hash, self._configured_password)
-            self._configured_password = None  # keep only the hash from here on
+            password, self._configured_password = self._configured_password, None  # keep only hashes
+            self._hash = await asyncio.to_thread(self._hasher.hash, password)
+            # Stable across restarts (the argon2 hash is salted anew each start), new with a new password.
+            fingerprint = hmac.new(secret.encode(), b"admin-password:" + password.encode(), hashlib.sha256)
         else:
             stored = await settings.get(PASSWORD_HASH_SETTING)
             if not isinstance(stored, str) or not stored.startswith("$argon2"):
@@ -131,15 +141,8 @@ class AdminAuth:
                 if stored == digest:  # another instance starting at once may have won the race
                     self._announce(generated)
             self._hash = str(stored)
-        secret = self._configured_secret
-        if not secret:
-            stored_secret = await settings.get(SESSION_SECRET_SETTING)
-            if not isinstance(stored_secret, str) or len(stored_secret) < 32:
-                await settings.set(SESSION_SECRET_SETTING, secrets.token_urlsafe(48))
-                stored_secret = await settings.get(SESSION_SECRET_SETTING)
-            secret = str(stored_secret)
-        self._serializer = URLSafeTimedSerializer(secret, salt=_SALT)
-        self._fingerprint = hashlib.sha256(self._hash.encode()).hexdigest()[:16]
+            fingerprint = hmac.new(secret.encode(), b"admin-hash:" + self._hash.encode(), hashlib.sha256)
+        self._fingerprint = fingerprint.hexdigest()[:16]
         self._bearer_digest = None
 
     # -- the password -------------------------------------------------------------------------

@@ -21,6 +21,9 @@ canonical events: no :class:`PartTracker` needed. Decisions worth knowing:
   refuse the request).
 * ``json_object`` has no Anthropic equivalent and is not sent; ``json_schema`` becomes
   ``output_config.format``.
+* Prompt-caching marks an Anthropic client set (``extensions["anthropic"]``, see the
+  Anthropic dialect) are sent on, on the same blocks, tools and request; so is its budget-less
+  ``thinking`` mode (``adaptive``, ``between_tools``), which would otherwise become a budget.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from dragoman.core.types import (
     FinishReason,
     ImagePart,
     Message,
+    Part,
     ReasoningPart,
     Role,
     TextPart,
@@ -67,6 +71,7 @@ from dragoman.core.types import (
 from dragoman.errors import ErrorKind, GatewayError
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
+EXTENSION = "anthropic"  # where an Anthropic client's extra data (cache_control marks) rides
 DEFAULT_VERSION = "2023-06-01"
 MIN_THINKING_BUDGET = 1024
 DISCOVERY_TTL = 60.0
@@ -473,16 +478,19 @@ def build_body(request: ChatRequest, model: str, settings: AnthropicSettings) ->
     s = request.sampling
     max_tokens = s.max_tokens or settings.default_max_tokens
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
-    system = [{"type": "text", "text": p.text} for m in request.messages if m.role is Role.SYSTEM
-              for p in m.parts if isinstance(p, TextPart) and p.text]
+    system = [_marked({"type": "text", "text": p.text}, m, i) for m in request.messages if m.role is Role.SYSTEM
+              for i, p in enumerate(m.parts) if isinstance(p, TextPart) and p.text]
     if system:
-        body["system"] = system[0]["text"] if len(system) == 1 else system
+        body["system"] = system[0]["text"] if len(system) == 1 and "cache_control" not in system[0] else system
     body["messages"] = wire_messages(request.messages)
 
+    marks = request.extensions.get(EXTENSION) or {}
     budget = _thinking_budget(request)
     if budget is not None and _unsigned_tool_turn(body["messages"]):
         budget = None  # Anthropic refuses thinking when the tool turn it continues has no thinking block
-    if budget is not None:
+    if budget is not None and marks.get("thinking") and request.reasoning.budget_tokens is None:
+        body["thinking"] = marks["thinking"]  # an Anthropic client's own budget-less mode (adaptive ...)
+    elif budget is not None:
         if max_tokens <= budget:
             max_tokens = budget + max_tokens
         body["max_tokens"] = max_tokens
@@ -504,13 +512,16 @@ def build_body(request: ChatRequest, model: str, settings: AnthropicSettings) ->
 
     if request.tools:
         tools = []
-        for tool in request.tools:
+        tool_marks = marks.get("tool_cache_control") or {}
+        for i, tool in enumerate(request.tools):
             definition: dict[str, Any] = {"name": tool.name,
                                           "input_schema": tool.parameters or {"type": "object", "properties": {}}}
             if tool.description:
                 definition["description"] = tool.description
             if tool.strict is not None:
                 definition["strict"] = tool.strict
+            if i in tool_marks:
+                definition["cache_control"] = tool_marks[i]
             tools.append(definition)
         body["tools"] = tools
     choice = request.tool_choice
@@ -527,6 +538,8 @@ def build_body(request: ChatRequest, model: str, settings: AnthropicSettings) ->
         body["output_config"] = {"format": {"type": "json_schema", "schema": fmt.schema}}
     if request.user:
         body["metadata"] = {"user_id": request.user}
+    if marks.get("cache_control") is not None:
+        body["cache_control"] = marks["cache_control"]
     body["stream"] = True
     return body
 
@@ -569,33 +582,47 @@ def wire_messages(messages: list[Message]) -> list[dict[str, Any]]:
     return turns
 
 
+def _marked(block: dict[str, Any], message: Message, index: int) -> dict[str, Any]:
+    """``block`` with the ``cache_control`` mark its part carried from an Anthropic client, if any."""
+    marks = (message.extensions.get(EXTENSION) or {}).get("cache_control") or {}
+    if index in marks:
+        block["cache_control"] = marks[index]
+    return block
+
+
 def _blocks(message: Message) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = []
-    for part in message.parts:
-        if isinstance(part, TextPart):
-            if part.text:  # Anthropic refuses empty text blocks
-                blocks.append({"type": "text", "text": part.text})
-        elif isinstance(part, ImagePart):
-            blocks.append(_image(part))
-        elif isinstance(part, ToolCallPart):
-            blocks.append({"type": "tool_use", "id": part.id or random_id("toolu_"), "name": part.name,
-                           "input": to_object(part.arguments)})
-        elif isinstance(part, ToolResultPart):
-            result: dict[str, Any] = {"type": "tool_result", "tool_use_id": part.tool_call_id}
-            if any(isinstance(p, ImagePart) for p in part.content):
-                result["content"] = [_image(p) if isinstance(p, ImagePart) else {"type": "text", "text": p.text}
-                                     for p in part.content if not isinstance(p, TextPart) or p.text]
-            else:
-                result["content"] = part.text
-            if part.is_error:
-                result["is_error"] = True
-            blocks.append(result)
-        elif isinstance(part, ReasoningPart) and message.role is Role.ASSISTANT:
-            if part.redacted is not None:
-                blocks.append({"type": "redacted_thinking", "data": part.redacted})
-            elif part.signature:
-                blocks.append({"type": "thinking", "thinking": part.text, "signature": part.signature})
+    blocks = []
+    for index, part in enumerate(message.parts):
+        block = _block(part, message)
+        if block is not None:
+            blocks.append(_marked(block, message, index))
     return blocks
+
+
+def _block(part: Part, message: Message) -> dict[str, Any] | None:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text} if part.text else None  # Anthropic refuses empty text
+    if isinstance(part, ImagePart):
+        return _image(part)
+    if isinstance(part, ToolCallPart):
+        return {"type": "tool_use", "id": part.id or random_id("toolu_"), "name": part.name,
+                "input": to_object(part.arguments)}
+    if isinstance(part, ToolResultPart):
+        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": part.tool_call_id}
+        if any(isinstance(p, ImagePart) for p in part.content):
+            result["content"] = [_image(p) if isinstance(p, ImagePart) else {"type": "text", "text": p.text}
+                                 for p in part.content if not isinstance(p, TextPart) or p.text]
+        else:
+            result["content"] = part.text
+        if part.is_error:
+            result["is_error"] = True
+        return result
+    if isinstance(part, ReasoningPart) and message.role is Role.ASSISTANT:
+        if part.redacted is not None:
+            return {"type": "redacted_thinking", "data": part.redacted}
+        if part.signature:
+            return {"type": "thinking", "thinking": part.text, "signature": part.signature}
+    return None
 
 
 def _image(part: ImagePart) -> dict[str, Any]:

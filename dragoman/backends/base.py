@@ -86,6 +86,10 @@ class Backend(ABC):
         """Exact prompt token count when the backend has a tokenizer, else None."""
         return None
 
+    def loaded_models(self) -> dict[str, float]:
+        """Models held in memory now -> unix time they unload if idle (local runtimes only)."""
+        return {}
+
     async def health(self) -> str | None:
         """None when healthy, else a short reason."""
         return None

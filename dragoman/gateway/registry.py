@@ -14,7 +14,8 @@ A name resolves to a :class:`~dragoman.gateway.route.Route`: steps tried in orde
   ``models:`` name, another alias or a concrete name;
 * a concrete name is a step with one deployment.
 
-Each name appears once in a route (cycles are cut). Retries are for when there is nowhere else
+Each name appears once in a route (cycles are cut), and a concrete name already reached as a
+deployment of an earlier step is not added again. Retries are for when there is nowhere else
 to go: a concrete step in a route of several steps is tried once (declare it under ``models:``
 to give it retries); alone, it gets the ``routing:`` default.
 """
@@ -106,7 +107,9 @@ class ModelRegistry:
     def entries(self) -> list[ModelEntry]:
         """Every ``<backend>/<model>``, then every ``models:`` name and alias that resolves (globs are
         not listed); ``alias_of`` is the first target its route reaches."""
-        out = [ModelEntry(id=f"{backend}/{name}", backend=backend, info=info)
+        loaded = {backend: self.backends[backend].loaded_models() for backend in self._models}
+        out = [ModelEntry(id=f"{backend}/{name}", backend=backend, info=info, loaded=name in loaded[backend],
+                          expires_at=loaded[backend].get(name))
                for backend, models in self._models.items() for name, info in models.items()]
         names = list(self.models) + [a for a in self.aliases if not _is_glob(a) and a not in self.models]
         for name in names:
@@ -154,6 +157,7 @@ class ModelRegistry:
                                 for d in spec.deployments if (t := self._concrete(d.target)) is not None)
             if deployments:
                 out.append((Step(name, deployments, spec.strategy, spec.retries, spec.timeouts), False))
+                seen.update("\0" + d.id for d in deployments)
             for fallback in spec.fallbacks:
                 self._steps(fallback, out, seen)
             return
@@ -166,7 +170,7 @@ class ModelRegistry:
                 self._steps(target_name, out, seen)
             return
         target = self._concrete(name)
-        if target is not None and "\0" + target.id not in seen:  # the same target by another spelling
+        if target is not None and "\0" + target.id not in seen:  # reached already, perhaps by another name
             seen.add("\0" + target.id)
             out.append((Step(target.id, (Deployment(target),)), True))
 

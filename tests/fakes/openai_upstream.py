@@ -9,7 +9,8 @@ The model name picks the behaviour:
 * ``gpt-split``: the SSE bytes cut at awkward places (mid-line, mid-``\\r\\n``);
 * ``gpt-nodone``: ends without ``data: [DONE]`` (clean EOF);
 * ``gpt-eof``: the connection is cut mid-stream;
-* ``gpt-stall``: stalls mid-stream forever; ``gpt-hang``: never answers;
+* ``gpt-stall``: stalls mid-stream forever; ``gpt-hang``: never answers (a client leaving counts
+  as a disconnect);
 * ``gpt-error-<status>``: an OpenAI-shaped error with that status (429 adds retry-after);
 * ``gpt-midstream-error``: an ``{"error": ...}`` frame mid-stream;
 * ``gpt-slow``: streams one chunk every 50 ms (for disconnect tests).
@@ -121,8 +122,11 @@ class FakeOpenAI:
             return JSONResponse({"error": {"message": "This model's maximum context length is 10 tokens",
                                            "type": "invalid_request_error", "param": "messages",
                                            "code": "context_length_exceeded"}}, status_code=400)
-        if model == "gpt-hang":
-            await asyncio.sleep(3600)
+        if model == "gpt-hang":  # until the client gives up, which counts as a disconnect
+            await _wait_disconnect(request.receive)
+            with self.lock:
+                self.disconnects += 1
+            return Response(status_code=204)
         frames = self._frames(body)
         return _TrackedStream(self, frames, model)
 

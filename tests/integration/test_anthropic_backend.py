@@ -85,7 +85,7 @@ def test_openai_text_and_request_shape(oai: openai.OpenAI, fake: FakeAnthropic) 
     assert choice.message.content == "Hello from Claude" and choice.finish_reason == "stop"
     assert response.usage is not None
     assert (response.usage.prompt_tokens, response.usage.completion_tokens) == (30, 15)
-    assert response.usage.prompt_tokens_details.cached_tokens == 5  # type: ignore[union-attr]
+    assert response.usage.prompt_tokens_details.cached_tokens == 5
     sent = fake.last()
     assert sent.headers["x-api-key"] == "sk-ant-test"
     assert sent.headers["anthropic-version"] == "2023-06-01"
@@ -133,15 +133,15 @@ def test_openai_tool_calls(oai: openai.OpenAI, fake: FakeAnthropic) -> None:
     body = fake.last().body
     assert body["tool_choice"] == {"type": "any", "disable_parallel_tool_use": True}
     assert body["tools"] == [{"name": "get_weather", "description": "Weather for a city",
-                              "input_schema": WEATHER["function"]["parameters"]}]  # type: ignore[index]
+                              "input_schema": WEATHER["function"]["parameters"]}]
 
 
 def test_openai_tool_calls_streaming(oai: openai.OpenAI) -> None:
     chunks = list(oai.chat.completions.create(model="claude-tools", messages=user("weather?"), tools=[WEATHER],
                                               stream=True))
     calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
-    assert calls[0].id == TOOL_ID and calls[0].function.name == "get_weather"  # type: ignore[union-attr]
-    assert "".join(tc.function.arguments or "" for tc in calls) == ARGUMENTS  # type: ignore[union-attr]
+    assert calls[0].id == TOOL_ID and calls[0].function.name == "get_weather"
+    assert "".join(tc.function.arguments or "" for tc in calls) == ARGUMENTS
     assert len(calls) > 2  # fragments, as they came
 
 
@@ -200,7 +200,7 @@ def test_openai_thinking_signature_round_trip_streaming(oai: openai.OpenAI) -> N
     calls = [tc for d in deltas for tc in (d.tool_calls or [])]
     assert reasoning == THINKING
     assert details == [{"type": "reasoning.text", "text": THINKING, "signature": SIGNATURE, "index": 0}]
-    arguments = "".join(tc.function.arguments or "" for tc in calls)  # type: ignore[union-attr]
+    arguments = "".join(tc.function.arguments or "" for tc in calls)
     assistant = {"role": "assistant", "content": None, "reasoning_details": details,
                  "tool_calls": [{"id": calls[0].id, "type": "function",
                                  "function": {"name": "get_weather", "arguments": arguments}}]}
@@ -224,7 +224,29 @@ def test_anthropic_sdk_thinking_round_trip(claude: anthropic.Anthropic, fake: Fa
                 {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool.id, "content": "18C"}]}]
     second = claude.messages.create(messages=messages, **kwargs)
-    assert second.content[0].text == "verified: 18C"  # type: ignore[union-attr]
+    assert second.content[0].text == "verified: 18C"
+
+
+def test_cache_marks_and_adaptive_thinking_pass_through(claude: anthropic.Anthropic, fake: FakeAnthropic) -> None:
+    ephemeral = {"type": "ephemeral"}
+    claude.messages.create(
+        model="claude-text", max_tokens=10, cache_control=ephemeral,
+        system=[{"type": "text", "text": "You are Claude Code."},
+                {"type": "text", "text": "Long instructions.", "cache_control": ephemeral}],
+        tools=[{"name": "Read", "input_schema": {"type": "object"}, "cache_control": ephemeral}],
+        messages=[{"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": ephemeral},
+                                               {"type": "text", "text": "there"}]}])
+    body = fake.last().body
+    assert body["system"] == [{"type": "text", "text": "You are Claude Code."},
+                              {"type": "text", "text": "Long instructions.", "cache_control": ephemeral}]
+    assert body["tools"][0]["cache_control"] == ephemeral
+    assert body["messages"][0]["content"] == [{"type": "text", "text": "hi", "cache_control": ephemeral},
+                                              {"type": "text", "text": "there"}]
+    assert body["cache_control"] == ephemeral
+    claude.messages.create(model="claude-text", max_tokens=10, messages=user("hi"),
+                           thinking={"type": "adaptive", "display": "omitted"})
+    body = fake.last().body
+    assert body["thinking"] == {"type": "adaptive", "display": "omitted"} and body["max_tokens"] == 10
 
 
 def test_redacted_thinking_reaches_every_dialect(oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
@@ -287,7 +309,7 @@ def test_errors_in_anthropic_shape(claude: anthropic.Anthropic) -> None:
         claude.messages.create(model="claude-error-529", max_tokens=10, messages=user("hi"))
     assert overloaded.value.status_code == 529
     assert overloaded.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"},
-                                     "request_id": overloaded.value.body["request_id"]}  # type: ignore[index]
+                                     "request_id": overloaded.value.body["request_id"]}
     with pytest.raises(anthropic.RateLimitError) as limited:
         claude.messages.create(model="claude-error-429", max_tokens=10, messages=user("hi"))
     assert limited.value.response.headers["retry-after"] == "7"
@@ -296,7 +318,7 @@ def test_errors_in_anthropic_shape(claude: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.APIStatusError, match="Overloaded") as midstream, \
             claude.messages.stream(model="claude-midstream-error", max_tokens=10, messages=user("hi")) as stream:
         stream.get_final_message()
-    assert midstream.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    assert midstream.value.body["error"]["type"] == "overloaded_error"
 
 
 def test_count_tokens_is_exact_from_anthropic(gateway: ServerThread, fake: FakeAnthropic) -> None:

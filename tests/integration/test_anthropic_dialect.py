@@ -15,7 +15,7 @@ import anthropic
 import httpx
 import pytest
 
-from tests.fakes.openai_upstream import FakeOpenAI
+from tests.fakes.openai_upstream import FakeOpenAI, wait_until
 from tests.servers import ServerThread, dragoman_server
 
 PNG = base64.b64decode(
@@ -92,7 +92,7 @@ def test_text_non_streaming(client: anthropic.Anthropic) -> None:
     assert message.type == "message" and message.role == "assistant"
     assert message.model == SONNET
     assert [b.type for b in message.content] == ["text"]
-    assert message.content[0].text == "Hello  wide world"  # type: ignore[union-attr]
+    assert message.content[0].text == "Hello  wide world"
     assert message.stop_reason == "end_turn" and message.stop_sequence is None
     assert (message.usage.input_tokens, message.usage.output_tokens) == (3, 3)
     assert message.usage.cache_read_input_tokens == 0
@@ -103,7 +103,7 @@ def test_text_streaming_helpers(client: anthropic.Anthropic) -> None:
         pieces = list(stream.text_stream)
         final = stream.get_final_message()
     assert "".join(pieces) == "one two three" and len(pieces) == 3
-    assert final.content[0].text == "one two three"  # type: ignore[union-attr]
+    assert final.content[0].text == "one two three"
     assert final.stop_reason == "end_turn"
     assert (final.usage.input_tokens, final.usage.output_tokens) == (3, 3)
 
@@ -160,7 +160,7 @@ def test_tool_use_then_tool_result(client: anthropic.Anthropic) -> None:
                                                "content": "18 degrees and sunny"}]}]
     second = client.messages.create(model=SONNET, max_tokens=100, tools=[WEATHER_TOOL], messages=messages)
     assert second.stop_reason == "end_turn"
-    assert second.content[0].text == "18 degrees and sunny"  # type: ignore[union-attr]
+    assert second.content[0].text == "18 degrees and sunny"
 
 
 def test_tool_use_streaming(client: anthropic.Anthropic) -> None:
@@ -181,8 +181,8 @@ def test_tool_result_blocks_with_image_and_error(client: anthropic.Anthropic) ->
             {"type": "text", "text": "lens cap on"},
             {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64}}]}]},
     ]
-    message = client.messages.create(model=SONNET, max_tokens=50, messages=messages)  # type: ignore[arg-type]
-    assert message.content[0].text == "lens cap on"  # type: ignore[union-attr]
+    message = client.messages.create(model=SONNET, max_tokens=50, messages=messages)
+    assert message.content[0].text == "lens cap on"
 
 
 def test_tools_through_openai_backend(client: anthropic.Anthropic, fake: FakeOpenAI) -> None:
@@ -190,9 +190,9 @@ def test_tools_through_openai_backend(client: anthropic.Anthropic, fake: FakeOpe
                                 tool_choice={"type": "any", "disable_parallel_tool_use": True},
                                 messages=user("weather?")) as stream:
         final = stream.get_final_message()
-    assert [(b.type, b.name, b.input) for b in final.content] == [  # type: ignore[union-attr]
+    assert [(b.type, b.name, b.input) for b in final.content] == [
         ("tool_use", "get_weather", {"city": "Paris"}), ("tool_use", "get_time", {"tz": "UTC"})]
-    assert [b.id for b in final.content] == ["call_a", "call_b"]  # type: ignore[union-attr]
+    assert [b.id for b in final.content] == ["call_a", "call_b"]
     assert final.stop_reason == "tool_use"
     sent = fake.last().body
     assert sent["tool_choice"] == "required" and sent["parallel_tool_calls"] is False
@@ -208,7 +208,7 @@ def test_tool_choice_by_name_and_tool_results_sent_upstream(client: anthropic.An
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_9", "content": "cold"},
                                      {"type": "text", "text": "and tomorrow?"}]},
     ]
-    client.messages.create(model="up/gpt-test", max_tokens=100, tools=[WEATHER_TOOL],  # type: ignore[arg-type]
+    client.messages.create(model="up/gpt-test", max_tokens=100, tools=[WEATHER_TOOL],
                            tool_choice={"type": "tool", "name": "get_weather"}, messages=messages)
     sent = fake.last().body
     assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
@@ -233,16 +233,16 @@ def test_thinking_with_signature_stream_and_not_agree(client: anthropic.Anthropi
         assert thinking.type == "thinking"
         assert thinking.thinking == "Thinking: deep thought"
         assert thinking.signature.startswith("echo-")
-        assert message.content[1].text == "deep thought"  # type: ignore[union-attr]
-    assert whole.content[0].signature == streamed.content[0].signature  # type: ignore[union-attr]
+        assert message.content[1].text == "deep thought"
+    assert whole.content[0].signature == streamed.content[0].signature
 
 
 def test_thinking_from_openai_backend_has_empty_signature(client: anthropic.Anthropic) -> None:
     message = client.messages.create(model="up/gpt-reason", max_tokens=100, messages=user("why?"),
-                                     thinking={"type": "adaptive"})  # type: ignore[typeddict-item]
+                                     thinking={"type": "adaptive"})
     assert [b.type for b in message.content] == ["thinking", "text"]
-    assert message.content[0].thinking == "Let me think."  # type: ignore[union-attr]
-    assert message.content[0].signature == ""  # type: ignore[union-attr]
+    assert message.content[0].thinking == "Let me think."
+    assert message.content[0].signature == ""
 
 
 def test_thinking_settings_reach_the_backend(client: anthropic.Anthropic, fake: FakeOpenAI) -> None:
@@ -251,6 +251,9 @@ def test_thinking_settings_reach_the_backend(client: anthropic.Anthropic, fake: 
     assert fake.last().body["reasoning_effort"] == "medium"
     client.messages.create(model="up/gpt-test", max_tokens=100, messages=user("hi"), thinking={"type": "disabled"})
     assert fake.last().body["reasoning_effort"] == "none"
+    client.messages.create(model="up/gpt-test", max_tokens=100, messages=user("hi"),
+                           thinking={"type": "between_tools"})  # newer types: on, model's own budget
+    assert fake.last().body["reasoning_effort"] == "medium"
 
 
 # -------------------------------------------------------------------------- images, stops
@@ -260,10 +263,10 @@ def test_images_base64_and_url(client: anthropic.Anthropic, fake: FakeOpenAI) ->
     content = [{"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64}},
                {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}},
                {"type": "text", "text": "what is this?"}]
-    message = client.messages.create(model=SONNET, max_tokens=50,  # type: ignore[arg-type]
+    message = client.messages.create(model=SONNET, max_tokens=50,
                                      messages=[{"role": "user", "content": content}])
-    assert message.content[0].text == "what is this?"  # type: ignore[union-attr]
-    client.messages.create(model="up/gpt-test", max_tokens=50,  # type: ignore[arg-type]
+    assert message.content[0].text == "what is this?"
+    client.messages.create(model="up/gpt-test", max_tokens=50,
                            messages=[{"role": "user", "content": content}])
     parts = fake.last().body["messages"][0]["content"]
     assert parts[0]["image_url"]["url"] == f"data:image/png;base64,{PNG_B64}"
@@ -278,13 +281,13 @@ def test_stop_sequences(client: anthropic.Anthropic) -> None:
         streamed = stream.get_final_message()
     for message in (whole, streamed):
         assert message.stop_reason == "stop_sequence" and message.stop_sequence == "STOP"
-        assert message.content[0].text == "one two "  # type: ignore[union-attr]
+        assert message.content[0].text == "one two "
 
 
 def test_max_tokens_stop(client: anthropic.Anthropic) -> None:
     message = client.messages.create(model=SONNET, max_tokens=2, messages=user("one two three four"))
     assert message.stop_reason == "max_tokens"
-    assert message.content[0].text == "one two "  # type: ignore[union-attr]
+    assert message.content[0].text == "one two "
 
 
 def test_request_fields_reach_openai_backend(client: anthropic.Anthropic, fake: FakeOpenAI) -> None:
@@ -301,6 +304,12 @@ def test_request_fields_reach_openai_backend(client: anthropic.Anthropic, fake: 
     sent = fake.last().body
     assert sent["temperature"] == 1.0  # Anthropic's documented default, made explicit
     assert sent["messages"][0] == {"role": "system", "content": "Plain system."}
+
+
+def test_system_turns_in_messages(client: anthropic.Anthropic, fake: FakeOpenAI) -> None:
+    client.messages.create(model="up/gpt-test", max_tokens=5, messages=[
+        {"role": "system", "content": [{"type": "text", "text": "Rules."}]}, *user("hi")])
+    assert fake.last().body["messages"][0] == {"role": "system", "content": "Rules."}
 
 
 def test_output_config_json_schema(gateway: ServerThread, fake: FakeOpenAI) -> None:
@@ -337,7 +346,7 @@ def test_upstream_rate_limit_keeps_status_and_retry_after(client: anthropic.Anth
     with pytest.raises(anthropic.RateLimitError) as caught:
         client.messages.create(model="up/gpt-error-429", max_tokens=10, messages=user("hi"))
     assert caught.value.response.headers["retry-after"] == "2"
-    assert caught.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert caught.value.body["error"]["type"] == "rate_limit_error"
     assert "fake upstream failure 429" in caught.value.message
 
 
@@ -345,7 +354,7 @@ def test_upstream_503_is_overloaded(client: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.APIStatusError) as caught:
         client.messages.create(model="up/gpt-error-503", max_tokens=10, messages=user("hi"))
     assert caught.value.status_code == 503
-    assert caught.value.body["error"]["type"] == "overloaded_error"  # type: ignore[index]
+    assert caught.value.body["error"]["type"] == "overloaded_error"
 
 
 def test_midstream_error_is_an_error_event(gateway: ServerThread, client: anthropic.Anthropic) -> None:
@@ -368,7 +377,10 @@ def test_midstream_error_is_an_error_event(gateway: ServerThread, client: anthro
     ({"model": SONNET, "max_tokens": "many", "messages": user("hi")}, "max_tokens"),
     ({"model": SONNET, "max_tokens": 0, "messages": user("hi")}, "max_tokens"),
     ({"model": SONNET, "max_tokens": 5, "messages": "hi"}, "messages"),
-    ({"model": SONNET, "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "role"),
+    ({"model": SONNET, "max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]}, "role"),
+    ({"model": SONNET, "max_tokens": 5, "messages": []}, "messages"),
+    ({"model": SONNET, "max_tokens": 5, "messages": [{"role": "system", "content": [
+        {"type": "image", "source": {"type": "url", "url": "https://x/y.png"}}]}]}, "not supported in system"),
     ({"model": SONNET, "max_tokens": 5, "temperature": 1.5, "messages": user("hi")}, "temperature"),
     ({"model": SONNET, "max_tokens": 5, "messages": user("hi"),
       "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 3}]}, "server tool 'web_search'"),
@@ -401,7 +413,7 @@ def test_invalid_json_is_400(gateway: ServerThread) -> None:
 
 def test_sdk_raises_bad_request_with_stream_true(client: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.BadRequestError):
-        client.messages.create(model=SONNET, max_tokens=10, stream=True, messages=["hi"])  # type: ignore[list-item]
+        client.messages.create(model=SONNET, max_tokens=10, stream=True, messages=["hi"])
     with pytest.raises(anthropic.BadRequestError, match="temperature"), client.messages.stream(
             model=SONNET, max_tokens=10, extra_body={"temperature": 3}, messages=user("hi")) as stream:
         stream.get_final_message()
@@ -410,7 +422,7 @@ def test_sdk_raises_bad_request_with_stream_true(client: anthropic.Anthropic) ->
 def test_unknown_model_is_not_found_error(client: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.NotFoundError) as caught:
         client.messages.create(model="gpt-nope", max_tokens=10, messages=user("hi"))
-    assert caught.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    assert caught.value.body["error"]["type"] == "not_found_error"
 
 
 # ------------------------------------------------------------------------ count_tokens, models
@@ -446,3 +458,21 @@ def test_models_in_both_shapes(gateway: ServerThread, client: anthropic.Anthropi
     assert model.id == SONNET and model.type == "model"
     with pytest.raises(anthropic.NotFoundError):
         client.models.retrieve("nope-model")
+
+
+# ---------------------------------------------------------------------------- cancellation
+
+
+def test_client_disconnect_mid_stream_cancels_the_upstream(gateway: ServerThread, fake: FakeOpenAI) -> None:
+    before = fake.disconnects
+    body = {"model": "up/gpt-slow", "max_tokens": 100, "stream": True, "messages": user("a long answer " * 5)}
+    with httpx.stream("POST", f"{gateway.url}/v1/messages", json=body, timeout=10) as response:
+        for line in response.iter_lines():
+            if "text_delta" in line:
+                break  # leave after the first token
+    assert wait_until(lambda: fake.disconnects > before, timeout=5), "upstream stream was not cancelled"
+    assert wait_until(lambda: fake.open_streams == 0, timeout=5)
+    # the gateway still serves afterwards
+    response = httpx.post(f"{gateway.url}/v1/messages", timeout=10,
+                          json={"model": SONNET, "max_tokens": 5, "messages": user("still here")})
+    assert response.json()["content"][0]["text"] == "still here"

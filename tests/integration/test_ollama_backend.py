@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -274,11 +275,10 @@ def test_ollama_client_through_to_an_ollama_backend(gateway: ServerThread, fake:
 
 
 def test_an_unreachable_server_lists_nothing() -> None:
-    fake = FakeOllama()
-    upstream = ServerThread(fake.app())  # bound but not serving yet: connections are refused
-    upstream.sock.listen(0)
-    upstream.sock.close()
-    with dragoman_server({"backends": [{"name": "ol", "type": "ollama", "base_url": upstream.url}]}) as server:
+    with socket.socket() as sock:  # a port nobody listens on: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with dragoman_server({"backends": [{"name": "ol", "type": "ollama", "base_url": url}]}) as server:
         client = ollama.Client(host=server.url)
         assert client.list().models == []
         with pytest.raises(ollama.ResponseError) as info:

@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import httpx
@@ -77,13 +77,14 @@ class Outcomes:
         with self.lock:
             self.items.append(outcome)
 
-    def wait(self, count: int, timeout: float = 5.0) -> list[CallOutcome]:
-        assert wait_until(lambda: len(self.items) >= count, timeout), f"{len(self.items)} outcomes, wanted {count}"
-        return self.items
+    def mark(self) -> int:
+        return len(self.items)
 
-    @property
-    def last(self) -> CallOutcome:
-        return self.wait(1)[-1]
+    def since(self, mark: int, count: int, timeout: float = 5.0) -> list[CallOutcome]:
+        """The ``count`` outcomes recorded after ``mark``, waiting for them."""
+        arrived = wait_until(lambda: len(self.items) >= mark + count, timeout)
+        assert arrived, f"{len(self.items) - mark} outcomes, wanted {count}"
+        return self.items[mark:mark + count]
 
 
 class Running:
@@ -97,7 +98,7 @@ class Running:
         self.services.gateway.observers.append(self.outcomes)
         self.client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="k", max_retries=0, timeout=20)
 
-    def chat(self, model: str, *, stream: bool = False, text: str = "hi") -> tuple[str, httpx.Headers]:
+    def chat(self, model: str, *, stream: bool = False, text: str = "hi") -> tuple[str, Mapping[str, str]]:
         """The answer's text and the response headers (a stream is read to the end)."""
         messages: Any = [{"role": "user", "content": text}]
         if stream:
@@ -166,7 +167,7 @@ def open_sockets() -> int:
     return count
 
 
-def assert_no_leaks(gateway: Running, scenario: Callable[[], None], repeat: int = 3) -> None:
+def assert_no_leaks(gateway: Running, scenario: Callable[[], object], repeat: int = 2) -> None:
     """Run once to warm pools up, then ``repeat`` times more: no task or socket may be left over."""
     scenario()
     time.sleep(0.2)
@@ -177,70 +178,100 @@ def assert_no_leaks(gateway: Running, scenario: Callable[[], None], repeat: int 
     assert settled, f"tasks {tasks} -> {gateway.tasks()}, sockets {sockets} -> {open_sockets()}"
 
 
-def pair(primary: str, *, retries: int | None = None, **model: Any) -> list[dict[str, Any]]:
-    """Model ``m``: ``primary`` first, ``b/gpt-test`` only when it fails."""
-    entry: dict[str, Any] = {"name": "m", "deployments": [{"target": primary, "priority": 0},
-                                                         {"target": "b/gpt-test", "priority": 1}], **model}
-    if retries is not None:
-        entry["retries"] = retries
-    return [entry]
+def pair(name: str, primary: str, **model: Any) -> dict[str, Any]:
+    """Model ``name``: ``primary`` first, ``b/gpt-test`` only when it fails."""
+    return {"name": name, "deployments": [{"target": primary, "priority": 0},
+                                          {"target": "b/gpt-test", "priority": 1}], **model}
+
+
+FAILOVER_FAULTS = [  # (primary deployment, seconds within which the client has its answer)
+    ("a/gpt-error-500", 1.5),
+    ("a/gpt-error-503", 1.5),
+    ("a/gpt-error-429", 1.5),  # retry-after 2 s, but another deployment is free: no wait
+    ("a/gpt-hang", 0.5 + 1.5),  # first_byte 0.5 s
+    ("dead/gpt-test", 1.5),  # connection refused
+]
+MIDSTREAM_FAULTS = [
+    ("a/gpt-stall", openai.APIStatusError, 504, "stalled"),  # idle 0.5 s
+    ("a/gpt-eof", openai.InternalServerError, 502, "closed the connection"),
+]
+
+# One gateway serves every scenario that needs no routing settings of its own (cooldowns off).
+SHARED_MODELS: list[dict[str, Any]] = [
+    *(pair(f"fo:{primary}", primary, timeouts={"first_byte": 0.5}) for primary, _ in FAILOVER_FAULTS),
+    *(pair(f"ms:{primary}", primary, timeouts={"idle": 0.5}) for primary, *_ in MIDSTREAM_FAULTS),
+    pair("bad:400", "a/gpt-error-400"),
+    pair("bad:401", "a/gpt-error-401"),
+    pair("tiered", "a/gpt-test"),
+    {"name": "spread", "deployments": ["a/gpt-test", "b/gpt-test"]},
+    {"name": "weighted", "deployments": [{"target": "a/gpt-test", "weight": 9},
+                                         {"target": "b/gpt-test", "weight": 1}]},
+    {"name": "fastest", "strategy": "lowest_latency", "deployments": ["a/gpt-slow", "b/gpt-test"]},
+    {"name": "all-fail", "retries": 0, "deployments": ["dead/gpt-test", "a/gpt-error-500"]},
+    {"name": "solo-503", "retries": 2, "deployments": ["a/gpt-error-503"]},
+    {"name": "solo-429", "retries": 1, "deployments": ["a/gpt-error-429"]},
+    {"name": "solo-hang", "retries": 2, "deployments": ["a/gpt-hang"], "timeouts": {"first_byte": 0.5}},
+    {"name": "small", "deployments": ["a/gpt-context"], "fallbacks": ["big"]},
+    {"name": "big", "deployments": ["b/gpt-test"]},
+    {"name": "small-only", "deployments": ["a/gpt-context", "b/gpt-context"]},
+    {"name": "with-backup", "retries": 0, "deployments": ["a/gpt-error-500", "dead/gpt-test"],
+     "fallbacks": ["big"]},
+    {"name": "slow", "deployments": ["a/gpt-slow"]},
+    {"name": "hang-30", "deployments": ["a/gpt-hang"], "timeouts": {"first_byte": 30}},
+]
+
+
+@pytest.fixture(scope="module")
+def shared(upstream_a: ServerThread, upstream_b: ServerThread, dead_port: int) -> Iterator[Running]:
+    cfg = config(upstream_a, upstream_b, dead_port, models=SHARED_MODELS, routing={"max_retry_after": 10},
+                 aliases={"chain": ["a/gpt-error-503", "big"]})
+    with dragoman_server(cfg) as server:
+        running = Running(server)
+        yield running
+        running.client.close()
 
 
 # ----------------------------------------------------------------------- load balancing
 
 
-def test_two_deployments_share_the_load(make_gateway: Callable[..., Running], fake_a: FakeOpenAI,
-                                        fake_b: FakeOpenAI) -> None:
-    gw = make_gateway(models=[{"name": "m", "deployments": ["a/gpt-test", "b/gpt-test"]}])
+def test_two_deployments_share_the_load(shared: Running, fake_a: FakeOpenAI, fake_b: FakeOpenAI) -> None:
     before_a, before_b = chat_requests(fake_a, "gpt-test"), chat_requests(fake_b, "gpt-test")
-    served = [gw.chat("m")[1]["x-dragoman-backend"] for _ in range(30)]
+    mark = shared.outcomes.mark()
+    served = [shared.chat("spread")[1]["x-dragoman-backend"] for _ in range(16)]
     assert set(served) == {"a/gpt-test", "b/gpt-test"}
     assert chat_requests(fake_a, "gpt-test") - before_a == served.count("a/gpt-test")
     assert chat_requests(fake_b, "gpt-test") - before_b == served.count("b/gpt-test")
-    assert {o.target for o in gw.outcomes.wait(30)} == {"a/gpt-test", "b/gpt-test"}
-    assert [m.id for m in gw.client.models.list().data].count("m") == 1
+    assert [o.target for o in shared.outcomes.since(mark, 16)] == served
+    assert [m.id for m in shared.client.models.list().data].count("spread") == 1
 
 
-def test_weights_skew_the_share(make_gateway: Callable[..., Running]) -> None:
-    gw = make_gateway(models=[{"name": "m", "deployments": [{"target": "a/gpt-test", "weight": 9},
-                                                            {"target": "b/gpt-test", "weight": 1}]}])
-    served = [gw.chat("m")[1]["x-dragoman-backend"] for _ in range(40)]
-    assert served.count("a/gpt-test") > served.count("b/gpt-test")
+def test_weights_skew_the_share(shared: Running) -> None:
+    served = [shared.chat("weighted")[1]["x-dragoman-backend"] for _ in range(20)]
+    assert served.count("a/gpt-test") > 2 * served.count("b/gpt-test")
 
 
-def test_lowest_latency_prefers_the_fast_deployment(make_gateway: Callable[..., Running]) -> None:
+def test_lowest_latency_prefers_the_fast_deployment(shared: Running) -> None:
     # gpt-slow waits 50 ms before every frame, so its first event comes 50 ms later.
-    gw = make_gateway(models=[{"name": "m", "strategy": "lowest_latency",
-                               "deployments": ["a/gpt-slow", "b/gpt-test"]}])
-    served = [gw.chat("m", stream=True)[1]["x-dragoman-backend"] for _ in range(24)]
+    served = [shared.chat("fastest", stream=True)[1]["x-dragoman-backend"] for _ in range(16)]
     assert sorted(served[:2]) == ["a/gpt-slow", "b/gpt-test"]  # both are measured first
-    assert served.count("b/gpt-test") >= 18
+    assert served.count("b/gpt-test") >= 12
 
 
-def test_priority_sends_everything_to_the_first_tier(make_gateway: Callable[..., Running]) -> None:
-    gw = make_gateway(models=pair("a/gpt-test"))
-    assert {gw.chat("m")[1]["x-dragoman-backend"] for _ in range(10)} == {"a/gpt-test"}
+def test_priority_sends_everything_to_the_first_tier(shared: Running) -> None:
+    assert {shared.chat("tiered")[1]["x-dragoman-backend"] for _ in range(10)} == {"a/gpt-test"}
 
 
 # ------------------------------------------------------------------- faults and failover
 
 
-FAILOVER_FAULTS = [
-    ("a/gpt-error-500", 1.5),
-    ("a/gpt-error-503", 1.5),
-    ("a/gpt-error-429", 1.5),  # retry-after 2 s, but another deployment is free: no wait
-    ("a/gpt-hang", 1 + 1.5),  # first_byte 1 s
-    ("dead/gpt-test", 1.5),  # connection refused
-]
-
-
 @pytest.mark.parametrize(("primary", "within"), FAILOVER_FAULTS)
 @pytest.mark.parametrize("stream", [False, True])
 def test_failure_before_the_first_byte_moves_to_the_next_deployment(
-        make_gateway: Callable[..., Running], primary: str, within: float, stream: bool) -> None:
-    gw = make_gateway(models=pair(primary, timeouts={"first_byte": 1}))
+        shared: Running, primary: str, within: float, stream: bool) -> None:
+    model = f"fo:{primary}"
+    mark = shared.outcomes.mark()
     started = time.monotonic()
-    text, headers = gw.chat("m", stream=stream)
+    text, headers = shared.chat(model, stream=stream)
     elapsed = time.monotonic() - started
     assert text == "You said: hi"
     assert headers["x-dragoman-backend"] == "b/gpt-test"
@@ -248,101 +279,89 @@ def test_failure_before_the_first_byte_moves_to_the_next_deployment(
     assert elapsed < within, elapsed
     # The waiting was upstream's: the gateway's own share stays small, whatever the fault cost.
     assert float(headers["x-dragoman-overhead-ms"]) < 100
-    outcome = gw.outcomes.last
+    outcome = shared.outcomes.since(mark, 1)[0]
     assert (outcome.status, outcome.target, outcome.attempts, outcome.cancelled) == (200, "b/gpt-test", 2, False)
-    assert_no_leaks(gw, lambda: gw.chat("m", stream=stream))
-
-
-MIDSTREAM_FAULTS = [
-    ("a/gpt-stall", openai.APIStatusError, 504, "stalled"),  # idle 1 s
-    ("a/gpt-eof", openai.InternalServerError, 502, "closed the connection"),
-]
+    assert_no_leaks(shared, lambda: shared.chat(model, stream=stream))
 
 
 @pytest.mark.parametrize(("primary", "exc", "status", "message"), MIDSTREAM_FAULTS)
 def test_failure_after_the_first_event_is_a_precise_error(
-        make_gateway: Callable[..., Running], primary: str, exc: type[openai.APIStatusError], status: int,
-        message: str) -> None:
-    gw = make_gateway(models=pair(primary, timeouts={"idle": 1}))
-
+        shared: Running, primary: str, exc: type[openai.APIStatusError], status: int, message: str) -> None:
+    model = f"ms:{primary}"
+    mark = shared.outcomes.mark()
     started = time.monotonic()
     with pytest.raises(openai.APIError, match=message):  # the stream's error frame
-        gw.chat("m", stream=True)
-    assert time.monotonic() - started < 2.5
-    outcome = gw.outcomes.wait(1)[-1]
-    assert (outcome.status, outcome.target, outcome.cancelled) == (status, primary, False)
+        shared.chat(model, stream=True)
+    assert time.monotonic() - started < 2
 
     started = time.monotonic()
     with pytest.raises(exc) as info:
-        gw.chat("m")
-    assert time.monotonic() - started < 2.5
+        shared.chat(model)
+    assert time.monotonic() - started < 2
     assert info.value.status_code == status
     assert message in info.value.message
-    assert gw.outcomes.wait(2)[-1].status == status
+    outcomes = shared.outcomes.since(mark, 2)
+    assert [(o.status, o.target, o.stream, o.cancelled) for o in outcomes] == [
+        (status, primary, True, False), (status, primary, False, False)]
 
     def scenario() -> None:
         with pytest.raises(openai.APIError):
-            gw.chat("m", stream=True)
+            shared.chat(model, stream=True)
 
-    assert_no_leaks(gw, scenario)
+    assert_no_leaks(shared, scenario)
 
 
-def test_stalled_stream_ends_with_an_error_frame_and_done(make_gateway: Callable[..., Running]) -> None:
-    gw = make_gateway(models=pair("a/gpt-stall", timeouts={"idle": 0.5}))
-    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": True}
+def test_stalled_stream_ends_with_an_error_frame_and_done(shared: Running) -> None:
+    body = {"model": "ms:a/gpt-stall", "messages": [{"role": "user", "content": "x"}], "stream": True}
     started = time.monotonic()
-    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=5) as response:
+    with httpx.stream("POST", f"{shared.url}/v1/chat/completions", json=body, timeout=5) as response:
         lines = [line for line in response.iter_lines() if line]
     assert time.monotonic() - started < 2
     assert lines[-1] == "data: [DONE]"
     assert '"error"' in lines[-2] and "stalled" in lines[-2]
 
 
-@pytest.mark.parametrize(("primary", "status"), [("a/gpt-error-400", 400), ("a/gpt-error-401", 401)])
-def test_errors_the_request_caused_are_never_retried(make_gateway: Callable[..., Running], fake_a: FakeOpenAI,
-                                                     fake_b: FakeOpenAI, primary: str, status: int) -> None:
-    gw = make_gateway(models=pair(primary))
-    model = primary.split("/")[1]
+@pytest.mark.parametrize("status", [400, 401])
+def test_errors_the_request_caused_are_never_retried(shared: Running, fake_a: FakeOpenAI, fake_b: FakeOpenAI,
+                                                     status: int) -> None:
+    model = f"gpt-error-{status}"
     before_a, before_b = chat_requests(fake_a, model), chat_requests(fake_b, "gpt-test")
+    mark = shared.outcomes.mark()
     with pytest.raises(openai.APIStatusError) as info:
-        gw.chat("m")
+        shared.chat(f"bad:{status}")
     assert info.value.status_code == status
     assert chat_requests(fake_a, model) - before_a == 1
     assert chat_requests(fake_b, "gpt-test") == before_b
-    assert gw.outcomes.last.status == status
+    assert shared.outcomes.since(mark, 1)[0].status == status
 
 
-def test_all_deployments_failing_is_the_last_error(make_gateway: Callable[..., Running]) -> None:
-    gw = make_gateway(models=[{"name": "m", "retries": 0, "deployments": ["dead/gpt-test", "a/gpt-error-500"]}])
+def test_all_deployments_failing_is_the_last_error(shared: Running) -> None:
+    mark = shared.outcomes.mark()
     with pytest.raises(openai.APIStatusError) as info:
-        gw.chat("m")
+        shared.chat("all-fail")
     assert info.value.status_code in (502, 503)
-    assert gw.outcomes.last.status == info.value.status_code
+    assert shared.outcomes.since(mark, 1)[0].status == info.value.status_code
 
 
 # ---------------------------------------------------------------------------------- retries
 
 
-def test_single_deployment_is_retried_with_backoff(make_gateway: Callable[..., Running],
-                                                   fake_a: FakeOpenAI) -> None:
-    gw = make_gateway(models=[{"name": "m", "retries": 2, "deployments": ["a/gpt-error-503"]}])
+def test_single_deployment_is_retried_with_backoff(shared: Running, fake_a: FakeOpenAI) -> None:
     before = chat_requests(fake_a, "gpt-error-503")
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as info:
-        gw.chat("m")
+        shared.chat("solo-503")
     elapsed = time.monotonic() - started
     assert info.value.status_code == 503
     assert chat_requests(fake_a, "gpt-error-503") - before == 3
     assert 0.05 * 0.5 + 0.1 * 0.5 <= elapsed < 2  # two backoffs (0.05 s, then 0.1 s, with jitter)
 
 
-def test_retry_after_is_honoured_up_to_the_cap(make_gateway: Callable[..., Running], fake_a: FakeOpenAI) -> None:
-    gw = make_gateway(models=[{"name": "m", "retries": 1, "deployments": ["a/gpt-error-429"]}],
-                      routing={"max_retry_after": 10})
+def test_retry_after_is_honoured_up_to_the_cap(shared: Running, fake_a: FakeOpenAI) -> None:
     before = chat_requests(fake_a, "gpt-error-429")
     started = time.monotonic()
     with pytest.raises(openai.RateLimitError) as info:
-        gw.chat("m")
+        shared.chat("solo-429")  # max_retry_after is 10
     assert 2 <= time.monotonic() - started < 4  # the upstream's retry-after: 2
     assert chat_requests(fake_a, "gpt-error-429") - before == 2
     assert info.value.response.headers["retry-after"] == "2"
@@ -361,55 +380,41 @@ def test_retry_after_beyond_the_cap_is_not_waited_for(make_gateway: Callable[...
     assert info.value.response.headers["retry-after"] == "2"  # the client may wait instead
 
 
-def test_a_timeout_is_not_retried_on_the_same_deployment(make_gateway: Callable[..., Running]) -> None:
-    gw = make_gateway(models=[{"name": "m", "retries": 2, "deployments": ["a/gpt-hang"],
-                               "timeouts": {"first_byte": 0.5}}])
+def test_a_timeout_is_not_retried_on_the_same_deployment(shared: Running) -> None:
+    mark = shared.outcomes.mark()
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as info:
-        gw.chat("m")
+        shared.chat("solo-hang")
     assert info.value.status_code == 504
     assert time.monotonic() - started < 1.5  # the model's 0.5 s, not the global 5 s, and only once
-    assert gw.outcomes.last.error_kind == "timeout"
+    assert shared.outcomes.since(mark, 1)[0].error_kind == "timeout"
 
 
 # -------------------------------------------------------------------------------- fallbacks
 
 
-def test_context_window_exceeded_falls_back_to_a_bigger_model(make_gateway: Callable[..., Running]) -> None:
-    gw = make_gateway(models=[
-        {"name": "small", "deployments": ["a/gpt-context"], "fallbacks": ["big"]},
-        {"name": "big", "deployments": ["b/gpt-test"]},
-    ])
-    for stream in (False, True):
-        text, headers = gw.chat("small", stream=stream)
-        assert text == "You said: hi"
-        assert (headers["x-dragoman-backend"], headers["x-dragoman-attempts"]) == ("b/gpt-test", "2")
+@pytest.mark.parametrize("stream", [False, True])
+def test_context_window_exceeded_falls_back_to_a_bigger_model(shared: Running, stream: bool) -> None:
+    text, headers = shared.chat("small", stream=stream)
+    assert text == "You said: hi"
+    assert (headers["x-dragoman-backend"], headers["x-dragoman-attempts"]) == ("b/gpt-test", "2")
 
 
-def test_context_window_exceeded_without_fallback_is_the_upstream_error(
-        make_gateway: Callable[..., Running]) -> None:
-    gw = make_gateway(models=[{"name": "small", "deployments": ["a/gpt-context", "b/gpt-context"]}])
+def test_context_window_exceeded_without_fallback_is_the_upstream_error(shared: Running) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        gw.chat("small")
+        shared.chat("small-only")
     assert info.value.code == "context_length_exceeded"
 
 
-def test_fallbacks_after_every_deployment_failed(make_gateway: Callable[..., Running]) -> None:
-    gw = make_gateway(models=[
-        {"name": "m", "retries": 0, "deployments": ["a/gpt-error-500", "dead/gpt-test"], "fallbacks": ["backup"]},
-        {"name": "backup", "deployments": ["b/gpt-test"]},
-    ])
-    text, headers = gw.chat("m")
+def test_fallbacks_after_every_deployment_failed(shared: Running) -> None:
+    text, headers = shared.chat("with-backup")
     assert text == "You said: hi"
     assert (headers["x-dragoman-backend"], headers["x-dragoman-attempts"]) == ("b/gpt-test", "3")
 
 
-def test_alias_lists_stay_ordered_fallbacks_tried_once_each(make_gateway: Callable[..., Running],
-                                                            fake_a: FakeOpenAI) -> None:
-    gw = make_gateway(aliases={"chain": ["a/gpt-error-503", "big"]},
-                      models=[{"name": "big", "deployments": ["b/gpt-test"]}])
+def test_alias_lists_stay_ordered_fallbacks_tried_once_each(shared: Running, fake_a: FakeOpenAI) -> None:
     before = chat_requests(fake_a, "gpt-error-503")
-    text, headers = gw.chat("chain")
+    text, headers = shared.chat("chain")
     assert text == "You said: hi"
     assert headers["x-dragoman-attempts"] == "2"
     assert chat_requests(fake_a, "gpt-error-503") - before == 1
@@ -420,7 +425,7 @@ def test_alias_lists_stay_ordered_fallbacks_tried_once_each(make_gateway: Callab
 
 def test_a_failing_deployment_cools_down_then_is_probed(make_gateway: Callable[..., Running],
                                                         fake_a: FakeOpenAI) -> None:
-    gw = make_gateway(models=pair("a/gpt-error-503"), routing={"cooldown": FAST_COOLDOWN})
+    gw = make_gateway(models=[pair("m", "a/gpt-error-503")], routing={"cooldown": FAST_COOLDOWN})
     before = chat_requests(fake_a, "gpt-error-503")
     attempts = [gw.chat("m")[1]["x-dragoman-attempts"] for _ in range(6)]
     assert attempts == ["2", "2", "2", "1", "1", "1"]  # three failures, then skipped
@@ -462,18 +467,27 @@ def test_every_deployment_cooling_down_fails_fast(make_gateway: Callable[..., Ru
 
 
 @pytest.fixture()
-def redis_url() -> str:
+def redis_prefix() -> Iterator[tuple[str, str]]:
+    """(Redis URL, a key prefix of this test's own); its keys are deleted after."""
     url = ensure_redis()
     if url is None:
         pytest.skip(REDIS_MISSING)
-    return url
+    import redis
+
+    prefix = unique_name("cd") + ":"
+    yield url, prefix
+    with redis.Redis.from_url(url) as client:
+        keys = list(client.scan_iter(match=prefix + "*"))
+        if keys:
+            client.delete(*keys)
 
 
 def test_cooldown_is_shared_through_redis(make_gateway: Callable[..., Running], fake_a: FakeOpenAI,
-                                         redis_url: str) -> None:
-    cooldown = {**FAST_COOLDOWN, "period": 30, "key_prefix": unique_name("cd") + ":"}
-    first = make_gateway(models=pair("a/gpt-error-503"), routing={"cooldown": cooldown}, redis=redis_url)
-    second = make_gateway(models=pair("a/gpt-error-503"), routing={"cooldown": cooldown}, redis=redis_url)
+                                         redis_prefix: tuple[str, str]) -> None:
+    redis_url, prefix = redis_prefix
+    cooldown = {**FAST_COOLDOWN, "period": 30, "key_prefix": prefix}
+    first = make_gateway(models=[pair("m", "a/gpt-error-503")], routing={"cooldown": cooldown}, redis=redis_url)
+    second = make_gateway(models=[pair("m", "a/gpt-error-503")], routing={"cooldown": cooldown}, redis=redis_url)
     before = chat_requests(fake_a, "gpt-error-503")
     assert [first.chat("m")[1]["x-dragoman-attempts"] for _ in range(3)] == ["2", "2", "2"]
     # The other instance never saw a failure, yet skips the deployment at once.
@@ -484,7 +498,7 @@ def test_cooldown_is_shared_through_redis(make_gateway: Callable[..., Running], 
 def test_unreachable_redis_falls_back_to_memory(make_gateway: Callable[..., Running], dead_port: int,
                                                 caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="dragoman.cooldown"):
-        gw = make_gateway(models=pair("a/gpt-error-503"), routing={"cooldown": FAST_COOLDOWN},
+        gw = make_gateway(models=[pair("m", "a/gpt-error-503")], routing={"cooldown": FAST_COOLDOWN},
                           redis=f"redis://127.0.0.1:{dead_port}/0")
         attempts = [gw.chat("m")[1]["x-dragoman-attempts"] for _ in range(5)]
     assert attempts == ["2", "2", "2", "1", "1"]
@@ -494,58 +508,54 @@ def test_unreachable_redis_falls_back_to_memory(make_gateway: Callable[..., Runn
 # ----------------------------------------------------------------------------- cancellation
 
 
-def test_streaming_client_leaving_cancels_the_upstream(make_gateway: Callable[..., Running],
-                                                       fake_a: FakeOpenAI) -> None:
-    gw = make_gateway(models=[{"name": "m", "deployments": ["a/gpt-slow"]}])
-    body = {"model": "m", "messages": [{"role": "user", "content": "a long answer " * 5}], "stream": True}
+def test_streaming_client_leaving_cancels_the_upstream(shared: Running, fake_a: FakeOpenAI) -> None:
+    body = {"model": "slow", "messages": [{"role": "user", "content": "a long answer " * 5}], "stream": True}
 
     def leave_early() -> None:
-        before = fake_a.disconnects
-        with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=10) as response:
+        before, mark = fake_a.disconnects, shared.outcomes.mark()
+        with httpx.stream("POST", f"{shared.url}/v1/chat/completions", json=body, timeout=10) as response:
             for line in response.iter_lines():
                 if "content" in line and '""' not in line:
                     break
         assert wait_until(lambda: fake_a.disconnects > before), "the upstream stream was not closed"
+        outcome = shared.outcomes.since(mark, 1)[0]
+        assert outcome.cancelled and outcome.status == 499 and outcome.stream
 
     leave_early()
-    outcome = gw.outcomes.last
-    assert outcome.cancelled and outcome.status == 499 and outcome.stream
-    assert_no_leaks(gw, leave_early)
+    assert_no_leaks(shared, leave_early)
     assert wait_until(lambda: fake_a.open_streams == 0)
 
 
-def test_non_streaming_client_leaving_cancels_the_upstream(make_gateway: Callable[..., Running],
-                                                           fake_a: FakeOpenAI) -> None:
-    gw = make_gateway(models=[{"name": "m", "deployments": ["a/gpt-slow"]}])
-    body = {"model": "m", "messages": [{"role": "user", "content": "a long answer " * 5}]}
+def test_non_streaming_client_leaving_cancels_the_upstream(shared: Running, fake_a: FakeOpenAI) -> None:
+    body = {"model": "slow", "messages": [{"role": "user", "content": "a long answer " * 5}]}
 
     def leave_early() -> None:
-        before = fake_a.disconnects
+        before, mark = fake_a.disconnects, shared.outcomes.mark()
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=0.3)
+            httpx.post(f"{shared.url}/v1/chat/completions", json=body, timeout=0.3)
         assert wait_until(lambda: fake_a.disconnects > before), "the upstream request was not closed"
+        outcome = shared.outcomes.since(mark, 1)[0]
+        assert outcome.cancelled and outcome.status == 499 and not outcome.stream
 
     leave_early()
-    outcome = gw.outcomes.last
-    assert outcome.cancelled and outcome.status == 499 and not outcome.stream
-    assert_no_leaks(gw, leave_early)
+    assert_no_leaks(shared, leave_early)
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_client_leaving_before_the_first_byte_stops_routing(make_gateway: Callable[..., Running],
+def test_client_leaving_before_the_first_byte_stops_routing(shared: Running, fake_a: FakeOpenAI,
                                                             stream: bool) -> None:
-    gw = make_gateway(models=[{"name": "m", "deployments": ["a/gpt-hang"], "timeouts": {"first_byte": 30}}])
-    body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": stream}
+    body = {"model": "hang-30", "messages": [{"role": "user", "content": "x"}], "stream": stream}
 
     def leave_early() -> None:
-        count = len(gw.outcomes.items)
+        before, mark = fake_a.disconnects, shared.outcomes.mark()
         with pytest.raises(httpx.ReadTimeout):
-            httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=0.3)
-        outcome = gw.outcomes.wait(count + 1, timeout=3)[-1]  # recorded at once, not after 30 s
+            httpx.post(f"{shared.url}/v1/chat/completions", json=body, timeout=0.3)
+        outcome = shared.outcomes.since(mark, 1, timeout=3)[0]  # recorded at once, not after 30 s
         assert outcome.cancelled and outcome.status == 499
+        assert wait_until(lambda: fake_a.disconnects > before, timeout=3), "the upstream request was not closed"
 
     leave_early()
-    assert_no_leaks(gw, leave_early)
+    assert_no_leaks(shared, leave_early)
 
 
 # ----------------------------------------------------------------------------------- health

@@ -188,7 +188,7 @@ async def test_keepalive_cancels_the_pending_event_when_closed() -> None:
     ticker = keepalive(stalled(), 0.02)
     assert isinstance(await anext(ticker), PartDelta)
     assert await anext(ticker) is None
-    await ticker.aclose()  # type: ignore[attr-defined]
+    await ticker.aclose()
     assert closed.is_set()
 
 

@@ -176,6 +176,17 @@ def test_tag_body_synthesises_missing_facts() -> None:
                                "parameter_size": "", "quantization_level": ""}
 
 
+def test_ps_body() -> None:
+    info = ModelInfo(name="m", context_length=2048, details=ModelDetails(size=5, digest="sha256:" + "a" * 64))
+    body = convert.ps_body(ModelEntry(id="local/m", backend="local", info=info, loaded=True,
+                                      expires_at=1_700_000_000.0), 0.0)
+    assert body == {"name": "local/m", "model": "local/m", "size": 5, "digest": "a" * 64,
+                    "details": convert.details_body(info), "expires_at": "2023-11-14T22:13:20.000000000Z",
+                    "size_vram": 0, "context_length": 2048}
+    unknown = convert.ps_body(ModelEntry(id="local/m", backend="local", info=info, loaded=True), 1_700_000_000.0)
+    assert unknown["expires_at"] == "2023-11-14T22:18:20.000000000Z"
+
+
 def test_model_info_hides_token_tables_unless_verbose() -> None:
     info = ModelInfo(name="m", context_length=4096, extra={"general.architecture": "qwen2",
                                                            "tokenizer.ggml.tokens": ["a", "b"], "error": "x"})

@@ -89,6 +89,18 @@
     return node;
   }
 
+  /** Label every cell with its column's header, for the stacked phone layout (table.stack). */
+  function labelCells(tbody) {
+    const table = tbody.closest('table');
+    const heads = Array.from(table.querySelectorAll('thead th')).map((th) => th.textContent.trim());
+    for (const row of tbody.rows) {
+      Array.from(row.cells).forEach((cell, i) => {
+        if (heads[i] && !cell.classList.contains('key-name') && cell.colSpan === 1) cell.dataset.label = heads[i];
+      });
+    }
+    return tbody;
+  }
+
   /* ---------- formatting ---------- */
   const nf = new Intl.NumberFormat();
   const fmt = {
@@ -238,7 +250,7 @@
   });
 
   window.DM = {
-    api, ApiError, el, svg, clear, fill, fmt, toast, openDialog, confirm, copy, busy, badge, statusBadge, emptyRow,
+    api, ApiError, el, svg, clear, fill, labelCells, fmt, toast, openDialog, confirm, copy, busy, badge, statusBadge, emptyRow,
     localToIso, isoToLocal, csrfToken,
   };
 })();

@@ -3,13 +3,15 @@
   'use strict';
   const { svg, el, fmt } = window.DM;
 
-  function niceMax(value) {
-    if (!(value > 0)) return 1;
-    const exp = Math.pow(10, Math.floor(Math.log10(value)));
-    for (const step of [1, 2, 2.5, 5, 10]) {
-      if (value <= step * exp) return step * exp;
-    }
-    return 10 * exp;
+  /** A round axis: a step of 1, 2, 2.5 or 5 x 10^n (whole numbers only when `integer`), about 4 steps. */
+  function scale(max, integer) {
+    if (!(max > 0)) return integer ? { top: 4, step: 1 } : { top: 1, step: 0.25 };
+    const raw = max / 4;
+    const exp = Math.pow(10, Math.floor(Math.log10(raw)));
+    const factors = integer ? [1, 2, 5, 10] : [1, 2, 2.5, 5, 10];
+    let step = factors.map((f) => f * exp).find((s) => s >= raw);
+    if (integer) step = Math.max(1, Math.round(step));
+    return { top: step * Math.ceil(max / step - 1e-9), step };
   }
 
   const colour = (series, index) => (series.color === undefined ? index : series.color);
@@ -21,7 +23,7 @@
 
   /**
    * draw(container, {labels: [iso...], series: [{name, values, area?}], kind: 'line' | 'bars',
-   *                  format: (v) => string, empty: 'text when every value is 0'})
+   *                  format: (v) => string, integer: whole-number axis, empty: 'text when every value is 0'})
    * Series i gets CSS class s<i> (colours come from the stylesheet), or s<color> when it sets color (0-3).
    */
   function draw(container, options) {
@@ -58,14 +60,15 @@
         for (const s of opts.series) max = Math.max(max, s.values[i] || 0);
       }
     }
-    const top = niceMax(max);
+    const axis = scale(max, Boolean(opts.integer));
+    const top = axis.top;
     const step = n > 1 ? plotW / (stacked ? n : n - 1) : plotW;
     const xAt = (i) => pad.left + (stacked ? step * (i + 0.5) : (n > 1 ? step * i : plotW / 2));
     const yAt = (v) => pad.top + plotH - (v / top) * plotH;
 
     const root = svg('svg', { viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': opts.label || 'chart' });
-    for (let t = 0; t <= 4; t++) {
-      const value = (top / 4) * t;
+    for (let t = 0; t * axis.step <= top + 1e-9; t++) {
+      const value = axis.step * t;
       const y = yAt(value);
       root.append(svg('line', { class: 'grid-line', x1: pad.left, x2: width - pad.right, y1: y, y2: y }));
       root.append(svg('text', { class: 'axis', x: pad.left - 8, y: y + 4, 'text-anchor': 'end', text: format(value) }));

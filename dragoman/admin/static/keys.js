@@ -5,19 +5,21 @@
   let keys = [];
   let editing = null; // the key being edited, or null when creating
 
+  /** Limits, budget and expiry, one short line each (only the ones set). */
   function limits(k) {
-    const parts = [];
-    if (k.rpm) parts.push(fmt.int(k.rpm) + ' req/min');
-    if (k.tpm) parts.push(fmt.compact(k.tpm) + ' tok/min');
-    if (k.max_parallel) parts.push(k.max_parallel + ' parallel');
-    return parts.length ? parts.join(' · ') : '—';
-  }
-
-  function budget(k) {
-    const parts = [];
-    if (k.budget_tokens) parts.push(fmt.compact(k.budget_tokens) + ' tokens');
-    if (k.budget_cost) parts.push(fmt.cost(k.budget_cost));
-    return parts.length ? parts.join(' + ') + ' / ' + (k.budget_period || '?') : '—';
+    const lines = [];
+    const rate = [];
+    if (k.rpm) rate.push(fmt.int(k.rpm) + ' req/min');
+    if (k.tpm) rate.push(fmt.compact(k.tpm) + ' tok/min');
+    if (k.max_parallel) rate.push(k.max_parallel + ' parallel');
+    if (rate.length) lines.push(rate.join(' · '));
+    const money = [];
+    if (k.budget_tokens) money.push(fmt.compact(k.budget_tokens) + ' tokens');
+    if (k.budget_cost) money.push(fmt.cost(k.budget_cost));
+    if (money.length) lines.push('budget ' + money.join(' + ') + ' / ' + (k.budget_period || '?'));
+    if (k.expires_at) lines.push((k.expired ? 'expired ' : 'expires ') + fmt.date(k.expires_at));
+    return lines.length ? el('div', { class: 'lines' }, lines.map((l) => el('span', { text: l })))
+      : el('span', { class: 'muted', text: 'unlimited' });
   }
 
   function status(k) {
@@ -30,14 +32,12 @@
     const usage = k.usage_7d;
     return el('tr', { dataset: { keyId: k.id } },
       el('td', { class: 'key-name break', text: k.name }),
-      el('td', {}, el('span', { class: 'chip', text: 'sk-dm-…' + k.hint })),
+      el('td', { class: 'hide-sm' }, el('span', { class: 'chip', text: 'sk-dm-…' + k.hint })),
       el('td', {}, el('div', { class: 'badges' }, k.models.map((m) => el('span', { class: 'chip', text: m })))),
-      el('td', { class: 'hide-sm nowrap', text: limits(k) }),
-      el('td', { class: 'hide-sm nowrap', text: budget(k) }),
-      el('td', { class: 'hide-sm nowrap', text: k.expires_at ? fmt.date(k.expires_at) : 'never' }),
-      el('td', { class: 'hide-sm nowrap muted', title: k.last_used_at || '', text: fmt.ago(k.last_used_at) }),
-      el('td', { class: 'num' }, usage ? fmt.int(usage.requests) + ' req' : '—',
-        usage ? el('div', { class: 'muted', text: fmt.compact(usage.total_tokens) + ' tok' }) : null),
+      el('td', { class: 'hide-sm' }, limits(k)),
+      el('td', {}, el('div', { class: 'lines' },
+        el('span', { text: usage ? fmt.int(usage.requests) + ' req · ' + fmt.compact(usage.total_tokens) + ' tok' : 'no requests' }),
+        el('span', { class: 'muted', title: k.last_used_at || '', text: k.last_used_at ? 'used ' + fmt.ago(k.last_used_at) : 'never used' }))),
       el('td', {}, status(k)),
       el('td', {}, el('div', { class: 'actions' },
         el('button', { type: 'button', class: 'small', text: 'Usage', onclick: () => showUsage(k) }),
@@ -49,7 +49,7 @@
   async function load() {
     const data = await api('GET', '/keys');
     keys = data.keys;
-    fill(document.getElementById('keys'), keys.length ? keys.map(row) : emptyRow(10, 'No keys yet. Create one to give a client access.'));
+    DM.labelCells(fill(document.getElementById('keys'), keys.length ? keys.map(row) : emptyRow(7, 'No keys yet. Create one to give a client access.')));
   }
 
   function formValues(form) {
@@ -121,8 +121,8 @@
   async function toggle(k, button) {
     await busy(button, async () => {
       await api('PATCH', '/keys/' + encodeURIComponent(k.id), { enabled: !k.enabled });
-      DM.toast('Key “' + k.name + '” ' + (k.enabled ? 'disabled' : 'enabled'));
       await load();
+      DM.toast('Key “' + k.name + '” ' + (k.enabled ? 'disabled' : 'enabled'));
     });
   }
 
@@ -131,8 +131,8 @@
     if (!ok) return;
     await busy(button, async () => {
       await api('DELETE', '/keys/' + encodeURIComponent(k.id));
-      DM.toast('Key “' + k.name + '” revoked');
       await load();
+      DM.toast('Key “' + k.name + '” revoked');
     });
   }
 
@@ -145,7 +145,7 @@
     try {
       const data = await api('GET', '/keys/' + encodeURIComponent(k.id) + '/usage?range=7d');
       DMChart.draw(document.getElementById('key-chart'), {
-        label: 'requests of this key', labels: data.series.map((p) => p.t), kind: 'line',
+        label: 'requests of this key', labels: data.series.map((p) => p.t), kind: 'line', integer: true,
         series: [
           { name: 'requests', values: data.series.map((p) => p.requests), area: true },
           { name: 'errors', values: data.series.map((p) => p.errors), color: 3 },

@@ -20,17 +20,18 @@
       el('span', { class: 'muted', text: fmt.int(b.model_count) + (b.model_count === 1 ? ' model' : ' models') }),
       b.last_error ? el('div', { class: 'error', text: b.last_error }) : null);
     const rows = b.models.map((m) => el('tr', {},
-      el('td', {}, el('div', { class: 'break' }, el('b', { text: m.name })), el('div', { class: 'muted mono break', text: m.id })),
+      el('td', { class: 'key-name' }, el('div', {}, el('div', { class: 'break' }, el('b', { text: m.name })), el('div', { class: 'muted mono break', text: m.id }))),
       el('td', {}, capabilityBadges(m.capabilities)),
       el('td', { class: 'num hide-sm', text: m.context_length ? fmt.compact(m.context_length) : '—' }),
       el('td', {}, el('div', { class: 'badges' }, m.aliases.length ? m.aliases.map((a) => el('span', { class: 'chip', text: a })) : el('span', { class: 'muted', text: '—' }))),
       el('td', {}, el('div', { class: 'badges' }, m.overrides.length ? m.overrides.map((p) => el('span', { class: 'chip', text: p })) : el('span', { class: 'muted', text: '—' }))),
       el('td', {}, el('div', { class: 'actions' },
         el('button', { type: 'button', class: 'small', text: 'Override', onclick: () => editOverride(m.id) })))));
-    const table = el('div', { class: 'table-wrap' }, el('table', {},
+    const table = el('div', { class: 'table-wrap' }, el('table', { class: 'stack' },
       el('thead', {}, el('tr', {}, el('th', { text: 'Model' }), el('th', { text: 'Capabilities' }), el('th', { class: 'num hide-sm', text: 'Context' }),
         el('th', { text: 'Aliases' }), el('th', { text: 'Overrides' }), el('th'))),
       el('tbody', {}, rows.length ? rows : emptyRow(6, b.reachable ? 'This backend lists no models.' : 'Not reachable: no models listed.'))));
+    DM.labelCells(table.querySelector('tbody'));
     return el('div', { class: 'card', dataset: { backend: b.name } }, head, el('div', { class: 'card-body tight' }, table));
   }
 

@@ -35,14 +35,14 @@
 
     const labels = data.series.map((p) => p.t);
     DMChart.draw(document.getElementById('chart-requests'), {
-      label: 'requests over time', labels, kind: 'line',
+      label: 'requests over time', labels, kind: 'line', integer: true,
       series: [
         { name: 'requests', values: data.series.map((p) => p.requests), area: true },
         { name: 'errors', values: data.series.map((p) => p.errors), color: 3 },
       ],
     });
     DMChart.draw(document.getElementById('chart-tokens'), {
-      label: 'tokens over time', labels, kind: 'bars',
+      label: 'tokens over time', labels, kind: 'bars', integer: true,
       series: [
         { name: 'prompt', values: data.series.map((p) => p.prompt_tokens) },
         { name: 'completion', values: data.series.map((p) => p.completion_tokens) },

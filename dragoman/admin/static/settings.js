@@ -14,7 +14,7 @@
       el('td', { class: 'muted break', text: s.base_url || '—' }),
       el('td', {}, s.api_key ? el('span', { class: 'chip', dataset: { testid: 'masked-key' }, text: s.api_key }) : el('span', { class: 'muted', text: '—' })),
       el('td', { class: 'hide-sm' }, badge(b.source === 'admin' ? 'edited here' : 'config file', b.source === 'admin' ? 'accent' : '')),
-      el('td', {}, b.reachable ? badge(b.model_count + ' models', 'ok') : badge('unreachable', 'err'),
+      el('td', {}, b.reachable ? badge(b.model_count + (b.model_count === 1 ? ' model' : ' models'), 'ok') : badge('unreachable', 'err'),
         b.last_error ? el('div', { class: 'muted ellipsis', title: b.last_error, text: b.last_error }) : null),
       el('td', {}, el('div', { class: 'actions' },
         el('button', { type: 'button', class: 'small', text: 'Edit', onclick: () => openForm(b) }),
@@ -23,7 +23,7 @@
 
   function render(body) {
     data = body;
-    fill(document.getElementById('backends'), body.backends.length ? body.backends.map(row) : emptyRow(7, 'No backends.'));
+    DM.labelCells(fill(document.getElementById('backends'), body.backends.length ? body.backends.map(row) : emptyRow(7, 'No backends.')));
     const select = document.querySelector('#backend-form select[name="type"]');
     if (!select.options.length) for (const t of body.types) select.append(el('option', { value: t, text: t }));
   }

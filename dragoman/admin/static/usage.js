@@ -52,7 +52,7 @@
       fill(document.getElementById('model-names'), data.models.map((m) => el('option', { value: m })));
     }
     pages = data.pages;
-    fill(document.getElementById('rows'), data.items.length ? data.items.map(row) : emptyRow(10, 'No requests match these filters.'));
+    DM.labelCells(fill(document.getElementById('rows'), data.items.length ? data.items.map(row) : emptyRow(10, 'No requests match these filters.')));
     document.getElementById('count').textContent = fmt.int(data.total) + (data.total === 1 ? ' request' : ' requests');
     document.getElementById('page-info').textContent = 'page ' + data.page + ' of ' + data.pages;
     document.getElementById('prev').disabled = data.page <= 1;

@@ -12,6 +12,10 @@ Decisions worth knowing:
   object becomes its longest valid object prefix, closed (``{}`` at worst), never an error.
 * A thinking block without a signature (reasoning from a non-Anthropic model) is rendered
   with ``"signature": ""``; a signature sent back empty reads as none.
+* ``cache_control`` marks (prompt caching) ride along in ``extensions["anthropic"]`` (of the
+  message, by part index; of the request for tools and the top-level mark), and so does a
+  budget-less ``thinking`` mode (``adaptive`` ...), so an Anthropic backend can send them on;
+  other backends ignore them.
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ STOP_REASONS: dict[FinishReason, str] = {
     FinishReason.CONTENT_FILTER: "refusal",
     FinishReason.ERROR: "end_turn",
 }
+
+EXTENSION = "anthropic"  # key of this dialect's data in ``extensions``
 
 # Anthropic's documented default; top_p and top_k have none (the model decides).
 DEFAULTS = Sampling(temperature=1.0)
@@ -146,7 +152,16 @@ def parse_count_tokens(body: Any) -> ChatRequest:
 def _chat_request(req: wire.CountTokensRequest) -> ChatRequest:
     messages = _system(req.system) + _messages(req.messages)
     tools = _tools(req.tools or [])
+    marks: dict[str, Any] = {}
+    tool_marks = {i: mark for i, t in enumerate(req.tools or []) if (mark := _cache_mark(t)) is not None}
+    if tool_marks:
+        marks["tool_cache_control"] = tool_marks
+    if (mark := _cache_mark(req)) is not None:
+        marks["cache_control"] = mark
+    if req.thinking is not None and req.thinking.type not in ("enabled", "disabled"):
+        marks["thinking"] = req.thinking.model_dump(exclude_none=True)  # for an Anthropic backend, as sent
     return ChatRequest(
+        extensions={EXTENSION: marks} if marks else {},
         model=req.model,
         messages=messages,
         defaults=DEFAULTS,
@@ -162,7 +177,25 @@ def _system(system: str | list[wire.TextBlock] | None) -> list[Message]:
         return []
     if isinstance(system, str):
         return [Message(Role.SYSTEM, [TextPart(system)])] if system else []
-    return [Message(Role.SYSTEM, [TextPart(block.text)]) for block in system]
+    return [Message(Role.SYSTEM, [TextPart(block.text)], extensions=_marks({0: _cache_mark(block)}))
+            for block in system]
+
+
+def _system_block(block: Any, where: str) -> wire.TextBlock:
+    if not isinstance(block, wire.TextBlock):
+        raise _unsupported_block(block, where, "system")
+    return block
+
+
+def _cache_mark(model: BaseModel) -> Any:
+    """A ``cache_control`` mark the client put on a block, tool or request (kept as sent)."""
+    return (model.model_extra or {}).get("cache_control")
+
+
+def _marks(by_part: dict[int, Any]) -> dict[str, Any]:
+    """Message extensions holding the ``cache_control`` marks of its parts, if any."""
+    kept = {i: mark for i, mark in by_part.items() if mark is not None}
+    return {EXTENSION: {"cache_control": kept}} if kept else {}
 
 
 def _tools(definitions: list[wire.ToolDefinition]) -> list[Tool]:
@@ -223,8 +256,11 @@ def _messages(params: list[wire.MessageParam]) -> list[Message]:
         if isinstance(param.content, str):
             out.append(Message(Role(param.role), [TextPart(param.content)]))
             continue
-        if param.role == "assistant":
-            out.append(Message(Role.ASSISTANT, _assistant_parts(param.content, where, tool_names)))
+        if param.role == "system":
+            out += _system([_system_block(b, f"{where}.content[{j}]") for j, b in enumerate(param.content)])
+        elif param.role == "assistant":
+            out.append(Message(Role.ASSISTANT, _assistant_parts(param.content, where, tool_names),
+                               extensions=_marks({j: _cache_mark(b) for j, b in enumerate(param.content)})))
         else:
             out += _user_messages(param.content, where, tool_names)
     return out
@@ -252,18 +288,22 @@ def _user_messages(blocks: list[Any], where: str, tool_names: dict[str, str]) ->
     """Tool results as ``Role.TOOL`` messages, the rest of the turn as one user message after them."""
     out: list[Message] = []
     plain: list[Part] = []
+    plain_marks: dict[int, Any] = {}
     for j, block in enumerate(blocks):
         at = f"{where}.content[{j}]"
+        if isinstance(block, wire.ToolResultBlock):
+            out.append(Message(Role.TOOL, [_tool_result(block, at, tool_names)],
+                               extensions=_marks({0: _cache_mark(block)})))
+            continue
+        plain_marks[len(plain)] = _cache_mark(block)
         if isinstance(block, wire.TextBlock):
             plain.append(TextPart(block.text))
         elif isinstance(block, wire.ImageBlock):
             plain.append(_image(block, at))
-        elif isinstance(block, wire.ToolResultBlock):
-            out.append(Message(Role.TOOL, [_tool_result(block, at, tool_names)]))
         else:
             raise _unsupported_block(block, at, "user")
     if plain or not out:
-        out.append(Message(Role.USER, plain))
+        out.append(Message(Role.USER, plain, extensions=_marks(plain_marks)))
     return out
 
 

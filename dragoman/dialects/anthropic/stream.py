@@ -25,10 +25,10 @@ from dragoman.core.ids import now, random_id
 from dragoman.core.jsonprefix import ObjectPrefix
 from dragoman.core.service import ChatStream
 from dragoman.dialects.anthropic.convert import STOP_REASONS, error_body, message_id, tool_use_id, usage_body
-from dragoman.errors import GatewayError
 
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 PING_INTERVAL = 10.0
+_DELTA_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
 
 
 def frame(name: str, data: dict[str, Any]) -> bytes:
@@ -95,12 +95,14 @@ class EventEncoder:
 
     def _delta(self, event: PartDelta) -> bytes:
         kind = self._kinds.get(event.index)
-        if kind == "text":
-            return self._block_delta(event.index, {"type": "text_delta", "text": event.text})
+        if kind == "text":  # the hot path: a byte template, not a dict to serialise
+            return (_DELTA_HEAD + str(event.index).encode() + b',"delta":{"type":"text_delta","text":'
+                    + orjson.dumps(event.text) + b"}}\n\n")
         if kind == "reasoning":
             if event.index in self._redacted:
                 return b""
-            return self._block_delta(event.index, {"type": "thinking_delta", "thinking": event.text})
+            return (_DELTA_HEAD + str(event.index).encode() + b',"delta":{"type":"thinking_delta","thinking":'
+                    + orjson.dumps(event.text) + b"}}\n\n")
         scanner = self._tools.get(event.index)
         if scanner is None:
             return b""
@@ -128,29 +130,40 @@ class EventEncoder:
 async def keepalive(events: AsyncIterator[Event], interval: float) -> AsyncIterator[Event | None]:
     """The events, with ``None`` whenever the next one takes longer than ``interval`` seconds.
 
-    The pending ``anext`` keeps running across timeouts (never cancelled by one), so no event
-    is lost; it is cancelled only when the consumer stops early.
+    One pump task drains ``events`` into a queue, so the event source (and the backend under it)
+    always runs in a single task, whatever context it holds across its yields; waiting on the
+    queue with a timeout loses nothing. Closing this generator cancels the pump, which closes
+    the source and so the upstream call.
     """
-    pending: asyncio.Future[Event] | None = None
+    queue: asyncio.Queue[Event | None] = asyncio.Queue()  # None: the source has ended
+
+    async def pump() -> None:
+        try:
+            async for event in events:
+                queue.put_nowait(event)
+        finally:
+            queue.put_nowait(None)
+
+    task = asyncio.ensure_future(pump())
     try:
         while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(events))
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
+            try:
+                async with asyncio.timeout(interval):
+                    item = await queue.get()
+            except TimeoutError:
                 yield None
                 continue
-            finished, pending = pending, None
-            try:
-                event = finished.result()
-            except StopAsyncIteration:
+            if item is None:
+                await task  # raises what ended the pump, if anything did
                 return
-            yield event
+            yield item
     finally:
-        if pending is not None:
-            pending.cancel()  # a no-op when it has just finished; its outcome is dropped either way
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, GatewayError):
-                await pending
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        elif not task.cancelled():
+            task.exception()  # retrieved: the consumer has stopped and no longer wants it
 
 
 async def sse_frames(events: ChatStream, encoder: EventEncoder, *,

@@ -119,7 +119,7 @@ ContentBlock = Annotated[
 
 
 class MessageParam(WireModel):
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "system"]  # system turns: API version 2026-10-21
     content: str | list[ContentBlock]
 
 
@@ -140,7 +140,11 @@ class ToolChoice(WireModel):
 
 
 class ThinkingConfig(WireModel):
-    type: Literal["enabled", "disabled", "adaptive"]
+    """``enabled`` (with a budget), ``disabled``; any other type (``adaptive``, ``between_tools``,
+    newer ones) means thinking on without a budget. The budget is not held to Anthropic's 1024
+    minimum here: a local model may think less; the Anthropic backend raises it."""
+
+    type: str = Field(min_length=1)
     budget_tokens: int | None = Field(None, ge=1)
 
 
@@ -162,7 +166,7 @@ class CountTokensRequest(WireModel):
     """``POST /v1/messages/count_tokens``: the messages body without ``max_tokens`` and ``stream``."""
 
     model: str = Field(min_length=1)
-    messages: list[MessageParam]
+    messages: list[MessageParam] = Field(min_length=1)
     system: str | list[TextBlock] | None = None
     tools: list[ToolDefinition] | None = None
     tool_choice: ToolChoice | None = None

@@ -127,22 +127,19 @@ def parse_options(body: dict[str, Any], options: dict[str, Any] | None) -> tuple
 
 
 def _option_value(key: str, kind: wire.OptionType, value: Any) -> Any:
-    wrong = invalid(f'option "{key}" must be of type {kind}', f"options.{key}")
     if kind == "array":
         if isinstance(value, str):
-            return [value]
-        if not isinstance(value, list):
-            raise wrong
-        if not all(isinstance(item, str) for item in value):
+            return [value]  # OllamaKit sends one stop string
+        if isinstance(value, list):
+            if all(isinstance(item, str) for item in value):
+                return list(value)
             raise invalid(f'option "{key}" must be an array of strings', f"options.{key}")
-        return list(value)
-    if kind == "boolean":
-        if not isinstance(value, bool):
-            raise wrong
-        return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise wrong
-    return int(value) if kind == "integer" else float(value)  # floats truncate, as in Ollama
+    elif kind == "boolean":
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        return int(value) if kind == "integer" else float(value)  # floats truncate, as in Ollama
+    raise invalid(f'option "{key}" must be of type {kind}', f"options.{key}")
 
 
 def parse_think(value: bool | str | None) -> Reasoning:
@@ -387,14 +384,15 @@ def tag_body(entry: ModelEntry, fallback_time: float) -> dict[str, Any]:
     }
 
 
-def ps_body(entry: ModelEntry, fallback_time: float) -> dict[str, Any]:
+def ps_body(entry: ModelEntry, now: float) -> dict[str, Any]:
+    """A loaded model; with no known expiry, Ollama's default keep-alive (5 minutes) from now."""
     return {
         "name": entry.id,
         "model": entry.id,
         "size": int(entry.info.details.size),
         "digest": digest(entry),
         "details": details_body(entry.info),
-        "expires_at": seconds_timestamp(entry.expires_at or fallback_time),
+        "expires_at": seconds_timestamp(entry.expires_at or now + 300),
         "size_vram": 0,
         "context_length": entry.info.context_length or 0,
     }

@@ -98,7 +98,7 @@ class OllamaDialect:
             entries = await self.service.list_models(ctx)
         except GatewayError as exc:
             return error_response(exc)
-        return json_response({"models": [convert.ps_body(e, self.started) for e in entries if e.loaded]})
+        return json_response({"models": [convert.ps_body(e, time.time()) for e in entries if e.loaded]})
 
     async def show(self, request: Request) -> Response:
         try:

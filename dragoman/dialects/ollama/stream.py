@@ -22,37 +22,33 @@ from dragoman.dialects.ollama.convert import DONE_REASONS, error_body, timestamp
 
 
 class Timing:
-    """Marks when the answer started and produced its first token (``perf_counter`` seconds)."""
+    """Marks when the answer started and produced its first token (``perf_counter`` nanoseconds)."""
 
     __slots__ = ("first_token", "start", "started_at")
 
     def __init__(self, started_at: float) -> None:
-        self.started_at = started_at
-        self.start: float | None = None
-        self.first_token: float | None = None
+        self.started_at = int(started_at * 1_000_000_000)  # the request's arrival, perf_counter seconds
+        self.start: int | None = None
+        self.first_token: int | None = None
 
     def observe(self, event: Event) -> None:
         if isinstance(event, PartDelta):
             if self.first_token is None:
-                self.first_token = time.perf_counter()
+                self.first_token = time.perf_counter_ns()
         elif isinstance(event, MessageStart) and self.start is None:
-            self.start = time.perf_counter()
+            self.start = time.perf_counter_ns()
 
     def metrics(self, usage: Usage) -> dict[str, int]:
-        end = time.perf_counter()
+        end = time.perf_counter_ns()
         start = self.start if self.start is not None else end
         first = self.first_token if self.first_token is not None else end
-
-        def ns(seconds: float) -> int:
-            return max(0, int(seconds * 1_000_000_000))
-
         return {
-            "total_duration": max(1, ns(end - self.started_at)),
-            "load_duration": ns(start - self.started_at),
+            "total_duration": max(1, end - self.started_at),
+            "load_duration": max(0, start - self.started_at),
             "prompt_eval_count": usage.prompt_tokens,
-            "prompt_eval_duration": max(1, ns(first - start)),
+            "prompt_eval_duration": max(1, first - start),
             "eval_count": usage.completion_tokens,
-            "eval_duration": max(1, ns(end - first)),
+            "eval_duration": max(1, end - first),
         }
 
 

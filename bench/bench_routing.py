@@ -1,0 +1,155 @@
+"""Routing under load: does spreading over deployments cost throughput, and does a dead one hurt?
+
+Starts two static upstreams (``upstream.py``) and dragoman (one worker) with these models:
+
+- ``one``: one deployment (the reference);
+- ``two``: two deployments, ``weighted_random``; ``two-least``: the same, ``least_busy``;
+- ``with-dead``: one healthy deployment and one on a closed port (connection refused), cooldown
+  after 3 failures for 2 s, so the measured run spans several probe cycles.
+
+Then, in interleaved rounds, it measures requests/s at saturation for each (closed loop, 32
+connections, loadgen.py). Targets:
+
+- ``two`` and ``two-least`` within 10% of ``one`` (the median of per-round ratios);
+- ``with-dead``: a first run trips the breaker, then no client sees an error (a failed attempt
+  moves to the healthy deployment before the first byte, probes included).
+
+Run from the repo root: ``python bench/bench_routing.py`` (about a minute; ``--quick`` for a smoke
+run). Prints a table and PASS/FAIL; the exit status is 1 when a target fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from loadgen import LoadResult, chat_body
+from run import Server, free_port, pinned, start
+
+BENCH = Path(__file__).resolve().parent
+MODELS = ("one", "two", "two-least")
+MAX_SLOWDOWN = 0.10
+
+CONFIG = """\
+server: {{host: 127.0.0.1, port: {port}}}
+backends:
+  - {{name: up1, type: openai, base_url: "http://127.0.0.1:{up1}/v1", api_key: dummy, models: [m]}}
+  - {{name: up2, type: openai, base_url: "http://127.0.0.1:{up2}/v1", api_key: dummy, models: [m]}}
+  - {{name: dead, type: openai, base_url: "http://127.0.0.1:{dead}/v1", api_key: dummy, models: [m]}}
+routing:
+  cooldown: {{failures: 3, window: 60, period: 2}}
+  health_interval: 0
+models:
+  - {{name: one, deployments: [up1/m]}}
+  - {{name: two, deployments: [up1/m, up2/m]}}
+  - {{name: two-least, strategy: least_busy, deployments: [up1/m, up2/m]}}
+  - {{name: with-dead, deployments: [up1/m, dead/m]}}
+"""
+
+
+def load(url: str, model: str, *, stream: bool, connections: int, duration: float, engine: str,
+         cpu: int | None) -> LoadResult:
+    """One loadgen run in its own process (off the gateway's core when pinning)."""
+    cmd = [sys.executable, str(BENCH / "loadgen.py"), url + "/v1/chat/completions", "--engine", engine,
+           "-c", str(connections), "-d", str(duration), "--model", model]
+    if stream:
+        cmd.append("--stream")
+    out = subprocess.run(pinned(cmd, cpu), capture_output=True, text=True, check=False, timeout=duration + 120)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
+    return LoadResult(**json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def answers(url: str, model: str) -> str:
+    body = chat_body(model, False)
+    request = urllib.request.Request(url + "/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(json.loads(response.read())["choices"][0]["message"]["content"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1 s runs, 1 round")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per run")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--engine", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--stream", action="store_true", help="streaming requests")
+    args = parser.parse_args()
+    duration, rounds = (1.0, 1) if args.quick else (args.duration, args.rounds)
+    pin = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+    gateway_cpu, other_cpu = (0, 1) if pin else (None, None)
+
+    up1, up2, dead, port = free_port(), free_port(), free_port(), free_port()
+    started: list[Server] = []
+    with tempfile.TemporaryDirectory(prefix="bench-routing-") as tmp:
+        logdir = Path(tmp)
+        config = logdir / "dragoman.yaml"
+        config.write_text(CONFIG.format(port=port, up1=up1, up2=up2, dead=dead))
+        try:
+            for name, upstream_port in (("up1", up1), ("up2", up2)):
+                started.append(start(name, [sys.executable, str(BENCH / "upstream.py"), "--port",
+                                            str(upstream_port)], other_cpu, logdir, f"http://127.0.0.1:{upstream_port}"))
+            gateway = start("dragoman", [sys.executable, "-m", "dragoman", "serve", "--config", str(config),
+                                         "--host", "127.0.0.1", "--port", str(port)], gateway_cpu, logdir,
+                            f"http://127.0.0.1:{port}")
+            started.append(gateway)
+            for model in (*MODELS, "with-dead"):
+                answers(gateway.url, model)
+
+            def measure(model: str, seconds: float) -> LoadResult:
+                return load(gateway.url, model, stream=args.stream, connections=args.connections,
+                            duration=seconds, engine=args.engine, cpu=other_cpu)
+
+            print(f"warming up ({'streaming' if args.stream else 'non-streaming'}, {args.connections} connections, "
+                  f"{duration:g} s runs, {rounds} rounds)", flush=True)
+            for model in MODELS:
+                measure(model, min(duration, 1.0))
+            results: dict[str, list[LoadResult]] = {m: [] for m in MODELS}
+            for _ in range(rounds):
+                for model in MODELS:
+                    results[model].append(measure(model, duration))
+            tripping = measure("with-dead", 1.0)  # the dead deployment fails 3 times, then cools down
+            dead_runs = [measure("with-dead", max(duration, 5.0)) for _ in range(rounds)]
+        finally:
+            for server in reversed(started):
+                server.stop()
+
+    rps = {m: statistics.median(r.rps for r in results[m]) for m in MODELS}
+    print(f"\n{'model':<12} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for model in MODELS:
+        runs = results[model]
+        print(f"{model:<12} {rps[model]:>9.0f} {statistics.median(r.p50_ms for r in runs):>8.2f} "
+              f"{statistics.median(r.p99_ms for r in runs):>8.2f} {sum(r.errors for r in runs):>7}")
+    for label, runs in (("with-dead*", [tripping]), ("with-dead", dead_runs)):
+        print(f"{label:<12} {statistics.median(r.rps for r in runs):>9.0f} "
+              f"{statistics.median(r.p50_ms for r in runs):>8.2f} {statistics.median(r.p99_ms for r in runs):>8.2f} "
+              f"{sum(r.errors for r in runs):>7}")
+    print("(* the first run, while the breaker trips)")
+
+    verdicts: list[tuple[bool, str]] = []
+    for model in ("two", "two-least"):
+        ratio = statistics.median(t.rps / o.rps for t, o in zip(results[model], results["one"], strict=True))
+        verdicts.append((ratio >= 1 - MAX_SLOWDOWN, f"{model} / one req/s = {ratio:.3f} (>= {1 - MAX_SLOWDOWN:.2f})"))
+    errors = sum(r.errors for r in dead_runs)
+    requests = sum(r.requests for r in dead_runs)
+    verdicts.append((errors == 0, f"with one deployment dead: {errors} errors in {requests:,} requests after "
+                                  f"the first cooldown (0)"))
+    verdicts.append((all(r.errors == 0 for r in results["one"]), "no errors on healthy deployments"))
+    print()
+    for ok, what in verdicts:
+        print(f"{'PASS' if ok else 'FAIL'}  {what}")
+    return 0 if all(ok for ok, _ in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
