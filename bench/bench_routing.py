@@ -21,6 +21,7 @@ run). Prints a table and PASS/FAIL; the exit status is 1 when a target fails.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -28,11 +29,24 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from loadgen import LoadResult, chat_body
-from run import Server, free_port, pinned, start
+from run import REPO, Server, free_port, pinned, start
+
+sys.path.insert(0, str(REPO))
+
+from dragoman.backends.base import Backend, BackendDeps, CallOptions
+from dragoman.core.events import Event, MessageEnd, MessageStart
+from dragoman.core.models import ModelInfo
+from dragoman.core.types import ChatRequest, FinishReason, Message, Role, TextPart, Usage
+from dragoman.gateway.cooldown import CooldownSettings, MemoryCooldownStore
+from dragoman.gateway.route import Deployment, Route, Step, Target
+from dragoman.gateway.router import Router
 
 BENCH = Path(__file__).resolve().parent
 MODELS = ("one", "two", "two-least")
@@ -76,6 +90,66 @@ def answers(url: str, model: str) -> str:
         return str(json.loads(response.read())["choices"][0]["message"]["content"])
 
 
+class _Instant(Backend):
+    """A backend that answers at once: what is left to time is the router's own work."""
+
+    type = "instant"
+
+    @classmethod
+    def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> _Instant:
+        return cls(name)
+
+    async def list_models(self) -> list[ModelInfo]:
+        return [ModelInfo(name="m")]
+
+    async def stream(self, request: ChatRequest, model: str, options: CallOptions) -> AsyncIterator[Event]:
+        yield MessageStart("id", model, 0)
+        yield MessageEnd(FinishReason.STOP, Usage())
+
+
+async def _router_cost(requests: int) -> dict[str, float]:
+    """Microseconds per request the router adds over calling the backend directly, per route shape."""
+    one, two = _Instant("one"), _Instant("two")
+    first = Deployment(Target(one, "m", ModelInfo(name="m")))
+    second = Deployment(Target(two, "m", ModelInfo(name="m")))
+    request = ChatRequest(model="m", messages=[Message(Role.USER, [TextPart("hi")])])
+    options = CallOptions()
+    shapes = {
+        "one deployment": Route("m", (Step("m", (first,)),)),
+        "two, weighted_random": Route("m", (Step("m", (first, second)),)),
+        "two, least_busy": Route("m", (Step("m", (first, second), "least_busy"),)),
+        "two, lowest_latency": Route("m", (Step("m", (first, second), "lowest_latency"),)),
+    }
+
+    async def direct() -> None:
+        events = one.stream(request, "m", options)
+        await anext(events)
+        await events.aclose()  # type: ignore[attr-defined]
+
+    async def routed(router: Router, route: Route) -> None:
+        started = await router.start(route, lambda step, target: (request, options), started_at=0.0)
+        await started.events.aclose()  # type: ignore[attr-defined]
+
+    async def timed(call: Callable[[], Awaitable[None]]) -> float:
+        for _ in range(1000):
+            await call()
+        began = time.perf_counter()
+        for _ in range(requests):
+            await call()
+        return (time.perf_counter() - began) / requests * 1e6
+
+    base = await timed(direct)
+    costs = {}
+    for name, route in shapes.items():
+        router = Router(cooldowns=MemoryCooldownStore())
+        costs[name] = await timed(lambda r=router, rt=route: routed(r, rt)) - base  # type: ignore[misc]
+    tripped = MemoryCooldownStore(CooldownSettings(failures=1))
+    await tripped.record_failure(second.id)
+    router = Router(cooldowns=tripped)
+    costs["two, one cooling down"] = await timed(lambda: routed(router, shapes["two, weighted_random"])) - base
+    return costs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 s runs, 1 round")
@@ -88,6 +162,11 @@ def main() -> int:
     duration, rounds = (1.0, 1) if args.quick else (args.duration, args.rounds)
     pin = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
     gateway_cpu, other_cpu = (0, 1) if pin else (None, None)
+
+    costs = asyncio.run(_router_cost(2000 if args.quick else 20000))
+    print("the router's own work per request (in process, over calling the backend directly):")
+    for name, micros in costs.items():
+        print(f"  {name:<24} {micros:6.1f} us")
 
     up1, up2, dead, port = free_port(), free_port(), free_port(), free_port()
     started: list[Server] = []

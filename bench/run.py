@@ -8,7 +8,7 @@ drift on a shared machine hits them alike; medians over rounds are reported. The
 the RSS soak (100k non-streaming requests, RSS sampled at the 50k and 100k marks). Prints a table and
 PASS/FAIL against the targets and writes ``bench/results.json``.
 
-Run from the repo root: ``python bench/run.py`` (about 5 minutes) or ``python bench/run.py --quick``.
+Run from the repo root: ``python bench/run.py`` (about 7 minutes) or ``python bench/run.py --quick``.
 """
 
 from __future__ import annotations
@@ -217,24 +217,48 @@ def memory_mb(pid: int) -> dict[str, float]:
     return totals
 
 
-def soak(settings: Settings, gateway: Server) -> dict[str, Any]:
+def upstream_calls(upstream: Server) -> int:
+    with urllib.request.urlopen(upstream.url + "/stats", timeout=5) as resp:
+        counts: dict[str, int] = json.loads(resp.read())
+    return counts.get("POST /v1/chat/completions", 0)
+
+
+def soak(settings: Settings, gateway: Server, upstream: Server) -> dict[str, Any]:
     """Exact request counts through a fresh gateway, memory sampled at the half and full marks.
 
     The python load generator runs the soak because it stops at an exact count (wrk only runs for a
     time); the rate of the soak does not matter, only the count."""
     samples: list[dict[str, Any]] = [{"requests": 0, **memory_mb(gateway.proc.pid)}]
-    served, errors = 0, 0
+    served, errors, calls = 0, 0, upstream_calls(upstream)
     for mark in (settings.soak_requests // 2, settings.soak_requests):
         res = load(settings, gateway.url, False, settings.connections, 3600.0, mark - served, engine="python")
         served += res.requests
         errors += res.errors
         samples.append({"requests": served, "rps": res.rps, **memory_mb(gateway.proc.pid)})
     return {"samples": samples, "errors": errors,
-            "growth_mb": samples[-1]["rss_mb"] - samples[-2]["rss_mb"]}
+            "growth_mb": samples[-1]["rss_mb"] - samples[-2]["rss_mb"],
+            "upstream_calls_per_request": (upstream_calls(upstream) - calls) / max(served, 1)}
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU-seconds per thread (``tid name``) of one process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        out[f"{tid} {name}"] = (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def profile(settings: Settings, gateway: Server, logdir: Path) -> dict[str, Any]:
-    """py-spy on the gateway during one saturated run per mode; top self-time frames."""
+    """py-spy on the gateway's main thread during one saturated run per mode.
+
+    Only the event-loop thread is ranked: py-spy counts helper threads blocked in ``queue.get``
+    (aiosqlite's) as busy, so their share comes from the kernel's per-thread CPU time instead."""
     pyspy = shutil.which("py-spy")
     if pyspy is None:
         return {"error": "py-spy not installed (pip install py-spy)"}
@@ -244,19 +268,26 @@ def profile(settings: Settings, gateway: Server, logdir: Path) -> dict[str, Any]
         raw.parent.mkdir(exist_ok=True)
         duration = max(2, round(settings.duration))
         spy = subprocess.Popen(pinned([pyspy, "record", "--pid", str(gateway.proc.pid), "--duration",
-                                       str(duration), "--rate", "200", "--nonblocking", "--format", "raw",
-                                       "-o", str(raw)], 1 if settings.pin else None),
+                                       str(duration), "--rate", "200", "--nonblocking", "--threads",
+                                       "--format", "raw", "-o", str(raw)], 1 if settings.pin else None),
                                stdout=subprocess.DEVNULL, stderr=(logdir / "py-spy.log").open("ab"))
         time.sleep(0.5)
+        before = thread_cpu(gateway.proc.pid)
         load(settings, gateway.url, mode == "stream", settings.connections, duration)
+        after = thread_cpu(gateway.proc.pid)
         spy.wait(timeout=60)
-        report[mode] = {"file": str(raw.relative_to(REPO)), **top_frames(raw)}
+        spent = {k: after[k] - before.get(k, 0.0) for k in after}
+        total = sum(spent.values()) or 1.0
+        threads = sorted(((k, round(100 * v / total, 1)) for k, v in spent.items() if v > 0),
+                         key=lambda kv: -kv[1])
+        report[mode] = {"file": str(raw.relative_to(REPO)), "thread_cpu_share": threads,
+                        **top_frames(raw)}
     return report
 
 
 def top_frames(raw: Path, limit: int = 12) -> dict[str, list[tuple[str, float]]]:
-    """From py-spy's collapsed stacks: self-time share per package and per function, and inclusive
-    share per dragoman function (where the gateway's own code spends, callees included)."""
+    """From py-spy's collapsed stacks of the main thread: self-time share per package and per
+    function, and inclusive share per dragoman function (its own code, callees included)."""
     by_package: dict[str, int] = {}
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
@@ -267,9 +298,16 @@ def top_frames(raw: Path, limit: int = 12) -> dict[str, list[tuple[str, float]]]
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
+        frames = stack.split(";")
+        if frames[0].startswith("thread ("):
+            if "MainThread" not in frames[0]:
+                continue
+            frames = frames[1:]
+        if not frames:
+            continue
         n = int(count)
         total += n
-        frames = [frame.rsplit(":", 1)[0] + ")" if ":" in frame else frame for frame in stack.split(";")]
+        frames = [frame.rsplit(":", 1)[0] + ")" if ":" in frame else frame for frame in frames]
         own[frames[-1]] = own.get(frames[-1], 0) + n
         path = frames[-1].rpartition("(")[2].rstrip(")").split("/")
         package = "/".join(path[:2]) if path[0] == "dragoman" else path[0]
@@ -348,6 +386,30 @@ def checks(summary: dict[str, Any], rss: dict[str, Any]) -> list[tuple[str, str,
     return out
 
 
+def machine_busy() -> tuple[float, float]:
+    """(busy, steal) CPU-seconds of the whole machine so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / tick, steal / tick
+
+
+def own_cpu() -> float:
+    """CPU-seconds of this script and every descendant it has reaped (servers, load generators)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def foreign_load(start: tuple[float, float, float, float], end: tuple[float, float, float, float]) -> dict[str, float]:
+    """How much of the machine other processes took during the run: the noise figure."""
+    (busy0, steal0, own0, wall0), (busy1, steal1, own1, wall1) = start, end
+    wall = max(wall1 - wall0, 1e-9)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    other = max(0.0, (busy1 - busy0) - (own1 - own0))
+    return {"other_cpus": round(other / wall, 2), "steal_cpus": round((steal1 - steal0) / wall, 2),
+            "share_of_machine": round(other / wall / (os.cpu_count() or cpus), 3)}
+
+
 def machine(settings: Settings) -> dict[str, Any]:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -361,6 +423,11 @@ def print_report(settings: Settings, info: dict[str, Any], summary: dict[str, An
                  rss: dict[str, Any], verdicts: list[tuple[str, str, str]]) -> None:
     print(f"\n{info['cpus']} CPUs ({info['cpu']}), Python {info['python']}, load generator "
           f"{'wrk' if info['wrk'] and settings.engine != 'python' else 'python'}, pinning: {info['pinning']}")
+    other = info["foreign_load"]
+    print(f"other processes on the machine during the run: {other['other_cpus']:.2f} CPUs on average "
+          f"({100 * other['share_of_machine']:.0f}% of it), hypervisor steal {other['steal_cpus']:.2f} CPUs"
+          + ("  << busy machine: absolute figures are unreliable, ratios less so" if other["share_of_machine"]
+             > 0.1 else ""))
     print(f"{settings.rounds} round(s); saturated: {settings.connections} connections x {settings.duration:g} s; "
           f"sequential: 1 connection x {settings.low_duration:g} s; medians over rounds\n")
     head = (f"{'mode':<11}{'target':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>11}  |"
@@ -387,7 +454,7 @@ def print_report(settings: Settings, info: dict[str, Any], summary: dict[str, An
     if "samples" in rss:
         marks = ", ".join(f"{s['requests']:,} req: {s['rss_mb']:.1f} MB" for s in rss["samples"])
         print(f"dragoman soak RSS ({marks}); peak {rss['samples'][-1]['peak_mb']:.1f} MB; "
-              f"errors {rss['errors']}")
+              f"errors {rss['errors']}; upstream calls per request {rss['upstream_calls_per_request']:.3f}")
     print("\nchecks:")
     for mark, what, figure in verdicts:
         print(f"  {mark}  {what}: {figure}")
@@ -398,14 +465,15 @@ def print_profile(report: dict[str, Any]) -> None:
         if not isinstance(found, dict) or "self" not in found:
             print(f"\nprofile {mode}: {found}")
             continue
-        print(f"\nprofile, {mode} (py-spy, {found['file']}): self time by package (file when py-spy"
-              " shortens the path)")
+        print(f"\nprofile, {mode} (py-spy, {found['file']}); CPU by thread: "
+              + ", ".join(f"{name} {pct:.0f}%" for name, pct in found["thread_cpu_share"]))
+        print("  main thread, self time by package (a bare file name where py-spy shortens the path):")
         for name, pct in found["self_by_package"]:
             print(f"  {pct:5.1f}%  {name}")
-        print("  self time by function:")
+        print("  main thread, self time by function:")
         for name, pct in found["self"]:
             print(f"  {pct:5.1f}%  {name}")
-        print("  dragoman code, inclusive:")
+        print("  main thread, dragoman code, inclusive:")
         for name, pct in found["dragoman_inclusive"]:
             print(f"  {pct:5.1f}%  {name}")
 
@@ -443,6 +511,7 @@ def measure(settings: Settings, servers: dict[str, Server], run: Run) -> None:
 
 def bench(settings: Settings, logdir: Path) -> int:
     info = machine(settings)
+    start_cpu = (*machine_busy(), own_cpu(), time.monotonic())
     run = Run()
     core0, core1 = (0, 1) if settings.pin else (None, None)
     up_port, base_port, gw_port = free_port(), free_port(), free_port()
@@ -487,13 +556,14 @@ def bench(settings: Settings, logdir: Path) -> int:
             print(f"soak: {settings.soak_requests:,} non-streaming requests through a fresh dragoman",
                   flush=True)
             fresh = start_gateway()
-            run.rss.update(soak(settings, fresh))
+            run.rss.update(soak(settings, fresh, servers["direct"]))
     finally:
         for server in reversed(started):
             server.stop()
     summary = summarise(run, list(servers))
     verdicts = checks(summary, run.rss)
     info["loadavg_end"] = os.getloadavg()
+    info["foreign_load"] = foreign_load(start_cpu, (*machine_busy(), own_cpu(), time.monotonic()))
     print_report(settings, info, summary, run.rss, verdicts)
     print_profile(run.profile)
     for note in run.notes:

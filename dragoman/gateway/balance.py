@@ -62,4 +62,9 @@ class Balancer:
     def _weighted(self, candidates: Sequence[Deployment]) -> Deployment:
         if len(candidates) == 1:
             return candidates[0]
-        return self.rng.choices(candidates, weights=[d.weight for d in candidates])[0]
+        point = self.rng.random() * sum(d.weight for d in candidates)
+        for deployment in candidates:
+            point -= deployment.weight
+            if point < 0:
+                return deployment
+        return candidates[-1]

@@ -11,7 +11,7 @@ entries, translated by the app) and the router walks; the router never reads con
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from dragoman.backends.base import Backend, Timeouts
@@ -28,10 +28,10 @@ class Target:
     backend: Backend
     model: str  # upstream name
     info: ModelInfo
+    id: str = field(init=False, compare=False)  # ``<backend>/<model>``; computed once, read on every attempt
 
-    @property
-    def id(self) -> str:
-        return f"{self.backend.name}/{self.model}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", f"{self.backend.name}/{self.model}")
 
 
 @dataclass(slots=True, frozen=True)
@@ -64,10 +64,10 @@ class Deployment:
     target: Target
     weight: float = 1.0
     priority: int = 0
+    id: str = field(init=False, compare=False)
 
-    @property
-    def id(self) -> str:
-        return self.target.id
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "id", self.target.id)
 
 
 @dataclass(slots=True, frozen=True)
@@ -85,6 +85,10 @@ class Step:
 class Route:
     name: str  # as requested
     steps: tuple[Step, ...]
+    deployment_count: int = field(init=False, compare=False)  # distinct deployments over all steps
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "deployment_count", len({d.id for step in self.steps for d in step.deployments}))
 
     def targets(self) -> list[Target]:
         """Every distinct target, in the order the route would reach them."""
@@ -93,7 +97,3 @@ class Route:
             for deployment in sorted(step.deployments, key=lambda d: d.priority):
                 seen.setdefault(deployment.id, deployment.target)
         return list(seen.values())
-
-    @property
-    def deployment_count(self) -> int:
-        return len({d.id for step in self.steps for d in step.deployments})
