@@ -54,7 +54,8 @@ def _banner(services: AppServices, url: str) -> str:
     lines += [
         "try it:",
         f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\",
-        f"    -d '{{\"model\": \"{first}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'",
+        f"    -d '{{\"model\": \"{first}\", \"max_tokens\": 64, "
+        f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'",
     ]
     if services.config.auth.mode == "none" and services.config.server.host not in ("127.0.0.1", "localhost", "::1"):
         lines.insert(0, "WARNING: auth.mode is 'none' on a non-loopback address: anyone who can reach "

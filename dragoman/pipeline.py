@@ -179,7 +179,7 @@ class Gateway:
         outcome.target, outcome.backend = started.target.id, started.target.backend.name
         outcome.attempts = started.attempts
         plan = started.request
-        headers = {
+        headers = {  # overhead: dragoman's own time before the first event (see gateway.router)
             "x-dragoman-backend": started.target.id,
             "x-dragoman-attempts": str(started.attempts),
             "x-dragoman-overhead-ms": f"{started.overhead * 1000:.2f}",

@@ -46,6 +46,7 @@ from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.balance import Balancer
 from dragoman.gateway.cooldown import CooldownStore, State, Status
+from dragoman.gateway.logutil import ThrottledLog
 from dragoman.gateway.route import Deployment, Route, Step, Strategy, Target
 
 log = logging.getLogger("dragoman.router")
@@ -98,6 +99,7 @@ class Router:
         self.cooldowns = cooldowns
         self.balancer = balancer or Balancer()
         self._sleep = sleep
+        self._attempt_log = ThrottledLog(log, interval=5.0)  # an upstream outage fails many attempts
 
     def should_try_next(self, error: GatewayError) -> bool:
         return error.retryable or error.kind in FALLBACK_KINDS
@@ -212,7 +214,8 @@ class Router:
                             excluded.add(deployment.id)
                         else:
                             retry_after[deployment.id] = exc.retry_after
-                    log.info("attempt %d of %r on %s failed: %s", attempts, route.name, deployment.id, exc.message)
+                    self._attempt_log(logging.INFO, "attempt %d of %r on %s failed: %s", attempts, route.name,
+                                      deployment.id, exc.message)
                     continue
                 except BaseException:
                     self.balancer.end(deployment.id)
