@@ -12,6 +12,9 @@ cache (each run evaluates the whole prompt), so they do the same work. Rounds in
 so drift on a shared machine hits all alike; medians over rounds are reported.
 
 Decode rate = (tokens - 1) / (time of last token - time of first token); TTFT = first token - send.
+On a shared machine the medians move with the neighbours' load, so the table also gives the best
+round of each target (the least disturbed: closest to what the code itself costs) and the median of
+the per-round ratios (each round runs the targets back to back), and the load average is recorded.
 Run from the repo root: ``python bench/bench_local.py`` (about a minute) or ``--quick``.
 """
 
@@ -67,6 +70,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def check_prompt(target: str, count: int, expected: int) -> None:
+    """Every target must read exactly the prompt the direct run reads, or they do different work."""
+    if count != expected:
+        raise SystemExit(f"{target} evaluated {count} prompt tokens, direct {expected}: not comparable")
+
+
 def request(max_tokens: int) -> ChatRequest:
     return ChatRequest(model=MODEL, messages=[Message(Role.USER, [TextPart(PROMPT)])],
                        sampling=Sampling(temperature=0.0, max_tokens=max_tokens, seed=1), stream=True)
@@ -99,7 +108,7 @@ def run_direct(llama: Any, prompt_tokens: list[int], max_tokens: int) -> Run:
     return Run("direct", tokens, first - started, end - started)
 
 
-async def run_backend(backend: LlamaCppBackend, max_tokens: int) -> Run:
+async def run_backend(backend: LlamaCppBackend, max_tokens: int, expected_prompt: int) -> Run:
     started = time.perf_counter()
     first = 0.0
     tokens = 0
@@ -108,11 +117,12 @@ async def run_backend(backend: LlamaCppBackend, max_tokens: int) -> Run:
             first = time.perf_counter()
         elif isinstance(event, MessageEnd):
             tokens = event.usage.completion_tokens
+            check_prompt("backend", event.usage.prompt_tokens, expected_prompt)
     end = time.perf_counter()
     return Run("backend", tokens, first - started, end - started)
 
 
-def run_gateway(client: httpx.Client, url: str, max_tokens: int) -> Run:
+def run_gateway(client: httpx.Client, url: str, max_tokens: int, expected_prompt: int) -> Run:
     body = {"model": f"local/{MODEL}", "stream": True, "stream_options": {"include_usage": True},
             "messages": [{"role": "user", "content": PROMPT}], "temperature": 0, "max_tokens": max_tokens,
             "seed": 1}
@@ -127,6 +137,7 @@ def run_gateway(client: httpx.Client, url: str, max_tokens: int) -> Run:
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
+                check_prompt("gateway", chunk["usage"]["prompt_tokens"], expected_prompt)
             if not first and any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
                 first = time.perf_counter()
     end = time.perf_counter()
@@ -182,6 +193,7 @@ class Gateway:
 
 def summarize(runs: list[Run]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
+    direct = [r for r in runs if r.target == "direct"]
     for target in dict.fromkeys(r.target for r in runs):
         mine = [r for r in runs if r.target == target]
         out[target] = {
@@ -189,6 +201,13 @@ def summarize(runs: list[Run]) -> dict[str, dict[str, float]]:
             "decode_tps": statistics.median(r.decode_tps for r in mine),
             "ttft_ms": statistics.median(r.ttft_s for r in mine) * 1000,
             "total_s": statistics.median(r.total_s for r in mine),
+            "best_decode_tps": max(r.decode_tps for r in mine),
+            "best_ttft_ms": min(r.ttft_s for r in mine) * 1000,
+            # Paired with the direct run of the same round (rounds interleave the targets).
+            "round_ratio": statistics.median(r.decode_tps / d.decode_tps for r, d in zip(mine, direct, strict=True)
+                                             if d.decode_tps),
+            "round_ttft_ms": statistics.median((r.ttft_s - d.ttft_s) * 1000 for r, d in zip(mine, direct,
+                                                                                          strict=True)),
         }
     return out
 
@@ -210,6 +229,7 @@ async def main() -> int:
 
     import llama_cpp
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="dragoman-bench-local-") as tmp:
         workdir = Path(tmp)
         backend = LlamaCppBackend.from_config("local", {
@@ -232,14 +252,14 @@ async def main() -> int:
                 gateway.__enter__()
             # Warm-up: load every instance and touch the weights once.
             run_direct(llama, prompt_tokens, 4)
-            await run_backend(backend, 4)
+            await run_backend(backend, 4, len(prompt_tokens))
             if gateway is not None:
-                run_gateway(client, gateway.url, 4)
+                run_gateway(client, gateway.url, 4, len(prompt_tokens))
             for round_no in range(args.rounds):
                 round_runs = [run_direct(llama, prompt_tokens, args.max_tokens),
-                              await run_backend(backend, args.max_tokens)]
+                              await run_backend(backend, args.max_tokens, len(prompt_tokens))]
                 if gateway is not None:
-                    round_runs.append(run_gateway(client, gateway.url, args.max_tokens))
+                    round_runs.append(run_gateway(client, gateway.url, args.max_tokens, len(prompt_tokens)))
                 runs += round_runs
                 print(f"round {round_no + 1}: " + ", ".join(
                     f"{r.target} {r.tokens} tok {r.decode_tps:.1f} tok/s ttft {r.ttft_s * 1000:.0f} ms"
@@ -252,13 +272,21 @@ async def main() -> int:
             llama.close()
 
     summary = summarize(runs)
+    load = {"before": load_before, "after": os.getloadavg()}
     direct = summary["direct"]
-    print(f"\n{'target':<10}{'tokens':>8}{'tok/s':>10}{'vs direct':>11}{'TTFT ms':>10}{'+TTFT ms':>10}")
+    print(f"\n{'':<10}{'':>8}{'median':>31}{'best round':>22}{'per-round median':>27}")
+    print(f"{'target':<10}{'tokens':>8}{'tok/s':>8}{'vs direct':>11}{'+TTFT ms':>12}"
+          f"{'tok/s':>8}{'vs direct':>11}{'+TTFT ms':>10}{'vs direct':>13}{'+TTFT ms':>10}")
     for target, row in summary.items():
         ratio = row["decode_tps"] / direct["decode_tps"] if direct["decode_tps"] else 0.0
-        print(f"{target:<10}{row['tokens']:>8.0f}{row['decode_tps']:>10.1f}{ratio:>10.1%}"
-              f"{row['ttft_ms']:>10.1f}{row['ttft_ms'] - direct['ttft_ms']:>+10.1f}")
-    args.out.write_text(json.dumps({"summary": summary, "runs": [asdict(r) for r in runs],
+        best = row["best_decode_tps"] / direct["best_decode_tps"] if direct["best_decode_tps"] else 0.0
+        print(f"{target:<10}{row['tokens']:>8.0f}{row['decode_tps']:>8.1f}{ratio:>11.1%}"
+              f"{row['ttft_ms'] - direct['ttft_ms']:>+12.1f}{row['best_decode_tps']:>8.1f}{best:>11.1%}"
+              f"{row['best_ttft_ms'] - direct['best_ttft_ms']:>+10.1f}{row['round_ratio']:>13.1%}"
+              f"{row['round_ttft_ms']:>+10.1f}")
+    print(f"direct TTFT: median {direct['ttft_ms']:.1f} ms, best {direct['best_ttft_ms']:.1f} ms; "
+          f"load average before {load['before'][0]:.2f}, after {load['after'][0]:.2f}")
+    args.out.write_text(json.dumps({"summary": summary, "load_average": load, "runs": [asdict(r) for r in runs],
                                     "settings": {"rounds": args.rounds, "max_tokens": args.max_tokens,
                                                  "n_ctx": args.n_ctx, "threads": args.threads,
                                                  "model_path": args.model_path, "prompt": PROMPT}}, indent=2))

@@ -28,7 +28,9 @@ def _bind(host: str, port: int) -> list[socket.socket]:
     sockets: list[socket.socket] = []
     for address in hosts:
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP: asyncio only sets TCP_NODELAY on sockets that say they are TCP; with
+        # proto 0, each keep-alive response waits ~40 ms on Nagle and delayed ACKs (uvloop sets it anyway).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
@@ -83,7 +85,9 @@ def serve(args: argparse.Namespace) -> int:
     app = create_app(config, on_ready=on_ready)
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    proxies = config.server.trusted_proxies
     server = uvicorn.Server(uvicorn.Config(app, loop=loop, http=http, access_log=False,
+                                           proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None,
                                            log_level=config.server.log_level, timeout_graceful_shutdown=10,
                                            server_header=False))
     server.run(sockets=sockets)

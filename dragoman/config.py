@@ -33,6 +33,9 @@ class ServerConfig(BaseModel):
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Reverse proxies whose X-Forwarded-For/-Proto are believed (client IPs for throttling, https
+    # for Secure cookies). Empty: none, and the headers are not even parsed.
+    trusted_proxies: list[str] = Field(default_factory=list)
 
 
 class TimeoutConfig(BaseModel):

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from dragoman.backends.base import CallOptions, Timeouts
@@ -22,7 +22,7 @@ from dragoman.config import OverrideConfig
 from dragoman.core.events import Event, MessageEnd, PartDelta, PartEnd, PartStart, StreamError
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, TokenCount
-from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Usage
+from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Reasoning, Usage
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway import overrides as override_rules
 from dragoman.gateway.registry import ModelRegistry, Target
@@ -252,8 +252,7 @@ class Gateway:
                                param="response_format")
         if not caps.reasoning and (planned.reasoning.enabled or planned.reasoning.effort not in (None, "none")):
             # Reasoning is a preference, not a requirement: a model that cannot think answers directly.
-            planned.reasoning.enabled, planned.reasoning.effort = None, None
-            planned.reasoning.budget_tokens = None
+            planned = replace(planned, reasoning=Reasoning(exclude=planned.reasoning.exclude))
         return planned
 
     def _call_options(self, ctx: CallContext, target: Target, step: Step | None = None) -> CallOptions:

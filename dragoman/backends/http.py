@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -41,11 +42,13 @@ def make_session(*, limit: int = 256) -> aiohttp.ClientSession:
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None),
         json_serialize=lambda obj: orjson.dumps(obj).decode(),
+        cookie_jar=aiohttp.DummyCookieJar(),  # upstream APIs set no cookies worth keeping per request
         auto_decompress=True,
         raise_for_status=False,
     )
 
 
+@functools.lru_cache(maxsize=64)
 def client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect, connect=timeouts.connect,
                                  sock_read=None)

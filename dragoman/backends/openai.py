@@ -172,9 +172,16 @@ class OpenAIBackend(Backend):
         else:
             body = build_chat_body(request, model, self.settings)
         timeouts = options.timeouts
+        tracker = PartTracker(split_think_tags=self.settings.split_think_tags and not completion)
+        if not request.stream:
+            # A whole answer for a client that wants one: one JSON body instead of dozens of frames.
+            body["stream"] = False
+            body.pop("stream_options", None)
+            for event in await self._whole(path, body, options, tracker, model, completion):
+                yield event
+            return
         response = await self._post(path, body, options)
         try:
-            tracker = PartTracker(split_think_tags=self.settings.split_think_tags and not completion)
             decoder = SSEDecoder()
             async for chunk in iter_chunks(response, timeouts.idle, self.name):
                 for sse in decoder.feed(chunk):
@@ -193,6 +200,45 @@ class OpenAIBackend(Backend):
         finally:
             response.release()
             response.close()
+
+    async def _whole(self, path: str, body: dict[str, Any], options: CallOptions, tracker: PartTracker,
+                     model: str, completion: bool) -> list[Event]:
+        """A non-streamed upstream answer as the same events its stream would have given."""
+        response = await self._post(path, body, options)
+        try:
+            async with asyncio.timeout(options.timeouts.idle):
+                payload = await read_json(response, self.name)
+        except TimeoutError as exc:
+            raise GatewayError(ErrorKind.TIMEOUT, f"upstream {self.name!r} stalled mid-answer") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise exception_error(self.name, exc, options.timeouts) from exc
+        finally:
+            response.release()
+        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+            raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r} sent an answer without choices")
+        events = tracker.start(str(payload.get("id") or completion_id()), str(payload.get("model") or model),
+                               int(payload.get("created") or now()))
+        choice: dict[str, Any] = next((c for c in payload["choices"] if c.get("index", 0) == 0), {})
+        if completion:
+            events += tracker.text(choice.get("text") or "")
+        else:
+            message = choice.get("message") or {}
+            reasoning = message.get("reasoning_content") or message.get("reasoning")
+            if isinstance(reasoning, str):
+                events += tracker.reasoning(reasoning)
+            if isinstance(message.get("content"), str):
+                events += tracker.text(message["content"])
+            for index, call in enumerate(message.get("tool_calls") or ()):
+                function = call.get("function") or {}
+                arguments = function.get("arguments")
+                if not isinstance(arguments, str):
+                    arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
+                events += tracker.tool_call(index, id=call.get("id"), name=function.get("name"), arguments=arguments)
+        reason = choice.get("finish_reason")
+        tracker.finish(FINISH_REASONS.get(reason, FinishReason.STOP) if reason else None)
+        if isinstance(payload.get("usage"), dict):
+            tracker.usage(_usage(payload["usage"]))
+        return events + tracker.end()
 
     async def _post(self, path: str, body: dict[str, Any], options: CallOptions) -> aiohttp.ClientResponse:
         """POST and wait for a good status and headers within the first-byte timeout."""

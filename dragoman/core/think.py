@@ -23,6 +23,12 @@ class ThinkSplitter:
         self._seen_text = False
 
     def feed(self, delta: str) -> list[tuple[Channel, str]]:
+        if not self._held and "<" not in delta:  # the usual delta: no tag can start here
+            if not delta:
+                return []
+            if not self._in_think:
+                self._seen_text = True
+            return [("reasoning" if self._in_think else "text", delta)]
         out: list[tuple[Channel, str]] = []
         buf = self._held + delta
         self._held = ""

@@ -33,6 +33,9 @@ def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | Non
                     media_type="application/json")
 
 
+_KEY_HEADERS = (b"authorization", b"x-api-key", b"api-key")
+
+
 def credentials(headers: Mapping[str, str]) -> str | None:
     """The key a client presented: ``Authorization: Bearer``, ``x-api-key`` or ``api-key``.
 
@@ -49,10 +52,18 @@ def credentials(headers: Mapping[str, str]) -> str | None:
     return None
 
 
+def scope_credentials(raw_headers: list[tuple[bytes, bytes]]) -> str | None:
+    """:func:`credentials` in one pass over the raw ASGI headers (this runs on every request)."""
+    found = {name: value for name, value in raw_headers if name in _KEY_HEADERS}
+    if not found:
+        return None
+    return credentials({k.decode("latin-1"): v.decode("latin-1") for k, v in found.items()})
+
+
 def call_context(request: Request, dialect: str) -> CallContext:
     return CallContext(
         dialect=dialect,
-        api_key=credentials(request.headers),
+        api_key=scope_credentials(request.scope["headers"]),
         client_host=request.client.host if request.client else None,
         request_id=request.headers.get("x-request-id") or random_id("req_", 20),
         started_at=request.scope.get("dragoman.started_at") or time.perf_counter(),
@@ -102,20 +113,31 @@ def validation_error(exc: ValidationError) -> GatewayError:
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Run ``work``; cancel it if the client disconnects first (non-streaming requests)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_disconnect(request.receive))
+    """Await ``work`` in this task; if the client disconnects first, cancel it.
+
+    One watcher task per call (the work itself is not wrapped in a task): this sits on every
+    non-streaming request.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        await _wait_disconnect(request.receive)
+        gone = True
+        task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not gone:
+            raise
+        task.uncancel()
+        raise GatewayError(ErrorKind.CANCELLED, "client disconnected") from None
     finally:
-        if not task.done():
-            task.cancel()
         watcher.cancel()
-    if not task.done() or task.cancelled():
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise GatewayError(ErrorKind.CANCELLED, "client disconnected")
-    return task.result()
 
 
 async def _wait_disconnect(receive: Receive) -> None:

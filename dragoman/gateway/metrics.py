@@ -9,6 +9,7 @@ arbitrary client-supplied string would grow memory and scrape size without bound
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -25,6 +26,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._max_models = max_models
         self._models: set[str] = set()
+        self._children: dict[tuple[str, str, int], tuple[Any, ...]] = {}
         ns, reg = namespace, self.registry
         self.requests = Counter("requests", "Requests served, by client dialect, model and HTTP status.",
                                 ["dialect", "model", "status"], namespace=ns, registry=reg)
@@ -64,16 +66,28 @@ class Metrics:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
     ) -> None:
-        """Everything about one finished request in one call (the pipeline's hook)."""
-        label = self.model_label(model)
-        self.requests.labels(dialect, label, str(status)).inc()
-        self.latency.labels(dialect, label).observe(latency_s)
+        """Everything about one finished request in one call (the pipeline's hook).
+
+        The labelled children are cached per (dialect, model, status): ``labels()`` costs more
+        than the increments, and this runs on every request."""
+        key = (dialect, model, status)
+        children = self._children.get(key)
+        if children is None:
+            label = self.model_label(model)
+            children = (self.requests.labels(dialect, label, str(status)), self.latency.labels(dialect, label),
+                        self.ttft.labels(dialect, label), self.tokens.labels(label, "prompt"),
+                        self.tokens.labels(label, "completion"))
+            if len(self._children) < 4 * self._max_models:
+                self._children[key] = children
+        requests, latency, ttft, prompt, completion = children
+        requests.inc()
+        latency.observe(latency_s)
         if ttft_s is not None:
-            self.ttft.labels(dialect, label).observe(ttft_s)
+            ttft.observe(ttft_s)
         if prompt_tokens:
-            self.tokens.labels(label, "prompt").inc(prompt_tokens)
+            prompt.inc(prompt_tokens)
         if completion_tokens:
-            self.tokens.labels(label, "completion").inc(completion_tokens)
+            completion.inc(completion_tokens)
 
     def stream_started(self) -> None:
         self.active_streams.inc()

@@ -15,7 +15,8 @@ from typing import Any
 from dragoman.config import OverrideConfig
 from dragoman.core.types import ChatRequest, Reasoning, Sampling
 
-SAMPLING_FIELDS = frozenset(f.name for f in fields(Sampling))
+_FIELD_ORDER = tuple(f.name for f in fields(Sampling))
+SAMPLING_FIELDS = frozenset(_FIELD_ORDER)
 # Friendly spellings used by other dialects, mapped to sampling fields.
 ALIASES = {"num_predict": "max_tokens", "stop_sequences": "stop", "max_completion_tokens": "max_tokens"}
 
@@ -30,6 +31,8 @@ def matching(overrides: dict[str, OverrideConfig], *names: str) -> list[Override
 
 def apply(request: ChatRequest, overrides: list[OverrideConfig]) -> ChatRequest:
     """A copy of ``request`` with defaults merged and forced values applied."""
+    if not overrides:  # the common case, on every request: only the dialect's defaults to fill in
+        return replace(request, sampling=_with_defaults(request.sampling, request.defaults))
     defaults: dict[str, Any] = {}
     forced: dict[str, Any] = {}
     cap: int | None = None
@@ -59,6 +62,13 @@ def apply(request: ChatRequest, overrides: list[OverrideConfig]) -> ChatRequest:
     if exclude is not None:
         reasoning.exclude = exclude
     return replace(request, sampling=sampling, options=options, reasoning=reasoning)
+
+
+def _with_defaults(sampling: Sampling, defaults: Sampling) -> Sampling:
+    merged = Sampling(*(value if value not in (None, []) else getattr(defaults, name)
+                        for name, value in ((n, getattr(sampling, n)) for n in _FIELD_ORDER)))
+    merged.stop = list(merged.stop)
+    return merged
 
 
 def _set(sampling: Sampling, options: dict[str, Any], reasoning: Reasoning, key: str, value: Any,

@@ -52,12 +52,16 @@ class ModelRegistry:
         self._errors: dict[str, str | None] = {}
         self._refreshed_at = 0.0
         self._lock = asyncio.Lock()
+        # Resolved routes by requested name; every change below clears it (resolution is per request).
+        self._routes: dict[str, Route] = {}
 
     def set_aliases(self, aliases: dict[str, str | list[str]]) -> None:
         self.aliases = {name: [t] if isinstance(t, str) else list(t) for name, t in aliases.items()}
+        self._routes = {}
 
     def set_models(self, models: Iterable[ModelSpec]) -> None:
         self.models = {spec.name: spec for spec in models}
+        self._routes = {}
 
     def set_backend(self, backend: Backend) -> None:
         """Add a backend, or replace the one of the same name (admin edits at run time); its
@@ -66,11 +70,13 @@ class ModelRegistry:
         self._models.pop(backend.name, None)
         self._errors.pop(backend.name, None)
         self._refreshed_at = 0.0
+        self._routes = {}
 
     def remove_backend(self, name: str) -> None:
         self.backends.pop(name, None)
         self._models.pop(name, None)
         self._errors.pop(name, None)
+        self._routes = {}
 
     # ---------------------------------------------------------------- refresh
 
@@ -85,6 +91,7 @@ class ModelRegistry:
                 if models is not None:
                     self._models[backend.name] = {m.name: m for m in models}
             self._refreshed_at = time.monotonic()
+            self._routes = {}
 
     async def _list(self, backend: Backend) -> list[ModelInfo] | None:
         try:
@@ -128,12 +135,17 @@ class ModelRegistry:
     async def resolve_route(self, name: str) -> Route:
         """The steps a request for ``name`` walks through (see the module docstring)."""
         await self.refresh()
+        route = self._routes.get(name)
+        if route is not None:
+            return route
         route = self._route(name)
         if route is None:
             await self.refresh(force=True)  # a model may have appeared upstream
             route = self._route(name)
         if route is None:
             raise self._not_found(name)
+        if len(self._routes) < 10_000:  # names come from clients: bound the cache
+            self._routes[name] = route
         return route
 
     def _route(self, name: str) -> Route | None:

@@ -98,6 +98,10 @@ class FakeOpenAI:
         body = await self._record(request)
         text = f"completed: {body['prompt']}"
         base = {"id": "cmpl-up1", "object": "text_completion", "created": 1700000000, "model": body["model"]}
+        usage = {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+        if not body.get("stream"):
+            return JSONResponse({**base, "choices": [{"text": text, "index": 0, "logprobs": None,
+                                                      "finish_reason": "stop"}], "usage": usage})
 
         async def frames() -> Any:
             for piece in (text[:5], text[5:]):
@@ -128,7 +132,10 @@ class FakeOpenAI:
                 self.disconnects += 1
             return Response(status_code=204)
         frames = self._frames(body)
-        return _TrackedStream(self, frames, model)
+        if not body.get("stream") and model == "gpt-midstream-error":
+            return JSONResponse({"error": {"message": "upstream exploded", "type": "server_error", "param": None,
+                                           "code": None}}, status_code=500)
+        return _TrackedStream(self, frames, model, whole=not body.get("stream"))
 
     def _frames(self, body: dict[str, Any]) -> list[bytes]:
         model = body["model"]
@@ -181,9 +188,9 @@ class FakeOpenAI:
 class _TrackedStream(Response):
     """Streams frames and notes whether the client left before the end."""
 
-    def __init__(self, fake: FakeOpenAI, frames: list[bytes], model: str) -> None:
-        super().__init__(media_type="text/event-stream")
-        self.fake, self.frames, self.model = fake, frames, model
+    def __init__(self, fake: FakeOpenAI, frames: list[bytes], model: str, *, whole: bool = False) -> None:
+        super().__init__(media_type="application/json" if whole else "text/event-stream")
+        self.fake, self.frames, self.model, self.whole = fake, frames, model, whole
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with self.fake.lock:
@@ -206,8 +213,10 @@ class _TrackedStream(Response):
                 self.fake.open_streams -= 1
 
     async def _produce(self, send: Send) -> None:
+        """Plays the frames with the model's faults; a whole answer is sent only at the end."""
         headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if not self.whole:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
         for i, frame in enumerate(self.frames):
             if self.model == "gpt-eof" and i == 3:
                 raise _CutConnection
@@ -215,7 +224,12 @@ class _TrackedStream(Response):
                 await asyncio.sleep(3600)
             if self.model == "gpt-slow":
                 await asyncio.sleep(0.05)
-            await send({"type": "http.response.body", "body": frame, "more_body": True})
+            if not self.whole:
+                await send({"type": "http.response.body", "body": frame, "more_body": True})
+        if self.whole:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": orjson.dumps(whole_answer(self.frames)),
+                        "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         with self.fake.lock:
             self.fake.completed_streams += 1
@@ -228,6 +242,35 @@ async def _wait_disconnect(receive: Receive) -> None:
 
 class _CutConnection(Exception):
     """Raised inside the ASGI app mid-body: uvicorn then drops the connection."""
+
+
+def whole_answer(frames: list[bytes]) -> dict[str, Any]:
+    """The ``chat.completion`` body that the given chunk frames add up to."""
+    raw = b"".join(frames).replace(b"\r\n", b"\n")
+    chunks = [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: {")]
+    content, reasoning, finish, usage = "", "", None, None
+    calls: dict[int, dict[str, Any]] = {}
+    for chunk in chunks:
+        usage = chunk.get("usage") or usage
+        for choice in chunk["choices"]:
+            delta = choice["delta"]
+            content += delta.get("content") or ""
+            reasoning += delta.get("reasoning_content") or ""
+            for call in delta.get("tool_calls") or []:
+                entry = calls.setdefault(call["index"], {"id": call.get("id"), "type": "function",
+                                                         "function": {"name": "", "arguments": ""}})
+                entry["function"]["name"] += call.get("function", {}).get("name") or ""
+                entry["function"]["arguments"] += call.get("function", {}).get("arguments") or ""
+            finish = choice.get("finish_reason") or finish
+    message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
+    if reasoning:
+        message["reasoning_content"] = reasoning
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+    first = chunks[0]
+    return {"id": first["id"], "object": "chat.completion", "created": first["created"], "model": first["model"],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish or "stop"}],
+            "usage": usage}
 
 
 def _sse(obj: Any) -> bytes:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +51,13 @@ LONG = 400  # max_tokens of a generation meant to outlast a test step (it is alw
 SCHEMA: dict[str, Any] = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
                                                            "age": {"type": "integer"}},
                           "required": ["name", "age"], "additionalProperties": False}
+GREEDY = {"temperature": 0}  # the Anthropic SDK has no sampling arguments any more: sent as extra body
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     workdir = tmp_path_factory.mktemp("local-http")
-    (workdir / "corrupt.gguf").write_bytes(os.urandom(64) + b"not a model" * 500)
+    (workdir / "corrupt.gguf").write_bytes(bytes(range(256)) * 40)  # garbage, not even the GGUF magic
     config = {
         "backends": [
             {"name": "local", "type": "llamacpp", "cache_prompt": False, "max_queue": 1, "models": [
@@ -293,7 +294,7 @@ def test_ollama_chat_and_generate_stream_what_they_answer_whole(olla: ollama.Cli
                               options=greedy(num_predict=10))
     pieces = list(olla.generate(model=LOCAL, prompt="The capital of France is", stream=True,
                                 options=greedy(num_predict=10)))
-    assert generated.response and "".join(p.response for p in pieces) == generated.response
+    assert generated.response and "".join(p.response or "" for p in pieces) == generated.response
     assert generated.eval_count == pieces[-1].eval_count == 10 and generated.done_reason == "length"
 
 
@@ -324,12 +325,11 @@ def test_api_ps_shows_the_loaded_model_with_its_expiry(olla: ollama.Client, serv
     olla.generate(model=LOCAL, prompt="Hi", options=greedy(num_predict=1))
     loaded = ps_models(server)
     assert LOCAL in loaded and "echo/echo" not in loaded
-    expires = loaded[LOCAL]["expires_at"]
-    assert expires.startswith(str(time.gmtime().tm_year)[:2])  # an RFC 3339 time, about 5 minutes ahead
+    assert loaded[LOCAL]["expires_at"]
     assert loaded[LOCAL]["size"] > 100_000_000 and loaded[LOCAL]["context_length"] == 1024
     sdk = {m.model: m for m in olla.ps().models}
-    assert sdk[LOCAL].expires_at is not None
-    assert 200 < sdk[LOCAL].expires_at.timestamp() - time.time() <= 301
+    expires = sdk[LOCAL].expires_at
+    assert expires is not None and 200 < expires.timestamp() - time.time() <= 301  # the default 5 minutes
 
 
 # ---------------------------------------------------------------------------- Anthropic SDK
@@ -337,11 +337,11 @@ def test_api_ps_shows_the_loaded_model_with_its_expiry(olla: ollama.Client, serv
 
 def test_anthropic_messages_stream_what_they_answer_whole(claude: anthropic.Anthropic) -> None:
     messages: Any = [{"role": "user", "content": PROMPT}]
-    whole = claude.messages.create(model=LOCAL, max_tokens=12, messages=messages, temperature=0)
+    whole = claude.messages.create(model=LOCAL, max_tokens=12, messages=messages, extra_body=GREEDY)
     assert whole.stop_reason == "max_tokens" and whole.usage.output_tokens == 12 and whole.usage.input_tokens > 0
     text = "".join(b.text for b in whole.content if b.type == "text")
     assert text
-    with claude.messages.stream(model=LOCAL, max_tokens=12, messages=messages, temperature=0) as stream:
+    with claude.messages.stream(model=LOCAL, max_tokens=12, messages=messages, extra_body=GREEDY) as stream:
         deltas = list(stream.text_stream)
         final = stream.get_final_message()
     assert len(deltas) > 1 and "".join(deltas) == text
@@ -351,12 +351,13 @@ def test_anthropic_messages_stream_what_they_answer_whole(claude: anthropic.Anth
 
 def test_anthropic_stop_sequence(claude: anthropic.Anthropic) -> None:
     messages: Any = [{"role": "user", "content": PROMPT}]
-    free = claude.messages.create(model=LOCAL, max_tokens=16, messages=messages, temperature=0)
+    free = claude.messages.create(model=LOCAL, max_tokens=16, messages=messages, extra_body=GREEDY)
     stop, before = stop_after_first_word("".join(b.text for b in free.content if b.type == "text"))
-    cut = claude.messages.create(model=LOCAL, max_tokens=16, messages=messages, temperature=0, stop_sequences=[stop])
+    cut = claude.messages.create(model=LOCAL, max_tokens=16, messages=messages, stop_sequences=[stop],
+                                 extra_body=GREEDY)
     assert "".join(b.text for b in cut.content if b.type == "text") == before
     assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == stop
-    with claude.messages.stream(model=LOCAL, max_tokens=16, messages=messages, temperature=0,
+    with claude.messages.stream(model=LOCAL, max_tokens=16, messages=messages, extra_body=GREEDY,
                                 stop_sequences=[stop]) as stream:
         streamed = "".join(stream.text_stream)
         final = stream.get_final_message()
@@ -380,7 +381,7 @@ def _stream_body(model: str = LOCAL, max_tokens: int = LONG) -> dict[str, Any]:
             "messages": [{"role": "user", "content": "Write a long story about a dragon."}]}
 
 
-async def _content_chunks(response: httpx.Response) -> AsyncIterator[str]:
+async def _content_chunks(response: httpx.Response) -> AsyncGenerator[str, None]:
     async for line in response.aiter_lines():
         if line.startswith("data: {"):
             for choice in json.loads(line[6:])["choices"]:
@@ -389,22 +390,23 @@ async def _content_chunks(response: httpx.Response) -> AsyncIterator[str]:
 
 
 async def test_health_answers_at_once_while_the_model_generates(server: ServerThread) -> None:
-    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
-        async with client.stream("POST", "/v1/chat/completions", json=_stream_body()) as response:
-            assert response.status_code == 200
-            chunks = _content_chunks(response)
-            await anext(chunks)
-            latencies = []
-            received = 0
-            for _ in range(5):
-                started = time.perf_counter()
-                health = await client.get("/health")
-                latencies.append(time.perf_counter() - started)
-                assert health.status_code == 200 and health.json() == {"status": "ok"}
-                await anext(chunks)  # the generation goes on between the checks
-                received += 1
-            await chunks.aclose()
+    async with (httpx.AsyncClient(base_url=server.url, timeout=60) as client,
+                client.stream("POST", "/v1/chat/completions", json=_stream_body()) as response):
+        assert response.status_code == 200
+        chunks = _content_chunks(response)
+        await anext(chunks)
+        latencies = []
+        received = 0
+        for _ in range(5):
+            started = time.perf_counter()
+            health = await client.get("/health")
+            latencies.append(time.perf_counter() - started)
+            assert health.status_code == 200 and health.json() == {"status": "ok"}
+            await anext(chunks)  # the generation goes on between the checks
+            received += 1
+        await chunks.aclose()
     assert received == 5
+    print("health latencies ms:", [round(x * 1000, 1) for x in latencies])
     assert statistics.median(latencies) < 0.1, latencies
     assert max(latencies) < 0.5, latencies
     await wait_for(server, lambda s: not s["busy"], "the cancelled generation freed the model")
@@ -432,7 +434,7 @@ async def test_a_full_queue_refuses_the_third_request_in_openai_shape(server: Se
     assert float(third.headers["retry-after"]) > 0
     error = third.json()["error"]
     assert error["message"] == f"local model queue is full (1 waiting for {MODEL})"
-    assert error["type"] in ("rate_limit_error", "requests") and error["code"] == "queue_full"
+    assert error["type"] == "rate_limit_error" and error["code"] == "queue_full"
     assert status == 200 and text
     assert sorted([200, status, third.status_code]) == [200, 200, 429]
 
@@ -463,6 +465,7 @@ async def test_a_client_that_disconnects_stops_its_generation(server: ServerThre
     generated = int(record.getMessage().split("after ")[1].split()[0])
     # What was generated but never read is what was in flight when the client closed, plus at
     # most the one token the worker was computing when it was told: never the 400 asked for.
+    print(f"disconnect: received {received}, generated {generated}, freed in {freed * 1000:.0f} ms")
     assert received <= generated <= received + 3, (received, generated)
 
 
@@ -478,7 +481,7 @@ def test_a_missing_file_is_a_503_naming_model_and_path_and_the_rest_keeps_servin
     message = info.value.body["message"]  # type: ignore[index]
     assert message == f"model 'missing' cannot be loaded: file not found: {path}"
     with pytest.raises(ollama.ResponseError) as failure:
-        olla.chat(model="local/missing", messages=[{"role": "user", "content": "hi"}], stream=True)
+        list(olla.chat(model="local/missing", messages=[{"role": "user", "content": "hi"}], stream=True))
     assert failure.value.status_code == 503 and str(path) in failure.value.error
 
     with pytest.raises(openai.APIStatusError) as info:
@@ -493,29 +496,6 @@ def test_a_missing_file_is_a_503_naming_model_and_path_and_the_rest_keeps_servin
     assert local.usage is not None and local.usage.completion_tokens == 2
     listed = {m.id for m in oai.models.list()}
     assert {"local/missing", "local/corrupt", LOCAL, "echo/echo"} <= listed
-
-
-def test_a_prompt_longer_than_the_context_is_a_400_in_every_dialect(
-        server: ServerThread, oai: openai.OpenAI, claude: anthropic.Anthropic, olla: ollama.Client) -> None:
-    model = f"local/{SHORT}"
-    words = "word " * 2000
-    messages: Any = [{"role": "user", "content": words}]
-    for stream in (False, True):
-        with pytest.raises(openai.BadRequestError) as info:
-            oai.chat.completions.create(model=model, messages=messages, max_tokens=4, stream=stream)
-        assert info.value.code == "context_length_exceeded"
-        assert re.fullmatch(r"prompt is \d+ tokens, the context window of short is 256",
-                            info.value.body["message"]), info.value.body  # type: ignore[index]
-    with pytest.raises(anthropic.BadRequestError) as refused:
-        claude.messages.create(model=model, max_tokens=4, messages=messages)
-    assert refused.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
-    assert "context window of short is 256" in refused.value.body["error"]["message"]  # type: ignore[index]
-    with pytest.raises(ollama.ResponseError) as failure:
-        olla.chat(model=model, messages=messages, options={"num_predict": 4})
-    assert failure.value.status_code == 400 and "context window of short is 256" in failure.value.error
-    raw = httpx.post(server.url + "/api/generate", json={"model": model, "prompt": words, "stream": False},
-                     timeout=60)
-    assert raw.status_code == 400 and set(raw.json()) == {"error"}
 
 
 # ------------------------------------------------------------------------------- lifecycle
@@ -541,3 +521,26 @@ def test_models_load_lazily_and_unload_after_keep_alive(olla: ollama.Client, ser
             time.sleep(0.1)
         assert f"unloaded {SHORT}" in [r.getMessage() for r in caplog.records]
     assert LOCAL in ps_models(server)  # the other model keeps its own keep-alive
+
+
+def test_a_prompt_longer_than_the_context_is_a_400_in_every_dialect(
+        server: ServerThread, oai: openai.OpenAI, claude: anthropic.Anthropic, olla: ollama.Client) -> None:
+    model = f"local/{SHORT}"
+    words = "word " * 2000
+    messages: Any = [{"role": "user", "content": words}]
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as info:
+            oai.chat.completions.create(model=model, messages=messages, max_tokens=4, stream=stream)
+        assert info.value.code == "context_length_exceeded"
+        assert re.fullmatch(r"prompt is \d+ tokens, the context window of short is 256",
+                            info.value.body["message"]), info.value.body  # type: ignore[index]
+    with pytest.raises(anthropic.BadRequestError) as refused:
+        claude.messages.create(model=model, max_tokens=4, messages=messages)
+    assert refused.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert "context window of short is 256" in refused.value.body["error"]["message"]  # type: ignore[index]
+    with pytest.raises(ollama.ResponseError) as failure:
+        olla.chat(model=model, messages=messages, options={"num_predict": 4})
+    assert failure.value.status_code == 400 and "context window of short is 256" in failure.value.error
+    raw = httpx.post(server.url + "/api/generate", json={"model": model, "prompt": words, "stream": False},
+                     timeout=60)
+    assert raw.status_code == 400 and set(raw.json()) == {"error"}

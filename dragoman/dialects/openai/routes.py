@@ -15,6 +15,7 @@ from starlette.routing import BaseRoute, Route
 from dragoman.core.accumulate import accumulate
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, GatewayService
+from dragoman.core.types import ChatRequest, ChatResponse
 from dragoman.dialects.common import (
     FrameStreamResponse,
     call_context,
@@ -75,22 +76,27 @@ class OpenAIDialect:
             ctx = await self._context(request)
             body = await read_json(request)
             chat = convert.parse_completion(body) if completion else convert.parse_chat(body)
-            stream = await until_disconnect(request, self.service.chat(chat, ctx))  # a client leaving stops routing
+            # A client that leaves stops the routing and, for a whole answer, the generation too.
+            if chat.stream:
+                stream = await until_disconnect(request, self.service.chat(chat, ctx))
+            else:
+                response, headers = await until_disconnect(request, self._whole(chat, ctx))
         except GatewayError as exc:
             return error_response(exc)
         if chat.stream:
             encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage, completion=completion)
             return FrameStreamResponse(sse_frames(stream, encoder), media_type="text/event-stream",
                                        headers=stream.headers)
-        try:
-            response = await until_disconnect(request, accumulate(stream))
-        except GatewayError as exc:
-            return error_response(exc, stream.headers)
-        finally:
-            await stream.aclose()
         body = convert.render_completion(response, chat.model) if completion else convert.render_chat(
             response, chat.model)
-        return json_response(body, headers=stream.headers)
+        return json_response(body, headers=headers)
+
+    async def _whole(self, chat: ChatRequest, ctx: CallContext) -> tuple[ChatResponse, dict[str, str]]:
+        stream = await self.service.chat(chat, ctx)
+        try:
+            return await accumulate(stream), stream.headers
+        finally:
+            await stream.aclose()
 
     async def embeddings(self, request: Request) -> Response:
         try:
