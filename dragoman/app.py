@@ -46,6 +46,9 @@ from dragoman.pipeline import Gateway
 
 log = logging.getLogger("dragoman")
 
+HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/api/chat", "/api/generate", "/v1/completions",
+                       "/v1/embeddings", "/api/embed"})
+
 ReadyHook = Callable[["AppServices"], Awaitable[None]]
 
 
@@ -246,6 +249,8 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlett
     routes += openai_dialect.routes()
     routes += OllamaDialect(gateway).routes()
     routes += admin_routes(services)
+    # Routes are matched in order: the generation endpoints, hit on nearly every request, go first.
+    routes.sort(key=lambda route: getattr(route, "path", "") not in HOT_PATHS)
 
     middleware = [
         Middleware(CORSWhenOrigin,  # type: ignore[arg-type]  # a plain ASGI wrapper; Starlette's stub is narrow

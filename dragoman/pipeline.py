@@ -312,8 +312,18 @@ class GatewayChatStream:
         hidden: set[int] = set()
         shift = 0
         finished = False
+        rest = self._rest
+        event: Event | None = self._first
+        self._first = None
         try:
-            async for event in self._events():
+            while True:
+                if event is None:
+                    try:
+                        event = await anext(rest)
+                    except StopAsyncIteration:
+                        break
+                    except GatewayError as exc:
+                        event = StreamError(exc)
                 if isinstance(event, PartDelta):
                     if outcome.ttft is None:
                         outcome.ttft = time.perf_counter() - outcome.ctx.started_at
@@ -328,14 +338,17 @@ class GatewayChatStream:
                     if isinstance(event, PartStart) and event.kind == "reasoning":
                         hidden.add(event.index)
                         shift += 1
+                        event = None
                         continue
                     if event.index in hidden:
+                        event = None
                         continue
                     if shift:
                         event = _reindex(event, event.index - shift)
                 yield event
                 if isinstance(event, StreamError):
                     return
+                event = None
         except BaseException:
             if not finished and outcome.error_kind is None:
                 outcome.cancelled = True
@@ -343,16 +356,6 @@ class GatewayChatStream:
             raise
         finally:
             await self._close()
-
-    async def _events(self) -> AsyncIterator[Event]:
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield first
-        try:
-            async for event in self._rest:
-                yield event
-        except GatewayError as exc:
-            yield StreamError(exc)
 
     def _usage(self, usage: Usage) -> Usage:
         if usage.prompt_tokens or usage.completion_tokens:
