@@ -94,3 +94,23 @@ def test_python_dash_m_works(flag: str) -> None:
     result = run_cli(flag)
     assert result.returncode == 0
     assert "serve" in result.stdout and "models" in result.stdout and "keys" in result.stdout
+
+
+def test_open_auth_on_a_public_address_warns(tmp_path: Path) -> None:
+    config = tmp_path / "dragoman.yaml"
+    config.write_text(ECHO_CONFIG % (tmp_path / "db.sqlite"))
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "dragoman", "serve", "--config", str(config),
+                                "--host", "0.0.0.0", "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "DRAGOMAN_ADMIN_PASSWORD": "test-password"})
+    try:
+        output = ""
+        deadline = time.monotonic() + 30
+        assert process.stdout is not None
+        while "-d '" not in output and time.monotonic() < deadline:
+            output += process.stdout.readline()
+        assert "WARNING: auth.mode is 'none' on a non-loopback address" in output
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=15)
