@@ -9,10 +9,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from dragoman.core.service import CallContext
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.keys import KeyService, Principal
 from dragoman.gateway.limits import Lease, Limiter
+
+log = logging.getLogger("dragoman.auth")
 
 _ANONYMOUS = Principal.anonymous()
 
@@ -25,7 +29,14 @@ class KeyAccess:
         self.limiter = limiter
 
     async def authenticate(self, ctx: CallContext) -> None:
-        ctx.principal = await self.keys.authenticate(ctx.api_key)
+        try:
+            ctx.principal = await self.keys.authenticate(ctx.api_key)
+        except GatewayError as exc:
+            if exc.kind is ErrorKind.AUTHENTICATION:
+                # Who and how, never the key itself (not even part of it).
+                log.warning("rejected %s request from %s: %s key", ctx.dialect, ctx.client_host or "?",
+                            "no" if not ctx.api_key else "an unknown, revoked, disabled or expired")
+            raise
 
     def may_use(self, ctx: CallContext, *names: str) -> bool:
         principal = ctx.principal

@@ -77,6 +77,20 @@ def test_keys_are_required_on_every_dialect(gateway: ServerThread) -> None:
     assert missing.json()["error"]["message"] == "Invalid API key"
 
 
+def test_rejections_are_logged_without_the_key(gateway: ServerThread, caplog: pytest.LogCaptureFixture) -> None:
+    name = unique_name("logged")
+    secret = create_key(gateway, name)
+    keys = services_of(gateway).keys
+    assert keys is not None
+    gateway.run_coroutine(keys.revoke(name))
+    with caplog.at_level("WARNING", logger="dragoman.auth"):
+        response = httpx.get(f"{gateway.url}/v1/models", headers={"authorization": f"Bearer {secret}"})
+    assert response.status_code == 401
+    rejections = [r.getMessage() for r in caplog.records if r.name == "dragoman.auth"]
+    assert rejections and "rejected openai request from 127.0.0.1" in rejections[-1]
+    assert all(secret not in r.getMessage() and secret[-8:] not in r.getMessage() for r in caplog.records)
+
+
 def test_a_key_works_by_every_header(gateway: ServerThread) -> None:
     secret = create_key(gateway, unique_name("headers"))
     body = {"model": "test/echo", "messages": [{"role": "user", "content": "hi"}]}
