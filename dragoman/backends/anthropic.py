@@ -29,9 +29,7 @@ canonical events: no :class:`PartTracker` needed. Decisions worth knowing:
 from __future__ import annotations
 
 import asyncio
-import fnmatch
-import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -40,15 +38,8 @@ import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from dragoman.backends.base import Backend, BackendDeps, CallOptions
-from dragoman.backends.http import (
-    client_timeout,
-    exception_error,
-    iter_chunks,
-    make_session,
-    read_json,
-    status_error,
-)
+from dragoman.backends.base import BackendDeps, CallOptions
+from dragoman.backends.http import ErrorFields, HTTPBackend, ModelDiscovery, StreamCall
 from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, PartEnd, PartKind, PartStart
 from dragoman.core.ids import now, random_id
 from dragoman.core.images import encode_base64, sniff_media_type
@@ -120,101 +111,55 @@ class AnthropicSettings(BaseModel):
     context_length: int | None = 200_000
 
 
-class AnthropicBackend(Backend):
+class AnthropicBackend(HTTPBackend):
     type = "anthropic"
 
     def __init__(self, name: str, settings: AnthropicSettings) -> None:
-        super().__init__(name)
+        fixed = {"anthropic-version": settings.version, **settings.headers}
+        if settings.beta:
+            fixed["anthropic-beta"] = ",".join(settings.beta)
+        super().__init__(name, settings.base_url.rstrip("/").removesuffix("/v1"), api_key=settings.api_key,
+                         headers=fixed, max_connections=settings.max_connections, auth=settings.auth)
         self.settings = settings
-        self.base_url = settings.base_url.rstrip("/").removesuffix("/v1")
-        self._session: aiohttp.ClientSession | None = None
-        self._discovered: dict[str, int] | None = None  # model id -> created (unix seconds)
-        self._discovered_at = 0.0
-        self._discovery_lock = asyncio.Lock()
-        self.last_error: str | None = None
+        self.discovery = ModelDiscovery(self._discover, ttl=DISCOVERY_TTL)
 
     @classmethod
     def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> AnthropicBackend:
         return cls(name, AnthropicSettings.model_validate(settings))
 
-    async def start(self) -> None:
-        self._session = make_session(limit=self.settings.max_connections)
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = make_session(limit=self.settings.max_connections)
-        return self._session
-
-    def _headers(self, client_key: str | None) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "anthropic-version": self.settings.version,
-                   **self.settings.headers}
-        if self.settings.beta:
-            headers["anthropic-beta"] = ",".join(self.settings.beta)
-        key = client_key if self.settings.api_key == "forward" else self.settings.api_key
-        if key:
-            if self.settings.auth == "bearer":
-                headers["Authorization"] = f"Bearer {key}"
-            else:
-                headers["x-api-key"] = key
-        return headers
+    def error_fields(self, body: Any) -> ErrorFields | None:
+        """``{"type":"error","error":{"type","message"}}``: the error type refines the status table."""
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            kind_name = str(error.get("type") or "") or None
+            return ErrorFields(str(error.get("message") or ""), kind_name, ERROR_TYPES.get(kind_name or ""))
+        return None
 
     # ------------------------------------------------------------------ models
 
     async def list_models(self) -> list[ModelInfo]:
         caps = Capabilities(**{"vision": True, "tools": True, "reasoning": True, "json_schema": True,
                                "completion": False, **self.settings.capabilities})
-        created = await self._models()
+        created = await self.discovery.select(self.settings.models)
         return [ModelInfo(name=n, capabilities=caps, context_length=self.settings.context_length, created=c)
                 for n, c in created.items()]
 
-    async def _models(self) -> dict[str, int]:
-        patterns = self.settings.models
-        explicit = [p for p in patterns if not any(c in p for c in "*?[")]
-        if len(explicit) == len(patterns):
-            return dict.fromkeys(explicit, 0)
-        if self._discovered is None or time.monotonic() - self._discovered_at > DISCOVERY_TTL:
-            async with self._discovery_lock:
-                if self._discovered is None or time.monotonic() - self._discovered_at > DISCOVERY_TTL:
-                    await self._discover()
-        found = {m: c for m, c in (self._discovered or {}).items()
-                 if any(fnmatch.fnmatchcase(m, p) for p in patterns)}
-        return {**dict.fromkeys(explicit, 0), **found}
-
-    async def _discover(self) -> None:
+    async def _discover(self) -> dict[str, int]:
         """``GET /v1/models``, every page."""
         found: dict[str, int] = {}
         params = {"limit": "1000"}
-        try:
-            async with asyncio.timeout(10):
-                while True:
-                    async with self.session.get(f"{self.base_url}/v1/models", params=params,
-                                                headers=self._headers(None)) as resp:
-                        if resp.status != 200:
-                            message, kind, code = await _error_fields(resp)
-                            raise status_error(self.name, resp.status, message, kind=kind, code=code)
-                        body = await read_json(resp, self.name)
-                    for item in body.get("data") or []:
-                        if isinstance(item, dict) and "id" in item:
-                            found[str(item["id"])] = _unix(item.get("created_at"))
-                    if not body.get("has_more") or not body.get("last_id"):
-                        break
-                    params = {"limit": "1000", "after_id": str(body["last_id"])}
-            self._discovered = found
-            self.last_error = None
-        except (aiohttp.ClientError, TimeoutError, GatewayError, OSError) as exc:
-            self.last_error = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            self._discovered = self._discovered or {}
-        self._discovered_at = time.monotonic()
+        while True:
+            body = await self.request_json("GET", "/v1/models", params=params)
+            for item in body.get("data") or []:
+                if isinstance(item, dict) and "id" in item:
+                    found[str(item["id"])] = _unix(item.get("created_at"))
+            if not body.get("has_more") or not body.get("last_id"):
+                return found
+            params = {"limit": "1000", "after_id": str(body["last_id"])}
 
     async def health(self) -> str | None:
-        await self._models()
-        return self.last_error
+        await self.discovery.select(self.settings.models)
+        return self.discovery.last_error
 
     async def count_tokens(self, request: ChatRequest, model: str) -> int | None:
         """Anthropic's own count (``/v1/messages/count_tokens``); None (an estimate) when it fails."""
@@ -225,11 +170,7 @@ class AnthropicBackend(Backend):
             body.pop(key, None)
         try:
             async with asyncio.timeout(10):
-                async with self.session.post(f"{self.base_url}/v1/messages/count_tokens", data=orjson.dumps(body),
-                                             headers=self._headers(None)) as resp:
-                    if resp.status != 200:
-                        return None
-                    payload = await read_json(resp, self.name)
+                payload = await self.request_json("POST", "/v1/messages/count_tokens", body=body)
         except (aiohttp.ClientError, TimeoutError, GatewayError, OSError):
             return None
         tokens = payload.get("input_tokens") if isinstance(payload, dict) else None
@@ -237,53 +178,14 @@ class AnthropicBackend(Backend):
 
     # -------------------------------------------------------------------- chat
 
-    async def stream(self, request: ChatRequest, model: str, options: CallOptions) -> AsyncIterator[Event]:
+    async def chat_call(self, request: ChatRequest, model: str, options: CallOptions) -> StreamCall[ServerSentEvent]:
         if request.prompt is not None:
             raise GatewayError(ErrorKind.INVALID_REQUEST,
                                f"backend {self.name!r} (Anthropic) serves chat only, not raw text completion",
                                param="model")
-        body = build_body(request, model, self.settings)
-        timeouts = options.timeouts
-        response = await self._post(body, options)
-        try:
-            decoder = StreamDecoder(self.name, model)
-            async for chunk in iter_chunks(response, timeouts.idle, self.name):
-                for sse in decoder.sse.feed(chunk):
-                    for event in decoder.decode(sse):
-                        yield event
-            for sse in decoder.sse.flush():
-                for event in decoder.decode(sse):
-                    yield event
-            for event in decoder.end_of_stream():
-                yield event
-        except (aiohttp.ClientError, OSError) as exc:
-            raise exception_error(self.name, exc, timeouts) from exc
-        finally:
-            response.release()
-            response.close()
-
-    async def _post(self, body: dict[str, Any], options: CallOptions) -> aiohttp.ClientResponse:
-        """POST and wait for a good status and headers within the first-byte timeout."""
-        timeouts = options.timeouts
-        try:
-            async with asyncio.timeout(timeouts.first_byte):
-                response = await self.session.post(
-                    f"{self.base_url}/v1/messages", data=orjson.dumps(body),
-                    headers=self._headers(options.client_api_key), timeout=client_timeout(timeouts),
-                )
-                if response.status != 200:
-                    try:
-                        message, kind, code = await _error_fields(response)
-                    finally:
-                        response.release()
-                    raise status_error(self.name, response.status, message, headers=response.headers,
-                                       code=code, kind=kind)
-                return response
-        except TimeoutError as exc:
-            raise GatewayError(ErrorKind.TIMEOUT,
-                               f"upstream {self.name!r} sent no answer within {timeouts.first_byte:g}s") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise exception_error(self.name, exc, timeouts) from exc
+        decoder = StreamDecoder(self.name, model)
+        return StreamCall("/v1/messages", build_body(request, model, self.settings), decoder.sse, decoder.decode,
+                          decoder.end_of_stream)
 
 
 # ----------------------------------------------------------------------- stream decoding
@@ -446,20 +348,6 @@ def _stream_error(backend: str, error: Any) -> GatewayError:
     message = str(error.get("message") or f"upstream {backend!r} failed mid-stream")
     return GatewayError(ERROR_TYPES.get(kind_name, ErrorKind.UPSTREAM_ERROR), message,
                         upstream_status=ERROR_TYPE_STATUS.get(kind_name), code=kind_name)
-
-
-async def _error_fields(response: aiohttp.ClientResponse) -> tuple[str, ErrorKind | None, str | None]:
-    """(message, kind, Anthropic error type) from ``{"type":"error","error":{"type","message"}}``."""
-    raw = await response.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw.decode("utf-8", errors="replace").strip()[:2000], None, None
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        kind_name = str(error.get("type") or "") or None
-        return str(error.get("message") or ""), ERROR_TYPES.get(kind_name or ""), kind_name
-    return raw.decode("utf-8", errors="replace")[:2000], None, None
 
 
 def _unix(value: Any) -> int:

@@ -1,17 +1,26 @@
-"""The pooled HTTP client every HTTP backend shares, and upstream failures mapped by table."""
+"""What every HTTP backend shares: the pooled client, upstream failures mapped by table, model
+discovery, and :class:`HTTPBackend` (session, auth, POST within the first-byte timeout, streaming)."""
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import functools
 import socket
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+import time
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 import orjson
 
-from dragoman.backends.base import Timeouts
+from dragoman.backends.base import Backend, CallOptions, Timeouts
+from dragoman.core.events import Event
+from dragoman.core.ids import completion_id, now
+from dragoman.core.parts import PartTracker
+from dragoman.core.types import ChatRequest
 from dragoman.errors import ErrorKind, GatewayError
 
 STATUS_KINDS: dict[int, ErrorKind] = {
@@ -119,3 +128,218 @@ async def iter_chunks(response: aiohttp.ClientResponse, idle: float, backend: st
         if not chunk:
             return
         yield chunk
+
+
+# ------------------------------------------------------------------------- the HTTP backend
+
+F = TypeVar("F")
+
+
+class Frames(Protocol[F]):
+    """Splits a streamed body into frames across chunk boundaries (``SSEDecoder``, ``NDJSONDecoder``)."""
+
+    def feed(self, chunk: bytes) -> list[F]: ...
+
+    def flush(self) -> list[F]: ...
+
+
+@dataclass(slots=True)
+class StreamCall(Generic[F]):
+    """One streamed chat call in a backend's wire format: what to POST, how the answer's body
+    splits into frames, each frame's events, and the events that close a body that ended cleanly."""
+
+    path: str
+    body: dict[str, Any]
+    frames: Frames[F]
+    decode: Callable[[F], list[Event]]
+    end: Callable[[], list[Event]]
+
+
+@dataclass(slots=True, frozen=True)
+class ErrorFields:
+    """What an upstream error body says, for ``status_error``."""
+
+    message: str
+    code: str | None = None
+    kind: ErrorKind | None = None
+    param: str | None = None
+
+
+async def read_error(response: aiohttp.ClientResponse, parse: Callable[[Any], ErrorFields | None]) -> ErrorFields:
+    """An error body's fields by ``parse`` (given the decoded JSON), else the body's text."""
+    raw = await response.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return ErrorFields(raw.decode("utf-8", errors="replace").strip()[:2000])
+    return parse(body) or ErrorFields(raw.decode("utf-8", errors="replace")[:2000])
+
+
+def tracked_end(tracker: PartTracker, model: str) -> list[Event]:
+    """The events that close a flat stream rebuilt by ``tracker``, started if it never was."""
+    events = [] if tracker.started else tracker.start(completion_id(), model, now())
+    return events + tracker.end()
+
+
+class ModelDiscovery:
+    """The models an upstream lists, asked at most once every ``ttl`` seconds (one caller asks,
+    the others wait for its answer); a failed call keeps what was known and says why."""
+
+    def __init__(self, discover: Callable[[], Awaitable[dict[str, int]]], *, ttl: float,
+                 timeout: float = 10.0) -> None:
+        self._discover = discover  # model id -> created (unix seconds, 0 when unknown)
+        self.ttl = ttl
+        self.timeout = timeout
+        self._found: dict[str, int] | None = None
+        self._at = 0.0
+        self._lock = asyncio.Lock()
+        self.last_error: str | None = None
+
+    async def select(self, patterns: list[str]) -> dict[str, int]:
+        """Model id -> created for the names and globs in ``patterns``; only globs need the upstream."""
+        explicit = [p for p in patterns if not any(c in p for c in "*?[")]
+        if len(explicit) == len(patterns):
+            return dict.fromkeys(explicit, 0)
+        if self._stale():
+            async with self._lock:
+                if self._stale():
+                    await self._refresh()
+        found = {m: c for m, c in (self._found or {}).items() if any(fnmatch.fnmatchcase(m, p) for p in patterns)}
+        return {**dict.fromkeys(explicit, 0), **found}
+
+    def _stale(self) -> bool:
+        return self._found is None or time.monotonic() - self._at > self.ttl
+
+    async def _refresh(self) -> None:
+        try:
+            async with asyncio.timeout(self.timeout):
+                self._found = await self._discover()
+            self.last_error = None
+        except (aiohttp.ClientError, TimeoutError, GatewayError, OSError) as exc:
+            self.last_error = exc.message if isinstance(exc, GatewayError) else str(exc) or type(exc).__name__
+            self._found = self._found or {}
+        self._at = time.monotonic()
+
+
+class HTTPBackend(Backend):
+    """What every HTTP upstream shares: one pooled session, auth headers (``api_key: forward``
+    sends the client's own key), POSTs bounded by the first-byte timeout with error statuses
+    mapped by table, and the streaming loop. A subclass keeps only its wire format: how a chat
+    call looks (``chat_call``) and what its error bodies say (``error_fields``)."""
+
+    def __init__(self, name: str, base_url: str, *, api_key: str | None, headers: Mapping[str, str],
+                 max_connections: int, auth: str = "bearer") -> None:
+        """``auth``: ``bearer`` (``Authorization: Bearer <key>``) or the header that carries the bare key."""
+        super().__init__(name)
+        self.base_url = base_url
+        self._api_key = api_key  # a key, "forward", or None
+        self._headers = {"Content-Type": "application/json", **headers}
+        self._auth = auth
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = make_session(limit=self._max_connections)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = make_session(limit=self._max_connections)
+        return self._session
+
+    def headers(self, client_key: str | None) -> dict[str, str]:
+        headers = dict(self._headers)
+        key = client_key if self._api_key == "forward" else self._api_key
+        if key:
+            if self._auth == "bearer":
+                headers["Authorization"] = f"Bearer {key}"
+            else:
+                headers[self._auth] = key
+        return headers
+
+    def error_fields(self, body: Any) -> ErrorFields | None:
+        """The fields of a decoded error body in this upstream's shape; None to report its text."""
+        return None
+
+    def status_error(self, response: aiohttp.ClientResponse, fields: ErrorFields) -> GatewayError:
+        return status_error(self.name, response.status, fields.message, headers=response.headers,
+                            code=fields.code, kind=fields.kind, param=fields.param)
+
+    async def request_json(self, method: str, path: str, *, body: dict[str, Any] | None = None,
+                           params: Mapping[str, str] | None = None) -> Any:
+        """A small call off the answer path (discovery, counting): no client key, the caller's timeout."""
+        async with self.session.request(method, self.base_url + path, params=params, headers=self.headers(None),
+                                        data=orjson.dumps(body) if body is not None else None) as response:
+            if response.status != 200:
+                raise self.status_error(response, await read_error(response, self.error_fields))
+            return await read_json(response, self.name)
+
+    async def post(self, path: str, body: dict[str, Any], options: CallOptions) -> aiohttp.ClientResponse:
+        """POST and wait for a good status and headers within the first-byte timeout (connecting
+        included); the caller reads the body and releases the response."""
+        timeouts = options.timeouts
+        try:
+            async with asyncio.timeout(timeouts.first_byte):
+                response = await self.session.post(self.base_url + path, data=orjson.dumps(body),
+                                                   headers=self.headers(options.client_api_key),
+                                                   timeout=client_timeout(timeouts))
+                if response.status != 200:
+                    try:
+                        fields = await read_error(response, self.error_fields)
+                    finally:
+                        response.release()
+                    raise self.status_error(response, fields)
+                return response
+        except TimeoutError as exc:
+            raise GatewayError(ErrorKind.TIMEOUT,
+                               f"upstream {self.name!r} sent no answer within {timeouts.first_byte:g}s") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise exception_error(self.name, exc, timeouts) from exc
+
+    async def post_json(self, path: str, body: dict[str, Any], options: CallOptions, *,
+                        stalled: str = "stalled") -> Any:
+        """``post`` and read the whole JSON answer, that wait bounded by the idle timeout."""
+        response = await self.post(path, body, options)
+        try:
+            async with asyncio.timeout(options.timeouts.idle):
+                return await read_json(response, self.name)
+        except TimeoutError as exc:
+            raise GatewayError(ErrorKind.TIMEOUT, f"upstream {self.name!r} {stalled}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise exception_error(self.name, exc, options.timeouts) from exc
+        finally:
+            response.release()
+
+    @abstractmethod
+    async def chat_call(self, request: ChatRequest, model: str, options: CallOptions) -> StreamCall[Any] | list[Event]:
+        """The streamed call for ``request``, or the answer's events when the backend got it whole."""
+
+    async def stream(self, request: ChatRequest, model: str, options: CallOptions) -> AsyncIterator[Event]:
+        call = await self.chat_call(request, model, options)
+        if isinstance(call, list):
+            for event in call:
+                yield event
+            return
+        timeouts = options.timeouts
+        response = await self.post(call.path, call.body, options)
+        frames, decode = call.frames, call.decode
+        try:
+            async for chunk in iter_chunks(response, timeouts.idle, self.name):
+                for frame in frames.feed(chunk):
+                    for event in decode(frame):
+                        yield event
+            for frame in frames.flush():
+                for event in decode(frame):
+                    yield event
+            for event in call.end():
+                yield event
+        except (aiohttp.ClientError, OSError) as exc:
+            raise exception_error(self.name, exc, timeouts) from exc
+        finally:
+            response.release()
+            response.close()

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,15 +26,8 @@ import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from dragoman.backends.base import Backend, BackendDeps, CallOptions, ImageFetcher
-from dragoman.backends.http import (
-    client_timeout,
-    exception_error,
-    iter_chunks,
-    make_session,
-    read_json,
-    status_error,
-)
+from dragoman.backends.base import BackendDeps, CallOptions, ImageFetcher
+from dragoman.backends.http import ErrorFields, HTTPBackend, StreamCall, tracked_end
 from dragoman.core.events import Event
 from dragoman.core.ids import completion_id, now, tool_call_id
 from dragoman.core.images import encode_base64
@@ -97,15 +91,14 @@ class _Shown:
     body: dict[str, Any]
 
 
-class OllamaBackend(Backend):
+class OllamaBackend(HTTPBackend):
     type = "ollama"
 
     def __init__(self, name: str, settings: OllamaSettings, image_fetcher: ImageFetcher | None = None) -> None:
-        super().__init__(name)
+        super().__init__(name, settings.base_url.rstrip("/"), api_key=settings.api_key, headers=settings.headers,
+                         max_connections=settings.max_connections)
         self.settings = settings
-        self.base_url = settings.base_url.rstrip("/")
         self.image_fetcher = image_fetcher
-        self._session: aiohttp.ClientSession | None = None
         self._shown: dict[str, _Shown] = {}
         self._show_gate = asyncio.Semaphore(SHOW_CONCURRENCY)
         self.last_error: str | None = None
@@ -114,28 +107,15 @@ class OllamaBackend(Backend):
     def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> OllamaBackend:
         return cls(name, OllamaSettings.model_validate(settings), deps.image_fetcher)
 
-    async def start(self) -> None:
-        self._session = make_session(limit=self.settings.max_connections)
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = make_session(limit=self.settings.max_connections)
-        return self._session
-
-    def _headers(self, options: CallOptions | None) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", **self.settings.headers}
-        key = self.settings.api_key
-        if key == "forward":
-            key = options.client_api_key if options else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
+    def error_fields(self, body: Any) -> ErrorFields | None:
+        """Ollama's ``{"error": "..."}`` (or an OpenAI-style ``{"error": {"message"}}``)."""
+        if isinstance(body, dict):
+            error = body.get("error")
+            if isinstance(error, str):
+                return ErrorFields(error)
+            if isinstance(error, dict) and isinstance(error.get("message"), str):
+                return ErrorFields(str(error["message"]))
+        return None
 
     # ------------------------------------------------------------------ models
 
@@ -172,14 +152,7 @@ class OllamaBackend(Backend):
         timeout = self.settings.discovery_timeout
         try:
             async with asyncio.timeout(timeout):
-                async with self.session.request(
-                    method, self.base_url + path, headers=self._headers(None),
-                    data=orjson.dumps(body) if body is not None else None,
-                ) as response:
-                    if response.status != 200:
-                        raise status_error(self.name, response.status, await _error_message(response),
-                                           headers=response.headers)
-                    payload = await read_json(response, self.name)
+                payload = await self.request_json(method, path, body=body)
         except TimeoutError as exc:
             raise GatewayError(ErrorKind.TIMEOUT, f"upstream {self.name!r} did not answer {path} "
                                                   f"within {timeout:g}s") from exc
@@ -194,55 +167,16 @@ class OllamaBackend(Backend):
 
     # -------------------------------------------------------------------- chat
 
-    async def stream(self, request: ChatRequest, model: str, options: CallOptions) -> AsyncIterator[Event]:
+    async def chat_call(self, request: ChatRequest, model: str, options: CallOptions) -> StreamCall[bytes]:
         generate = request.prompt is not None
         if generate:
             path, body = "/api/generate", build_generate_body(request, model, self.settings)
         else:
             messages = await wire_messages(request.messages, self.image_fetcher)
             path, body = "/api/chat", build_chat_body(request, model, self.settings, messages)
-        timeouts = options.timeouts
-        response = await self._post(path, body, options)
-        try:
-            tracker = PartTracker(split_think_tags=self.settings.split_think_tags and not generate)
-            decoder = NDJSONDecoder()
-            async for chunk in iter_chunks(response, timeouts.idle, self.name):
-                for line in decoder.feed(chunk):
-                    for event in self._decode(line, tracker, model):
-                        yield event
-            for line in decoder.flush():
-                for event in self._decode(line, tracker, model):
-                    yield event
-            if not tracker.started:
-                for event in tracker.start(completion_id(), model, now()):
-                    yield event
-            for event in tracker.end():
-                yield event
-        except (aiohttp.ClientError, OSError) as exc:
-            raise exception_error(self.name, exc, timeouts) from exc
-        finally:
-            response.release()
-            response.close()
-
-    async def _post(self, path: str, body: dict[str, Any], options: CallOptions) -> aiohttp.ClientResponse:
-        """POST and wait for a good status and headers within the first-byte timeout."""
-        timeouts = options.timeouts
-        try:
-            async with asyncio.timeout(timeouts.first_byte):
-                response = await self.session.post(self.base_url + path, data=orjson.dumps(body),
-                                                   headers=self._headers(options), timeout=client_timeout(timeouts))
-                if response.status != 200:
-                    try:
-                        message = await _error_message(response)
-                    finally:
-                        response.release()
-                    raise status_error(self.name, response.status, message, headers=response.headers)
-                return response
-        except TimeoutError as exc:
-            raise GatewayError(ErrorKind.TIMEOUT,
-                               f"upstream {self.name!r} sent no answer within {timeouts.first_byte:g}s") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise exception_error(self.name, exc, timeouts) from exc
+        tracker = PartTracker(split_think_tags=self.settings.split_think_tags and not generate)
+        return StreamCall(path, body, NDJSONDecoder(), lambda line: self._decode(line, tracker, model),
+                          functools.partial(tracked_end, tracker, model))
 
     def _decode(self, line: bytes, tracker: PartTracker, model: str) -> list[Event]:
         try:
@@ -296,14 +230,7 @@ class OllamaBackend(Backend):
         opts = {**self.settings.options, **{k: v for k, v in extra.items() if k in OPTION_NAMES}}
         if opts:
             body["options"] = opts
-        response = await self._post("/api/embed", body, options)
-        try:
-            async with asyncio.timeout(options.timeouts.idle):
-                payload = await read_json(response, self.name)
-        except TimeoutError as exc:
-            raise GatewayError(ErrorKind.TIMEOUT, f"upstream {self.name!r} stalled") from exc
-        finally:
-            response.release()
+        payload = await self.post_json("/api/embed", body, options)
         vectors = [[float(v) for v in vector] for vector in payload.get("embeddings") or []]
         if len(vectors) != len(request.inputs):
             raise GatewayError(ErrorKind.UPSTREAM_ERROR,
@@ -502,19 +429,3 @@ async def wire_messages(messages: list[Message], fetcher: ImageFetcher | None) -
                 plain["images"] = images
             out.append(plain)
     return out
-
-
-async def _error_message(response: aiohttp.ClientResponse) -> str:
-    """Ollama's ``{"error": "..."}`` message, or the raw text."""
-    raw = await response.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw.decode("utf-8", errors="replace").strip()[:2000]
-    if isinstance(body, dict):
-        error = body.get("error")
-        if isinstance(error, str):
-            return error
-        if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
-    return raw.decode("utf-8", errors="replace")[:2000]

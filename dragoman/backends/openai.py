@@ -7,31 +7,21 @@ one decoder serves both. Flat upstream deltas become block events through ``Part
 from __future__ import annotations
 
 import array
-import asyncio
 import base64
-import fnmatch
-import time
-from collections.abc import AsyncIterator, Mapping
+import functools
+from collections.abc import Mapping
 from typing import Any, Literal
 
-import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from dragoman.backends.base import Backend, BackendDeps, CallOptions
-from dragoman.backends.http import (
-    client_timeout,
-    exception_error,
-    iter_chunks,
-    make_session,
-    read_json,
-    status_error,
-)
+from dragoman.backends.base import BackendDeps, CallOptions
+from dragoman.backends.http import ErrorFields, HTTPBackend, ModelDiscovery, StreamCall, tracked_end
 from dragoman.core.events import Event
 from dragoman.core.ids import completion_id, now
 from dragoman.core.models import Capabilities, ModelInfo
 from dragoman.core.parts import PartTracker
-from dragoman.core.sse import SSEDecoder
+from dragoman.core.sse import ServerSentEvent, SSEDecoder
 from dragoman.core.types import (
     ChatRequest,
     EmbeddingRequest,
@@ -83,137 +73,73 @@ class OpenAISettings(BaseModel):
     reasoning_field: Literal["reasoning_content", "reasoning"] = "reasoning_content"
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(HTTPBackend):
     type = "openai"
 
     def __init__(self, name: str, settings: OpenAISettings) -> None:
-        super().__init__(name)
+        super().__init__(name, settings.base_url.rstrip("/"), api_key=settings.api_key, headers=settings.headers,
+                         max_connections=settings.max_connections)
         self.settings = settings
-        self.base_url = settings.base_url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
-        self._discovered: list[str] | None = None
-        self._discovered_at = 0.0
-        self._discovery_lock = asyncio.Lock()
-        self.last_error: str | None = None
+        self.discovery = ModelDiscovery(self._discover, ttl=DISCOVERY_TTL)
 
     @classmethod
     def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> OpenAIBackend:
         return cls(name, OpenAISettings.model_validate(settings))
 
-    async def start(self) -> None:
-        self._session = make_session(limit=self.settings.max_connections)
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            self._session = make_session(limit=self.settings.max_connections)
-        return self._session
-
     # ------------------------------------------------------------------ models
 
-    def _headers(self, options: CallOptions | None) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", **self.settings.headers}
-        key = self.settings.api_key
-        if key == "forward":
-            key = options.client_api_key if options else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
     async def list_models(self) -> list[ModelInfo]:
-        names = await self._model_names()
+        names = await self.discovery.select(self.settings.models)
         # Unknown upstream abilities are assumed present: the upstream itself refuses what it cannot do.
         caps = Capabilities(**{"vision": True, "reasoning": True, **self.settings.capabilities})
         return [ModelInfo(name=n, capabilities=caps, context_length=self.settings.context_length)
                 for n in names]
 
-    async def _model_names(self) -> list[str]:
-        patterns = self.settings.models
-        explicit = [p for p in patterns if not any(c in p for c in "*?[")]
-        if len(explicit) == len(patterns):
-            return explicit
-        if self._discovered is None or time.monotonic() - self._discovered_at > DISCOVERY_TTL:
-            async with self._discovery_lock:
-                if self._discovered is None or time.monotonic() - self._discovered_at > DISCOVERY_TTL:
-                    await self._discover()
-        found = [m for m in self._discovered or [] if any(fnmatch.fnmatchcase(m, p) for p in patterns)]
-        return list(dict.fromkeys(explicit + found))
-
-    async def _discover(self) -> None:
-        try:
-            async with asyncio.timeout(10):
-                async with self.session.get(f"{self.base_url}/models", headers=self._headers(None)) as resp:
-                    if resp.status != 200:
-                        raise status_error(self.name, resp.status, await _error_message(resp))
-                    body = await read_json(resp, self.name)
-            self._discovered = [str(m["id"]) for m in body.get("data", []) if isinstance(m, dict) and "id" in m]
-            self.last_error = None
-        except (aiohttp.ClientError, TimeoutError, GatewayError, OSError) as exc:
-            self.last_error = str(exc) or type(exc).__name__
-            self._discovered = self._discovered or []
-        self._discovered_at = time.monotonic()
+    async def _discover(self) -> dict[str, int]:
+        body = await self.request_json("GET", "/models")
+        return {str(m["id"]): 0 for m in body.get("data", []) if isinstance(m, dict) and "id" in m}
 
     async def health(self) -> str | None:
-        await self._model_names()
-        return self.last_error
+        await self.discovery.select(self.settings.models)
+        return self.discovery.last_error
+
+    def error_fields(self, body: Any) -> ErrorFields | None:
+        """OpenAI's ``{"error": {"message", "code", "param"}}``, a bare ``error`` string, or ``detail``."""
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict):
+            code = str(error["code"]) if error.get("code") else None
+            param = error.get("param")
+            return ErrorFields(str(error.get("message") or ""), code, ERROR_CODES.get(code or ""),
+                               str(param) if param else None)
+        if isinstance(error, str):
+            return ErrorFields(error)
+        if isinstance(body, dict) and isinstance(body.get("detail"), str):
+            return ErrorFields(body["detail"])
+        return None
 
     # -------------------------------------------------------------------- chat
 
-    async def stream(self, request: ChatRequest, model: str, options: CallOptions) -> AsyncIterator[Event]:
+    async def chat_call(self, request: ChatRequest, model: str,
+                        options: CallOptions) -> StreamCall[ServerSentEvent] | list[Event]:
         completion = request.prompt is not None
         path = "/completions" if completion else "/chat/completions"
         if completion:
             body = build_completion_body(request, model)
         else:
             body = build_chat_body(request, model, self.settings)
-        timeouts = options.timeouts
         tracker = PartTracker(split_think_tags=self.settings.split_think_tags and not completion)
         if not request.stream:
             # A whole answer for a client that wants one: one JSON body instead of dozens of frames.
             body["stream"] = False
             body.pop("stream_options", None)
-            for event in await self._whole(path, body, options, tracker, model, completion):
-                yield event
-            return
-        response = await self._post(path, body, options)
-        try:
-            decoder = SSEDecoder()
-            async for chunk in iter_chunks(response, timeouts.idle, self.name):
-                for sse in decoder.feed(chunk):
-                    for event in self._decode(sse.data, tracker, model):
-                        yield event
-            for sse in decoder.flush():
-                for event in self._decode(sse.data, tracker, model):
-                    yield event
-            if not tracker.started:
-                for event in tracker.start(completion_id(), model, now()):
-                    yield event
-            for event in tracker.end():
-                yield event
-        except (aiohttp.ClientError, OSError) as exc:
-            raise exception_error(self.name, exc, timeouts) from exc
-        finally:
-            response.release()
-            response.close()
+            return await self._whole(path, body, options, tracker, model, completion)
+        return StreamCall(path, body, SSEDecoder(), lambda sse: self._decode(sse.data, tracker, model),
+                          functools.partial(tracked_end, tracker, model))
 
     async def _whole(self, path: str, body: dict[str, Any], options: CallOptions, tracker: PartTracker,
                      model: str, completion: bool) -> list[Event]:
         """A non-streamed upstream answer as the same events its stream would have given."""
-        response = await self._post(path, body, options)
-        try:
-            async with asyncio.timeout(options.timeouts.idle):
-                payload = await read_json(response, self.name)
-        except TimeoutError as exc:
-            raise GatewayError(ErrorKind.TIMEOUT, f"upstream {self.name!r} stalled mid-answer") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise exception_error(self.name, exc, options.timeouts) from exc
-        finally:
-            response.release()
+        payload = await self.post_json(path, body, options, stalled="stalled mid-answer")
         if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
             raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r} sent an answer without choices")
         events = tracker.start(str(payload.get("id") or completion_id()), str(payload.get("model") or model),
@@ -239,29 +165,6 @@ class OpenAIBackend(Backend):
         if isinstance(payload.get("usage"), dict):
             tracker.usage(_usage(payload["usage"]))
         return events + tracker.end()
-
-    async def _post(self, path: str, body: dict[str, Any], options: CallOptions) -> aiohttp.ClientResponse:
-        """POST and wait for a good status and headers within the first-byte timeout."""
-        timeouts = options.timeouts
-        try:
-            async with asyncio.timeout(timeouts.first_byte):
-                response = await self.session.post(
-                    self.base_url + path, data=orjson.dumps(body), headers=self._headers(options),
-                    timeout=client_timeout(timeouts),
-                )
-                if response.status != 200:
-                    try:
-                        message, code, param = await _error_fields(response)
-                    finally:
-                        response.release()
-                    raise status_error(self.name, response.status, message, headers=response.headers,
-                                       code=code, kind=ERROR_CODES.get(code or ""), param=param)
-                return response
-        except TimeoutError as exc:
-            raise GatewayError(ErrorKind.TIMEOUT,
-                               f"upstream {self.name!r} sent no answer within {timeouts.first_byte:g}s") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise exception_error(self.name, exc, timeouts) from exc
 
     def _decode(self, data: str, tracker: PartTracker, model: str) -> list[Event]:
         if data == "[DONE]" or not data:
@@ -313,14 +216,7 @@ class OpenAIBackend(Backend):
         body: dict[str, Any] = {"model": model, "input": request.inputs, "encoding_format": "base64"}
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
-        response = await self._post("/embeddings", body, options)
-        try:
-            async with asyncio.timeout(options.timeouts.idle):
-                payload = await read_json(response, self.name)
-        except TimeoutError as exc:
-            raise GatewayError(ErrorKind.TIMEOUT, f"upstream {self.name!r} stalled") from exc
-        finally:
-            response.release()
+        payload = await self.post_json("/embeddings", body, options)
         data = sorted(payload.get("data") or [], key=lambda d: d.get("index", 0))
         vectors = [_decode_vector(d.get("embedding")) for d in data]
         usage = payload.get("usage") or {}
@@ -463,27 +359,3 @@ def _decode_vector(raw: Any) -> list[float]:
     if isinstance(raw, list):
         return [float(v) for v in raw]
     raise GatewayError(ErrorKind.UPSTREAM_ERROR, "upstream sent an embedding in an unknown encoding")
-
-
-async def _error_fields(response: aiohttp.ClientResponse) -> tuple[str, str | None, str | None]:
-    """(message, code, param) from an OpenAI-shaped error body, or the raw text."""
-    raw = await response.read()
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw.decode("utf-8", errors="replace").strip()[:2000], None, None
-    error = body.get("error") if isinstance(body, dict) else None
-    if isinstance(error, dict):
-        code = error.get("code")
-        param = error.get("param")
-        return str(error.get("message") or ""), str(code) if code else None, str(param) if param else None
-    if isinstance(error, str):
-        return error, None, None
-    if isinstance(body, dict) and isinstance(body.get("detail"), str):
-        return body["detail"], None, None
-    return raw.decode("utf-8", errors="replace")[:2000], None, None
-
-
-async def _error_message(response: aiohttp.ClientResponse) -> str:
-    return (await _error_fields(response))[0]
-

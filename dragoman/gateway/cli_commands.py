@@ -77,20 +77,18 @@ def _add_db_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from exc
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return value
+    return int(_positive(text, int, "an integer"))
 
 
 def _positive_float(text: str) -> float:
+    return _positive(text, float, "a number")
+
+
+def _positive(text: str, parse: Callable[[str], float], what: str) -> float:
     try:
-        value = float(text)
+        value = parse(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from exc
     if value <= 0:
         raise argparse.ArgumentTypeError("must be positive")
     return value

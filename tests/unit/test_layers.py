@@ -6,6 +6,8 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "dragoman"
+# What every dialect may share (plain modules beside the dialect packages, importing none of them).
+SHARED_DIALECT_MODULES = ("dragoman.dialects.common", "dragoman.dialects.streaming", "dragoman.dialects.validation")
 
 
 def imports_of(path: Path) -> set[str]:
@@ -35,8 +37,15 @@ def test_dialects_never_import_backends_or_gateway() -> None:
     for dialect in ("openai", "ollama", "anthropic"):
         if (PACKAGE / "dialects" / dialect).exists():
             assert layer_violations(f"dialects/{dialect}", (
-                "dragoman.core", "dragoman.errors", "dragoman.dialects.common", f"dragoman.dialects.{dialect}")) == []
+                "dragoman.core", "dragoman.errors", *SHARED_DIALECT_MODULES, f"dragoman.dialects.{dialect}")) == []
 
 
 def test_backends_never_import_dialects_or_gateway() -> None:
     assert layer_violations("backends", ("dragoman.core", "dragoman.errors", "dragoman.backends")) == []
+
+
+def test_shared_dialect_modules_import_no_dialect() -> None:
+    for module in SHARED_DIALECT_MODULES:
+        path = PACKAGE / "dialects" / f"{module.rpartition('.')[2]}.py"
+        assert {m for m in imports_of(path) if not m.startswith(
+            ("dragoman.core", "dragoman.errors", *SHARED_DIALECT_MODULES))} == set(), path

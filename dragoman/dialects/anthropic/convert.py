@@ -21,10 +21,10 @@ Decisions worth knowing:
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from dragoman.core.ids import random_id
 from dragoman.core.images import decode_base64
@@ -50,10 +50,8 @@ from dragoman.core.types import (
     Usage,
 )
 from dragoman.dialects.anthropic import wire
-from dragoman.dialects.common import validation_error
+from dragoman.dialects.validation import validated
 from dragoman.errors import ErrorKind, GatewayError
-
-M = TypeVar("M", bound=BaseModel)
 
 STOP_REASONS: dict[FinishReason, str] = {
     FinishReason.STOP: "end_turn",
@@ -126,17 +124,8 @@ def error_body(error: GatewayError, request_id: str | None = None) -> dict[str, 
 # ---------------------------------------------------------------------------------- requests
 
 
-def _validate(model: type[M], body: Any) -> M:
-    if not isinstance(body, dict):
-        raise GatewayError(ErrorKind.INVALID_REQUEST, "request body must be a JSON object")
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from exc
-
-
 def parse_messages(body: Any) -> ChatRequest:
-    req = _validate(wire.MessagesRequest, body)
+    req = validated(wire.MessagesRequest, body)
     chat = _chat_request(req)
     chat.stream = bool(req.stream)
     chat.sampling = Sampling(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
@@ -146,7 +135,7 @@ def parse_messages(body: Any) -> ChatRequest:
 
 
 def parse_count_tokens(body: Any) -> ChatRequest:
-    return _chat_request(_validate(wire.CountTokensRequest, body))
+    return _chat_request(validated(wire.CountTokensRequest, body))
 
 
 def _chat_request(req: wire.CountTokensRequest) -> ChatRequest:

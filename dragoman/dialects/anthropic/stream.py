@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -25,6 +25,7 @@ from dragoman.core.ids import now, random_id
 from dragoman.core.jsonprefix import ObjectPrefix
 from dragoman.core.service import ChatStream
 from dragoman.dialects.anthropic.convert import STOP_REASONS, error_body, message_id, tool_use_id, usage_body
+from dragoman.dialects.streaming import encoded
 
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 PING_INTERVAL = 10.0
@@ -127,7 +128,7 @@ class EventEncoder:
         return frame("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
 
 
-async def keepalive(events: AsyncIterator[Event], interval: float) -> AsyncIterator[Event | None]:
+async def keepalive(events: AsyncIterator[Event], interval: float) -> AsyncGenerator[Event | None, None]:
     """The events, with ``None`` whenever the next one takes longer than ``interval`` seconds.
 
     One pump task drains ``events`` into a queue, so the event source (and the backend under it)
@@ -166,19 +167,6 @@ async def keepalive(events: AsyncIterator[Event], interval: float) -> AsyncItera
             task.exception()  # retrieved: the consumer has stopped and no longer wants it
 
 
-async def sse_frames(events: ChatStream, encoder: EventEncoder, *,
-                     ping_interval: float = PING_INTERVAL) -> AsyncIterator[bytes]:
-    ticker = keepalive(aiter(events), ping_interval)
-    try:
-        async for event in ticker:
-            if event is None:
-                yield PING
-                continue
-            data = encoder.encode(event)
-            if data:
-                yield data
-            if isinstance(event, StreamError):
-                break
-    finally:
-        await ticker.aclose()  # type: ignore[attr-defined]
-        await events.aclose()
+def sse_frames(events: ChatStream, encoder: EventEncoder, *,
+               ping_interval: float = PING_INTERVAL) -> AsyncIterator[bytes]:
+    return encoded(events, encoder.encode, ticks=keepalive(aiter(events), ping_interval), ping=PING)

@@ -23,10 +23,9 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
 from dragoman.core.images import decode_base64, parse_data_url, sniff_media_type
 from dragoman.core.jsonprefix import to_object
@@ -48,8 +47,8 @@ from dragoman.core.types import (
     ToolCallPart,
     ToolResultPart,
 )
-from dragoman.dialects.common import validation_error
 from dragoman.dialects.ollama import wire
+from dragoman.dialects.validation import validated
 from dragoman.errors import ErrorKind, GatewayError
 
 # Ollama's documented defaults (api/types.go DefaultOptions; docs/modelfile.mdx).
@@ -66,9 +65,6 @@ DONE_REASONS: dict[FinishReason, str] = {
 }
 
 
-M = TypeVar("M", bound=wire.WireModel)
-
-
 def invalid(message: str, param: str | None = None) -> GatewayError:
     return GatewayError(ErrorKind.INVALID_REQUEST, message, param=param)
 
@@ -83,16 +79,6 @@ class Parsed:
 
 
 # ---------------------------------------------------------------------------------- requests
-
-
-def _validate(model: type[M], body: Any) -> M:
-    if not isinstance(body, dict):
-        raise invalid("request body must be a JSON object")
-    try:
-        parsed = model.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from exc
-    return parsed
 
 
 def _require_model(name: str | None) -> str:
@@ -254,7 +240,7 @@ def _messages(wire_messages: list[wire.ChatMessage]) -> list[Message]:
 
 
 def parse_chat(body: Any) -> Parsed:
-    req = _validate(wire.ChatRequest, body)
+    req = validated(wire.ChatRequest, body)
     model = _require_model(req.model)
     sampling, extra = parse_options(body, req.options)
     request = ChatRequest(
@@ -274,7 +260,7 @@ def parse_chat(body: Any) -> Parsed:
 
 
 def parse_generate(body: Any) -> Parsed:
-    req = _validate(wire.GenerateRequest, body)
+    req = validated(wire.GenerateRequest, body)
     model = _require_model(req.model)
     if req.raw and (req.system or req.template or req.context):
         raise invalid("raw mode does not support template, system, or context", "raw")
@@ -302,7 +288,7 @@ def parse_generate(body: Any) -> Parsed:
 
 def parse_embed(body: Any) -> EmbeddingRequest:
     """``/api/embed``; ``inputs`` may be empty (answered with no vectors, as Ollama does)."""
-    req = _validate(wire.EmbedRequest, body)
+    req = validated(wire.EmbedRequest, body)
     model = _require_model(req.model)
     inputs: list[str]
     if req.input is None:
@@ -322,7 +308,7 @@ def parse_embed(body: Any) -> EmbeddingRequest:
 
 def parse_embeddings(body: Any) -> EmbeddingRequest:
     """The legacy ``/api/embeddings``: one ``prompt``."""
-    req = _validate(wire.EmbeddingsRequest, body)
+    req = validated(wire.EmbeddingsRequest, body)
     model = _require_model(req.model)
     _, extra = parse_options(body, req.options)
     return EmbeddingRequest(model=model, inputs=[req.prompt] if req.prompt else [],
@@ -330,7 +316,7 @@ def parse_embeddings(body: Any) -> EmbeddingRequest:
 
 
 def parse_show(body: Any) -> tuple[str, bool]:
-    req = _validate(wire.ShowRequest, body)
+    req = validated(wire.ShowRequest, body)
     return _require_model(req.model or req.name), bool(req.verbose)
 
 

@@ -19,6 +19,7 @@ from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, Par
 from dragoman.core.service import ChatStream
 from dragoman.core.types import ChatResponse, ToolCallPart, Usage
 from dragoman.dialects.ollama.convert import DONE_REASONS, error_body, timestamp, tool_call_body
+from dragoman.dialects.streaming import encoded
 
 
 class Timing:
@@ -136,13 +137,5 @@ class LineEncoder:
         return b""
 
 
-async def ndjson_lines(events: ChatStream, encoder: LineEncoder) -> AsyncIterator[bytes]:
-    try:
-        async for event in events:
-            line = encoder.encode(event)
-            if line:
-                yield line
-            if isinstance(event, StreamError):
-                break
-    finally:
-        await events.aclose()
+def ndjson_lines(events: ChatStream, encoder: LineEncoder) -> AsyncIterator[bytes]:
+    return encoded(events, encoder.encode)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from pydantic import ValidationError
 
 from dragoman.core.images import parse_data_url
 from dragoman.core.types import (
@@ -27,8 +26,8 @@ from dragoman.core.types import (
     ToolChoice,
     ToolResultPart,
 )
-from dragoman.dialects.common import validation_error
 from dragoman.dialects.openai import wire
+from dragoman.dialects.validation import validated
 from dragoman.errors import ErrorKind, GatewayError
 
 FINISH_REASONS: dict[FinishReason, str] = {
@@ -71,12 +70,7 @@ def error_body(error: GatewayError) -> dict[str, Any]:
 
 
 def parse_chat(body: Any) -> ChatRequest:
-    if not isinstance(body, dict):
-        raise GatewayError(ErrorKind.INVALID_REQUEST, "request body must be a JSON object")
-    try:
-        req = wire.ChatCompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from exc
+    req = validated(wire.ChatCompletionRequest, body)
     if req.n not in (None, 1):
         raise GatewayError(ErrorKind.INVALID_REQUEST, "only n=1 is supported", param="n")
     if req.logprobs:
@@ -236,12 +230,7 @@ def _parts(content: str | list[Any] | None, param: str, *, allow_images: bool) -
 
 
 def parse_completion(body: Any) -> ChatRequest:
-    if not isinstance(body, dict):
-        raise GatewayError(ErrorKind.INVALID_REQUEST, "request body must be a JSON object")
-    try:
-        req = wire.CompletionRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from exc
+    req = validated(wire.CompletionRequest, body)
     if isinstance(req.prompt, list):
         if len(req.prompt) != 1:
             raise GatewayError(ErrorKind.INVALID_REQUEST, "prompt must be one string (batches are not supported)",
@@ -269,12 +258,7 @@ def parse_completion(body: Any) -> ChatRequest:
 
 
 def parse_embeddings(body: Any) -> tuple[EmbeddingRequest, str]:
-    if not isinstance(body, dict):
-        raise GatewayError(ErrorKind.INVALID_REQUEST, "request body must be a JSON object")
-    try:
-        req = wire.EmbeddingRequest.model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from exc
+    req = validated(wire.EmbeddingRequest, body)
     if req.encoding_format not in ("float", "base64"):
         raise GatewayError(ErrorKind.INVALID_REQUEST,
                            f"Invalid value for 'encoding_format' = {req.encoding_format}. "

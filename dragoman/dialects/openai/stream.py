@@ -17,6 +17,7 @@ from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, Par
 from dragoman.core.service import ChatStream
 from dragoman.core.types import ReasoningPart
 from dragoman.dialects.openai.convert import FINISH_REASONS, error_body, reasoning_detail, usage_body
+from dragoman.dialects.streaming import encoded
 
 DONE = b"data: [DONE]\n\n"
 
@@ -112,14 +113,5 @@ class ChunkEncoder:
         return self._frame(b'[{"text":' + orjson.dumps(text) + b',"index":0,"logprobs":null,"finish_reason":null}]')
 
 
-async def sse_frames(events: ChatStream, encoder: ChunkEncoder) -> AsyncIterator[bytes]:
-    try:
-        async for event in events:
-            frame = encoder.encode(event)
-            if frame:
-                yield frame
-            if isinstance(event, StreamError):
-                break
-    finally:
-        await events.aclose()
-    yield DONE
+def sse_frames(events: ChatStream, encoder: ChunkEncoder) -> AsyncIterator[bytes]:
+    return encoded(events, encoder.encode, tail=DONE)

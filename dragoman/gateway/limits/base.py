@@ -93,6 +93,10 @@ class Policy:
                 break
         return out
 
+    def applying(self, principal: Principal, model: str) -> tuple[list[Bucket], bool]:
+        """The rate buckets that apply to this call, and whether a budget does."""
+        return self.buckets(principal, model), self.has_budget(principal)
+
     @staticmethod
     def has_budget(principal: Principal) -> bool:
         return bool(principal.key_id and principal.budget_period

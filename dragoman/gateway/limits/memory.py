@@ -26,13 +26,11 @@ class _Window:
         self.events: deque[tuple[float, int]] = deque()
         self.total = 0
 
-    def prune(self, now: float, window: float) -> None:
+    def retry_after(self, limit: int, now: float, window: float) -> float | None:
+        """None if under ``limit`` once older events have left; else seconds until enough more do."""
         events = self.events
         while events and events[0][0] <= now - window:
             self.total -= events.popleft()[1]
-
-    def retry_after(self, limit: int, now: float, window: float) -> float | None:
-        """None if under ``limit``; else seconds until enough events leave the window."""
         if self.total < limit:
             return None
         acc = 0
@@ -83,26 +81,18 @@ class MemoryLimiter:
 
     async def acquire(self, principal: Principal, model: str) -> Lease:
         policy = self._policy
-        buckets = policy.buckets(principal, model)
-        budget = policy.has_budget(principal)
+        buckets, budget = policy.applying(principal, model)
         if not buckets and not budget:
             return NO_LEASE
         spend = await self._check_budget(principal) if budget else None
         now, window = self._clock(), self._window
         for bucket in buckets:
             lim = bucket.limits
-            if lim.rpm is not None:
-                w = self._requests.setdefault(bucket.scope, _Window())
-                w.prune(now, window)
-                wait = w.retry_after(lim.rpm, now, window)
-                if wait is not None:
-                    raise policy.rate_error(bucket, "rpm", wait)
-            if lim.tpm is not None:
-                w = self._tokens.setdefault(bucket.scope, _Window())
-                w.prune(now, window)
-                wait = w.retry_after(lim.tpm, now, window)
-                if wait is not None:
-                    raise policy.rate_error(bucket, "tpm", wait)
+            for limit, windows, kind in ((lim.rpm, self._requests, "rpm"), (lim.tpm, self._tokens, "tpm")):
+                if limit is not None:
+                    wait = windows.setdefault(bucket.scope, _Window()).retry_after(limit, now, window)
+                    if wait is not None:
+                        raise policy.rate_error(bucket, kind, wait)
             if lim.max_parallel is not None and self._active.get(bucket.scope, 0) >= lim.max_parallel:
                 raise policy.rate_error(bucket, "parallel", 1.0)
         for bucket in buckets:

@@ -174,8 +174,7 @@ class RedisLimiter:
         from redis.exceptions import RedisError
 
         policy = self._policy
-        buckets = policy.buckets(principal, model)
-        budget = policy.has_budget(principal)
+        buckets, budget = policy.applying(principal, model)
         if not buckets and not budget:
             return NO_LEASE
         lease_id = secrets.token_hex(8)

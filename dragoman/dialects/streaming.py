@@ -1,0 +1,34 @@
+"""The loop every dialect's streaming response runs: canonical events in, encoded frames out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+
+from dragoman.core.events import Event, StreamError
+from dragoman.core.service import ChatStream
+
+
+async def encoded(events: ChatStream, encode: Callable[[Event], bytes], *, tail: bytes = b"",
+                  ticks: AsyncGenerator[Event | None, None] | None = None, ping: bytes = b"") -> AsyncIterator[bytes]:
+    """Each event's frame (empty ones skipped), up to and including an error's; ``tail`` after.
+
+    With ``ticks`` (a keepalive around ``events``) its ``None`` items go out as ``ping``. However
+    the response ends, ``events`` is closed here, which stops the upstream call.
+    """
+    source: AsyncIterator[Event | None] = ticks if ticks is not None else aiter(events)
+    try:
+        async for event in source:
+            if event is None:
+                yield ping
+                continue
+            frame = encode(event)
+            if frame:
+                yield frame
+            if isinstance(event, StreamError):
+                break
+    finally:
+        if ticks is not None:
+            await ticks.aclose()
+        await events.aclose()
+    if tail:
+        yield tail
