@@ -1,7 +1,10 @@
 """What does dragoman cost on a local model? Tokens/s and time to first token, three ways.
 
-- **direct**: llama-cpp-python in this process, a plain ``Llama.generate`` loop;
-- **backend**: dragoman's ``LlamaCppBackend.stream`` in this process (worker thread, asyncio queue,
+- **direct**: llama-cpp-python in this process, a plain ``Llama.generate`` loop, run on the
+  backend's compute thread: llama.cpp's OpenMP build slows every computation by ~40% once two
+  threads of a process have computed (see ``dragoman.backends.llamacpp_compute``), so a direct
+  run on the main thread next to the backend's thread would be a handicapped baseline;
+- **backend**: dragoman's ``LlamaCppBackend.stream`` in this process (compute thread, asyncio queue,
   canonical events), no HTTP;
 - **gateway**: ``python -m dragoman serve`` on a free loopback port, streaming
   ``POST /v1/chat/completions`` read chunk by chunk with httpx.
@@ -31,6 +34,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -251,12 +255,13 @@ async def main() -> int:
             if gateway is not None:
                 gateway.__enter__()
             # Warm-up: load every instance and touch the weights once.
-            run_direct(llama, prompt_tokens, 4)
+            on_compute = backend._compute.call  # the thread the backend computes on
+            on_compute(partial(run_direct, llama, prompt_tokens, 4)).result()
             await run_backend(backend, 4, len(prompt_tokens))
             if gateway is not None:
                 run_gateway(client, gateway.url, 4, len(prompt_tokens))
             for round_no in range(args.rounds):
-                round_runs = [run_direct(llama, prompt_tokens, args.max_tokens),
+                round_runs = [on_compute(partial(run_direct, llama, prompt_tokens, args.max_tokens)).result(),
                               await run_backend(backend, args.max_tokens, len(prompt_tokens))]
                 if gateway is not None:
                     round_runs.append(run_gateway(client, gateway.url, args.max_tokens, len(prompt_tokens)))

@@ -2,9 +2,11 @@
 
 Each configured model loads on first use in a worker thread and unloads after ``keep_alive``
 idle. One generation runs per model at a time; up to ``max_queue`` more wait in arrival
-order and the next is a 429 (``RATE_LIMITED``: "local model queue is full"). Tokens flow
-from the worker thread to the event loop through ``call_soon_threadsafe``, so the loop never
-blocks; closing the stream stops the model within one token.
+order and the next is a 429 (``RATE_LIMITED``: "local model queue is full"). Models load on
+a thread pool; generation and embeddings of all models run on one compute thread (see
+``llamacpp_compute`` for why), a token at a time in turn. Tokens flow from that thread to the
+event loop through ``call_soon_threadsafe``, so the loop never blocks; closing the stream stops
+the model within one token.
 
 Config::
 
@@ -29,13 +31,23 @@ import importlib.util
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
 from dragoman.backends.base import Backend, BackendDeps, CallOptions
-from dragoman.backends.llamacpp_engine import Finished, Output, Started, embed, generate, prepare, prompt_tokens
+from dragoman.backends.llamacpp_compute import ComputeThread, once
+from dragoman.backends.llamacpp_engine import (
+    Finished,
+    Output,
+    Runtime,
+    Started,
+    embed,
+    generate,
+    prepare,
+    prompt_tokens,
+)
 from dragoman.backends.llamacpp_models import LlamaCppSettings, parse_duration
 from dragoman.backends.llamacpp_slots import FifoGate, ModelSlot
 from dragoman.backends.llamacpp_templates import ParsedCall
@@ -66,6 +78,7 @@ class LlamaCppBackend(Backend):
         self._slots = {m.name: ModelSlot(m, settings, deps) for m in settings.models}
         self._executor = ThreadPoolExecutor(max_workers=2 * len(self._slots) + 4,
                                             thread_name_prefix=f"llamacpp-{name}")
+        self._compute = ComputeThread(f"llamacpp-{name}-compute")
         self._reap_interval = reap_interval
         self._reaper: asyncio.Task[None] | None = None
         self._active: set[threading.Event] = set()
@@ -93,6 +106,7 @@ class LlamaCppBackend(Backend):
             self._reaper = None
         for cancel in list(self._active):
             cancel.set()
+        await asyncio.to_thread(self._compute.shutdown)
         await asyncio.to_thread(self._executor.shutdown, True)
         for slot in self._slots.values():
             slot.unload(embedding=False)
@@ -135,6 +149,31 @@ class LlamaCppBackend(Backend):
     async def _run(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
+    async def _load(self, slot: ModelSlot, model: str, *, embedding: bool) -> Runtime:
+        """The loaded runtime (loading it on the pool: loading computes nothing). Call holding the gate,
+        which also keeps the reaper from unloading it."""
+        loaded = slot.embedder if embedding else slot.chat
+        if loaded is not None:
+            return loaded  # no thread hop on the common path
+
+        def load() -> Runtime:
+            with slot.life:
+                return slot.embed_runtime() if embedding else slot.chat_runtime()
+
+        try:
+            return await self._run(load)
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise _failure(exc, model) from exc
+
+    def _compute_job(self, steps: Generator[None, None, T]) -> asyncio.Future[T]:
+        """``steps`` queued on the compute thread, as an asyncio future."""
+        try:
+            return asyncio.wrap_future(self._compute.submit(steps))
+        except RuntimeError as exc:
+            raise GatewayError(ErrorKind.UPSTREAM_UNAVAILABLE, f"backend {self.name!r} is shut down") from exc
+
     def _slot(self, model: str) -> ModelSlot:
         if self._closed:
             raise GatewayError(ErrorKind.UPSTREAM_UNAVAILABLE, f"backend {self.name!r} is shut down")
@@ -169,10 +208,13 @@ class LlamaCppBackend(Backend):
     async def embed(self, request: EmbeddingRequest, model: str, options: CallOptions) -> EmbeddingResponse:
         slot = self._slot(model)
         await slot.embed_gate.acquire()
+        try:
+            runtime = await self._load(slot, model, embedding=True)
+        except BaseException:
+            slot.embed_gate.release()
+            raise
 
         def job() -> tuple[list[list[float]], int]:
-            with slot.life:
-                runtime = slot.embed_runtime()
             if request.dimensions is not None and request.dimensions != runtime.llama.n_embd():
                 raise GatewayError(ErrorKind.INVALID_REQUEST,
                                    f"model {model!r} makes {runtime.llama.n_embd()}-dimensional embeddings",
@@ -180,7 +222,7 @@ class LlamaCppBackend(Backend):
             return embed(runtime, request.inputs)
 
         try:
-            future = asyncio.get_running_loop().run_in_executor(self._executor, job)
+            future = self._compute_job(once(job))
         except BaseException:
             slot.embed_gate.release()
             raise
@@ -199,6 +241,12 @@ class LlamaCppBackend(Backend):
         slot = self._slot(model)
         keep_alive = _request_keep_alive(request)
         await slot.gate.acquire()
+        try:
+            runtime = await self._load(slot, model, embedding=False)
+        except BaseException:
+            slot.gate.release()
+            raise
+        slot.touch(embedding=False, keep_alive=keep_alive)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancel = threading.Event()
@@ -206,12 +254,9 @@ class LlamaCppBackend(Backend):
         def emit(item: Output) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        def job() -> None:
-            with slot.life:
-                runtime = slot.chat_runtime()
-            slot.touch(embedding=False, keep_alive=keep_alive)
+        def job() -> Generator[None, None, None]:
             prepared = prepare(runtime, request, cache_prompt=self.settings.cache_prompt)
-            generate(runtime, prepared, request.sampling, emit, cancel)
+            yield from generate(runtime, prepared, request.sampling, emit, cancel)
 
         def done(finished: asyncio.Future[None]) -> None:
             if not finished.cancelled():
@@ -222,7 +267,7 @@ class LlamaCppBackend(Backend):
             queue.put_nowait(_DONE)
 
         try:
-            future = loop.run_in_executor(self._executor, job)
+            future = self._compute_job(job())
         except BaseException:
             slot.gate.release()
             raise
@@ -260,11 +305,16 @@ def _job_error(future: asyncio.Future[None], model: str) -> GatewayError:
     if future.cancelled():
         return GatewayError(ErrorKind.UPSTREAM_UNAVAILABLE, f"model {model!r} was shut down")
     exc = future.exception()
-    if isinstance(exc, GatewayError):
-        return exc
     if exc is None:
         return GatewayError(ErrorKind.CANCELLED, f"generation of {model!r} was cancelled")
-    log.error("generation of %s failed", model, exc_info=exc)
+    return _failure(exc, model)
+
+
+def _failure(exc: BaseException, model: str) -> GatewayError:
+    """A job's exception as the client's error: ours as they are, anything else a logged 500."""
+    if isinstance(exc, GatewayError):
+        return exc
+    log.error("local model %s failed", model, exc_info=exc)
     return GatewayError(ErrorKind.INTERNAL, f"local model {model!r} failed: {type(exc).__name__}: {exc}")
 
 

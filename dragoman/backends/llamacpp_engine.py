@@ -1,9 +1,10 @@
 """The worker-thread side of the embedded runtime: load a GGUF, build the prompt, generate.
 
-Everything here blocks and runs in a worker thread, never on the event loop. Generation
-reports through an ``emit`` callback (the backend forwards it with ``call_soon_threadsafe``)
-and checks a ``threading.Event`` after every sampled token, so a client that goes away stops
-the model within one token.
+Everything here blocks and runs in a worker thread, never on the event loop (generation and
+embeddings on the backend's one compute thread, see ``llamacpp_compute``). Generation reports
+through an ``emit`` callback (the backend forwards it with ``call_soon_threadsafe``) and checks
+a ``threading.Event`` after every sampled token, so a client that goes away stops the model
+within one token.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -242,8 +243,9 @@ def sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
 
 
 def generate(runtime: Runtime, prepared: Prepared, sampling: Sampling, emit: Emit,
-             cancel: threading.Event) -> None:
-    """Generate until end of turn, a stop sequence, the budget or ``cancel``; emit as it goes."""
+             cancel: threading.Event) -> Generator[None, None, None]:
+    """Generate until end of turn, a stop sequence, the budget or ``cancel``; emit as it goes.
+    Yields after each token, so the compute thread can give other jobs a turn."""
     import llama_cpp
 
     llama = runtime.llama
@@ -288,6 +290,7 @@ def generate(runtime: Runtime, prepared: Prepared, sampling: Sampling, emit: Emi
                     break
                 if completion >= prepared.budget:
                     break
+                yield
     except (RuntimeError, ValueError) as exc:
         llama.reset()  # type: ignore[no-untyped-call]  # the KV cache may be half-written
         raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"model {runtime.model!r} failed while generating: {exc}"

@@ -412,6 +412,20 @@ async def test_health_answers_at_once_while_the_model_generates(server: ServerTh
     await wait_for(server, lambda s: not s["busy"], "the cancelled generation freed the model")
 
 
+async def test_an_embedding_is_served_between_the_tokens_of_a_long_answer(server: ServerThread) -> None:
+    async with (httpx.AsyncClient(base_url=server.url, timeout=60) as client,
+                client.stream("POST", "/v1/chat/completions", json=_stream_body()) as response):
+        chunks = _content_chunks(response)
+        await anext(chunks)
+        embedding = await client.post("/v1/embeddings", json={"model": LOCAL, "input": "hello world",
+                                                               "encoding_format": "float"})
+        assert embedding.status_code == 200 and len(embedding.json()["data"][0]["embedding"]) == 640
+        assert slot_state(server)["busy"]  # the answer was still being generated
+        await anext(chunks)  # and goes on
+        await chunks.aclose()
+    await wait_for(server, lambda s: not s["busy"], "the cancelled generation freed the model")
+
+
 async def test_a_full_queue_refuses_the_third_request_in_openai_shape(server: ServerThread) -> None:
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
         async with client.stream("POST", "/v1/chat/completions", json=_stream_body()) as first:
