@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -36,20 +38,30 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
                           env={**os.environ, **(env or {})}, check=False)
 
 
-def test_serve_localhost_listens_on_ipv4_and_ipv6(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def serving(tmp_path: Path, host: str) -> Iterator[tuple[int, str]]:
+    """``dragoman serve`` on ``host`` as a subprocess: (port, everything printed up to the curl example)."""
     config = tmp_path / "dragoman.yaml"
     config.write_text(ECHO_CONFIG % (tmp_path / "db.sqlite"))
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "dragoman", "serve", "--config", str(config),
-                                "--host", "localhost", "--port", str(port)],
+                                "--host", host, "--port", str(port)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "DRAGOMAN_ADMIN_PASSWORD": "test-password"})
     try:
-        banner = ""
+        output = ""
         deadline = time.monotonic() + 30
         assert process.stdout is not None
-        while "-d '" not in banner and time.monotonic() < deadline:
-            banner += process.stdout.readline()
+        while "-d '" not in output and time.monotonic() < deadline:
+            output += process.stdout.readline()
+        yield port, output
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=15) in (0, 130)  # 130: the conventional exit after Ctrl-C
+
+
+def test_serve_localhost_listens_on_ipv4_and_ipv6(tmp_path: Path) -> None:
+    with serving(tmp_path, "localhost") as (port, banner):
         assert f"http://127.0.0.1:{port}" in banner
         assert "test/echo" in banner and "curl" in banner
         hosts = ["127.0.0.1"] + (["[::1]"] if has_ipv6_loopback() else [])
@@ -57,9 +69,6 @@ def test_serve_localhost_listens_on_ipv4_and_ipv6(tmp_path: Path) -> None:
             response = httpx.post(f"http://{host}:{port}/v1/chat/completions", timeout=10,
                                   json={"model": "test/echo", "messages": [{"role": "user", "content": "hi"}]})
             assert response.json()["choices"][0]["message"]["content"] == "hi", host
-    finally:
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=15) in (0, 130)  # 130: the conventional exit after Ctrl-C
 
 
 def test_models_command_prints_resolved_models(tmp_path: Path) -> None:
@@ -97,20 +106,5 @@ def test_python_dash_m_works(flag: str) -> None:
 
 
 def test_open_auth_on_a_public_address_warns(tmp_path: Path) -> None:
-    config = tmp_path / "dragoman.yaml"
-    config.write_text(ECHO_CONFIG % (tmp_path / "db.sqlite"))
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "dragoman", "serve", "--config", str(config),
-                                "--host", "0.0.0.0", "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "DRAGOMAN_ADMIN_PASSWORD": "test-password"})
-    try:
-        output = ""
-        deadline = time.monotonic() + 30
-        assert process.stdout is not None
-        while "-d '" not in output and time.monotonic() < deadline:
-            output += process.stdout.readline()
+    with serving(tmp_path, "0.0.0.0") as (_, output):
         assert "WARNING: auth.mode is 'none' on a non-loopback address" in output
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.wait(timeout=15)
