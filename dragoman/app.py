@@ -198,8 +198,6 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlett
         services.control, services.store, services.keys = control, control.store, control.keys
         gateway.access = control.access
         gateway.prices = control.prices
-        gateway.overrides = control.overrides
-        registry.set_aliases(control.aliases)
         gateway.observers.append(make_observer(control.recorder, metrics))
         services.readiness_checks.append(control.store.check)
 

@@ -8,19 +8,19 @@ database: keys are cached, usage is queued, limits count in memory or Redis.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
-from dragoman.config import Config, OverrideConfig
+from dragoman.config import Config
 from dragoman.errors import ErrorKind
 from dragoman.gateway.auth import AnonymousAccess, KeyAccess
 from dragoman.gateway.keys import KeyService, Principal
 from dragoman.gateway.limits import Limiter, MemoryLimiter, RedisLimiter
 from dragoman.gateway.metrics import Metrics
 from dragoman.gateway.redis_client import connect_redis
-from dragoman.gateway.settings import SettingsStore, seed_settings
+from dragoman.gateway.settings import SettingsStore
 from dragoman.gateway.store import Store
 from dragoman.gateway.usage import PriceTable, UsageRecord, UsageRecorder
 from dragoman.gateway.usage_store import UsagePruner, UsageStore
@@ -44,8 +44,6 @@ class ControlPlane:
     access: AccessPolicy
     prices: PriceTable
     redis: Redis | None = None
-    aliases: dict[str, str | list[str]] = field(default_factory=dict)
-    overrides: dict[str, OverrideConfig] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         """Flush usage first, then stop background work, then the connections."""
@@ -77,19 +75,13 @@ async def open_control_plane(config: Config, metrics: Metrics) -> ControlPlane:
     await keys.start()
     await recorder.start()
     await pruner.start()
-
-    # The config file seeds aliases and overrides; edits made at runtime live in the database.
-    await seed_settings(store, config.aliases,
-                        {k: v.model_dump(exclude_none=True) for k, v in config.overrides.items()})
-    aliases: dict[str, str | list[str]] = dict(await settings.get("aliases", {}) or {})
-    overrides = {k: OverrideConfig.model_validate(v)
-                 for k, v in (await settings.get("overrides", {}) or {}).items()}
+    # Aliases, overrides and backends saved in the database are seeded and applied by the admin's
+    # LiveSettings.load, their one owner, right after this.
 
     # Without keys, only per-model limits could apply, and none are configured: skip the limiter.
     access: AccessPolicy = KeyAccess(keys, limiter) if config.auth.mode == "keys" else AnonymousAccess(None)
     return ControlPlane(store=store, keys=keys, usage_store=usage_store, recorder=recorder, pruner=pruner,
-                        settings=settings, limiter=limiter, access=access, prices=prices, redis=redis,
-                        aliases=aliases, overrides=overrides)
+                        settings=settings, limiter=limiter, access=access, prices=prices, redis=redis)
 
 
 def usage_record(outcome: CallOutcome) -> UsageRecord:

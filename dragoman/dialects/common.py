@@ -25,8 +25,6 @@ from dragoman.errors import ErrorKind, GatewayError
 
 T = TypeVar("T")
 
-MAX_BODY_BYTES_KEY = "dragoman.max_body_bytes"
-
 
 def json_response(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(orjson.dumps(data), status_code=status, headers=dict(headers or {}),
@@ -66,7 +64,7 @@ def call_context(request: Request, dialect: str) -> CallContext:
         api_key=scope_credentials(request.scope["headers"]),
         client_host=request.client.host if request.client else None,
         request_id=request.headers.get("x-request-id") or random_id("req_", 20),
-        started_at=request.scope.get("dragoman.started_at") or time.perf_counter(),
+        started_at=time.perf_counter(),
         headers=request.headers,
     )
 
