@@ -131,12 +131,13 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class HotRoutes:
-    """The generation endpoints, dispatched straight to their handlers.
+    """The generation endpoints, dispatched straight to their handlers, ahead of Starlette.
 
-    They are nearly every request a gateway serves; Starlette's router, exception middleware
-    and per-message send wrappers cost more than the handler's own bookkeeping. The handlers
-    already answer every ``GatewayError`` in their dialect; anything else becomes the JSON 500.
-    Every other path and method goes through Starlette as usual.
+    They are nearly every request a gateway serves; Starlette's router, error and exception
+    middleware and per-message send wrappers cost more than the handler's own bookkeeping. The
+    handlers already answer every ``GatewayError`` in their dialect; anything else becomes the
+    JSON 500. Every other request (other paths, and browsers' requests, which need CORS) goes
+    through Starlette's whole stack, where the same endpoints are routed as usual.
     """
 
     def __init__(self, app: ASGIApp, endpoints: dict[tuple[str, str], Endpoint]) -> None:
@@ -146,7 +147,7 @@ class HotRoutes:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self.endpoints.get((scope.get("method", ""), scope.get("path", ""))) \
             if scope["type"] == "http" else None
-        if endpoint is None:
+        if endpoint is None or any(name == b"origin" for name, _ in scope["headers"]):
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive, send)
@@ -169,6 +170,15 @@ class CORSWhenOrigin:
             await self.cors(scope, receive, send)
         else:
             await self.app(scope, receive, send)
+
+
+class GatewayApp(Starlette):
+    """Starlette with :class:`HotRoutes` in front of its middleware stack."""
+
+    hot_endpoints: dict[tuple[str, str], Endpoint]
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return HotRoutes(super().build_middleware_stack(), self.hot_endpoints)
 
 
 def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlette:
@@ -288,11 +298,11 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlett
                    allow_origins=config.server.cors_origins, allow_methods=["*"], allow_headers=["*"],
                    allow_credentials=False,
                    expose_headers=["x-dragoman-backend", "x-dragoman-attempts", "x-dragoman-overhead-ms"]),
-        Middleware(HotRoutes, endpoints=hot),  # type: ignore[arg-type]
     ]
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+    app = GatewayApp(routes=routes, middleware=middleware, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_exception,  # type: ignore[dict-item]
                                         Exception: _internal_error})
+    app.hot_endpoints = hot
     app.state.services = services
     app.state.max_body_bytes = config.server.max_body_bytes
     return app

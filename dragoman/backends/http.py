@@ -285,35 +285,52 @@ class HTTPBackend(Backend):
         timeouts = options.timeouts
         try:
             async with asyncio.timeout(timeouts.first_byte):
-                response = await self.session.post(self.base_url + path, data=orjson.dumps(body),
-                                                   headers=self.headers(options.client_api_key),
-                                                   timeout=client_timeout(timeouts))
-                if response.status != 200:
-                    try:
-                        fields = await read_error(response, self.error_fields)
-                    finally:
-                        response.release()
-                    raise self.status_error(response, fields)
-                return response
+                return await self._send(path, body, options)
         except TimeoutError as exc:
-            raise GatewayError(ErrorKind.TIMEOUT,
-                               f"upstream {self.name!r} sent no answer within {timeouts.first_byte:g}s") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise exception_error(self.name, exc, timeouts) from exc
+            raise self._no_answer(timeouts) from exc
 
     async def post_json(self, path: str, body: dict[str, Any], options: CallOptions, *,
                         stalled: str = "stalled") -> Any:
-        """``post`` and read the whole JSON answer, that wait bounded by the idle timeout."""
-        response = await self.post(path, body, options)
+        """``post`` and read the whole JSON answer, that wait bounded by the idle timeout (one
+        deadline, moved once the answer starts: this runs on every non-streamed request)."""
+        timeouts = options.timeouts
+        response: aiohttp.ClientResponse | None = None
         try:
-            async with asyncio.timeout(options.timeouts.idle):
+            async with asyncio.timeout(timeouts.first_byte) as deadline:
+                response = await self._send(path, body, options)
+                deadline.reschedule(asyncio.get_running_loop().time() + timeouts.idle)
                 return await read_json(response, self.name)
         except TimeoutError as exc:
+            if response is None:
+                raise self._no_answer(timeouts) from exc
             raise GatewayError(ErrorKind.TIMEOUT, f"upstream {self.name!r} {stalled}") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise exception_error(self.name, exc, options.timeouts) from exc
+            raise exception_error(self.name, exc, timeouts) from exc
         finally:
-            response.release()
+            if response is not None:
+                response.release()
+
+    async def _send(self, path: str, body: dict[str, Any], options: CallOptions) -> aiohttp.ClientResponse:
+        """The POST, its error statuses and client failures mapped; no deadline of its own."""
+        try:
+            response = await self.session.post(self.base_url + path, data=orjson.dumps(body),
+                                               headers=self.headers(options.client_api_key),
+                                               timeout=client_timeout(options.timeouts))
+        except (aiohttp.ClientError, OSError) as exc:
+            raise exception_error(self.name, exc, options.timeouts) from exc
+        if response.status != 200:
+            try:
+                fields = await read_error(response, self.error_fields)
+            except (aiohttp.ClientError, OSError) as exc:
+                raise exception_error(self.name, exc, options.timeouts) from exc
+            finally:
+                response.release()
+            raise self.status_error(response, fields)
+        return response
+
+    def _no_answer(self, timeouts: Timeouts) -> GatewayError:
+        return GatewayError(ErrorKind.TIMEOUT,
+                            f"upstream {self.name!r} sent no answer within {timeouts.first_byte:g}s")
 
     @abstractmethod
     async def chat_call(self, request: ChatRequest, model: str, options: CallOptions) -> StreamCall[Any] | list[Event]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, case, delete, func, select
+from sqlalchemy import case, delete, func, select
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -20,8 +20,6 @@ from dragoman.gateway.timeutil import as_utc, utcnow
 from dragoman.gateway.usage import RejectedRecords, UsageRecord
 
 log = logging.getLogger(__name__)
-
-_STR_LIMITS = {c.name: c.type.length for c in usage.columns if isinstance(c.type, String) and c.type.length}
 
 # Aggregate dimensions -> the columns they group by.
 GROUPS: dict[str, tuple[str, ...]] = {
@@ -51,23 +49,47 @@ class UsageSummary:
         return self.prompt_tokens + self.completion_tokens
 
 
-def _row(rec: UsageRecord) -> dict[str, Any]:
+# The usage INSERT's columns, in the order its compiled statement takes them.
+INSERT_COLUMNS = ("ts", "day", "request_id", "key_id", "key_name", "dialect", "requested_model", "backend",
+                  "upstream_model", "prompt_tokens", "completion_tokens", "reasoning_tokens", "tokens_estimated",
+                  "latency_ms", "ttft_ms", "status", "error_type", "attempts", "cancelled", "cost")
+
+
+def _limit(column: str) -> int:
+    length = usage.c[column].type.length  # type: ignore[attr-defined]
+    assert isinstance(length, int)
+    return length
+
+
+_REQUEST_ID, _KEY_ID, _KEY_NAME, _DIALECT, _MODEL, _BACKEND, _UPSTREAM, _ERROR = (
+    _limit(c) for c in ("request_id", "key_id", "key_name", "dialect", "requested_model", "backend",
+                        "upstream_model", "error_type"))
+
+
+def _clip(value: str | None, limit: int) -> str | None:
+    """Clients choose model names: a long one is cut to its column, never a failed write."""
+    return value[:limit] if value is not None and len(value) > limit else value
+
+
+def _row(rec: UsageRecord, *, sqlite: bool) -> tuple[Any, ...]:
+    """One record as the driver takes it, in ``INSERT_COLUMNS`` order.
+
+    SQLite keeps naive UTC text (SQLAlchemy's own ``DATETIME``/``DATE`` storage format, so its
+    reads and ``ts < ?`` comparisons work unchanged); other drivers take aware datetimes."""
     ts = as_utc(rec.ts)
-    row: dict[str, Any] = {
-        "ts": ts, "day": ts.date(), "request_id": rec.request_id, "key_id": rec.key_id,
-        "key_name": rec.key_name, "dialect": rec.dialect, "requested_model": rec.requested_model,
-        "backend": rec.backend, "upstream_model": rec.upstream_model,
-        "prompt_tokens": int(rec.prompt_tokens), "completion_tokens": int(rec.completion_tokens),
-        "reasoning_tokens": int(rec.reasoning_tokens), "tokens_estimated": bool(rec.tokens_estimated),
-        "latency_ms": float(rec.latency_ms), "ttft_ms": rec.ttft_ms, "status": int(rec.status),
-        "error_type": rec.error_type, "attempts": int(rec.attempts), "cancelled": bool(rec.cancelled),
-        "cost": rec.cost,
-    }
-    for name, limit in _STR_LIMITS.items():  # clients choose model names: never fail on length
-        value = row.get(name)
-        if isinstance(value, str) and len(value) > limit:
-            row[name] = value[:limit]
-    return row
+    day: Any = ts.date()
+    stamp: Any = ts
+    if sqlite:
+        stamp = ts.replace(tzinfo=None).isoformat(" ", "microseconds")
+        day = day.isoformat()
+    return (
+        stamp, day, _clip(rec.request_id, _REQUEST_ID), _clip(rec.key_id, _KEY_ID),
+        _clip(rec.key_name, _KEY_NAME), _clip(rec.dialect, _DIALECT), _clip(rec.requested_model, _MODEL),
+        _clip(rec.backend, _BACKEND), _clip(rec.upstream_model, _UPSTREAM), int(rec.prompt_tokens),
+        int(rec.completion_tokens), int(rec.reasoning_tokens), bool(rec.tokens_estimated),
+        float(rec.latency_ms), rec.ttft_ms, int(rec.status), _clip(rec.error_type, _ERROR),
+        int(rec.attempts), bool(rec.cancelled), rec.cost,
+    )
 
 
 def _record(row: Any) -> UsageRecord:
@@ -86,14 +108,23 @@ class UsageStore:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+        # Compiled once and fed driver-native rows: SQLAlchemy's per-row parameter processing
+        # cost several times the insert itself, and a row is written for every request.
+        dialect = store.engine.dialect
+        compiled = usage.insert().compile(dialect=dialect, column_keys=list(INSERT_COLUMNS))
+        if compiled.positiontup != list(INSERT_COLUMNS):
+            raise RuntimeError(f"usage insert takes {compiled.positiontup}, not INSERT_COLUMNS")
+        self._insert = str(compiled)
+        self._sqlite = dialect.name == "sqlite"
 
     async def write_usage(self, records: Sequence[UsageRecord]) -> None:
         if not records:
             return
-        rows = [_row(rec) for rec in records]
+        sqlite = self._sqlite
+        rows = [_row(rec, sqlite=sqlite) for rec in records]
         try:
             async with self._store.begin() as conn:
-                await conn.execute(usage.insert(), rows)
+                await conn.exec_driver_sql(self._insert, rows)
         except (IntegrityError, DataError) as exc:
             raise RejectedRecords(str(exc.orig) if exc.orig is not None else str(exc)) from exc
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,22 @@ async def test_usage_aggregates(store: Store) -> None:
     assert await usage.spent("nobody", since) == (0, 0.0)
     with pytest.raises(ValueError):
         await usage.aggregate(by=["colour"])
+
+
+async def test_usage_rows_compare_exactly_at_the_boundary(store: Store) -> None:
+    # Rows are written driver-native (not through SQLAlchemy's types); a bound ``since`` must
+    # still compare exactly with them, whole seconds included, and read back the same instant.
+    usage = UsageStore(store)
+    exact = datetime(2025, 6, 14, 12, 0, 0, tzinfo=UTC)
+    other_zone = datetime(2025, 6, 14, 14, 0, 0, 1, tzinfo=timezone(timedelta(hours=2)))
+    await usage.write_usage([UsageRecord("openai", "m", ts=exact, key_id="k", prompt_tokens=1),
+                             UsageRecord("openai", "m", ts=other_zone, key_id="k", prompt_tokens=10)])
+    assert await usage.spent("k", exact) == (11, 0.0)
+    assert await usage.spent("k", exact + timedelta(microseconds=1)) == (10, 0.0)
+    assert await usage.spent("k", exact + timedelta(microseconds=2)) == (0, 0.0)
+    assert sorted(r.ts for r in await usage.recent(key_id="k")) == [exact, exact + timedelta(microseconds=1)]
+    (day,) = await usage.aggregate(by=["day"], key_id="k")
+    assert day.group["day"] == date(2025, 6, 14)
 
 
 async def test_retention_prunes_old_records(store: Store) -> None:
