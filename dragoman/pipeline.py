@@ -134,7 +134,7 @@ class Gateway:
         outcome = CallOutcome(ctx, "embeddings", request.model, False)
         try:
             route = await self._route(request.model, ctx)
-            lease = await self.access.acquire(ctx, route.targets()[0].id)
+            lease = await self.access.acquire(ctx, route.first_target.id)
             try:
                 response, target, attempts = await self.router.embed(
                     route, request, lambda step, t: self._call_options(ctx, t, step))
@@ -158,7 +158,7 @@ class Gateway:
         outcome = CallOutcome(ctx, "chat", request.model, request.stream)
         try:
             route = await self._route(request.model, ctx)
-            lease = await self.access.acquire(ctx, route.targets()[0].id)
+            lease = await self.access.acquire(ctx, route.first_target.id)
             try:
                 started = await self.router.start(route, lambda step, t: self._prepare(request, ctx, step, t),
                                                   started_at=ctx.started_at)

@@ -86,14 +86,20 @@ class Route:
     name: str  # as requested
     steps: tuple[Step, ...]
     deployment_count: int = field(init=False, compare=False)  # distinct deployments over all steps
+    _targets: tuple[Target, ...] = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "deployment_count", len({d.id for step in self.steps for d in step.deployments}))
-
-    def targets(self) -> list[Target]:
-        """Every distinct target, in the order the route would reach them."""
-        seen: dict[str, Target] = {}
+        seen: dict[str, Target] = {}  # routes are cached: ordered once, not per request
         for step in self.steps:
             for deployment in sorted(step.deployments, key=lambda d: d.priority):
                 seen.setdefault(deployment.id, deployment.target)
-        return list(seen.values())
+        object.__setattr__(self, "_targets", tuple(seen.values()))
+
+    def targets(self) -> list[Target]:
+        """Every distinct target, in the order the route would reach them."""
+        return list(self._targets)
+
+    @property
+    def first_target(self) -> Target:
+        return self._targets[0]

@@ -252,8 +252,11 @@ def test_weights_skew_the_share(shared: Running) -> None:
 
 def test_lowest_latency_prefers_the_fast_deployment(shared: Running) -> None:
     # gpt-slow waits 50 ms before every frame, so its first event comes 50 ms later.
+    # b/gpt-test may already have a figure from earlier tests (latencies are kept per deployment),
+    # and 5% of choices explore at random: so the unmeasured slow one is tried within the first
+    # two requests, and the fast one serves nearly all the rest.
     served = [shared.chat("fastest", stream=True)[1]["x-dragoman-backend"] for _ in range(16)]
-    assert sorted(served[:2]) == ["a/gpt-slow", "b/gpt-test"]  # both are measured first
+    assert "a/gpt-slow" in served[:2]
     assert served.count("b/gpt-test") >= 12
 
 
