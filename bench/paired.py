@@ -22,14 +22,13 @@ import tempfile
 from pathlib import Path
 
 from loadgen import LoadResult
-from run import BENCH, GATEWAY_CONFIG, Server, check_answers, cpu_seconds, free_port, pinned, start
+from run import BENCH, GATEWAY_CONFIG, Server, check_answers, cpu_seconds, free_port, loadgen_cmd, pinned, start
 
 PROXY_CORE, CLIENT_CORE = 0, 1
 
 
 def spawn_load(url: str, stream: bool, connections: int, duration: float) -> subprocess.Popen[str]:
-    cmd = [sys.executable, str(BENCH / "loadgen.py"), url + "/v1/chat/completions", "--engine", "wrk",
-           "-c", str(connections), "-d", str(duration), "--model", "up/m"] + (["--stream"] if stream else [])
+    cmd = loadgen_cmd(url, stream, connections, duration, "wrk")
     return subprocess.Popen(pinned(cmd, CLIENT_CORE), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -159,15 +159,22 @@ def check_answers(url: str) -> None:
             raise RuntimeError(f"{url}: unexpected answer {text!r} (stream={stream})")
 
 
-def load(settings: Settings, url: str, stream: bool, connections: int, duration: float,
-         requests: int | None = None, cpu: int = 1, engine: str | None = None) -> LoadResult:
-    """One loadgen subprocess, on ``cpu`` when pinning (the proxies' core only for direct runs)."""
-    cmd = [sys.executable, str(BENCH / "loadgen.py"), url + "/v1/chat/completions", "--engine",
-           engine or settings.engine, "-c", str(connections), "-d", str(duration), "--model", "up/m"]
+def loadgen_cmd(url: str, stream: bool, connections: int, duration: float, engine: str,
+                requests: int | None = None) -> list[str]:
+    """``loadgen.py`` against ``url``'s chat endpoint with the benchmark's model."""
+    cmd = [sys.executable, str(BENCH / "loadgen.py"), url + "/v1/chat/completions", "--engine", engine,
+           "-c", str(connections), "-d", str(duration), "--model", "up/m"]
     if stream:
         cmd.append("--stream")
     if requests is not None:
         cmd += ["-n", str(requests)]
+    return cmd
+
+
+def load(settings: Settings, url: str, stream: bool, connections: int, duration: float,
+         requests: int | None = None, cpu: int = 1, engine: str | None = None) -> LoadResult:
+    """One loadgen subprocess, on ``cpu`` when pinning (the proxies' core only for direct runs)."""
+    cmd = loadgen_cmd(url, stream, connections, duration, engine or settings.engine, requests)
     out = subprocess.run(pinned(cmd, cpu if settings.pin else None), capture_output=True, text=True,
                          check=False, timeout=duration + 120 if requests is None else 3600)
     if out.returncode != 0:

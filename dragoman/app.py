@@ -130,6 +130,11 @@ def build_routing(config: Config) -> tuple[Router, CooldownStore]:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+def _has_origin(scope: Scope) -> bool:
+    """A browser's request (``Origin`` set): the only kind CORS applies to."""
+    return any(name == b"origin" for name, _ in scope["headers"])
+
+
 class HotRoutes:
     """The generation endpoints, dispatched straight to their handlers, ahead of Starlette.
 
@@ -147,7 +152,7 @@ class HotRoutes:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = self.endpoints.get((scope.get("method", ""), scope.get("path", ""))) \
             if scope["type"] == "http" else None
-        if endpoint is None or any(name == b"origin" for name, _ in scope["headers"]):
+        if endpoint is None or _has_origin(scope):
             await self.app(scope, receive, send)
             return
         request = Request(scope, receive, send)
@@ -166,7 +171,7 @@ class CORSWhenOrigin:
         self.cors = CORSMiddleware(app, **options)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and any(name == b"origin" for name, _ in scope["headers"]):
+        if scope["type"] == "http" and _has_origin(scope):
             await self.cors(scope, receive, send)
         else:
             await self.app(scope, receive, send)
@@ -175,7 +180,9 @@ class CORSWhenOrigin:
 class GatewayApp(Starlette):
     """Starlette with :class:`HotRoutes` in front of its middleware stack."""
 
-    hot_endpoints: dict[tuple[str, str], Endpoint]
+    def __init__(self, *, hot_endpoints: dict[tuple[str, str], Endpoint], **kwargs: Any) -> None:
+        self.hot_endpoints = hot_endpoints
+        super().__init__(**kwargs)
 
     def build_middleware_stack(self) -> ASGIApp:
         return HotRoutes(super().build_middleware_stack(), self.hot_endpoints)
@@ -299,10 +306,9 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlett
                    allow_credentials=False,
                    expose_headers=["x-dragoman-backend", "x-dragoman-attempts", "x-dragoman-overhead-ms"]),
     ]
-    app = GatewayApp(routes=routes, middleware=middleware, lifespan=lifespan,
-                    exception_handlers={HTTPException: _http_exception,  # type: ignore[dict-item]
-                                        Exception: _internal_error})
-    app.hot_endpoints = hot
+    app = GatewayApp(hot_endpoints=hot, routes=routes, middleware=middleware, lifespan=lifespan,
+                     exception_handlers={HTTPException: _http_exception,  # type: ignore[dict-item]
+                                         Exception: _internal_error})
     app.state.services = services
     app.state.max_body_bytes = config.server.max_body_bytes
     return app

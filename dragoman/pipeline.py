@@ -118,13 +118,12 @@ class Gateway:
         return [e for e in self.registry.entries() if self.access.may_use(ctx, e.id, *_alias(e))]
 
     async def get_model(self, name: str, ctx: CallContext) -> ModelEntry:
-        targets = await self._targets(name, ctx)
-        first = targets[0]
+        first = (await self._route(name, ctx)).first_target
         return ModelEntry(id=name, backend=first.backend.name, info=first.info,
                           alias_of=first.id if first.id != name else None)
 
     async def count_tokens(self, request: ChatRequest, ctx: CallContext) -> TokenCount:
-        target = (await self._targets(request.model, ctx))[0]
+        target = (await self._route(request.model, ctx)).first_target
         exact = await target.backend.count_tokens(request, target.model)
         if exact is not None:
             return TokenCount(exact, True)
@@ -199,11 +198,6 @@ class Gateway:
         return GatewayChatStream(started.first, started.events, headers=headers, outcome=outcome,
                                  exclude_reasoning=plan.reasoning.exclude,
                                  prompt_estimate=lambda: estimate_prompt_tokens(request), on_close=closed)
-
-    # --------------------------------------------------------------- planning
-
-    async def _targets(self, name: str, ctx: CallContext) -> list[Target]:
-        return (await self._route(name, ctx)).targets()
 
     # ---------------------------------------------------------------- routing
 

@@ -73,11 +73,15 @@ def scope_credentials(raw_headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 def call_context(request: Request, dialect: str) -> CallContext:
-    started_at = time.perf_counter()
     client = request.scope.get("client")
-    headers = request.headers
-    return CallContext(dialect, scope_credentials(request.scope["headers"]), client[0] if client else None,
-                       headers.get("x-request-id") or random_id("req_", 20), None, started_at, headers)
+    return CallContext(
+        dialect=dialect,
+        api_key=scope_credentials(request.scope["headers"]),
+        client_host=client[0] if client else None,
+        request_id=request.headers.get("x-request-id") or random_id("req_", 20),
+        started_at=time.perf_counter(),
+        headers=request.headers,
+    )
 
 
 async def read_json(request: Request) -> Any:
@@ -168,10 +172,14 @@ class DisconnectWatch:
         if self._task is not None:
             self._task.cancel()
 
-    def uncancel(self) -> None:
-        """The client's cancellation is handled: the task runs on (to answer, or to clean up)."""
+    def client_left(self) -> bool:
+        """Asked on ``CancelledError``: True when the client caused it, which is then handled (the
+        task runs on, to answer or to clean up); False means re-raise it."""
+        if not self.gone:
+            return False
         assert self._task is not None
         self._task.uncancel()
+        return True
 
 
 async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
@@ -181,9 +189,8 @@ async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
         try:
             return await work
         except asyncio.CancelledError:
-            if not watch.gone:
+            if not watch.client_left():
                 raise
-            watch.uncancel()
             raise GatewayError(ErrorKind.CANCELLED, "client disconnected") from None
 
 
@@ -215,9 +222,8 @@ class FrameStreamResponse(Response):
             with watch:
                 await self._produce(send)
         except asyncio.CancelledError:
-            if not watch.gone:
+            if not watch.client_left():
                 raise
-            watch.uncancel()
         except OSError:
             pass  # the connection broke under a write: the client is gone
         finally:

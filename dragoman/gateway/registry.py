@@ -122,7 +122,7 @@ class ModelRegistry:
         for name in names:
             route = self._route(name)
             if route is not None:
-                first = route.targets()[0]
+                first = route.first_target
                 out.append(ModelEntry(id=name, backend=first.backend.name, info=first.info, alias_of=first.id))
         return out
 

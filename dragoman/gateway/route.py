@@ -102,4 +102,5 @@ class Route:
 
     @property
     def first_target(self) -> Target:
+        """Where the route starts: what a model listing or a token count describes."""
         return self._targets[0]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, delete, func, select
+from sqlalchemy import String, case, delete, func, select
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -49,25 +49,14 @@ class UsageSummary:
         return self.prompt_tokens + self.completion_tokens
 
 
-# The usage INSERT's columns, in the order its compiled statement takes them.
-INSERT_COLUMNS = ("ts", "day", "request_id", "key_id", "key_name", "dialect", "requested_model", "backend",
-                  "upstream_model", "prompt_tokens", "completion_tokens", "reasoning_tokens", "tokens_estimated",
-                  "latency_ms", "ttft_ms", "status", "error_type", "attempts", "cancelled", "cost")
+# The usage INSERT's columns (all but the id), in table order: ``_row`` builds its tuples in it.
+INSERT_COLUMNS = tuple(c.name for c in usage.columns if not c.primary_key)
+# Clients choose model names: a long one is cut to its column, never a failed write.
+_LIMITS = {c.name: c.type.length for c in usage.columns if isinstance(c.type, String) and c.type.length}
 
 
-def _limit(column: str) -> int:
-    length = usage.c[column].type.length  # type: ignore[attr-defined]
-    assert isinstance(length, int)
-    return length
-
-
-_REQUEST_ID, _KEY_ID, _KEY_NAME, _DIALECT, _MODEL, _BACKEND, _UPSTREAM, _ERROR = (
-    _limit(c) for c in ("request_id", "key_id", "key_name", "dialect", "requested_model", "backend",
-                        "upstream_model", "error_type"))
-
-
-def _clip(value: str | None, limit: int) -> str | None:
-    """Clients choose model names: a long one is cut to its column, never a failed write."""
+def _clip(value: str | None, column: str) -> str | None:
+    limit = _LIMITS[column]
     return value[:limit] if value is not None and len(value) > limit else value
 
 
@@ -83,11 +72,11 @@ def _row(rec: UsageRecord, *, sqlite: bool) -> tuple[Any, ...]:
         stamp = ts.replace(tzinfo=None).isoformat(" ", "microseconds")
         day = day.isoformat()
     return (
-        stamp, day, _clip(rec.request_id, _REQUEST_ID), _clip(rec.key_id, _KEY_ID),
-        _clip(rec.key_name, _KEY_NAME), _clip(rec.dialect, _DIALECT), _clip(rec.requested_model, _MODEL),
-        _clip(rec.backend, _BACKEND), _clip(rec.upstream_model, _UPSTREAM), int(rec.prompt_tokens),
+        stamp, day, _clip(rec.request_id, "request_id"), _clip(rec.key_id, "key_id"),
+        _clip(rec.key_name, "key_name"), _clip(rec.dialect, "dialect"), _clip(rec.requested_model, "requested_model"),
+        _clip(rec.backend, "backend"), _clip(rec.upstream_model, "upstream_model"), int(rec.prompt_tokens),
         int(rec.completion_tokens), int(rec.reasoning_tokens), bool(rec.tokens_estimated),
-        float(rec.latency_ms), rec.ttft_ms, int(rec.status), _clip(rec.error_type, _ERROR),
+        float(rec.latency_ms), rec.ttft_ms, int(rec.status), _clip(rec.error_type, "error_type"),
         int(rec.attempts), bool(rec.cancelled), rec.cost,
     )
 
