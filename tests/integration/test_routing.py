@@ -246,7 +246,8 @@ def test_two_deployments_share_the_load(shared: Running, fake_a: FakeOpenAI, fak
 
 
 def test_weights_skew_the_share(shared: Running) -> None:
-    served = [shared.chat("weighted")[1]["x-dragoman-backend"] for _ in range(20)]
+    # 100 draws at 9:1: the assertion fails by chance about once in 10^10 runs (20 draws: 1 in 400).
+    served = [shared.chat("weighted")[1]["x-dragoman-backend"] for _ in range(100)]
     assert served.count("a/gpt-test") > 2 * served.count("b/gpt-test")
 
 
