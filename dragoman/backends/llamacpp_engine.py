@@ -10,11 +10,12 @@ within one token.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -43,9 +44,56 @@ DEFAULT_REPEAT_PENALTY = 1.0
 _SCHEMA_ERRORS = (AssertionError, ValueError, KeyError, TypeError, IndexError, RecursionError)
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU advertises Intel AMX tiles (Linux reports it in ``/proc/cpuinfo``)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return "amx_tile" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+_PARAMS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _without_extra_buffers() -> Iterator[None]:
+    """``Llama`` loads with ``use_extra_bufts`` off (its constructor has no argument for it).
+
+    llama.cpp's AMX kernels crash in ``ggml_backend_amx_mul_mat`` on Q4_K files, Gemma 3's
+    built-in one included (llama.cpp issue 20824, closed unfixed); without extra buffer types the
+    weights stay in plain CPU buffers, which work everywhere. The default-params function the
+    constructor calls is swapped for the length of the load, under a lock.
+    """
+    import llama_cpp.llama_cpp as lib
+
+    if not any(field[0] == "use_extra_bufts" for field in lib.llama_model_params._fields_):
+        yield  # an older llama-cpp-python: no extra buffer types to turn off
+        return
+    defaults = lib.llama_model_default_params
+
+    def without_extra() -> Any:
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    with _PARAMS_LOCK:
+        lib.llama_model_default_params = without_extra
+        try:
+            yield
+        finally:
+            lib.llama_model_default_params = defaults
+
+
 def load_llama(model: str, path: Path, *, n_ctx: int, n_threads: int | None, n_batch: int,
-               embedding: bool = False) -> Llama:
-    """Load the weights; failures are a 503 naming the model and the file."""
+               embedding: bool = False, repack_weights: bool | None = None) -> Llama:
+    """Load the weights; failures are a 503 naming the model and the file.
+
+    ``repack_weights``: llama.cpp's extra CPU buffer types (weights repacked for AMX or wider
+    SIMD kernels); None means on unless the CPU has AMX (see ``_without_extra_buffers``)."""
     try:
         from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
     except ImportError as exc:
@@ -57,13 +105,17 @@ def load_llama(model: str, path: Path, *, n_ctx: int, n_threads: int | None, n_b
         # whole input in one batch, which pooled embeddings need.
         kwargs = {"embedding": True, "pooling_type": LLAMA_POOLING_TYPE_MEAN, "n_ubatch": n_ctx}
         n_batch = n_ctx
+    if repack_weights is None:
+        repack_weights = not cpu_has_amx()
     started = time.perf_counter()
     try:
-        llama = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_threads=threads,
-                      n_threads_batch=threads, verbose=False, **kwargs)
+        with contextlib.nullcontext() if repack_weights else _without_extra_buffers():
+            llama = Llama(model_path=str(path), n_ctx=n_ctx, n_batch=min(n_batch, n_ctx), n_threads=threads,
+                          n_threads_batch=threads, verbose=False, **kwargs)
     except (ValueError, RuntimeError, OSError) as exc:
         raise unavailable(model, f"llama.cpp could not load {path}: {exc}") from exc
-    log.info("loaded %s%s in %.2fs", model, " (embeddings)" if embedding else "", time.perf_counter() - started)
+    log.info("loaded %s%s in %.2fs%s", model, " (embeddings)" if embedding else "", time.perf_counter() - started,
+             "" if repack_weights else " (weights not repacked)")
     return llama
 
 

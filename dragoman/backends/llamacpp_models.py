@@ -93,6 +93,8 @@ class LlamaCppSettings(BaseModel):
     like llama.cpp's server, greedy answers can then differ in near-ties between a cold and a
     warm cache; false makes equal requests give equal answers). ``n_ctx``: the context window
     models load with unless they set their own (capped by what the model was trained for).
+    ``repack_weights``: llama.cpp's repacked weight layouts for AMX and wide SIMD kernels; unset
+    means on, except on CPUs with AMX, whose kernels crash on Q4_K models (llama.cpp issue 20824).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -104,6 +106,7 @@ class LlamaCppSettings(BaseModel):
     n_threads: int | None = Field(default=None, ge=1)
     check_memory: bool = True
     cache_prompt: bool = True  # reuse the KV cache across requests with a common prefix
+    repack_weights: bool | None = None  # None: on unless the CPU has AMX
     hf_endpoint: str | None = None  # an alternative hub (mirror); default: HF_ENDPOINT or the hub
     hf_cache_dir: str | None = None  # default: the usual Hugging Face cache
 

@@ -150,7 +150,8 @@ class ModelSlot:
             check_memory(self.config.name, file, n_ctx)
         llama = load_llama(self.config.name, file.path, n_ctx=n_ctx,
                            n_threads=self.config.n_threads or self.settings.n_threads,
-                           n_batch=self.config.n_batch, embedding=embedding)
+                           n_batch=self.config.n_batch, embedding=embedding,
+                           repack_weights=self.settings.repack_weights)
         template = resolve_template(self.config.name, file.info.chat_template, self.config.chat_template,
                                     file.info.architecture, file.info.metadata.get("tokenizer.ggml.pre"))
         tools = template is not None and template.known is None and template_traits(template.source).tools

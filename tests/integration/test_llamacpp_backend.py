@@ -120,6 +120,22 @@ async def test_greedy_answers_are_deterministic(backend: LlamaCppBackend) -> Non
     assert first.usage == second.usage
 
 
+async def test_weights_can_load_without_repacking(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The load path used on AMX CPUs (whose repacked kernels crash on Q4_K) works on any CPU."""
+    b = backend_for([{"name": MODEL, "path": "builtin:gemma3-270m", "n_ctx": 256}], tmp_path,
+                    repack_weights=False, cache_prompt=False)
+    await b.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="dragoman.llamacpp"):
+            answer = await accumulate(b.stream(chat("Name three colours."), MODEL, CallOptions()))
+    finally:
+        await b.aclose()
+    assert answer.text and answer.usage.completion_tokens == 12
+    assert any(r.getMessage().endswith("(weights not repacked)") for r in caplog.records)
+    import llama_cpp.llama_cpp as lib  # the defaults the library uses are its own again afterwards
+    assert getattr(lib.llama_model_default_params(), "use_extra_bufts", True)
+
+
 async def test_seeded_sampling_is_deterministic(backend: LlamaCppBackend) -> None:
     request = chat("Tell me a story.", temperature=0.9, seed=1234, max_tokens=16)
     texts = {(await accumulate(backend.stream(request, MODEL, CallOptions()))).text for _ in range(2)}
