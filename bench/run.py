@@ -120,13 +120,13 @@ def pinned(cmd: list[str], cpu: int | None) -> list[str]:
     return cmd if cpu is None else ["taskset", "-c", str(cpu), *cmd]
 
 
-def start(name: str, cmd: list[str], cpu: int | None, logdir: Path, url: str) -> Server:
+def start(name: str, cmd: list[str], cpu: int | None, logdir: Path, url: str, ready_within: float = 30.0) -> Server:
     log = logdir / f"{name}.log"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     with log.open("wb") as out:
         proc = subprocess.Popen(pinned(cmd, cpu), stdout=out, stderr=subprocess.STDOUT, cwd=logdir, env=env)
     server = Server(name, proc, log, url)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + ready_within
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode}:\n{server.tail()}")
@@ -137,7 +137,7 @@ def start(name: str, cmd: list[str], cpu: int | None, logdir: Path, url: str) ->
         except OSError:
             time.sleep(0.1)
     server.stop()
-    raise RuntimeError(f"{name} not ready after 30 s:\n{server.tail()}")
+    raise RuntimeError(f"{name} not ready after {ready_within:g} s:\n{server.tail()}")
 
 
 def check_answers(url: str) -> None:

@@ -298,7 +298,8 @@ class HTTPBackend(Backend):
         try:
             async with asyncio.timeout(timeouts.first_byte) as deadline:
                 response = await self._send(path, body, options)
-                deadline.reschedule(asyncio.get_running_loop().time() + timeouts.idle)
+                if not response.content.is_eof():  # usually the whole body came with the headers
+                    deadline.reschedule(asyncio.get_running_loop().time() + timeouts.idle)
                 return await read_json(response, self.name)
         except TimeoutError as exc:
             if response is None:

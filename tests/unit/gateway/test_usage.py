@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from dragoman.gateway.metrics import Metrics
 from dragoman.gateway.store import Store
@@ -213,6 +214,29 @@ def test_metrics_have_their_own_registry() -> None:
     for model in ("m1", "m2", "m3", "m4"):
         b.observe_request(dialect="openai", model=model, status=200, latency_s=0.1)
     assert 'model="other"' in b.render().decode()  # label cardinality is capped
+
+
+def test_request_histograms_are_cumulative_and_include_their_bound() -> None:
+    """What Prometheus reads: ``le`` buckets counting observations <= the bound, cumulatively."""
+    metrics = Metrics()
+    for latency in (0.005, 0.007, 0.3, 700.0):
+        metrics.observe_request(dialect="openai", model="x", status=200, latency_s=latency, ttft_s=0.02,
+                                prompt_tokens=5, completion_tokens=2)
+    metrics.observe_request(dialect="openai", model="x", status=502, latency_s=0.1)
+    samples = {(s.name, s.labels.get("le"), s.labels.get("status"), s.labels.get("type")): s.value
+               for family in text_string_to_metric_families(metrics.render().decode()) for s in family.samples}
+    latency = "dragoman_request_duration_seconds"
+    assert samples[(f"{latency}_bucket", "0.005", None, None)] == 1
+    assert samples[(f"{latency}_bucket", "0.01", None, None)] == 2
+    assert samples[(f"{latency}_bucket", "0.1", None, None)] == 3
+    assert samples[(f"{latency}_bucket", "600.0", None, None)] == 4
+    assert samples[(f"{latency}_bucket", "+Inf", None, None)] == samples[(f"{latency}_count", None, None, None)] == 5
+    assert samples[(f"{latency}_sum", None, None, None)] == pytest.approx(700.412)
+    assert samples[("dragoman_time_to_first_token_seconds_bucket", "0.025", None, None)] == 4
+    assert samples[("dragoman_requests_total", None, "200", None)] == 4
+    assert samples[("dragoman_requests_total", None, "502", None)] == 1
+    assert samples[("dragoman_tokens_total", None, None, "prompt")] == 20
+    assert samples[("dragoman_tokens_total", None, None, "completion")] == 8
 
 
 async def test_unreachable_database_never_blocks_record() -> None:
