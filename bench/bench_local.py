@@ -47,6 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from dragoman.backends.base import BackendDeps, CallOptions  # noqa: E402
 from dragoman.backends.llamacpp import LlamaCppBackend  # noqa: E402
+from dragoman.backends.llamacpp_engine import load_llama  # noqa: E402
 from dragoman.backends.llamacpp_templates import GEMMA, ChatTemplate  # noqa: E402
 from dragoman.core.events import MessageEnd, PartDelta  # noqa: E402
 from dragoman.core.types import ChatRequest, Message, Role, Sampling, TextPart  # noqa: E402
@@ -231,7 +232,6 @@ async def main() -> int:
     if args.quick:
         args.rounds, args.max_tokens = 2, 32
 
-    import llama_cpp
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="dragoman-bench-local-") as tmp:
@@ -242,8 +242,8 @@ async def main() -> int:
         slot = backend._slots[MODEL]
         model_file = slot.file(download=True)
         assert model_file is not None
-        llama = llama_cpp.Llama(str(model_file.path), n_ctx=args.n_ctx, n_threads=args.threads,
-                                n_threads_batch=args.threads, verbose=False)
+        # Loaded as the backend loads it (on AMX CPUs without repacked weights, which crash there).
+        llama = load_llama(MODEL, model_file.path, n_ctx=args.n_ctx, n_threads=args.threads, n_batch=512)
         template = ChatTemplate(MODEL, GEMMA.source, GEMMA)
         prompt_text = template.render(request(args.max_tokens), bos_token="<bos>", eos_token="", with_tools=False)
         prompt_tokens = llama.tokenize(prompt_text.encode(), add_bos=False, special=True)

@@ -3,7 +3,9 @@
 ``run.py`` measures the targets one after another; on a shared VM the machine's speed drifts
 between those runs, and its ratios move by 10-20% from run to run. Here both proxies are pinned to
 the same core and saturated at once, so any drift hits both alike: each one's CPU time per request
-(from ``/proc``) is measured over the same seconds, and their ratio is steady to about 1-2%.
+(from ``/proc``) is measured over the same seconds. Rounds of one sitting agree within about 1%,
+but sittings minutes apart moved by up to 4% on the same build; ``instructions.py`` is the steadier
+judge of small changes.
 Both run slower than alone (they evict each other's caches), so the absolute figures are not
 ``run.py``'s; the ratio is what this is for. ``--gateway-cmd`` (as in ``run.py``) pairs the bare
 proxy with another build, e.g. an older checkout, to compare two versions in one sitting.
