@@ -15,15 +15,14 @@ Run from the repo root: ``python bench/instructions.py [--requests 1000] [--stre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from run import BENCH, GATEWAY_CONFIG, Server, check_answers, free_port, loadgen_cmd, start
-
-DEFAULT_GATEWAY = "{python} -m dragoman serve --config {config} --host {host} --port {port}"
+from run import BENCH, GATEWAY_CMD, Server, check_answers, free_port, gateway_command, loadgen_cmd, start
 
 
 def callgrind(cmd: list[str], out: Path) -> list[str]:
@@ -56,13 +55,25 @@ def instructions_per_request(server: Server, out: Path, *, stream: bool, request
     raise RuntimeError(f"no summary line in {dumps[-1]}")
 
 
+def measured(name: str, cmd: list[str], port: int, logdir: Path, *, stream: bool, requests: int,
+             connections: int) -> float:
+    """``cmd`` started under callgrind, checked, measured and stopped."""
+    server = start(name, callgrind(cmd, logdir / name), None, logdir, f"http://127.0.0.1:{port}", ready_within=300)
+    try:
+        check_answers(server.url)
+        return instructions_per_request(server, logdir / name, stream=stream, requests=requests,
+                                        connections=connections)
+    finally:
+        server.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--stream", action="store_true")
     parser.add_argument("--gateway-cmd", action="append",
-                        help=f"command template (repeatable); default {DEFAULT_GATEWAY!r}")
+                        help=f"command template (repeatable); default {GATEWAY_CMD!r}")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("needs valgrind (apt-get install valgrind)", file=sys.stderr)
@@ -70,36 +81,20 @@ def main() -> int:
     logdir = Path(tempfile.mkdtemp(prefix="dragoman-instructions-"))
     up_port, base_port = free_port(), free_port()
     upstream_url = f"http://127.0.0.1:{up_port}"
-    started: list[Server] = []
     measure = {"stream": args.stream, "requests": args.requests, "connections": args.connections}
-    try:
-        started.append(start("upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", str(up_port)],
-                             None, logdir, upstream_url))
+    with contextlib.ExitStack() as running:
+        upstream = start("upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", str(up_port)],
+                         None, logdir, upstream_url)
+        running.callback(upstream.stop)
         base_cmd = [sys.executable, str(BENCH / "baseline.py"), "--upstream", upstream_url, "--port", str(base_port)]
-        baseline = start("baseline", callgrind(base_cmd, logdir / "baseline"), None, logdir,
-                         f"http://127.0.0.1:{base_port}", ready_within=300)
-        started.append(baseline)
-        check_answers(baseline.url)
-        base = instructions_per_request(baseline, logdir / "baseline", **measure)
-        baseline.stop()
+        base = measured("baseline", base_cmd, base_port, logdir, **measure)
         print(f"baseline: {base / 1e3:,.0f} k instructions/request", flush=True)
-        for n, template in enumerate(args.gateway_cmd or [DEFAULT_GATEWAY]):
+        for n, template in enumerate(args.gateway_cmd or [GATEWAY_CMD]):
             port = free_port()
-            config = logdir / f"dragoman{n}.yaml"
-            config.write_text(GATEWAY_CONFIG.format(port=port, upstream_port=up_port))
-            cmd = template.format(python=sys.executable, config=config, host="127.0.0.1", port=port,
-                                  upstream=upstream_url, bench=BENCH).split()
-            gateway = start(f"dragoman{n}", callgrind(cmd, logdir / f"dragoman{n}"), None, logdir,
-                            f"http://127.0.0.1:{port}", ready_within=300)
-            started.append(gateway)
-            check_answers(gateway.url)
-            cost = instructions_per_request(gateway, logdir / f"dragoman{n}", **measure)
-            gateway.stop()
+            cost = measured(f"dragoman{n}", gateway_command(template, logdir, f"dragoman{n}", port, up_port), port,
+                            logdir, **measure)
             print(f"dragoman{n}: {cost / 1e3:,.0f} k instructions/request, baseline/dragoman {base / cost:.3f}"
                   f"  ({template})", flush=True)
-    finally:
-        for server in reversed(started):
-            server.stop()
     return 0
 
 

@@ -24,7 +24,18 @@ import tempfile
 from pathlib import Path
 
 from loadgen import LoadResult
-from run import BENCH, GATEWAY_CONFIG, Server, check_answers, cpu_seconds, free_port, loadgen_cmd, pinned, start
+from run import (
+    BENCH,
+    GATEWAY_CMD,
+    Server,
+    check_answers,
+    cpu_seconds,
+    free_port,
+    gateway_command,
+    loadgen_cmd,
+    pinned,
+    start,
+)
 
 PROXY_CORE, CLIENT_CORE = 0, 1
 
@@ -61,14 +72,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per round")
     parser.add_argument("--connections", type=int, default=32, help="per proxy")
     parser.add_argument("--stream", action="store_true")
-    parser.add_argument("--gateway-cmd", default="{python} -m dragoman serve --config {config} "
-                                                  "--host {host} --port {port}")
+    parser.add_argument("--gateway-cmd", default=GATEWAY_CMD)
     args = parser.parse_args()
     logdir = Path(tempfile.mkdtemp(prefix="dragoman-paired-"))
     up_port, base_port, gw_port = free_port(), free_port(), free_port()
     upstream_url = f"http://127.0.0.1:{up_port}"
-    config = logdir / "dragoman.yaml"
-    config.write_text(GATEWAY_CONFIG.format(port=gw_port, upstream_port=up_port))
     started: list[Server] = []
     try:
         started.append(start("upstream", [sys.executable, str(BENCH / "upstream.py"), "--port", str(up_port)],
@@ -76,8 +84,7 @@ def main() -> int:
         baseline = start("baseline", [sys.executable, str(BENCH / "baseline.py"), "--upstream", upstream_url,
                                       "--port", str(base_port)], PROXY_CORE, logdir, f"http://127.0.0.1:{base_port}")
         started.append(baseline)
-        cmd = args.gateway_cmd.format(python=sys.executable, config=config, host="127.0.0.1", port=gw_port,
-                                      upstream=upstream_url, bench=BENCH).split()
+        cmd = gateway_command(args.gateway_cmd, logdir, "dragoman", gw_port, up_port)
         gateway = start("dragoman", cmd, PROXY_CORE, logdir, f"http://127.0.0.1:{gw_port}")
         started.append(gateway)
         for server in (baseline, gateway):

@@ -120,6 +120,17 @@ def pinned(cmd: list[str], cpu: int | None) -> list[str]:
     return cmd if cpu is None else ["taskset", "-c", str(cpu), *cmd]
 
 
+GATEWAY_CMD = "{python} -m dragoman serve --config {config} --host {host} --port {port}"
+
+
+def gateway_command(template: str, logdir: Path, name: str, port: int, upstream_port: int) -> list[str]:
+    """The command a ``--gateway-cmd`` template gives, with the benchmark's config written for it."""
+    config = logdir / f"{name}.yaml"
+    config.write_text(GATEWAY_CONFIG.format(port=port, upstream_port=upstream_port))
+    return template.format(python=sys.executable, config=config, host="127.0.0.1", port=port,
+                           upstream=f"http://127.0.0.1:{upstream_port}", bench=BENCH).split()
+
+
 def start(name: str, cmd: list[str], cpu: int | None, logdir: Path, url: str, ready_within: float = 30.0) -> Server:
     log = logdir / f"{name}.log"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -523,14 +534,11 @@ def bench(settings: Settings, logdir: Path) -> int:
     core0, core1 = (0, 1) if settings.pin else (None, None)
     up_port, base_port, gw_port = free_port(), free_port(), free_port()
     upstream_url = f"http://127.0.0.1:{up_port}"
-    config = logdir / "dragoman.yaml"
-    config.write_text(GATEWAY_CONFIG.format(port=gw_port, upstream_port=up_port))
     servers: dict[str, Server] = {}
     started: list[Server] = []
 
     def start_gateway() -> Server:
-        cmd = settings.gateway_cmd.format(python=sys.executable, config=config, host="127.0.0.1",
-                                          port=gw_port, upstream=upstream_url, bench=BENCH).split()
+        cmd = gateway_command(settings.gateway_cmd, logdir, "dragoman", gw_port, up_port)
         server = start("dragoman", cmd, core0, logdir, f"http://127.0.0.1:{gw_port}")
         started.append(server)
         check_answers(server.url)
@@ -603,8 +611,7 @@ def parse_args() -> Settings:
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     parser.add_argument("--skip-dragoman", action="store_true", help="upstream and baseline only")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway (bench/profiles/*.txt)")
-    parser.add_argument("--gateway-cmd", default="{python} -m dragoman serve --config {config} "
-                        "--host {host} --port {port}",
+    parser.add_argument("--gateway-cmd", default=GATEWAY_CMD,
                         help="command template for the gateway; fields: python config host port upstream bench")
     parser.add_argument("--out", type=Path, default=BENCH / "results.json")
     args = parser.parse_args()
