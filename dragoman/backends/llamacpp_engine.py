@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -44,6 +45,7 @@ DEFAULT_REPEAT_PENALTY = 1.0
 _SCHEMA_ERRORS = (AssertionError, ValueError, KeyError, TypeError, IndexError, RecursionError)
 
 
+@functools.cache
 def cpu_has_amx() -> bool:
     """Whether this CPU advertises Intel AMX tiles (Linux reports it in ``/proc/cpuinfo``)."""
     try:

@@ -128,10 +128,6 @@ class ModelRegistry:
 
     # ------------------------------------------------------------- resolution
 
-    async def resolve(self, name: str) -> list[Target]:
-        """Every target for a client-facing name, in the order its route reaches them."""
-        return (await self.resolve_route(name)).targets()
-
     async def resolve_route(self, name: str) -> Route:
         """The steps a request for ``name`` walks through (see the module docstring)."""
         await self.refresh()

@@ -132,8 +132,8 @@ async def test_weights_can_load_without_repacking(tmp_path: Path, caplog: pytest
         await b.aclose()
     assert answer.text and answer.usage.completion_tokens == 12
     assert any(r.getMessage().endswith("(weights not repacked)") for r in caplog.records)
-    import llama_cpp.llama_cpp as lib  # the defaults the library uses are its own again afterwards
-    assert getattr(lib.llama_model_default_params(), "use_extra_bufts", True)
+    # The defaults the library hands out are its own again afterwards.
+    assert getattr(llama_cpp.llama_cpp.llama_model_default_params(), "use_extra_bufts", True)
 
 
 async def test_seeded_sampling_is_deterministic(backend: LlamaCppBackend) -> None:
