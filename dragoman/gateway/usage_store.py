@@ -53,15 +53,12 @@ class UsageSummary:
 INSERT_COLUMNS = tuple(c.name for c in usage.columns if not c.primary_key)
 # Clients choose model names: a long one is cut to its column, never a failed write.
 _LIMITS = {c.name: c.type.length for c in usage.columns if isinstance(c.type, String) and c.type.length}
-
-
-def _clip(value: str | None, column: str) -> str | None:
-    limit = _LIMITS[column]
-    return value[:limit] if value is not None and len(value) > limit else value
+# (position in a row, length limit) of each string column.
+_CLIPPED = tuple((i, _LIMITS[name]) for i, name in enumerate(INSERT_COLUMNS) if name in _LIMITS)
 
 
 def _row(rec: UsageRecord, *, sqlite: bool) -> tuple[Any, ...]:
-    """One record as the driver takes it, in ``INSERT_COLUMNS`` order.
+    """One record as the driver takes it, in ``INSERT_COLUMNS`` order, strings cut to their columns.
 
     SQLite keeps naive UTC text (SQLAlchemy's own ``DATETIME``/``DATE`` storage format, so its
     reads and ``ts < ?`` comparisons work unchanged); other drivers take aware datetimes."""
@@ -71,14 +68,20 @@ def _row(rec: UsageRecord, *, sqlite: bool) -> tuple[Any, ...]:
     if sqlite:
         stamp = ts.replace(tzinfo=None).isoformat(" ", "microseconds")
         day = day.isoformat()
-    return (
-        stamp, day, _clip(rec.request_id, "request_id"), _clip(rec.key_id, "key_id"),
-        _clip(rec.key_name, "key_name"), _clip(rec.dialect, "dialect"), _clip(rec.requested_model, "requested_model"),
-        _clip(rec.backend, "backend"), _clip(rec.upstream_model, "upstream_model"), int(rec.prompt_tokens),
-        int(rec.completion_tokens), int(rec.reasoning_tokens), bool(rec.tokens_estimated),
-        float(rec.latency_ms), rec.ttft_ms, int(rec.status), _clip(rec.error_type, "error_type"),
+    row: tuple[Any, ...] = (
+        stamp, day, rec.request_id, rec.key_id, rec.key_name, rec.dialect, rec.requested_model, rec.backend,
+        rec.upstream_model, int(rec.prompt_tokens), int(rec.completion_tokens), int(rec.reasoning_tokens),
+        bool(rec.tokens_estimated), float(rec.latency_ms), rec.ttft_ms, int(rec.status), rec.error_type,
         int(rec.attempts), bool(rec.cancelled), rec.cost,
     )
+    for position, limit in _CLIPPED:  # a loop, not a call per column: this runs for every request
+        value = row[position]
+        if value is not None and len(value) > limit:
+            return tuple(v[:n] if v is not None and n else v for v, n in zip(row, _ROW_LIMITS, strict=True))
+    return row
+
+
+_ROW_LIMITS = tuple(_LIMITS.get(name, 0) for name in INSERT_COLUMNS)
 
 
 def _record(row: Any) -> UsageRecord:

@@ -180,6 +180,17 @@ def test_midstream_error_reaches_the_client(client: openai.OpenAI, gateway: Serv
     assert lines[-1] == {"error": "an error was encountered while running the model"}
 
 
+def test_whole_answer_failing_after_routing_names_the_deployment(gateway: ServerThread) -> None:
+    """A non-streamed answer that fails once the upstream has started is a 502 in OpenAI's shape
+    that still says which deployment answered (as every routed response does)."""
+    response = httpx.post(gateway.url + "/v1/chat/completions", json={
+        "model": "ol/midstream-error", "messages": [{"role": "user", "content": "x"}]})
+    assert response.status_code == 502
+    assert response.json()["error"]["message"] == "an error was encountered while running the model"
+    assert (response.headers["x-dragoman-backend"], response.headers["x-dragoman-attempts"]) == (
+        "ol/midstream-error:latest", "1")  # the tag Ollama gives an untagged name
+
+
 def test_upstream_404_keeps_ollamas_message(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model="ol/ghost", messages=[{"role": "user", "content": "x"}])

@@ -15,7 +15,7 @@ from starlette.routing import BaseRoute, Route
 from dragoman.core.accumulate import accumulate
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, GatewayService
-from dragoman.core.types import ChatRequest, ChatResponse
+from dragoman.core.types import ChatRequest
 from dragoman.dialects.common import (
     FrameStreamResponse,
     call_context,
@@ -77,26 +77,26 @@ class OpenAIDialect:
             body = await read_json(request)
             chat = convert.parse_completion(body) if completion else convert.parse_chat(body)
             # A client that leaves stops the routing and, for a whole answer, the generation too.
-            if chat.stream:
-                stream = await until_disconnect(request, self.service.chat(chat, ctx))
-            else:
-                response, headers = await until_disconnect(request, self._whole(chat, ctx))
+            if not chat.stream:
+                return await until_disconnect(request, self._whole(chat, ctx, completion=completion))
+            stream = await until_disconnect(request, self.service.chat(chat, ctx))
         except GatewayError as exc:
             return error_response(exc)
-        if chat.stream:
-            encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage, completion=completion)
-            return FrameStreamResponse(sse_frames(stream, encoder), media_type="text/event-stream",
-                                       headers=stream.headers)
-        body = convert.render_completion(response, chat.model) if completion else convert.render_chat(
-            response, chat.model)
-        return json_response(body, headers=headers)
+        encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage, completion=completion)
+        return FrameStreamResponse(sse_frames(stream, encoder), media_type="text/event-stream",
+                                   headers=stream.headers)
 
-    async def _whole(self, chat: ChatRequest, ctx: CallContext) -> tuple[ChatResponse, dict[str, str]]:
+    async def _whole(self, chat: ChatRequest, ctx: CallContext, *, completion: bool) -> Response:
+        """The whole answer; a failure after routing keeps the headers naming the deployment that failed."""
         stream = await self.service.chat(chat, ctx)
         try:
-            return await accumulate(stream), stream.headers
+            response = await accumulate(stream)
+        except GatewayError as exc:
+            return error_response(exc, stream.headers)
         finally:
             await stream.aclose()
+        render = convert.render_completion if completion else convert.render_chat
+        return json_response(render(response, chat.model), headers=stream.headers)
 
     async def embeddings(self, request: Request) -> Response:
         try:

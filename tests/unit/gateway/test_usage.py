@@ -257,3 +257,14 @@ async def test_unreachable_database_never_blocks_record() -> None:
         await recorder.aclose()
         await engine.dispose()
     assert recorder.dropped == 60 and recorder.written == 0
+
+
+def test_every_string_column_is_cut_to_its_length() -> None:
+    from dragoman.gateway.usage_store import _LIMITS, INSERT_COLUMNS, _row
+
+    long = {name: "x" * (limit + 50) for name, limit in _LIMITS.items()}
+    record = UsageRecord(**long)  # type: ignore[arg-type]
+    row = dict(zip(INSERT_COLUMNS, _row(record, sqlite=True), strict=True))
+    assert {name: len(row[name]) for name in _LIMITS} == _LIMITS
+    short = dict(zip(INSERT_COLUMNS, _row(rec(1), sqlite=True), strict=True))
+    assert (short["requested_model"], short["prompt_tokens"], short["key_id"]) == ("m1", 10, None)
