@@ -48,11 +48,7 @@ def apply(request: ChatRequest, overrides: list[OverrideConfig]) -> ChatRequest:
 
     for key, value in defaults.items():
         _set(sampling, options, reasoning, key, value, only_if_unset=True)
-    for name in SAMPLING_FIELDS:  # dialect defaults fill whatever is still unset
-        if getattr(sampling, name) in (None, []):
-            default = getattr(request.defaults, name)
-            if default not in (None, []):
-                setattr(sampling, name, default)
+    sampling = _with_defaults(sampling, request.defaults)  # dialect defaults fill whatever is still unset
     for key, value in forced.items():
         _set(sampling, options, reasoning, key, value, only_if_unset=False)
 

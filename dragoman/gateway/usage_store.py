@@ -77,11 +77,12 @@ def _row(rec: UsageRecord, *, sqlite: bool) -> tuple[Any, ...]:
     for position, limit in _CLIPPED:  # a loop, not a call per column: this runs for every request
         value = row[position]
         if value is not None and len(value) > limit:
-            return tuple(v[:n] if v is not None and n else v for v, n in zip(row, _ROW_LIMITS, strict=True))
+            clipped = list(row)
+            for at, most in _CLIPPED:
+                if clipped[at] is not None:
+                    clipped[at] = clipped[at][:most]
+            return tuple(clipped)
     return row
-
-
-_ROW_LIMITS = tuple(_LIMITS.get(name, 0) for name in INSERT_COLUMNS)
 
 
 def _record(row: Any) -> UsageRecord:

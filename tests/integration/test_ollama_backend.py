@@ -180,14 +180,16 @@ def test_midstream_error_reaches_the_client(client: openai.OpenAI, gateway: Serv
     assert lines[-1] == {"error": "an error was encountered while running the model"}
 
 
-def test_whole_answer_failing_after_routing_names_the_deployment(gateway: ServerThread) -> None:
+def test_whole_answer_failing_after_routing_names_the_deployment(client: openai.OpenAI) -> None:
     """A non-streamed answer that fails once the upstream has started is a 502 in OpenAI's shape
     that still says which deployment answered (as every routed response does)."""
-    response = httpx.post(gateway.url + "/v1/chat/completions", json={
-        "model": "ol/midstream-error", "messages": [{"role": "user", "content": "x"}]})
-    assert response.status_code == 502
-    assert response.json()["error"]["message"] == "an error was encountered while running the model"
-    assert (response.headers["x-dragoman-backend"], response.headers["x-dragoman-attempts"]) == (
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="ol/midstream-error", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 502
+    assert info.value.body == {"message": "an error was encountered while running the model",
+                               "type": "api_error", "param": None, "code": "upstream_error"}
+    headers = info.value.response.headers
+    assert (headers["x-dragoman-backend"], headers["x-dragoman-attempts"]) == (
         "ol/midstream-error:latest", "1")  # the tag Ollama gives an untagged name
 
 
