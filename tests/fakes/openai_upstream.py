@@ -219,6 +219,9 @@ class _TrackedStream(Response):
             await send({"type": "http.response.start", "status": 200, "headers": headers})
         for i, frame in enumerate(self.frames):
             if self.model == "gpt-eof" and i == 3:
+                # Mid-stream means after the client has the first frames: the cut comes a moment
+                # later, or aiohttp, seeing data and EOF in one read, reports only the broken body.
+                await asyncio.sleep(0.1)
                 raise _CutConnection
             if self.model == "gpt-stall" and i == 3:
                 await asyncio.sleep(3600)
