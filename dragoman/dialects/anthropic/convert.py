@@ -196,7 +196,9 @@ def _tools(definitions: list[wire.ToolDefinition]) -> list[Tool]:
                                "supported by dragoman; declare a custom tool with an input_schema instead",
                                param=f"tools[{i}].type")
         if definition.input_schema is None:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, f"tools[{i}].input_schema: field required",
+            problem = "must be a JSON schema object, not null" \
+                if "input_schema" in definition.model_fields_set else "field required"
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"tools[{i}].input_schema: {problem}",
                                param=f"tools[{i}].input_schema")
         tools.append(Tool(definition.name, definition.description, definition.input_schema, definition.strict))
     return tools
@@ -208,8 +210,8 @@ def _tool_choice(choice: wire.ToolChoice | None, tools: list[Tool]) -> ToolChoic
     parallel = not choice.disable_parallel_tool_use
     if choice.type == "tool":
         if not choice.name:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "tool_choice.name: field required",
-                               param="tool_choice.name")
+            problem = "field required" if choice.name is None else "must not be empty"
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"tool_choice.name: {problem}", param="tool_choice.name")
         if not any(t.name == choice.name for t in tools):
             raise GatewayError(ErrorKind.INVALID_REQUEST, f"tool_choice names unknown tool {choice.name!r}",
                                param="tool_choice.name")

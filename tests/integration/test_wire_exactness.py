@@ -1,0 +1,186 @@
+"""Exactness details checked against the specs, over real HTTP with each dialect's official SDK
+(and httpx where the raw bytes or headers matter):
+
+* OpenAI answers and chunks never carry ``system_fingerprint: null`` (the spec types it a string);
+* every Anthropic answer carries a ``request-id`` header and every Anthropic error body its
+  ``request_id``, authentication failures included;
+* Ollama ``/api/generate`` ends with ``context`` (``[]`` from backends without a tokenizer, none in
+  raw mode) and accepts ``context`` in requests (the local model's ids: test_local_model_http.py);
+* an Anthropic client's ``anthropic-beta`` header and the fields dragoman does not translate reach
+  an Anthropic upstream as sent, while ``output_config.effort`` becomes the reasoning effort of
+  OpenAI and Ollama upstreams;
+* a bad request's message and ``param`` name the client's own field path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import ollama
+import openai
+import orjson
+import pytest
+
+from tests.fakes.anthropic_upstream import FakeAnthropic
+from tests.fakes.ollama_upstream import FakeOllama
+from tests.fakes.openai_upstream import FakeOpenAI
+from tests.servers import ServerThread, dragoman_server
+
+BETA = "context-management-2025-06-27, interleaved-thinking-2025-05-14"  # as Claude Code spells it
+CONTEXT_MANAGEMENT = {"edits": [{"type": "clear_tool_uses_20250919", "trigger": {"type": "input_tokens",
+                                                                                 "value": 30000},
+                                 "keep": {"type": "tool_uses", "value": 3}, "clear_at_least": None}]}
+OUTPUT_CONFIG = {"effort": "high"}
+
+
+@pytest.fixture(scope="module")
+def fake_anthropic() -> Iterator[FakeAnthropic]:
+    yield FakeAnthropic()
+
+
+@pytest.fixture(scope="module")
+def fake_openai() -> Iterator[FakeOpenAI]:
+    yield FakeOpenAI()
+
+
+@pytest.fixture(scope="module")
+def fake_ollama() -> Iterator[FakeOllama]:
+    yield FakeOllama()
+
+
+@pytest.fixture(scope="module")
+def gateway(fake_anthropic: FakeAnthropic, fake_openai: FakeOpenAI, fake_ollama: FakeOllama) -> Iterator[ServerThread]:
+    with ServerThread(fake_anthropic.app()) as claude, ServerThread(fake_openai.app()) as gpt, \
+            ServerThread(fake_ollama.app()) as llama:
+        config = {
+            "backends": [
+                {"name": "test", "type": "echo", "models": ["echo"]},
+                {"name": "plain", "type": "anthropic", "base_url": claude.url, "api_key": "sk-ant-test",
+                 "models": ["claude-echo"]},
+                {"name": "beta", "type": "anthropic", "base_url": claude.url, "api_key": "sk-ant-test",
+                 "beta": ["beta-one", "context-management-2025-06-27"], "models": ["claude-echo"]},
+                {"name": "up", "type": "openai", "base_url": f"{gpt.url}/v1", "api_key": "sk-test",
+                 "models": ["gpt-test"]},
+                {"name": "ol", "type": "ollama", "base_url": llama.url, "models": ["llama3:latest"]},
+            ],
+            "routing": {"retries": 0},
+            "timeouts": {"connect": 2, "first_byte": 5, "idle": 2},
+        }
+        with dragoman_server(config) as server:
+            yield server
+
+
+@pytest.fixture(scope="module")
+def keys_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    directory: Path = tmp_path_factory.mktemp("exactness-keys")
+    config = {"backends": [{"name": "test", "type": "echo", "models": ["echo"]}], "auth": {"mode": "keys"},
+              "database": f"sqlite:///{directory / 'db.sqlite'}"}
+    with dragoman_server(config) as server:
+        yield server
+
+
+@pytest.fixture()
+def claude(gateway: ServerThread) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=gateway.url, api_key="client-key", max_retries=0, timeout=10)
+
+
+@pytest.fixture()
+def oai(gateway: ServerThread) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="client-key", max_retries=0, timeout=10)
+
+
+@pytest.fixture()
+def olla(gateway: ServerThread) -> ollama.Client:
+    return ollama.Client(host=gateway.url, timeout=10)
+
+
+def user(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+# ----------------------------------------------------------------- errors name the client's field
+
+
+def openai_error(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 400, response.text
+    error: dict[str, Any] = response.json()["error"]
+    return error
+
+
+def test_empty_tool_call_id_is_named_empty(oai: openai.OpenAI) -> None:
+    messages: list[Any] = [
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "content": "x", "tool_call_id": ""},
+    ]
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.chat.completions.create(model="test/echo", messages=messages)
+    assert info.value.body == {
+        "message": "messages[1].tool_call_id is empty: it must be the id of the tool call this message answers",
+        "type": "invalid_request_error", "param": "messages[1].tool_call_id", "code": None}
+    messages[1]["tool_call_id"] = None
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.chat.completions.create(model="test/echo", messages=messages)
+    assert info.value.body["message"] == ("messages[1].tool_call_id is null: it must be the id of the tool call "
+                                          "this message answers")
+    del messages[1]["tool_call_id"]
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.chat.completions.create(model="test/echo", messages=messages)
+    assert info.value.body["message"] == ("messages[1].tool_call_id: field required (the id of the tool call "
+                                          "this message answers)")
+
+
+@pytest.mark.parametrize(("path", "body", "message", "param"), [
+    ("/v1/completions", {"model": "test/echo", "prompt": 123},
+     "prompt: Input should be a valid string or a valid list", "prompt"),
+    ("/v1/completions", {"model": "test/echo", "prompt": ["a", 5]},
+     "prompt[1]: Input should be a valid string", "prompt[1]"),
+    ("/v1/chat/completions", {"model": "test/echo", "messages": [{"role": "user", "content": [{"type": "text"}]}]},
+     "messages[0].content[0].text: field required", "messages[0].content[0].text"),
+    ("/v1/chat/completions", {"model": "test/echo", "messages": [{"role": "user", "content": 5}]},
+     "messages[0].content: Input should be a valid string or a valid list", "messages[0].content"),
+    ("/v1/chat/completions", {"model": "test/echo", "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"detail": "low"}}]}]},
+     "messages[0].content[0].image_url.url: field required", "messages[0].content[0].image_url.url"),
+    ("/v1/chat/completions", {"model": "test/echo", "messages": user("x"), "tool_choice": "sometimes"},
+     "tool_choice: Input should be 'none', 'auto' or 'required' or a valid dictionary or instance of "
+     "NamedToolChoice", "tool_choice"),
+    ("/v1/chat/completions", {"model": "test/echo", "messages": user("x"), "stop": 5},
+     "stop: Input should be a valid string or a valid list", "stop"),
+    ("/v1/chat/completions", {"model": "test/echo", "messages": [
+        {"role": "user", "content": [{"type": "text"}]}, {"role": "user", "content": [{"type": "text"}]}]},
+     "messages[0].content[0].text: field required (and 1 more error)", "messages[0].content[0].text"),
+    ("/v1/embeddings", {"model": "test/echo", "input": {"a": 1}},
+     "input: Input should be a valid string or a valid list", "input"),
+])
+def test_openai_errors_name_the_clients_field(gateway: ServerThread, path: str, body: dict[str, Any],
+                                              message: str, param: str) -> None:
+    error = openai_error(httpx.post(f"{gateway.url}{path}", json=body, timeout=10))
+    assert (error["message"], error["param"]) == (message, param)
+
+
+def test_anthropic_and_ollama_errors_name_the_clients_field(claude: anthropic.Anthropic,
+                                                            gateway: ServerThread) -> None:
+    no_media_type: Any = [{"role": "user", "content": [{"type": "image", "source": {"type": "base64",
+                                                                                    "data": "AAAA"}}]}]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        claude.messages.create(model="test/echo", max_tokens=5, messages=no_media_type)
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["error"]["message"] == "messages[0].content[0].source.media_type: field required"
+    with pytest.raises(anthropic.BadRequestError) as info:
+        claude.messages.create(model="test/echo", max_tokens=5, messages=user("x"),
+                               tools=[{"name": "t", "input_schema": {"type": "object"}}],
+                               tool_choice={"type": "tool", "name": ""})
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["error"]["message"] == "tool_choice.name: must not be empty"
+    # The ollama SDK checks ``context`` itself, so this one goes raw.
+    refused = httpx.post(f"{gateway.url}/api/generate", json={"model": "test/echo", "prompt": "x", "context": ["a"]},
+                         timeout=10)
+    assert refused.status_code == 400
+    assert refused.json() == {"error": "context[0]: Input should be a valid integer, unable to parse string as an "
+                                       "integer"}
