@@ -103,6 +103,42 @@ def user(text: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": text}]
 
 
+# --------------------------------------------------------------------- OpenAI system_fingerprint
+
+
+@pytest.mark.parametrize("model", ["test/echo", "up/gpt-test"])
+@pytest.mark.parametrize(("path", "body"), [
+    ("/v1/chat/completions", {"messages": user("hi")}),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 5}),
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_answers_never_carry_a_null_system_fingerprint(gateway: ServerThread, model: str, path: str,
+                                                              body: dict[str, Any], stream: bool) -> None:
+    request = {"model": model, **body, "stream": stream}
+    if stream:
+        request["stream_options"] = {"include_usage": True}
+    response = httpx.post(f"{gateway.url}{path}", json=request, timeout=10)
+    assert response.status_code == 200, response.text
+    assert b"system_fingerprint" not in response.content
+    objects = ([json.loads(line[6:]) for line in response.text.split("\n\n")
+                if line.startswith("data: {")] if stream else [response.json()])
+    assert objects and all("system_fingerprint" not in o for o in objects)
+    assert all(set(o) >= {"id", "object", "created", "model", "choices"} for o in objects)
+
+
+def test_openai_sdk_answers_have_no_system_fingerprint(oai: openai.OpenAI) -> None:
+    raw = oai.chat.completions.with_raw_response.create(model="test/echo", messages=user("hi"))
+    assert b"system_fingerprint" not in raw.http_response.content
+    assert raw.parse().choices[0].message.content == "hi"
+    completion = oai.completions.with_raw_response.create(model="up/gpt-test", prompt="hi", max_tokens=5)
+    assert b"system_fingerprint" not in completion.http_response.content
+    assert completion.parse().choices[0].text
+    with oai.chat.completions.with_streaming_response.create(model="test/echo", messages=user("hi"),
+                                                             stream=True) as streamed:
+        body = b"".join(streamed.iter_bytes())
+    assert b"system_fingerprint" not in body and b'"content":"hi"' in body
+
+
 # ----------------------------------------------------------------- errors name the client's field
 
 
