@@ -139,6 +139,153 @@ def test_openai_sdk_answers_have_no_system_fingerprint(oai: openai.OpenAI) -> No
     assert b"system_fingerprint" not in body and b'"content":"hi"' in body
 
 
+# ------------------------------------------------------------------------- Anthropic request-id
+
+
+def assert_request_id(response: httpx.Response | Any) -> str:
+    request_id = response.headers["request-id"]
+    assert request_id.startswith("req_") and len(request_id) > 8
+    return str(request_id)
+
+
+def test_count_tokens_and_models_carry_request_id(claude: anthropic.Anthropic) -> None:
+    counted = claude.messages.with_raw_response.count_tokens(model="test/echo", messages=user("hello there"))
+    assert_request_id(counted)
+    assert counted.parse().input_tokens > 0
+    listed = claude.models.with_raw_response.list()
+    assert_request_id(listed)
+    assert "test/echo" in [m.id for m in listed.parse().data]
+    retrieved = claude.models.with_raw_response.retrieve("test/echo")
+    assert_request_id(retrieved)
+    assert retrieved.parse().id == "test/echo"
+    created = claude.messages.with_raw_response.create(model="test/echo", max_tokens=10, messages=user("hi"))
+    with claude.messages.with_streaming_response.create(model="test/echo", max_tokens=10, messages=user("hi"),
+                                                        stream=True) as streamed:
+        assert b"event: message_stop" in b"".join(streamed.iter_bytes())
+    ids = {assert_request_id(r) for r in (counted, listed, retrieved, created, streamed)}
+    assert len(ids) == 5  # one per request
+
+
+def test_a_client_request_id_is_kept(gateway: ServerThread) -> None:
+    response = httpx.get(f"{gateway.url}/v1/models", timeout=10,
+                         headers={"anthropic-version": "2023-06-01", "x-request-id": "req_mine_123"})
+    assert response.status_code == 200 and response.headers["request-id"] == "req_mine_123"
+
+
+def test_anthropic_errors_carry_request_id_in_header_and_body(claude: anthropic.Anthropic) -> None:
+    calls = [
+        lambda: claude.messages.count_tokens(model="test/echo", messages=[]),
+        lambda: claude.messages.count_tokens(model="nope/none", messages=user("hi")),
+        lambda: claude.models.retrieve("nope/none"),
+        lambda: claude.models.list(limit=0),
+        lambda: claude.messages.create(model="nope/none", max_tokens=5, messages=user("hi")),
+        lambda: claude.messages.create(model="nope/none", max_tokens=5, messages=user("hi"), stream=True),
+    ]
+    for call in calls:
+        with pytest.raises(anthropic.APIStatusError) as info:
+            call()
+        error = info.value
+        assert error.status_code in (400, 404)
+        assert isinstance(error.body, dict)
+        assert error.request_id and error.request_id.startswith("req_")
+        assert error.body["request_id"] == error.request_id == error.response.headers["request-id"]
+        assert error.body["type"] == "error" and set(error.body["error"]) == {"type", "message"}
+
+
+def test_keys_mode_401s_carry_request_id(keys_gateway: ServerThread) -> None:
+    client = anthropic.Anthropic(base_url=keys_gateway.url, api_key="dgm-not-a-key", max_retries=0, timeout=10)
+    calls = [
+        lambda: client.messages.create(model="test/echo", max_tokens=5, messages=user("hi")),
+        lambda: client.messages.create(model="test/echo", max_tokens=5, messages=user("hi"), stream=True),
+        lambda: client.messages.count_tokens(model="test/echo", messages=user("hi")),
+        lambda: client.models.list(),
+        lambda: client.models.retrieve("test/echo"),
+    ]
+    for call in calls:
+        with pytest.raises(anthropic.AuthenticationError) as info:
+            call()
+        error = info.value
+        assert error.request_id and error.request_id.startswith("req_")
+        assert isinstance(error.body, dict)
+        assert error.body["request_id"] == error.request_id
+        assert error.body["error"]["type"] == "authentication_error"
+
+
+# ----------------------------------------------------------- Anthropic fields and beta headers
+
+
+def test_beta_header_and_untranslated_fields_reach_anthropic_as_sent(gateway: ServerThread,
+                                                                     fake_anthropic: FakeAnthropic) -> None:
+    thinking = {"type": "enabled", "budget_tokens": 2048, "display": "omitted"}
+    body = {"model": "plain/claude-echo", "max_tokens": 4096, "messages": user("hi"), "stream": True,
+            "thinking": thinking, "context_management": CONTEXT_MANAGEMENT,
+            "output_config": {"effort": "medium", "future_key": [1.5, "x"]}, "service_tier": "auto",
+            "container": None}
+    with httpx.stream("POST", f"{gateway.url}/v1/messages", content=orjson.dumps(body), timeout=10,
+                      headers={"content-type": "application/json", "anthropic-version": "2023-06-01",
+                               "anthropic-beta": BETA}) as response:
+        assert response.status_code == 200
+        assert b'"text":"Echo: hi"' in response.read().replace(b'", "', b'","')
+    received = fake_anthropic.last()
+    assert received.headers["anthropic-beta"] == BETA
+    for name in ("thinking", "context_management", "output_config", "service_tier", "container"):
+        assert received.body[name] == body[name]
+        assert b'"' + name.encode() + b'":' + orjson.dumps(body[name]) in received.raw  # the same bytes
+    assert received.body["max_tokens"] == 4096
+
+
+def test_sdk_fields_pass_to_anthropic_and_betas_merge(claude: anthropic.Anthropic,
+                                                      fake_anthropic: FakeAnthropic) -> None:
+    answer = claude.messages.create(
+        model="beta/claude-echo", max_tokens=100, messages=user("hi"), thinking={"type": "adaptive"},
+        extra_headers={"anthropic-beta": BETA},
+        extra_body={"context_management": CONTEXT_MANAGEMENT, "output_config": OUTPUT_CONFIG})
+    assert answer.content[-1].type == "text" and answer.content[-1].text == "Echo: hi"
+    received = fake_anthropic.last()
+    assert received.headers["anthropic-beta"] == ("beta-one,context-management-2025-06-27,"
+                                                  "interleaved-thinking-2025-05-14")
+    assert received.body["thinking"] == {"type": "adaptive"}
+    assert received.body["context_management"] == CONTEXT_MANAGEMENT
+    assert received.body["output_config"] == OUTPUT_CONFIG
+
+
+def test_count_tokens_passes_fields_and_beta(claude: anthropic.Anthropic, fake_anthropic: FakeAnthropic) -> None:
+    counted = claude.messages.count_tokens(model="plain/claude-echo", messages=user("hi"),
+                                           extra_headers={"anthropic-beta": BETA},
+                                           extra_body={"context_management": CONTEXT_MANAGEMENT})
+    assert counted.input_tokens == 42  # the fake's own count
+    received = fake_anthropic.last("/v1/messages/count_tokens")
+    assert received.headers["anthropic-beta"] == BETA
+    assert received.body["context_management"] == CONTEXT_MANAGEMENT
+
+
+def test_effort_alone_does_not_turn_on_anthropic_thinking(claude: anthropic.Anthropic,
+                                                          fake_anthropic: FakeAnthropic) -> None:
+    claude.messages.create(model="plain/claude-echo", max_tokens=100, messages=user("hi"),
+                           extra_body={"output_config": OUTPUT_CONFIG})
+    received = fake_anthropic.last().body
+    assert received["output_config"] == OUTPUT_CONFIG
+    assert "thinking" not in received and received["max_tokens"] == 100
+
+
+def test_output_config_effort_reaches_openai_and_ollama_upstreams(claude: anthropic.Anthropic, fake_openai: FakeOpenAI,
+                                                                   fake_ollama: FakeOllama) -> None:
+    extra = {"output_config": OUTPUT_CONFIG, "context_management": CONTEXT_MANAGEMENT}
+    gpt = claude.messages.create(model="up/gpt-test", max_tokens=50, messages=user("hi"), extra_body=extra,
+                                 extra_headers={"anthropic-beta": BETA})
+    assert gpt.content[-1].type == "text" and gpt.content[-1].text == "You said: hi"
+    sent = fake_openai.last().body
+    assert sent["reasoning_effort"] == "high"
+    assert "output_config" not in sent and "context_management" not in sent
+    assert "anthropic-beta" not in fake_openai.last().headers
+    llama = claude.messages.create(model="ol/llama3:latest", max_tokens=50, messages=user("hi"), extra_body=extra)
+    assert [block.type for block in llama.content] == ["thinking", "text"]  # the fake thinks when asked to
+    assert llama.content[0].type == "thinking" and llama.content[0].thinking == "Let me think."
+    sent = fake_ollama.last("/api/chat").body
+    assert sent["think"] == "high"
+    assert "output_config" not in sent and "context_management" not in sent
+
+
 # ----------------------------------------------------------------- errors name the client's field
 
 
