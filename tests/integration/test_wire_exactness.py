@@ -211,6 +211,34 @@ def test_keys_mode_401s_carry_request_id(keys_gateway: ServerThread) -> None:
         assert error.body["error"]["type"] == "authentication_error"
 
 
+# ---------------------------------------------------------------------- Ollama generate context
+
+
+def test_generate_final_object_has_context(olla: ollama.Client, gateway: ServerThread) -> None:
+    for model in ("test/echo", "ol/llama3:latest"):
+        whole = olla.generate(model=model, prompt="hello", stream=False)
+        assert whole.done and whole.context == []
+        streamed = list(olla.generate(model=model, prompt="hello", stream=True))
+        assert streamed[-1].done and streamed[-1].context == []
+        assert all(part.context is None for part in streamed[:-1])
+    # As in Ollama: raw mode answers without one, and /api/chat has none.
+    raw = httpx.post(f"{gateway.url}/api/generate", timeout=10,
+                     json={"model": "test/echo", "prompt": "x", "raw": True, "stream": False})
+    assert raw.status_code == 200 and raw.json()["done"] and "context" not in raw.json()
+    chat = httpx.post(f"{gateway.url}/api/chat", timeout=10,
+                      json={"model": "test/echo", "messages": user("x"), "stream": False})
+    assert chat.status_code == 200 and chat.json()["done"] and "context" not in chat.json()
+
+
+def test_generate_accepts_context(olla: ollama.Client, fake_ollama: FakeOllama) -> None:
+    answer = olla.generate(model="test/echo", prompt="again", context=[2, 9, 4], stream=False)
+    assert answer.response == "again" and answer.context == []
+    remote = olla.generate(model="ol/llama3:latest", prompt="again", context=[2, 9, 4], stream=False)
+    assert remote.done and remote.context == []
+    sent = fake_ollama.last("/api/chat").body  # a remote Ollama gets the prompt; the ids are not its tokens
+    assert "context" not in sent and "context" not in sent.get("options", {})
+
+
 # ----------------------------------------------------------- Anthropic fields and beta headers
 
 
