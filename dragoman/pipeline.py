@@ -325,7 +325,7 @@ class GatewayChatStream:
                 elif isinstance(event, MessageEnd):
                     finished = True
                     outcome.usage = self._usage(event.usage)
-                    event = MessageEnd(event.finish_reason, outcome.usage, event.stop_sequence)
+                    event = replace(event, usage=outcome.usage)
                 elif isinstance(event, StreamError):
                     outcome.status, outcome.error_kind = event.error.status, event.error.kind.value
                 if self._exclude and isinstance(event, (PartStart, PartDelta, PartEnd)):

@@ -21,9 +21,15 @@ canonical events: no :class:`PartTracker` needed. Decisions worth knowing:
   refuse the request).
 * ``json_object`` has no Anthropic equivalent and is not sent; ``json_schema`` becomes
   ``output_config.format``.
-* Prompt-caching marks an Anthropic client set (``extensions["anthropic"]``, see the
-  Anthropic dialect) are sent on, on the same blocks, tools and request; so is its budget-less
-  ``thinking`` mode (``adaptive``, ``between_tools``), which would otherwise become a budget.
+* What an Anthropic client sent that needs no translation (``extensions["anthropic"]``, see the
+  Anthropic dialect) goes on as sent, so a same-protocol hop loses nothing: prompt-caching marks
+  on the same blocks and tools; top-level fields dragoman does not model (``context_management``,
+  ``cache_control``, ``service_tier`` ...); its ``thinking`` when the canonical setting still
+  says the same (a budget-less mode such as ``adaptive``, which would otherwise become a budget;
+  newer keys such as ``display``); its ``output_config`` (``effort`` follows the canonical effort
+  if an override changed it); and its ``anthropic-beta`` header, after the configured ``beta``.
+* An effort without ``enabled`` (an Anthropic client's ``output_config.effort`` alone) does not
+  turn thinking on.
 """
 
 from __future__ import annotations
@@ -62,7 +68,9 @@ from dragoman.core.types import (
 from dragoman.errors import ErrorKind, GatewayError
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-EXTENSION = "anthropic"  # where an Anthropic client's extra data (cache_control marks) rides
+EXTENSION = "anthropic"  # where an Anthropic client's extra data (cache_control marks ...) rides
+BETA_HEADER = "anthropic-beta"
+OUTPUT_EFFORTS = frozenset({"low", "medium", "high", "xhigh", "max"})  # ``output_config.effort`` levels
 DEFAULT_VERSION = "2023-06-01"
 MIN_THINKING_BUDGET = 1024
 DISCOVERY_TTL = 60.0
@@ -117,7 +125,7 @@ class AnthropicBackend(HTTPBackend):
     def __init__(self, name: str, settings: AnthropicSettings) -> None:
         fixed = {"anthropic-version": settings.version, **settings.headers}
         if settings.beta:
-            fixed["anthropic-beta"] = ",".join(settings.beta)
+            fixed[BETA_HEADER] = ",".join(settings.beta)
         super().__init__(name, settings.base_url.rstrip("/").removesuffix("/v1"), api_key=settings.api_key,
                          headers=fixed, max_connections=settings.max_connections, auth=settings.auth)
         self.settings = settings
@@ -170,7 +178,8 @@ class AnthropicBackend(HTTPBackend):
             body.pop(key, None)
         try:
             async with asyncio.timeout(10):
-                payload = await self.request_json("POST", "/v1/messages/count_tokens", body=body)
+                payload = await self.request_json("POST", "/v1/messages/count_tokens", body=body,
+                                                  headers=beta_headers(request, self.settings))
         except (aiohttp.ClientError, TimeoutError, GatewayError, OSError):
             return None
         tokens = payload.get("input_tokens") if isinstance(payload, dict) else None
@@ -185,7 +194,7 @@ class AnthropicBackend(HTTPBackend):
                                param="model")
         decoder = StreamDecoder(self.name, model)
         return StreamCall("/v1/messages", build_body(request, model, self.settings), decoder.sse, decoder.decode,
-                          decoder.end_of_stream)
+                          decoder.end_of_stream, headers=beta_headers(request, self.settings))
 
 
 # ----------------------------------------------------------------------- stream decoding
@@ -362,6 +371,17 @@ def _unix(value: Any) -> int:
 # ----------------------------------------------------------------------- request bodies
 
 
+def beta_headers(request: ChatRequest, settings: AnthropicSettings) -> dict[str, str]:
+    """An Anthropic client's ``anthropic-beta`` header: as sent, or after the configured betas."""
+    sent = (request.extensions.get(EXTENSION) or {}).get("beta")
+    if not sent:
+        return {}
+    if not settings.beta:
+        return {BETA_HEADER: sent}
+    names = [*settings.beta, *(name.strip() for name in sent.split(","))]
+    return {BETA_HEADER: ",".join(dict.fromkeys(name for name in names if name))}
+
+
 def build_body(request: ChatRequest, model: str, settings: AnthropicSettings) -> dict[str, Any]:
     s = request.sampling
     max_tokens = s.max_tokens or settings.default_max_tokens
@@ -373,18 +393,21 @@ def build_body(request: ChatRequest, model: str, settings: AnthropicSettings) ->
     body["messages"] = wire_messages(request.messages)
 
     marks = request.extensions.get(EXTENSION) or {}
+    sent_thinking = marks.get("thinking") or {}  # an Anthropic client's own, as sent
     budget = _thinking_budget(request)
     if budget is not None and _unsigned_tool_turn(body["messages"]):
         budget = None  # Anthropic refuses thinking when the tool turn it continues has no thinking block
-    if budget is not None and marks.get("thinking") and request.reasoning.budget_tokens is None:
-        body["thinking"] = marks["thinking"]  # an Anthropic client's own budget-less mode (adaptive ...)
+    if (budget is not None and request.reasoning.budget_tokens is None
+            and sent_thinking.get("type") not in (None, "enabled", "disabled")):
+        body["thinking"] = sent_thinking  # a budget-less mode (adaptive ...)
     elif budget is not None:
         if max_tokens <= budget:
             max_tokens = budget + max_tokens
         body["max_tokens"] = max_tokens
-        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+        same = sent_thinking.get("type") == "enabled" and sent_thinking.get("budget_tokens") == budget
+        body["thinking"] = sent_thinking if same else {"type": "enabled", "budget_tokens": budget}
     elif request.reasoning.enabled is False:
-        body["thinking"] = {"type": "disabled"}
+        body["thinking"] = sent_thinking if sent_thinking.get("type") == "disabled" else {"type": "disabled"}
     thinking = budget is not None
 
     if s.temperature is not None:
@@ -421,18 +444,35 @@ def build_body(request: ChatRequest, model: str, settings: AnthropicSettings) ->
         if not choice.parallel and mode != "none":
             wire["disable_parallel_tool_use"] = True
         body["tool_choice"] = wire
-    fmt = request.response_format
-    if fmt is not None and fmt.type == "json_schema" and fmt.schema is not None:
-        body["output_config"] = {"format": {"type": "json_schema", "schema": fmt.schema}}
+    output = _output_config(request, marks.get("output_config") or {})
+    if output:
+        body["output_config"] = output
     if request.user:
         body["metadata"] = {"user_id": request.user}
-    if marks.get("cache_control") is not None:
-        body["cache_control"] = marks["cache_control"]
+    body.update(marks.get("fields") or {})  # fields dragoman does not model, as the client sent them
     body["stream"] = True
     return body
 
 
+def _output_config(request: ChatRequest, sent: dict[str, Any]) -> dict[str, Any]:
+    """The client's ``output_config`` as sent (else a ``format`` for a JSON schema); its ``effort``
+    follows the canonical effort when that changed (an override), and goes when that is none."""
+    output = dict(sent)
+    effort = request.reasoning.effort
+    if "effort" in output and effort != output["effort"]:
+        if effort in OUTPUT_EFFORTS:
+            output["effort"] = effort
+        else:
+            del output["effort"]
+    fmt = request.response_format
+    if fmt is not None and fmt.type == "json_schema" and fmt.schema is not None and "format" not in output:
+        output["format"] = {"type": "json_schema", "schema": fmt.schema}
+    return output
+
+
 def _thinking_budget(request: ChatRequest) -> int | None:
+    if request.reasoning.enabled is None:
+        return None  # an effort alone (``output_config.effort``) does not ask for thinking
     effort = request.reasoning.effective_effort()
     if effort in (None, "none"):
         return None

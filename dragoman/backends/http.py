@@ -10,7 +10,7 @@ import socket
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
@@ -146,13 +146,15 @@ class Frames(Protocol[F]):
 @dataclass(slots=True)
 class StreamCall(Generic[F]):
     """One streamed chat call in a backend's wire format: what to POST, how the answer's body
-    splits into frames, each frame's events, and the events that close a body that ended cleanly."""
+    splits into frames, each frame's events, and the events that close a body that ended cleanly.
+    ``headers`` are this call's own request headers, over the backend's."""
 
     path: str
     body: dict[str, Any]
     frames: Frames[F]
     decode: Callable[[F], list[Event]]
     end: Callable[[], list[Event]]
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True, frozen=True)
@@ -271,21 +273,23 @@ class HTTPBackend(Backend):
                             code=fields.code, kind=fields.kind, param=fields.param)
 
     async def request_json(self, method: str, path: str, *, body: dict[str, Any] | None = None,
-                           params: Mapping[str, str] | None = None) -> Any:
+                           params: Mapping[str, str] | None = None, headers: Mapping[str, str] | None = None) -> Any:
         """A small call off the answer path (discovery, counting): no client key, the caller's timeout."""
-        async with self.session.request(method, self.base_url + path, params=params, headers=self.headers(None),
+        async with self.session.request(method, self.base_url + path, params=params,
+                                        headers={**self.headers(None), **(headers or {})},
                                         data=orjson.dumps(body) if body is not None else None) as response:
             if response.status != 200:
                 raise self.status_error(response, await read_error(response, self.error_fields))
             return await read_json(response, self.name)
 
-    async def post(self, path: str, body: dict[str, Any], options: CallOptions) -> aiohttp.ClientResponse:
+    async def post(self, path: str, body: dict[str, Any], options: CallOptions,
+                   headers: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
         """POST and wait for a good status and headers within the first-byte timeout (connecting
         included); the caller reads the body and releases the response."""
         timeouts = options.timeouts
         try:
             async with asyncio.timeout(timeouts.first_byte):
-                return await self._send(path, body, options)
+                return await self._send(path, body, options, headers)
         except TimeoutError as exc:
             raise self._no_answer(timeouts) from exc
 
@@ -311,11 +315,12 @@ class HTTPBackend(Backend):
             if response is not None:
                 response.release()
 
-    async def _send(self, path: str, body: dict[str, Any], options: CallOptions) -> aiohttp.ClientResponse:
+    async def _send(self, path: str, body: dict[str, Any], options: CallOptions,
+                    headers: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
         """The POST, its error statuses and client failures mapped; no deadline of its own."""
         try:
             response = await self.session.post(self.base_url + path, data=orjson.dumps(body),
-                                               headers=self.headers(options.client_api_key),
+                                               headers={**self.headers(options.client_api_key), **(headers or {})},
                                                timeout=client_timeout(options.timeouts))
         except (aiohttp.ClientError, OSError) as exc:
             raise exception_error(self.name, exc, options.timeouts) from exc
@@ -344,7 +349,7 @@ class HTTPBackend(Backend):
                 yield event
             return
         timeouts = options.timeouts
-        response = await self.post(call.path, call.body, options)
+        response = await self.post(call.path, call.body, options, call.headers)
         frames, decode = call.frames, call.decode
         try:
             async for chunk in iter_chunks(response, timeouts.idle, self.name):

@@ -51,7 +51,7 @@ from dragoman.backends.llamacpp_engine import (
 from dragoman.backends.llamacpp_models import LlamaCppSettings, parse_duration
 from dragoman.backends.llamacpp_slots import FifoGate, ModelSlot
 from dragoman.backends.llamacpp_templates import ParsedCall
-from dragoman.core.events import Event
+from dragoman.core.events import Event, MessageEnd
 from dragoman.core.ids import completion_id, now
 from dragoman.core.models import ModelInfo
 from dragoman.core.parts import PartTracker
@@ -292,6 +292,8 @@ class LlamaCppBackend(Backend):
                     tracker.finish(item.reason, item.stop_sequence)
                     tracker.usage(Usage(prompt_tokens=prompt, completion_tokens=item.completion_tokens))
                     for event in tracker.end():
+                        if isinstance(event, MessageEnd):
+                            event.context = item.context
                         yield event
                     return
                 elif item is _DONE:

@@ -153,7 +153,29 @@ class Prepared:
 
 
 def prompt_tokens(runtime: Runtime, request: ChatRequest) -> list[int]:
-    """The exact tokens the model will read: the raw prompt, or the rendered chat template."""
+    """The exact tokens the model will read: the raw prompt, or the rendered chat template, after
+    the ``context`` token ids an Ollama client sent back (then without a second BOS)."""
+    tokens = _request_tokens(runtime, request)
+    context = request.options.get("context")
+    if not context:
+        return tokens
+    _check_context(runtime, context)
+    bos = runtime.llama.token_bos()
+    return [*context, *(tokens[1:] if tokens and tokens[0] == bos else tokens)]
+
+
+def _check_context(runtime: Runtime, context: list[int]) -> None:
+    """Every id must be one of the model's tokens: llama.cpp does not check them itself."""
+    size = runtime.llama.n_vocab()
+    for token in context:
+        if not 0 <= token < size:
+            raise GatewayError(ErrorKind.INVALID_REQUEST,
+                               f"context holds token id {token}, which model {runtime.model!r} does not have "
+                               f"(its token ids are 0 to {size - 1}); send back the context this model returned",
+                               param="context")
+
+
+def _request_tokens(runtime: Runtime, request: ChatRequest) -> list[int]:
     llama = runtime.llama
     default_bos = bool(llama._model.add_bos_token())
     if request.prompt is not None:
@@ -238,6 +260,7 @@ class Finished:
     reason: FinishReason
     completion_tokens: int
     stop_sequence: str | None = None
+    context: list[int] = field(default_factory=list)  # prompt and answer token ids (``MessageEnd.context``)
 
 
 Output = Started | str | ParsedCall | Finished | BaseException
@@ -327,17 +350,21 @@ def generate(runtime: Runtime, prepared: Prepared, sampling: Sampling, emit: Emi
     completion = 0
     reason = FinishReason.LENGTH
     matched: str | None = None
+    answer: list[int] = []  # the sampled token ids, an end-of-generation token included
+    kept: list[str] = []  # the answer's text up to a stop sequence
     try:
         if prepared.budget > 0:
             for token in llama.generate(prepared.tokens, grammar=prepared.grammar, **sampling_kwargs(sampling)):
                 if cancel.is_set():
                     log.info("generation of %s cancelled after %d tokens", runtime.model, completion)
                     return
+                answer.append(token)
                 if is_eog(vocab, token):
                     reason = FinishReason.STOP
                     break
                 completion += 1
                 text, matched = stops.feed(decoder.decode(llama.detokenize([token])))
+                kept.append(text)
                 send(text)
                 if matched is not None:
                     reason = FinishReason.STOP_SEQUENCE
@@ -351,6 +378,7 @@ def generate(runtime: Runtime, prepared: Prepared, sampling: Sampling, emit: Emi
                            ) from exc
     if matched is None:
         text, matched = stops.feed(decoder.decode(b"", final=True))
+        kept.append(text)
         send(text)
         if matched is not None:
             reason = FinishReason.STOP_SEQUENCE
@@ -359,7 +387,9 @@ def generate(runtime: Runtime, prepared: Prepared, sampling: Sampling, emit: Emi
     if tools is not None:
         for piece in tools.flush():
             emit(piece)
-    emit(Finished(reason, completion, matched))
+    if matched is not None:  # the context ends where the answer did, before the stop sequence
+        answer = runtime.tokenize("".join(kept), add_bos=False, special=False)
+    emit(Finished(reason, completion, matched, [*prepared.tokens, *answer]))
 
 
 def embed(runtime: Runtime, inputs: list[str]) -> tuple[list[list[float]], int]:

@@ -82,6 +82,7 @@ class Accumulator:
             finish_reason=end.finish_reason,
             usage=end.usage,
             stop_sequence=end.stop_sequence,
+            context=end.context,
         )
 
 
@@ -112,7 +113,7 @@ def replay_events(response: ChatResponse) -> Iterator[Event]:
             if part.arguments:
                 yield PartDelta(index, part.arguments)
             yield PartEnd(index)
-    yield MessageEnd(response.finish_reason, response.usage, response.stop_sequence)
+    yield MessageEnd(response.finish_reason, response.usage, response.stop_sequence, response.context)
 
 
 async def replay(response: ChatResponse) -> AsyncIterator[Event]:

@@ -58,6 +58,9 @@ class MessageEnd:
     finish_reason: FinishReason
     usage: Usage
     stop_sequence: str | None = None
+    # The prompt and answer as the model's token ids, from backends with a tokenizer (the local
+    # runtime): what an Ollama ``/api/generate`` client sends back as ``context`` to continue.
+    context: list[int] | None = None
 
 
 @dataclass(slots=True)

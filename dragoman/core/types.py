@@ -178,8 +178,9 @@ class ChatRequest:
     ``sampling`` holds only what the client set; ``defaults`` the client dialect's documented
     defaults. The gateway merges them (request > per-model override > dialect default) so a
     backend receives explicit values. ``options`` holds backend-level knobs that no dialect
-    models but some backend honours (``num_ctx``, ``keep_alive``, ``raw``, Ollama options); ``extensions`` holds
-    dialect-specific data keyed by dialect name.
+    models but some backend honours (``num_ctx``, ``keep_alive``, ``raw``, Ollama options, and ``context``: the
+    token ids an Ollama ``/api/generate`` client sends back, which the local runtime reads before the prompt);
+    ``extensions`` holds dialect-specific data keyed by dialect name.
     """
 
     model: str
@@ -247,6 +248,7 @@ class ChatResponse:
     finish_reason: FinishReason
     usage: Usage
     stop_sequence: str | None = None
+    context: list[int] | None = None  # token ids of prompt and answer (``MessageEnd.context``)
 
     @property
     def text(self) -> str:

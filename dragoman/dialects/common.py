@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -108,25 +107,6 @@ async def read_json(request: Request) -> Any:
         return orjson.loads(chunks)
     except orjson.JSONDecodeError as exc:
         raise GatewayError(ErrorKind.INVALID_REQUEST, f"request body is not valid JSON: {exc}") from exc
-
-
-def validation_error(exc: ValidationError) -> GatewayError:
-    """A pydantic failure as one precise 400 naming the first bad field."""
-    first = exc.errors()[0]
-    location = ""
-    for part in first["loc"]:
-        if isinstance(part, int):
-            location += f"[{part}]"
-        elif not str(part).startswith(("function-", "tagged-union")):
-            location += f".{part}" if location else str(part)
-    message = first["msg"]
-    if first["type"] == "missing":
-        message = "field required"
-    text = f"{location}: {message}" if location else message
-    extra = len(exc.errors()) - 1
-    if extra:
-        text += f" (and {extra} more error{'s' if extra > 1 else ''})"
-    return GatewayError(ErrorKind.INVALID_REQUEST, text, param=location or None)
 
 
 # A request that ends sooner never starts a watcher task (most do: a watcher per request showed

@@ -20,7 +20,7 @@ The model name picks the behaviour:
 * ``claude-truncated``: the stream ends (cleanly) before ``message_delta``.
 
 ``GET /v1/models`` pages by 3 (so discovery must follow ``has_more``/``after_id``).
-Every request is recorded (path, headers, JSON body).
+Every request is recorded (path, headers, JSON body and its raw bytes).
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ class Recorded:
     headers: dict[str, str]
     body: Any
     query: dict[str, str] = field(default_factory=dict)
+    raw: bytes = b""
 
 
 @dataclass
@@ -76,10 +77,11 @@ class FakeAnthropic:
         ])
 
     async def _record(self, request: Request) -> Any:
-        body = orjson.loads(await request.body()) if request.method == "POST" else None
+        raw = await request.body()
+        body = orjson.loads(raw) if request.method == "POST" else None
         with self.lock:
             self.requests.append(Recorded(request.url.path, dict(request.headers), body,
-                                          dict(request.query_params)))
+                                          dict(request.query_params), raw))
         return body
 
     async def models(self, request: Request) -> Response:

@@ -298,6 +298,34 @@ def test_ollama_chat_and_generate_stream_what_they_answer_whole(olla: ollama.Cli
     assert generated.eval_count == pieces[-1].eval_count == 10 and generated.done_reason == "length"
 
 
+def test_ollama_generate_context_is_the_models_tokens_and_continues(olla: ollama.Client) -> None:
+    first = olla.generate(model=LOCAL, prompt=PROMPT, stream=False, options=greedy(num_predict=8))
+    context = list(first.context or [])
+    prompt = first.prompt_eval_count or 0
+    assert first.done_reason == "length" and first.eval_count == 8 and prompt > 0
+    assert len(context) == prompt + 8 and all(isinstance(t, int) and t >= 0 for t in context)  # prompt, answer
+    streamed = list(olla.generate(model=LOCAL, prompt=PROMPT, stream=True, options=greedy(num_predict=8)))
+    assert streamed[-1].context == first.context and all(p.context is None for p in streamed[:-1])
+    stop, before = stop_after_first_word(first.response)
+    cut = olla.generate(model=LOCAL, prompt=PROMPT, options=greedy(num_predict=8, stop=[stop]))
+    cut_context = list(cut.context or [])
+    assert cut.response == before and cut_context[:prompt] == context[:prompt] and len(cut_context) > prompt
+    # The answer's ids end where the answer did: they are not the sampled ones, which hold the stop sequence.
+    assert cut_context[prompt:] != context[prompt:prompt + (cut.eval_count or 0)]
+
+    fresh = olla.generate(model=LOCAL, prompt="And of Spain?", options=greedy(num_predict=4))
+    follow = olla.generate(model=LOCAL, prompt="And of Spain?", context=context, options=greedy(num_predict=4))
+    # The model reads the ids first, then the new turn without a second BOS token.
+    assert follow.prompt_eval_count == len(context) + (fresh.prompt_eval_count or 0) - 1
+    assert list(follow.context or [])[:len(context)] == context
+    assert len(follow.context or []) == (follow.prompt_eval_count or 0) + 4
+
+    with pytest.raises(ollama.ResponseError) as info:
+        olla.generate(model=LOCAL, prompt="x", context=[*context[:3], 10**9])
+    assert info.value.status_code == 400
+    assert info.value.error.startswith(f"context holds token id {10**9}, which model 'gemma3:270m' does not have")
+
+
 def test_ollama_stop_and_format(olla: ollama.Client) -> None:
     messages = [{"role": "user", "content": PROMPT}]
     free = olla.chat(model=LOCAL, messages=messages, options=greedy(num_predict=16))

@@ -12,10 +12,17 @@ Decisions worth knowing:
   object becomes its longest valid object prefix, closed (``{}`` at worst), never an error.
 * A thinking block without a signature (reasoning from a non-Anthropic model) is rendered
   with ``"signature": ""``; a signature sent back empty reads as none.
-* ``cache_control`` marks (prompt caching) ride along in ``extensions["anthropic"]`` (of the
-  message, by part index; of the request for tools and the top-level mark), and so does a
-  budget-less ``thinking`` mode (``adaptive`` ...), so an Anthropic backend can send them on;
-  other backends ignore them.
+* What an Anthropic backend needs to send the request on as it came rides in
+  ``extensions["anthropic"]``; other backends ignore it. On a message: the ``cache_control``
+  marks of its blocks, by part index. On the request: ``tool_cache_control`` (by tool index);
+  ``fields``, every top-level field the wire model does not know (``context_management``,
+  ``cache_control``, ``service_tier``, ``container`` ...), as sent; ``thinking`` and
+  ``output_config`` as sent (newer keys such as ``thinking.display`` included); ``beta``, the
+  ``anthropic-beta`` header.
+* ``output_config.effort`` is the canonical reasoning effort; without ``thinking`` it does not
+  turn thinking on (``Reasoning.enabled`` stays None), so an OpenAI upstream gets it as
+  ``reasoning_effort`` and an Ollama one as ``think``, while an Anthropic one gets the
+  ``output_config`` as sent.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ STOP_REASONS: dict[FinishReason, str] = {
 }
 
 EXTENSION = "anthropic"  # key of this dialect's data in ``extensions``
+BETA_HEADER = "anthropic-beta"
 
 # Anthropic's documented default; top_p and top_k have none (the model decides).
 DEFAULTS = Sampling(temperature=1.0)
@@ -124,9 +132,10 @@ def error_body(error: GatewayError, request_id: str | None = None) -> dict[str, 
 # ---------------------------------------------------------------------------------- requests
 
 
-def parse_messages(body: Any) -> ChatRequest:
+def parse_messages(body: Any, *, beta: str | None = None) -> ChatRequest:
+    """``beta``: the client's ``anthropic-beta`` header, kept for an Anthropic backend."""
     req = validated(wire.MessagesRequest, body)
-    chat = _chat_request(req)
+    chat = _chat_request(req, body, beta)
     chat.stream = bool(req.stream)
     chat.sampling = Sampling(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
                              max_tokens=req.max_tokens, stop=list(req.stop_sequences or []))
@@ -134,21 +143,25 @@ def parse_messages(body: Any) -> ChatRequest:
     return chat
 
 
-def parse_count_tokens(body: Any) -> ChatRequest:
-    return _chat_request(validated(wire.CountTokensRequest, body))
+def parse_count_tokens(body: Any, *, beta: str | None = None) -> ChatRequest:
+    return _chat_request(validated(wire.CountTokensRequest, body), body, beta)
 
 
-def _chat_request(req: wire.CountTokensRequest) -> ChatRequest:
+def _chat_request(req: wire.CountTokensRequest, body: dict[str, Any], beta: str | None) -> ChatRequest:
+    """``body`` is the validated request's JSON, whose values go to an Anthropic backend as sent."""
     messages = _system(req.system) + _messages(req.messages)
     tools = _tools(req.tools or [])
     marks: dict[str, Any] = {}
     tool_marks = {i: mark for i, t in enumerate(req.tools or []) if (mark := _cache_mark(t)) is not None}
     if tool_marks:
         marks["tool_cache_control"] = tool_marks
-    if (mark := _cache_mark(req)) is not None:
-        marks["cache_control"] = mark
-    if req.thinking is not None and req.thinking.type not in ("enabled", "disabled"):
-        marks["thinking"] = req.thinking.model_dump(exclude_none=True)  # for an Anthropic backend, as sent
+    if req.model_extra:
+        marks["fields"] = {name: body[name] for name in req.model_extra}
+    for name in ("thinking", "output_config"):
+        if body.get(name) is not None:
+            marks[name] = body[name]
+    if beta:
+        marks["beta"] = beta
     return ChatRequest(
         extensions={EXTENSION: marks} if marks else {},
         model=req.model,
@@ -177,7 +190,7 @@ def _system_block(block: Any, where: str) -> wire.TextBlock:
 
 
 def _cache_mark(model: BaseModel) -> Any:
-    """A ``cache_control`` mark the client put on a block, tool or request (kept as sent)."""
+    """A ``cache_control`` mark the client put on a block or tool (kept as sent)."""
     return (model.model_extra or {}).get("cache_control")
 
 
@@ -196,7 +209,9 @@ def _tools(definitions: list[wire.ToolDefinition]) -> list[Tool]:
                                "supported by dragoman; declare a custom tool with an input_schema instead",
                                param=f"tools[{i}].type")
         if definition.input_schema is None:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, f"tools[{i}].input_schema: field required",
+            problem = "must be a JSON schema object, not null" \
+                if "input_schema" in definition.model_fields_set else "field required"
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"tools[{i}].input_schema: {problem}",
                                param=f"tools[{i}].input_schema")
         tools.append(Tool(definition.name, definition.description, definition.input_schema, definition.strict))
     return tools
@@ -208,8 +223,8 @@ def _tool_choice(choice: wire.ToolChoice | None, tools: list[Tool]) -> ToolChoic
     parallel = not choice.disable_parallel_tool_use
     if choice.type == "tool":
         if not choice.name:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "tool_choice.name: field required",
-                               param="tool_choice.name")
+            problem = "field required" if choice.name is None else "must not be empty"
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"tool_choice.name: {problem}", param="tool_choice.name")
         if not any(t.name == choice.name for t in tools):
             raise GatewayError(ErrorKind.INVALID_REQUEST, f"tool_choice names unknown tool {choice.name!r}",
                                param="tool_choice.name")
@@ -222,11 +237,11 @@ def _tool_choice(choice: wire.ToolChoice | None, tools: list[Tool]) -> ToolChoic
 
 
 def _reasoning(thinking: wire.ThinkingConfig | None, output: wire.OutputConfig | None) -> Reasoning:
-    if thinking is None:
-        return Reasoning()
-    if thinking.type == "disabled":
-        return Reasoning(enabled=False)
     effort = output.effort if output is not None else None
+    if thinking is None:
+        return Reasoning(effort=effort)  # how much to spend; thinking itself is not asked for
+    if thinking.type == "disabled":
+        return Reasoning(enabled=False, effort=effort)
     budget = thinking.budget_tokens if thinking.type == "enabled" else None
     return Reasoning(enabled=True, effort=effort, budget_tokens=budget)
 

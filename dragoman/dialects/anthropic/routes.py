@@ -14,8 +14,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from dragoman.core.accumulate import accumulate
-from dragoman.core.service import CallContext, GatewayService
+from dragoman.core.service import GatewayService
 from dragoman.dialects.anthropic import convert
+from dragoman.dialects.anthropic.convert import BETA_HEADER
 from dragoman.dialects.anthropic.stream import PING_INTERVAL, EventEncoder, sse_frames
 from dragoman.dialects.common import (
     FrameStreamResponse,
@@ -29,17 +30,19 @@ from dragoman.errors import ErrorKind, GatewayError
 MAX_PAGE = 1000
 
 
-def error_response(error: GatewayError, headers: dict[str, str] | None = None,
-                   request_id: str | None = None) -> Response:
+def error_response(error: GatewayError, request_id: str, headers: dict[str, str] | None = None) -> Response:
     extra = dict(headers or {})
     if error.retry_after is not None:
         extra["retry-after"] = str(max(1, round(error.retry_after)))
-    if request_id:
-        extra["request-id"] = request_id
+    extra["request-id"] = request_id
     return json_response(convert.error_body(error, request_id), status=convert.error_status(error), headers=extra)
 
 
 class AnthropicDialect:
+    """Every answer, success or error, carries the ``request-id`` header and every error body its
+    ``request_id``, as Anthropic's do: the context (and its id) exists before authentication. An
+    in-stream ``error`` event keeps the documented shape; the stream's header names the request."""
+
     name = "anthropic"
 
     def __init__(self, service: GatewayService, *, ping_interval: float = PING_INTERVAL) -> None:
@@ -52,20 +55,14 @@ class AnthropicDialect:
             Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
         ]
 
-    async def _context(self, request: Request) -> CallContext:
-        ctx = call_context(request, self.name)
-        await self.service.authenticate(ctx)
-        return ctx
-
     async def messages(self, request: Request) -> Response:
-        request_id = None
+        ctx = call_context(request, self.name)
         try:
-            ctx = await self._context(request)
-            request_id = ctx.request_id
-            chat = convert.parse_messages(await read_json(request))
+            await self.service.authenticate(ctx)
+            chat = convert.parse_messages(await read_json(request), beta=request.headers.get(BETA_HEADER))
             stream = await until_disconnect(request, self.service.chat(chat, ctx))  # a client leaving stops routing
         except GatewayError as exc:
-            return error_response(exc, request_id=request_id)
+            return error_response(exc, ctx.request_id)
         headers = {**stream.headers, "request-id": ctx.request_id}
         if chat.stream:
             encoder = EventEncoder(chat.model)
@@ -74,30 +71,33 @@ class AnthropicDialect:
         try:
             response = await until_disconnect(request, accumulate(stream))
         except GatewayError as exc:
-            return error_response(exc, stream.headers, ctx.request_id)
+            return error_response(exc, ctx.request_id, stream.headers)
         finally:
             await stream.aclose()
         return json_response(convert.render_message(response, chat.model), headers=headers)
 
     async def count_tokens(self, request: Request) -> Response:
+        ctx = call_context(request, self.name)
         try:
-            ctx = await self._context(request)
-            chat = convert.parse_count_tokens(await read_json(request))
+            await self.service.authenticate(ctx)
+            chat = convert.parse_count_tokens(await read_json(request), beta=request.headers.get(BETA_HEADER))
             count = await self.service.count_tokens(chat, ctx)
         except GatewayError as exc:
-            return error_response(exc)
+            return error_response(exc, ctx.request_id)
         # Exact when the backend has a tokenizer; otherwise an estimate, and the header says so.
         return json_response({"input_tokens": count.tokens},
-                             headers={"x-dragoman-token-count": "exact" if count.exact else "estimated"})
+                             headers={"request-id": ctx.request_id,
+                                      "x-dragoman-token-count": "exact" if count.exact else "estimated"})
 
     async def list_models(self, request: Request) -> Response:
         """``GET /v1/models`` in Anthropic's shape, paginated by ``after_id``/``before_id``/``limit``."""
+        ctx = call_context(request, self.name)
         try:
-            ctx = await self._context(request)
+            await self.service.authenticate(ctx)
             limit = _limit(request.query_params.get("limit"))
             entries = await self.service.list_models(ctx)
         except GatewayError as exc:
-            return error_response(exc)
+            return error_response(exc, ctx.request_id)
         ids = [e.id for e in entries]
         after, before = request.query_params.get("after_id"), request.query_params.get("before_id")
         if after:
@@ -109,15 +109,17 @@ class AnthropicDialect:
         else:
             page, has_more = entries[:limit], limit < len(entries)
         return json_response({"data": [convert.model_body(e) for e in page], "has_more": has_more,
-                              "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None})
+                              "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None},
+                             headers={"request-id": ctx.request_id})
 
     async def retrieve_model(self, request: Request) -> Response:
+        ctx = call_context(request, self.name)
         try:
-            ctx = await self._context(request)
+            await self.service.authenticate(ctx)
             entry = await self.service.get_model(request.path_params["model_id"], ctx)
         except GatewayError as exc:
-            return error_response(exc)
-        return json_response(convert.model_body(entry))
+            return error_response(exc, ctx.request_id)
+        return json_response(convert.model_body(entry), headers={"request-id": ctx.request_id})
 
 
 def _limit(raw: str | None) -> int:

@@ -1,7 +1,8 @@
 """Anthropic Messages request bodies as pydantic models: validated once, lenient where clients are.
 
-Unknown fields are allowed and ignored (``cache_control``, ``citations``, ``service_tier`` ...);
-known fields are typed and ranged so a bad value is a precise 400. Content blocks are
+Unknown fields are allowed (``cache_control``, ``citations``, ``context_management``,
+``service_tier`` ...): the converter keeps what an Anthropic backend sends on and other
+backends ignore them. Known fields are typed and ranged so a bad value is a precise 400. Content blocks are
 dispatched on ``type`` with a fallback model, so a block type dragoman does not serve gets
 a message naming it instead of a wall of union errors.
 """

@@ -15,7 +15,11 @@ Decisions worth knowing:
   becomes its longest valid object prefix, closed (``core.jsonprefix.to_object``, the rule the
   Anthropic dialect follows too), rather than failing the answer.
 * Generate: ``raw`` or ``suffix`` make a raw completion (``ChatRequest.prompt``); otherwise it is a
-  chat of ``system`` + the user's ``prompt``. ``template`` and ``context`` are ignored.
+  chat of ``system`` + the user's ``prompt``. ``template`` is ignored. ``context`` (the token ids a
+  previous answer returned) rides in ``ChatRequest.options["context"]``: the local runtime reads
+  those tokens before this prompt, as Ollama does; backends without a tokenizer ignore them.
+  The final object carries ``context`` (not in raw mode, as in Ollama): the backend's token ids
+  of prompt and answer, or ``[]`` from a backend that has none to give.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class Parsed:
     request: ChatRequest
     load: bool = False
     unload: bool = False
+    raw: bool = False  # a raw-mode generate, whose answer carries no ``context``
 
 
 # ---------------------------------------------------------------------------------- requests
@@ -272,6 +277,8 @@ def parse_generate(body: Any) -> Parsed:
         response_format=parse_format(req.format), reasoning=parse_think(req.think), include_usage=True,
         options=_backend_options(extra, req.keep_alive),
     )
+    if req.context:
+        request.options["context"] = req.context
     if req.raw or req.suffix:
         if images:
             raise invalid("images are not supported in raw mode or with a suffix", "images")
@@ -283,7 +290,7 @@ def parse_generate(body: Any) -> Parsed:
         user: list[Part] = [TextPart(prompt)] if prompt or not images else []
         request.messages.append(Message(Role.USER, user + list(images)))
     load = not prompt and not images
-    return Parsed(request, load=load, unload=load and is_zero_duration(req.keep_alive))
+    return Parsed(request, load=load, unload=load and is_zero_duration(req.keep_alive), raw=bool(req.raw))
 
 
 def parse_embed(body: Any) -> EmbeddingRequest:

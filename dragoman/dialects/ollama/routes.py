@@ -140,8 +140,9 @@ class OllamaDialect:
         except GatewayError as exc:
             return error_response(exc)
         timing = Timing(ctx.started_at)
+        context = generate and not parsed.raw
         if chat.stream:
-            encoder = LineEncoder(chat.model, timing, generate=generate)
+            encoder = LineEncoder(chat.model, timing, generate=generate, context=context)
             return FrameStreamResponse(ndjson_lines(stream, encoder), media_type=NDJSON, headers=stream.headers)
         try:
             response = await until_disconnect(request, _accumulate(stream, timing))
@@ -149,7 +150,8 @@ class OllamaDialect:
             return error_response(exc, stream.headers)
         finally:
             await stream.aclose()
-        return json_response(final_body(chat.model, response, timing, generate=generate), headers=stream.headers)
+        return json_response(final_body(chat.model, response, timing, generate=generate, context=context),
+                             headers=stream.headers)
 
     @staticmethod
     def _load_body(model: str, reason: str, *, generate: bool) -> dict[str, Any]:

@@ -53,8 +53,9 @@ class Timing:
         }
 
 
-def final_body(model: str, response: ChatResponse, timing: Timing, *, generate: bool) -> dict[str, Any]:
-    """The whole (non-streamed) answer as one object."""
+def final_body(model: str, response: ChatResponse, timing: Timing, *, generate: bool,
+               context: bool = False) -> dict[str, Any]:
+    """The whole (non-streamed) answer as one object; with ``context``, the token ids to continue from."""
     body: dict[str, Any] = {"model": model, "created_at": timestamp()}
     reasoning = response.reasoning_text
     if generate:
@@ -71,16 +72,20 @@ def final_body(model: str, response: ChatResponse, timing: Timing, *, generate: 
         body["message"] = message
     body["done_reason"] = DONE_REASONS[response.finish_reason]
     body["done"] = True
+    if context:
+        body["context"] = response.context or []
     body.update(timing.metrics(response.usage))
     return body
 
 
 class LineEncoder:
-    """One per response: events in, NDJSON lines out (``b""`` when an event writes nothing)."""
+    """One per response: events in, NDJSON lines out (``b""`` when an event writes nothing).
+    With ``context`` the final line carries the token ids to continue from (``/api/generate``)."""
 
-    def __init__(self, model: str, timing: Timing, *, generate: bool) -> None:
+    def __init__(self, model: str, timing: Timing, *, generate: bool, context: bool = False) -> None:
         self.timing = timing
         self.generate = generate
+        self.context = context
         self._head = b'{"model":' + orjson.dumps(model) + b',"created_at":"'
         self._kinds: dict[int, str] = {}
         self._tool: dict[int, tuple[str, str, list[str]]] = {}
@@ -129,8 +134,10 @@ class LineEncoder:
             return self._line(b',"message":' + orjson.dumps(message) + b',"done":false}')
         if isinstance(event, MessageEnd):
             empty = b',"response":""' if self.generate else b',"message":{"role":"assistant","content":""}'
-            tail = {"done_reason": DONE_REASONS[event.finish_reason], "done": True,
-                    **self.timing.metrics(event.usage)}
+            tail: dict[str, Any] = {"done_reason": DONE_REASONS[event.finish_reason], "done": True}
+            if self.context:
+                tail["context"] = event.context or []
+            tail.update(self.timing.metrics(event.usage))
             return self._line(empty + b"," + orjson.dumps(tail)[1:])
         if isinstance(event, StreamError):
             return orjson.dumps(error_body(event.error)) + b"\n"

@@ -160,7 +160,9 @@ def _messages(wire_messages: list[wire.ChatMessage]) -> list[Message]:
             out.append(Message(Role.SYSTEM, _parts(msg.content, param, allow_images=False), name=msg.name))
         elif msg.role == "user":
             if msg.content is None:
-                raise GatewayError(ErrorKind.INVALID_REQUEST, f"{param}.content: field required",
+                problem = "must be a string or an array of content parts, not null" \
+                    if "content" in msg.model_fields_set else "field required"
+                raise GatewayError(ErrorKind.INVALID_REQUEST, f"{param}.content: {problem}",
                                    param=f"{param}.content")
             out.append(Message(Role.USER, _parts(msg.content, param, allow_images=True), name=msg.name))
         elif msg.role == "assistant":
@@ -176,13 +178,24 @@ def _messages(wire_messages: list[wire.ChatMessage]) -> list[Message]:
         else:  # tool, function (deprecated)
             call_id = msg.tool_call_id or (msg.name if msg.role == "function" else None) or ""
             if not call_id:
-                raise GatewayError(ErrorKind.INVALID_REQUEST, f"{param}.tool_call_id: field required",
-                                   param=f"{param}.tool_call_id")
+                raise _no_call_id(msg, param)
             content = [p for p in _parts(msg.content, param, allow_images=True)
                        if isinstance(p, (TextPart, ImagePart))]
             name = tool_names.get(call_id) or msg.name
             out.append(Message(Role.TOOL, [ToolResultPart(tool_call_id=call_id, content=content, name=name)]))
     return out
+
+
+def _no_call_id(msg: wire.ChatMessage, param: str) -> GatewayError:
+    """A tool result that names no call: the field left out, sent null, or sent empty."""
+    field, meaning = (("name", "the name of the function whose result this is") if msg.role == "function"
+                      else ("tool_call_id", "the id of the tool call this message answers"))
+    where = f"{param}.{field}"
+    if field not in msg.model_fields_set:
+        text = f"{where}: field required ({meaning})"
+    else:
+        text = f"{where} is {'null' if getattr(msg, field) is None else 'empty'}: it must be {meaning}"
+    return GatewayError(ErrorKind.INVALID_REQUEST, text, param=where)
 
 
 def _reasoning_parts(msg: wire.ChatMessage) -> list[Part]:
@@ -313,7 +326,6 @@ def render_chat(response: ChatResponse, model: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": response.created,
         "model": model,
-        "system_fingerprint": None,
         "choices": [{"index": 0, "message": message, "logprobs": None,
                      "finish_reason": FINISH_REASONS[response.finish_reason]}],
         "usage": usage_body(response.usage),
@@ -326,7 +338,6 @@ def render_completion(response: ChatResponse, model: str) -> dict[str, Any]:
         "object": "text_completion",
         "created": response.created,
         "model": model,
-        "system_fingerprint": None,
         "choices": [{"text": response.text, "index": 0, "logprobs": None,
                      "finish_reason": FINISH_REASONS[response.finish_reason]}],
         "usage": usage_body(response.usage),

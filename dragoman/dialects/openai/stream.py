@@ -4,6 +4,8 @@ Role once in the first chunk; a tool call's id, type and name once in its first 
 then argument fragments by ``index``; one chunk with ``finish_reason``; with
 ``include_usage`` every chunk carries ``usage: null`` and a last ``choices: []`` chunk
 carries the usage. Chunks are built from a byte template, not re-serialised models.
+``system_fingerprint`` is left out (here and in whole answers): the spec types it as a string
+when present, and dragoman has no backend fingerprint to give.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class ChunkEncoder:
             self._prefix = (b'{"id":' + orjson.dumps(event.id if not self.completion else
                                                      "cmpl-" + event.id.removeprefix("chatcmpl-"))
                             + b',"object":"' + obj.encode() + b'","created":' + str(event.created).encode()
-                            + b',"model":' + orjson.dumps(self.model) + b',"system_fingerprint":null,"choices":')
+                            + b',"model":' + orjson.dumps(self.model) + b',"choices":')
             return b""
         if isinstance(event, MessageEnd):
             reason = orjson.dumps(FINISH_REASONS[event.finish_reason])
