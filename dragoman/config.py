@@ -211,6 +211,9 @@ class Config(BaseModel):
     models: list[ModelConfig] = Field(default_factory=list)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     database: str | None = None
+    # Seconds a request waits on the database (a key not in the cache, a budget's first figure)
+    # before it answers from the key cache or with a 503.
+    database_timeout: float = Field(1.0, gt=0)
     redis: str | None = None
     usage: UsageConfig = Field(default_factory=UsageConfig)
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)
