@@ -311,6 +311,7 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlett
                                          Exception: _internal_error})
     app.state.services = services
     app.state.max_body_bytes = config.server.max_body_bytes
+    app.state.body_timeout = config.server.body_timeout
     return app
 
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from dragoman.app import AppServices, create_app
 from dragoman.config import Config, ConfigError, load_config
+from dragoman.connections import guarded_protocol
 
 
 def has_local_runtime() -> bool:
@@ -99,7 +100,8 @@ def serve(args: argparse.Namespace) -> int:
 
     app = create_app(config, on_ready=on_ready)
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
-    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    # uvicorn's HTTP protocol with a request-head timeout and a connection cap (see dragoman.connections).
+    http = guarded_protocol("httptools" if importlib.util.find_spec("httptools") else "h11", config.server)
     proxies = config.server.trusted_proxies
     server = uvicorn.Server(uvicorn.Config(app, loop=loop, http=http, access_log=False,
                                            proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None,

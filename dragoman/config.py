@@ -36,6 +36,12 @@ class ServerConfig(BaseModel):
     # Reverse proxies whose X-Forwarded-For/-Proto are believed (client IPs for throttling, https
     # for Secure cookies). Empty: none, and the headers are not even parsed.
     trusted_proxies: list[str] = Field(default_factory=list)
+    # Slow clients (dragoman.connections): seconds to send a request head before the connection
+    # is closed; seconds a request body may stall before a 408; connections open at once (beyond
+    # it, a 503 in the client's dialect).
+    header_timeout: float = Field(10.0, gt=0)
+    body_timeout: float = Field(30.0, gt=0)
+    max_connections: int = Field(1000, ge=1)
 
 
 class TimeoutConfig(BaseModel):
@@ -211,6 +217,9 @@ class Config(BaseModel):
     models: list[ModelConfig] = Field(default_factory=list)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     database: str | None = None
+    # Seconds a request waits on the database (a key not in the cache, a budget's first figure)
+    # before it answers from the key cache or with a 503.
+    database_timeout: float = Field(1.0, gt=0)
     redis: str | None = None
     usage: UsageConfig = Field(default_factory=UsageConfig)
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)

@@ -10,6 +10,7 @@ Hierarchy (all are ``GatewayError``; the kind says which):
 * ``INVALID_REQUEST`` 400: the request cannot be served as written.
 * ``CONTEXT_TOO_LONG`` 400: the prompt does not fit the model's context window.
 * ``AUTHENTICATION`` 401, ``PERMISSION`` 403, ``NOT_FOUND`` 404.
+* ``REQUEST_TIMEOUT`` 408: the client stopped sending its request body.
 * ``PAYLOAD_TOO_LARGE`` 413.
 * ``RATE_LIMITED`` 429 (``retry_after`` seconds when known).
 * ``UPSTREAM_ERROR`` 502: the upstream answered with an error or garbage.
@@ -31,6 +32,7 @@ class ErrorKind(StrEnum):
     AUTHENTICATION = "authentication"
     PERMISSION = "permission"
     NOT_FOUND = "not_found"
+    REQUEST_TIMEOUT = "request_timeout"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     RATE_LIMITED = "rate_limited"
     UPSTREAM_ERROR = "upstream_error"
@@ -47,6 +49,7 @@ DEFAULT_STATUS: dict[ErrorKind, int] = {
     ErrorKind.AUTHENTICATION: 401,
     ErrorKind.PERMISSION: 403,
     ErrorKind.NOT_FOUND: 404,
+    ErrorKind.REQUEST_TIMEOUT: 408,
     ErrorKind.PAYLOAD_TOO_LARGE: 413,
     ErrorKind.RATE_LIMITED: 429,
     ErrorKind.UPSTREAM_ERROR: 502,

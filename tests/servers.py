@@ -22,12 +22,13 @@ from starlette.types import ASGIApp
 
 from dragoman.app import create_app
 from dragoman.config import load_config
+from dragoman.connections import guarded_protocol
 
 
 class ServerThread:
     """An ASGI app served by uvicorn in a background thread."""
 
-    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", http: str | type[asyncio.Protocol] = "h11") -> None:
         self.app = app
         # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only then (else ~40 ms per keep-alive request).
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -36,7 +37,7 @@ class ServerThread:
         self.port: int = self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                                    loop="asyncio", http="h11", lifespan="on",
+                                                    loop="asyncio", http=http, lifespan="on",
                                                     timeout_graceful_shutdown=3))
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -77,13 +78,18 @@ class ServerThread:
 
 @contextlib.contextmanager
 def dragoman_server(config: dict[str, Any], *, env: dict[str, str] | None = None,
-                    workdir: Path | None = None) -> Iterator[ServerThread]:
-    """A dragoman app built from a config dict written to a temporary YAML file."""
+                    workdir: Path | None = None, guarded: str | None = None) -> Iterator[ServerThread]:
+    """A dragoman app built from a config dict written to a temporary YAML file.
+
+    ``guarded`` ("httptools" or "h11") serves it over that uvicorn protocol with the connection
+    guards of ``dragoman serve`` (``dragoman.connections``); by default, plain h11."""
     with tempfile.TemporaryDirectory() as tmp:
         directory = workdir or Path(tmp)
         path = directory / "dragoman.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        app = create_app(load_config(path, environ=env or {}))
-        with ServerThread(app) as server:
+        loaded = load_config(path, environ=env or {})
+        app = create_app(loaded)
+        http = "h11" if guarded is None else guarded_protocol(guarded, loaded.server)
+        with ServerThread(app, http=http) as server:
             server.app_state = app.state  # type: ignore[attr-defined]
             yield server

@@ -83,30 +83,76 @@ def call_context(request: Request, dialect: str) -> CallContext:
     )
 
 
+DEFAULT_BODY_TIMEOUT = 30.0
+
+
+def error_headers(error: GatewayError, headers: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The headers of an error response in any dialect: ``headers``, plus ``retry-after`` when the
+    error knows it, and ``connection: close`` after a 408 (RFC 9110 15.5.9: the server gave up on
+    the request, and the rest of its body is not worth waiting for)."""
+    extra = dict(headers or {})
+    if error.retry_after is not None:
+        extra["retry-after"] = str(max(1, round(error.retry_after)))
+    if error.kind is ErrorKind.REQUEST_TIMEOUT:
+        extra["connection"] = "close"
+    return extra
+
+
 async def read_json(request: Request) -> Any:
-    """The body as JSON, within the configured size limit."""
-    limit: int = request.app.state.max_body_bytes if hasattr(request.app.state, "max_body_bytes") else 32 << 20
+    """The body as JSON, within the configured size limit; a body that stops arriving for the
+    configured ``body_timeout`` (no bytes in that long) is a 408."""
+    state = request.app.state
+    limit: int = state.max_body_bytes if hasattr(state, "max_body_bytes") else 32 << 20
+    timeout: float = state.body_timeout if hasattr(state, "body_timeout") else DEFAULT_BODY_TIMEOUT
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise GatewayError(ErrorKind.PAYLOAD_TOO_LARGE, f"request body is larger than {limit} bytes")
-    # ASGI messages read directly: Starlette's ``request.stream()`` generator cost more than this.
-    chunks = bytearray()
-    receive = request.receive
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise GatewayError(ErrorKind.CANCELLED, "client disconnected")
-        chunks += message.get("body", b"")
-        if len(chunks) > limit:
-            raise GatewayError(ErrorKind.PAYLOAD_TOO_LARGE, f"request body is larger than {limit} bytes")
-        if not message.get("more_body", False):
-            break
+    chunks = await _read_body(request.receive, limit, stall_after=timeout)
     if not chunks:
         raise GatewayError(ErrorKind.INVALID_REQUEST, "request body is empty; expected a JSON object")
     try:
         return orjson.loads(chunks)
     except orjson.JSONDecodeError as exc:
         raise GatewayError(ErrorKind.INVALID_REQUEST, f"request body is not valid JSON: {exc}") from exc
+
+
+async def _read_body(receive: Receive, limit: int, *, stall_after: float) -> bytearray:
+    """The body, from the ASGI messages directly (Starlette's ``request.stream()`` generator cost
+    more). One timer, set again whenever bytes arrive, cancels this task once the body has stalled
+    for ``stall_after`` seconds: ``asyncio.timeout`` around each ``receive()`` measured several
+    times costlier than a bare timer, and this runs on every request."""
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    cancelling = task.cancelling()
+    stalled = False
+
+    def stall() -> None:
+        nonlocal stalled
+        stalled = True
+        task.cancel()
+
+    chunks = bytearray()
+    timer = loop.call_later(stall_after, stall)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise GatewayError(ErrorKind.CANCELLED, "client disconnected")
+            chunks += message.get("body", b"")
+            if len(chunks) > limit:
+                raise GatewayError(ErrorKind.PAYLOAD_TOO_LARGE, f"request body is larger than {limit} bytes")
+            if not message.get("more_body", False):
+                return chunks
+            timer.cancel()
+            timer = loop.call_later(stall_after, stall)
+    except asyncio.CancelledError:
+        if stalled and task.uncancel() <= cancelling:  # our cancellation, not anyone else's
+            raise GatewayError(ErrorKind.REQUEST_TIMEOUT, f"the request body stopped arriving: no data for "
+                               f"{stall_after:g} s after {len(chunks)} bytes") from None
+        raise
+    finally:
+        timer.cancel()
 
 
 # A request that ends sooner never starts a watcher task (most do: a watcher per request showed

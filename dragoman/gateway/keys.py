@@ -11,12 +11,18 @@ Lookup is by hash (an index lookup on a value an attacker cannot steer towards a
 are cached for ``cache_ttl`` seconds (default 5) so the database is not on the request path; a
 revoked or edited key therefore stops working within that TTL on every instance, and at once on
 all of them when Redis is configured (a pub/sub message evicts it from every instance's cache).
+
+When the database fails or does not answer within the store's ``request_timeout``, a key seen in
+the last ``stale_ttl`` seconds is served from the cache and any other gets a 503; for
+``retry_interval`` seconds after such a failure no request waits on the database again (one
+lookup re-checks it in the background), and the warning is logged at most every 10 seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import logging
@@ -34,6 +40,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.key_fields import EDITABLE, check_budget, invalid, validate
+from dragoman.gateway.logutil import ThrottledLog
 from dragoman.gateway.store import Store
 from dragoman.gateway.store.schema import api_keys
 from dragoman.gateway.timeutil import as_utc, utcnow
@@ -47,6 +54,8 @@ KEY_PREFIX = "sk-dm-"
 _SECRET_BYTES = 30  # -> 40 URL-safe base64 characters
 _MAX_SECRET_LEN = 256
 AUTH_FAILED = "Invalid API key"  # one message for missing, unknown, revoked, expired and disabled keys
+# What a key store that fails or does not answer raises (asyncpg raises OSError when it cannot connect).
+_STORE_ERRORS = (SQLAlchemyError, OSError, TimeoutError)
 
 
 def generate_secret() -> str:
@@ -162,6 +171,7 @@ class KeyService:
         pepper: bytes | None = None,
         cache_ttl: float = 5.0,
         stale_ttl: float = 300.0,
+        retry_interval: float = 1.0,
         max_cache_entries: int = 10_000,
         touch_interval: float = 10.0,
         redis: Redis | None = None,
@@ -173,6 +183,10 @@ class KeyService:
         self._pepper = pepper
         self.cache_ttl = cache_ttl
         self._stale_ttl = stale_ttl  # how long a cached answer may serve while the database is down
+        self._retry_interval = retry_interval  # after a failure, requests do not wait on the database this long
+        self._failing = False  # the last lookup failed and none has succeeded since
+        self._retry_at = 0.0  # monotonic; while failing, the next lookup that may wait on the database
+        self._warn_store = ThrottledLog(log, 10.0, clock)
         self._max_entries = max_cache_entries
         self._touch_interval = touch_interval
         self._redis = redis
@@ -207,8 +221,11 @@ class KeyService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        for inflight in list(self._inflight.values()):
+        lookups = list(self._inflight.values())
+        for inflight in lookups:
             inflight.cancel()
+        if lookups:  # a lookup stuck on a hung database takes a moment to give its connection back
+            await asyncio.wait(lookups, timeout=3.0)
         await self.flush_last_used()
 
     # -- authentication --------------------------------------------------------------------
@@ -229,21 +246,64 @@ class KeyService:
         now = self._clock()
         if entry is not None and now - entry.fetched < self.cache_ttl:
             return entry.principal
+        stale = entry if entry is not None and now - entry.fetched < self._stale_ttl else None
+        if self._failing:
+            # The database failed a moment ago: answer at once rather than wait on it again. One
+            # lookup per retry interval re-checks it (in the background when the cache can answer).
+            probe = now >= self._retry_at
+            if probe:
+                self._retry_at = now + self._retry_interval
+            if stale is not None:
+                if probe:
+                    self._start_load(key_hash)
+                return stale.principal
+            if not probe:
+                raise self._unavailable()
+        try:
+            return await self._store.on_request_path(self._start_load(key_hash))
+        except _STORE_ERRORS as exc:
+            if isinstance(exc, TimeoutError):  # still running; an error was already seen by _loaded
+                self._store_failed(exc)
+            if stale is not None:
+                return stale.principal
+            raise self._unavailable() from exc
+
+    def _start_load(self, key_hash: str) -> asyncio.Task[Principal | None]:
+        """The lookup of ``key_hash``: one database query however many requests miss the cache at once."""
         task = self._inflight.get(key_hash)
         if task is None:
-            # One database query per hash however many requests miss the cache at once.
             task = asyncio.create_task(self._load(key_hash))
             self._inflight[key_hash] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(key_hash, None))
-        try:
-            return await asyncio.shield(task)
-        except (SQLAlchemyError, OSError) as exc:  # asyncpg raises OSError when it cannot connect
-            if entry is not None and now - entry.fetched < self._stale_ttl:
-                log.warning("key store unavailable (%s); using a cached answer", type(exc).__name__)
-                return entry.principal
-            log.error("key store unavailable: %s", exc)
-            raise GatewayError(ErrorKind.INTERNAL, "The key store is unavailable; try again shortly.",
-                               status=503, retry_after=1.0) from exc
+            task.add_done_callback(functools.partial(self._loaded, key_hash))
+        return task
+
+    def _loaded(self, key_hash: str, task: asyncio.Task[Principal | None]) -> None:
+        self._inflight.pop(key_hash, None)
+        if task.cancelled():
+            return
+        exc = task.exception()  # retrieved here too: nobody awaits a background re-check
+        if exc is None:
+            if self._failing:
+                self._failing = False
+                log.info("key store is answering again")
+        elif isinstance(exc, _STORE_ERRORS):
+            self._store_failed(exc)
+        else:
+            log.error("key lookup failed", exc_info=exc)
+
+    def _store_failed(self, exc: BaseException) -> None:
+        if not self._failing:
+            self._failing = True
+            self._retry_at = self._clock() + self._retry_interval
+        why = (f"no answer within {self._store.request_timeout:g}s" if isinstance(exc, TimeoutError)
+               else type(exc).__name__)
+        self._warn_store(logging.WARNING, "key store unavailable (%s); cached keys are served, others get a 503",
+                         why)
+
+    @staticmethod
+    def _unavailable() -> GatewayError:
+        return GatewayError(ErrorKind.INTERNAL, "The key store is unavailable; try again shortly.",
+                            status=503, code="key_store_unavailable", retry_after=1.0)
 
     async def _load(self, key_hash: str) -> Principal | None:
         async with self._store.connect() as conn:

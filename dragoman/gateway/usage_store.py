@@ -122,7 +122,11 @@ class UsageStore:
             raise RejectedRecords(str(exc.orig) if exc.orig is not None else str(exc)) from exc
 
     async def spent(self, key_id: str, since: datetime) -> tuple[int, float]:
-        """Tokens (prompt + completion) and cost of a key's requests since ``since``."""
+        """Tokens (prompt + completion) and cost of a key's requests since ``since``; read on the
+        request path, so ``TimeoutError`` after the store's ``request_timeout``."""
+        return await self._store.on_request_path(self._spent(key_id, since))
+
+    async def _spent(self, key_id: str, since: datetime) -> tuple[int, float]:
         query = select(
             func.coalesce(func.sum(usage.c.prompt_tokens + usage.c.completion_tokens), 0),
             func.coalesce(func.sum(usage.c.cost), 0.0),

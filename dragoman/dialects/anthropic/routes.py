@@ -21,6 +21,7 @@ from dragoman.dialects.anthropic.stream import PING_INTERVAL, EventEncoder, sse_
 from dragoman.dialects.common import (
     FrameStreamResponse,
     call_context,
+    error_headers,
     json_response,
     read_json,
     until_disconnect,
@@ -31,9 +32,7 @@ MAX_PAGE = 1000
 
 
 def error_response(error: GatewayError, request_id: str, headers: dict[str, str] | None = None) -> Response:
-    extra = dict(headers or {})
-    if error.retry_after is not None:
-        extra["retry-after"] = str(max(1, round(error.retry_after)))
+    extra = error_headers(error, headers)
     extra["request-id"] = request_id
     return json_response(convert.error_body(error, request_id), status=convert.error_status(error), headers=extra)
 

@@ -19,7 +19,14 @@ from starlette.routing import BaseRoute, Route
 from dragoman.core.accumulate import Accumulator
 from dragoman.core.service import CallContext, ChatStream, GatewayService
 from dragoman.core.types import ChatResponse
-from dragoman.dialects.common import FrameStreamResponse, call_context, json_response, read_json, until_disconnect
+from dragoman.dialects.common import (
+    FrameStreamResponse,
+    call_context,
+    error_headers,
+    json_response,
+    read_json,
+    until_disconnect,
+)
 from dragoman.dialects.ollama import convert
 from dragoman.dialects.ollama.stream import LineEncoder, Timing, final_body, ndjson_lines
 from dragoman.dialects.ollama.wire import OLLAMA_VERSION
@@ -30,9 +37,7 @@ NDJSON = "application/x-ndjson"
 
 
 def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
-    extra = dict(headers or {})
-    if error.retry_after is not None:
-        extra["retry-after"] = str(max(1, round(error.retry_after)))
+    extra = error_headers(error, headers)
     return json_response(convert.error_body(error), status=error.status, headers=extra)
 
 

@@ -49,6 +49,7 @@ ERROR_TYPES: dict[ErrorKind, tuple[str, str | None]] = {
     ErrorKind.AUTHENTICATION: ("authentication_error", "invalid_api_key"),
     ErrorKind.PERMISSION: ("permission_error", None),
     ErrorKind.NOT_FOUND: ("invalid_request_error", "model_not_found"),
+    ErrorKind.REQUEST_TIMEOUT: ("invalid_request_error", "request_timeout"),
     ErrorKind.PAYLOAD_TOO_LARGE: ("invalid_request_error", "request_too_large"),
     ErrorKind.RATE_LIMITED: ("rate_limit_error", "rate_limit_exceeded"),
     ErrorKind.UPSTREAM_ERROR: ("api_error", "upstream_error"),

@@ -19,6 +19,7 @@ from dragoman.core.types import ChatRequest
 from dragoman.dialects.common import (
     FrameStreamResponse,
     call_context,
+    error_headers,
     json_response,
     read_json,
     until_disconnect,
@@ -31,9 +32,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
-    extra = dict(headers or {})
-    if error.retry_after is not None:
-        extra["retry-after"] = str(max(1, round(error.retry_after)))
+    extra = error_headers(error, headers)
     return json_response(convert.error_body(error), status=error.status, headers=extra)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -48,7 +47,8 @@ class Limiter(Protocol):
 
 class BudgetSource(Protocol):
     async def spent(self, key_id: str, since: datetime) -> tuple[int, float]:
-        """Tokens and cost a key has used since ``since`` (the usage store implements this)."""
+        """Tokens and cost a key has used since ``since`` (the usage store implements this); it
+        bounds its own wait (a request may be waiting), raising ``TimeoutError`` past it."""
 
 
 class _NoLease:
@@ -106,7 +106,7 @@ class Policy:
         if self.budget_source is None:
             return 0, 0.0
         try:
-            return await asyncio.wait_for(self.budget_source.spent(key_id, since), timeout=2.0)
+            return await self.budget_source.spent(key_id, since)  # bounded by the source (database_timeout)
         except Exception as exc:  # noqa: BLE001 - whatever the store raises, requests go on; retried later
             log.warning("could not read budget usage for key %s (%s); counting from zero for now", key_id, exc)
         return None

@@ -4,6 +4,10 @@ SQLite (a file next to the config) is the zero-setup default; PostgreSQL serves 
 several instances. Migrations run at every start because a gateway upgrade must not need a manual
 step; on PostgreSQL a transaction-scoped advisory lock makes instances that start together take
 turns instead of racing to create the same tables.
+
+The few reads a request may wait on (a key that is not cached, a budget's starting figure) go
+through :meth:`Store.on_request_path`, which bounds the wait by ``request_timeout``
+(``database_timeout`` in the config): a hung database then costs a request that long at most.
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -29,6 +33,11 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # Any constant works; it only has to be the same for every dragoman instance on one database.
 _MIGRATION_LOCK_ID = 0x64726167  # "drag"
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+DEFAULT_REQUEST_TIMEOUT = 1.0
+# How long closing waits for reads that outlived their request (they hold pooled connections).
+_CLOSE_WAIT = 3.0
+
+T = TypeVar("T")
 
 
 def normalize_url(url: str) -> URL:
@@ -91,8 +100,10 @@ class Store:
     through :meth:`begin` (a transaction) or :meth:`connect` (autocommit-free reads).
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, request_timeout: float = DEFAULT_REQUEST_TIMEOUT) -> None:
         self.engine = engine
+        self.request_timeout = request_timeout
+        self._outliving: set[asyncio.Future[Any]] = set()
 
     @property
     def dialect(self) -> str:
@@ -107,6 +118,7 @@ class Store:
         migrate: bool = True,
         echo: bool = False,
         pool_size: int = 5,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     ) -> Store:
         """Connect and bring the schema up to date.
 
@@ -129,7 +141,7 @@ class Store:
         engine = create_async_engine(parsed, **kwargs)
         if backend == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        store = cls(engine)
+        store = cls(engine, request_timeout=request_timeout)
         try:
             if schema is not None:
                 async with engine.begin() as conn:
@@ -160,6 +172,25 @@ class Store:
         async with self.engine.connect() as conn:
             yield conn
 
+    async def on_request_path(self, work: Awaitable[T]) -> T:
+        """``await work``, but for ``request_timeout`` seconds at most (then ``TimeoutError``).
+
+        ``work`` runs in a task of its own that a timeout leaves running rather than cancels:
+        cancelling a query on a hung database waits for the connection's cleanup (seconds of
+        it), the very wait this avoids. It finishes on its own once the database answers or the
+        connection fails; :meth:`aclose` cancels what is still running then.
+        """
+        task = asyncio.ensure_future(work)
+        if not task.done() and task not in self._outliving:
+            self._outliving.add(task)
+            task.add_done_callback(self._settled)
+        return await asyncio.wait_for(asyncio.shield(task), self.request_timeout)
+
+    def _settled(self, task: asyncio.Future[Any]) -> None:
+        self._outliving.discard(task)
+        if not task.cancelled():
+            task.exception()  # the waiter has it, or had its TimeoutError: asyncio must not warn of it
+
     async def check(self) -> str | None:
         """Readiness: None when a trivial query answers within 2 s, else why not."""
         try:
@@ -170,4 +201,9 @@ class Store:
         return None
 
     async def aclose(self) -> None:
+        outliving = list(self._outliving)
+        for task in outliving:
+            task.cancel()
+        if outliving:
+            await asyncio.wait(outliving, timeout=_CLOSE_WAIT)
         await self.engine.dispose()

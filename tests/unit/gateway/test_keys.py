@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -158,6 +159,42 @@ async def test_database_outage_serves_recent_answers(sqlite_store: Store) -> Non
     with pytest.raises(GatewayError) as info:
         await service.authenticate(secret)
     assert info.value.status == 503
+
+
+async def test_after_an_outage_requests_stop_asking_the_database_for_a_while(
+        sqlite_store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    service = KeyService(sqlite_store, clock=clock, cache_ttl=5.0, retry_interval=1.0)
+    _, secret = await service.create("grace")
+    await service.authenticate(secret)
+    async with sqlite_store.begin() as conn:  # the key table becomes unreadable
+        await conn.execute(text("ALTER TABLE api_keys RENAME TO api_keys_gone"))
+    queries = _count_queries(sqlite_store)
+    clock.advance(10)
+    with caplog.at_level("WARNING", logger="dragoman.gateway.keys"):
+        for _ in range(50):
+            await service.authenticate(secret)  # from the cache
+            with pytest.raises(GatewayError) as info:
+                await service.authenticate(generate_secret())
+            assert (info.value.status, info.value.code, info.value.retry_after) == (503, "key_store_unavailable", 1.0)
+    def lookups() -> int:
+        return len([q for q in queries if q.startswith("SELECT") and "FROM api_keys" in q])
+
+    assert lookups() == 1  # the first failure; then nothing until the retry interval has passed
+    assert [r.getMessage() for r in caplog.records] == [
+        "key store unavailable (OperationalError); cached keys are served, others get a 503"]
+
+    async with sqlite_store.begin() as conn:
+        await conn.execute(text("ALTER TABLE api_keys_gone RENAME TO api_keys"))
+    clock.advance(1.0)
+    await service.authenticate(secret)  # served from the cache; the database is re-checked meanwhile
+    while service._inflight:
+        await asyncio.sleep(0.01)
+    assert lookups() == 2
+    clock.advance(1.0)
+    with pytest.raises(GatewayError) as unknown:  # answered by the database again: a 401, not a 503
+        await service.authenticate(generate_secret())
+    assert unknown.value.status == 401
 
 
 async def test_cache_is_bounded(sqlite_store: Store) -> None:
