@@ -136,7 +136,8 @@ def test_a_hung_database_does_not_stall_requests(gateway: ServerThread, proxy: P
             anthropic.Anthropic(base_url=gateway.url, api_key=never_seen, max_retries=0).messages.create(
                 model="test/echo", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
         assert an.value.status_code == 503
-        assert an.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": UNAVAILABLE}}
+        assert an.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": UNAVAILABLE},
+                                 "request_id": an.value.response.headers["request-id"]}
         with pytest.raises(ollama.ResponseError) as ol:
             ollama.Client(host=gateway.url, headers={"authorization": f"Bearer {never_seen}"}).chat(
                 model="test/echo", messages=[{"role": "user", "content": "hi"}])

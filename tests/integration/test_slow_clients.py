@@ -122,11 +122,9 @@ def closed_by_server(sock: socket.socket, within: float) -> bool:
 def expected_408(path: str, headers: dict[str, str]) -> Any:
     if path.startswith("/api/"):
         return {"error": STALLED}
-    if path == "/v1/messages":  # the messages route names the request it refused
+    if path.startswith("/v1/messages"):  # every Anthropic error names the request it refused
         return {"type": "error", "error": {"type": "invalid_request_error", "message": STALLED},
                 "request_id": headers["request-id"]}
-    if path.startswith("/v1/messages"):
-        return {"type": "error", "error": {"type": "invalid_request_error", "message": STALLED}}
     return {"error": {"message": STALLED, "type": "invalid_request_error", "param": None, "code": "request_timeout"}}
 
 
@@ -202,7 +200,8 @@ def test_connections_past_the_cap_get_a_503_in_their_dialect(protocol: str) -> N
                 anthropic.Anthropic(base_url=server.url, api_key="none", max_retries=0).messages.create(
                     model="test/echo", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
             assert an.value.status_code == 503
-            assert an.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": OVER_CAPACITY}}
+            assert an.value.body == {"type": "error", "error": {"type": "overloaded_error", "message": OVER_CAPACITY},
+                                 "request_id": an.value.response.headers["request-id"]}
             with pytest.raises(ollama.ResponseError) as ol:
                 ollama.Client(host=server.url).chat(model="test/echo", messages=[{"role": "user", "content": "hi"}])
             assert (ol.value.status_code, ol.value.error) == (503, OVER_CAPACITY)
