@@ -33,6 +33,7 @@ from dragoman.dialects.anthropic.routes import AnthropicDialect
 from dragoman.dialects.common import json_response
 from dragoman.dialects.ollama.routes import OllamaDialect
 from dragoman.dialects.openai.routes import OpenAIDialect
+from dragoman.extras import config_requirements, require
 from dragoman.gateway.balance import Balancer
 from dragoman.gateway.cooldown import CooldownSettings, CooldownStore, cooldown_store
 from dragoman.gateway.health import BackendHealth, HealthMonitor, ReadinessCheck, readiness
@@ -81,7 +82,7 @@ class AppServices:
 
 def build_backends(config: Config, deps: BackendDeps) -> list[Backend]:
     """Every configured backend, or a ``ConfigError`` naming the entry and the problem."""
-    source = str(config.source) if config.source else "(built-in config)"
+    source = _source(config)
     backends = []
     for index, entry in enumerate(config.backends):
         where = f"{source}: backends[{index}] ({entry.name})"
@@ -93,12 +94,18 @@ def build_backends(config: Config, deps: BackendDeps) -> list[Backend]:
             raise ConfigError(f"{where}.type: backend type {entry.type!r} needs an optional dependency "
                               f"that is not installed ({exc.name}); see the README") from exc
         try:
-            backends.append(cls.from_config(entry.name, entry.settings, deps))
+            backend = cls.from_config(entry.name, entry.settings, deps)
         except ValidationError as exc:
             raise ConfigError(f"{where}.{describe_validation_error(exc)}") from exc
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
+        require(backend.requirements(), where=f"{where}.")
+        backends.append(backend)
     return backends
+
+
+def _source(config: Config) -> str:
+    return str(config.source) if config.source else "(built-in config)"
 
 
 def model_specs(config: Config) -> list[ModelSpec]:
@@ -189,6 +196,7 @@ class GatewayApp(Starlette):
 
 
 def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlette:
+    require(config_requirements(config), where=f"{_source(config)}: ")  # before anything imports them
     images = config.images
     fetcher = SafeImageFetcher(allow_hosts=images.allow_hosts, max_bytes=images.max_bytes, timeout=images.timeout,
                                allow_private=images.allow_private)

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
-
-from redis.asyncio import Redis
+from typing import TYPE_CHECKING, Any
 
 from dragoman.config import Config
 from dragoman.errors import ErrorKind
@@ -25,6 +23,9 @@ from dragoman.gateway.store import Store
 from dragoman.gateway.usage import PriceTable, UsageRecord, UsageRecorder
 from dragoman.gateway.usage_store import UsagePruner, UsageStore
 from dragoman.pipeline import AccessPolicy, CallOutcome
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis  # optional (dragoman[redis]): imported where a client is made
 
 log = logging.getLogger("dragoman.control")
 

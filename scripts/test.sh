@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the test dependencies and run every check: ruff, mypy, the whole pytest suite.
+# Install the test dependencies and run every check: ruff, mypy, the whole pytest suite (which
+# also installs each install form the README documents into a throwaway venv: tests/install).
 # Browser tests need Chromium and storage tests PostgreSQL and Redis: installed or started
 # here when the machine allows it, otherwise those tests skip and say why.
 set -euo pipefail

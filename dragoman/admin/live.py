@@ -24,6 +24,7 @@ from dragoman.backends.base import Backend, BackendDeps
 from dragoman.backends.registry import BACKEND_TYPES, backend_class
 from dragoman.config import BackendEntry, Config, OverrideConfig, describe_validation_error
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.extras import missing
 from dragoman.gateway.health import HealthMonitor
 from dragoman.gateway.registry import ModelRegistry
 from dragoman.gateway.settings import SettingsStore, seed_settings
@@ -204,7 +205,7 @@ class LiveSettings:
         settings = {k: v for k, v in entry.items() if k != "type"}
         try:
             cls = backend_class(str(entry.get("type")))
-            return cls.from_config(name, settings, self._deps)
+            backend = cls.from_config(name, settings, self._deps)
         except ValidationError as exc:
             raise _invalid(f"backend {name}: {describe_validation_error(exc)}", "settings") from exc
         except ImportError as exc:
@@ -212,6 +213,10 @@ class LiveSettings:
                            f"installed ({exc.name})", "type") from exc
         except ValueError as exc:
             raise _invalid(f"backend {name}: {exc}", "settings") from exc
+        problem = missing(backend.requirements())
+        if problem is not None:
+            raise _invalid(f"backend {name}: {problem}", "settings")
+        return backend
 
     async def save_backend(self, name: str, entry: dict[str, Any], *, create: bool) -> None:
         """Build, start and swap in the backend, then persist it (a bad entry changes nothing)."""

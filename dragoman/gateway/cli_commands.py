@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from dragoman.errors import GatewayError
+from dragoman.extras import database_requirements, require
 from dragoman.gateway.keys import KEY_PREFIX, KeyInfo, KeyService
 from dragoman.gateway.store import Store
 from dragoman.gateway.timeutil import PERIODS, parse_duration, utcnow
@@ -136,8 +137,14 @@ def _database_url(args: argparse.Namespace) -> str:
 
 def _run(command: Callable[[argparse.Namespace, Store], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
+        url = _database_url(args)
+        if args.database:
+            require(database_requirements(url, "--database"))
+        else:
+            require(database_requirements(url), where=f"{args.config}: " if args.config else "")
+
         async def main() -> int:
-            store = await Store.open(_database_url(args))
+            store = await Store.open(url)
             try:
                 return await command(args, store)
             except GatewayError as exc:
