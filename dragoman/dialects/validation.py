@@ -11,12 +11,14 @@ that same path are joined ("Input should be a valid string or a valid list").
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from pydantic_core import ErrorDetails
 
 from dragoman.errors import ErrorKind, GatewayError
+
+if TYPE_CHECKING:
+    from pydantic_core import ErrorDetails
 
 M = TypeVar("M", bound=BaseModel)
 Path = tuple[str | int, ...]
