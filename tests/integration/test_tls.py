@@ -82,12 +82,14 @@ def test_plain_http_cookie_is_not_secure(tmp_path: Path) -> None:
 def test_server_tls_in_the_file_with_client_certificates(tmp_path: Path, ca: CertificateAuthority) -> None:
     """``server.tls`` paths are relative to the file's folder; ``ca_certs`` makes client certificates
     mandatory (mutual TLS)."""
-    server, client = ca.issue("server"), ca.issue("client", server=False)
+    ca.issue("server")  # pki/server.pem and pki/server.key, named in the file below
+    client = ca.issue("client", server=False)
     config_dir = tmp_path / "etc"
     config_dir.mkdir()
     (config_dir / "dragoman.yaml").write_text(
         ECHO + f"database: sqlite:///{tmp_path / 'db.sqlite'}\n"
-        "server:\n  tls: {certfile: ../pki/server.pem, keyfile: ../pki/server.key, ca_certs: ../pki/dragoman-test-CA.pem}\n")
+        "server:\n  tls: {certfile: ../pki/server.pem, keyfile: ../pki/server.key,\n"
+        "         ca_certs: ../pki/dragoman-test-CA.pem}\n")
     port = free_port()
     env = clean_environment(tmp_path, DRAGOMAN_ADMIN_PASSWORD="admin-password-123")
     with dragoman_process("--config", str(config_dir / "dragoman.yaml"), "--port", str(port), env=env,
@@ -101,9 +103,9 @@ def test_server_tls_in_the_file_with_client_certificates(tmp_path: Path, ca: Cer
             reply = client_sdk.chat.completions.create(model="test/echo",
                                                        messages=[{"role": "user", "content": "mutual"}])
             assert reply.choices[0].message.content == "mutual"
-        with pytest.raises(httpx.TransportError):  # no client certificate: the server ends the handshake
-            with httpx.Client(verify=trusting(ca)) as http:
-                http.get(f"{running.url}/health").raise_for_status()
+        # No client certificate: the server ends the handshake.
+        with pytest.raises(httpx.TransportError), httpx.Client(verify=trusting(ca)) as http:
+            http.get(f"{running.url}/health").raise_for_status()
 
 
 def test_unusable_certificate_files_are_one_line_config_errors(tmp_path: Path, ca: CertificateAuthority) -> None:
