@@ -31,22 +31,25 @@
 
   function actions(k) {
     const usage = el('button', { type: 'button', class: 'small', text: 'Usage', onclick: () => showUsage(k) });
-    if (k.source === 'config') {
-      return el('div', { class: 'actions' }, usage,
-        el('span', { class: 'muted', title: 'Set in the configuration (auth.keys, --api-key or DRAGOMAN_API_KEY); change it there.', text: 'read-only' }));
-    }
+    if (k.source === 'config') return el('div', { class: 'actions' }, usage);
     return el('div', { class: 'actions' }, usage,
       el('button', { type: 'button', class: 'small', text: 'Edit', onclick: () => edit(k) }),
       el('button', { type: 'button', class: 'small', text: k.enabled ? 'Disable' : 'Enable', onclick: (e) => toggle(k, e.currentTarget) }),
       el('button', { type: 'button', class: 'small danger', text: 'Revoke', onclick: (e) => revoke(k, e.currentTarget) }));
   }
 
+  /** The key's hint, or for a key set in the configuration a note that it is changed there. */
+  function secretCell(k) {
+    if (k.source !== 'config') return el('span', { class: 'chip', text: 'sk-dm-…' + k.hint });
+    return el('div', { class: 'lines', title: 'Set in the configuration (auth.keys, --api-key or DRAGOMAN_API_KEY); change it there.' },
+      badge('config', 'accent'), el('span', { class: 'muted', text: 'read-only' }));
+  }
+
   function row(k) {
     const usage = k.usage_7d;
-    const secret = k.source === 'config' ? badge('config', 'accent') : el('span', { class: 'chip', text: 'sk-dm-…' + k.hint });
     return el('tr', { dataset: { keyId: k.id, source: k.source } },
       el('td', { class: 'key-name break', text: k.name }),
-      el('td', { class: 'hide-sm' }, secret),
+      el('td', { class: 'hide-sm' }, secretCell(k)),
       el('td', {}, el('div', { class: 'badges' }, k.models.map((m) => el('span', { class: 'chip', text: m })))),
       el('td', { class: 'hide-sm' }, limits(k)),
       el('td', {}, el('div', { class: 'lines' },
