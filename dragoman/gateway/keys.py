@@ -12,11 +12,8 @@ are cached for ``cache_ttl`` seconds (default 5) so the database is not on the r
 revoked or edited key therefore stops working within that TTL on every instance, and at once on
 all of them when Redis is configured (a pub/sub message evicts it from every instance's cache).
 
-Static keys (``auth.keys`` and ``--api-key``: secrets the operator chose) are hashed the same way
-when the service is built and kept in memory only, never in the database. They pass the same
-field checks and give the same :class:`Principal` as stored keys; their id is derived from their
-name (``cfg_...``), so usage and limits follow a key across restarts and instances. They are
-listed with ``source="config"`` and cannot be edited or revoked here: the config owns them.
+Static keys (chosen by the operator in the configuration) are hashed the same way, checked
+before the database and never stored; ``dragoman.gateway.static_keys`` says how.
 """
 
 from __future__ import annotations
