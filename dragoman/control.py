@@ -19,6 +19,7 @@ from dragoman.gateway.limits import Limiter, MemoryLimiter, RedisLimiter
 from dragoman.gateway.metrics import Metrics
 from dragoman.gateway.redis_client import connect_redis
 from dragoman.gateway.settings import SettingsStore
+from dragoman.gateway.static_keys import static_keys
 from dragoman.gateway.store import Store
 from dragoman.gateway.usage import PriceTable, UsageRecord, UsageRecorder
 from dragoman.gateway.usage_store import UsagePruner, UsageStore
@@ -61,7 +62,7 @@ class ControlPlane:
 async def open_control_plane(config: Config, metrics: Metrics) -> ControlPlane:
     store = await Store.open(config.database_url, request_timeout=config.database_timeout)
     redis = connect_redis(config.redis_url) if config.redis_url else None
-    keys = KeyService(store, cache_ttl=config.auth.cache_ttl, redis=redis)
+    keys = KeyService(store, cache_ttl=config.auth.cache_ttl, redis=redis, static=static_keys(config))
     usage_store = UsageStore(store)
     limiter: Limiter
     if redis is not None:

@@ -103,6 +103,7 @@ def key_dict(info: KeyInfo) -> dict[str, Any]:
         "enabled": info.enabled, "metadata": info.metadata, "created_at": iso(info.created_at),
         "last_used_at": iso(info.last_used_at),
         "expired": info.expires_at is not None and info.expires_at <= utcnow(),
+        "source": info.source,  # "config": a static key, changed in the config, not here
     }
 
 

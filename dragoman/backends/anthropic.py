@@ -169,6 +169,9 @@ class AnthropicBackend(HTTPBackend):
         await self.discovery.select(self.settings.models)
         return self.discovery.last_error
 
+    async def probe(self) -> str | None:
+        return await self.discovery.probe()
+
     async def count_tokens(self, request: ChatRequest, model: str) -> int | None:
         """Anthropic's own count (``/v1/messages/count_tokens``); None (an estimate) when it fails."""
         if self.settings.api_key == "forward":

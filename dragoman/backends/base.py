@@ -108,3 +108,8 @@ class Backend(ABC):
     async def health(self) -> str | None:
         """None when healthy, else a short reason."""
         return None
+
+    async def probe(self) -> str | None:
+        """Ask the upstream now, whatever is cached (``dragoman check``): None when it answers, else
+        why not. The default is :meth:`health`, for backends whose check always asks."""
+        return await self.health()

@@ -212,6 +212,12 @@ class ModelDiscovery:
     def _stale(self) -> bool:
         return self._found is None or time.monotonic() - self._at > self.ttl
 
+    async def probe(self) -> str | None:
+        """List the upstream's models now (also with an explicit allow-list); the error, or None."""
+        async with self._lock:
+            await self._refresh()
+        return self.last_error
+
     async def _refresh(self) -> None:
         try:
             async with asyncio.timeout(self.timeout):

@@ -103,6 +103,9 @@ class OpenAIBackend(HTTPBackend):
         await self.discovery.select(self.settings.models)
         return self.discovery.last_error
 
+    async def probe(self) -> str | None:
+        return await self.discovery.probe()
+
     def error_fields(self, body: Any) -> ErrorFields | None:
         """OpenAI's ``{"error": {"message", "code", "param"}}``, a bare ``error`` string, or ``detail``."""
         error = body.get("error") if isinstance(body, dict) else None

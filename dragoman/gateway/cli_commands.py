@@ -2,7 +2,8 @@
 
 They work on the database directly (found through the config file, or ``--database``), so they
 need no running gateway; a revoked key stops working on running instances within the key cache
-TTL (a few seconds).
+TTL (a few seconds). Static keys (``auth.keys``, ``DRAGOMAN_API_KEY``) are listed from the config
+and the environment, marked ``(config)``; they are changed there, not here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import orjson
 
 from dragoman.errors import GatewayError
 from dragoman.extras import database_requirements, require
-from dragoman.gateway.keys import KEY_PREFIX, KeyInfo, KeyService
+from dragoman.gateway.keys import KEY_PREFIX, KeyInfo, KeyService, StaticKey
+from dragoman.gateway.static_keys import static_keys
 from dragoman.gateway.store import Store
 from dragoman.gateway.timeutil import PERIODS, parse_duration, utcnow
 from dragoman.gateway.usage_store import GROUPS, UsageStore, UsageSummary
@@ -57,7 +59,7 @@ def add_commands(subparsers: Any) -> None:
 
     p_revoke = keys_sub.add_parser("revoke", help="delete a key for good")
     _add_db_options(p_revoke)
-    p_revoke.add_argument("key", metavar="NAME|ID")
+    p_revoke.add_argument("key", metavar="NAME|ID", help="the key's name or id (see dragoman keys list)")
     p_revoke.set_defaults(func=_run(_keys_revoke))
 
     p_usage = subparsers.add_parser("usage", help="usage totals per key, model or day")
@@ -127,26 +129,23 @@ def _json_object(text: str) -> dict[str, Any]:
 # -- running ----------------------------------------------------------------------------------
 
 
-def _database_url(args: argparse.Namespace) -> str:
-    if args.database:
-        return str(args.database)
-    from dragoman.config import load_config
-
-    return load_config(args.config).database_url
-
-
-def _run(command: Callable[[argparse.Namespace, Store], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
+def _run(command: Callable[[argparse.Namespace, Store, KeyService], Awaitable[int]]
+         ) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
-        url = _database_url(args)
+        from dragoman.config import load_config
+
+        config = load_config(args.config)  # with no file: the environment's settings alone
+        url = str(args.database) if args.database else config.database_url
         if args.database:
             require(database_requirements(url, "--database"))
         else:
             require(database_requirements(url), where=f"{args.config}: " if args.config else "")
+        static: list[StaticKey] = static_keys(config)
 
         async def main() -> int:
             store = await Store.open(url)
             try:
-                return await command(args, store)
+                return await command(args, store, KeyService(store, static=static))
             except GatewayError as exc:
                 print(f"dragoman: {exc.message}", file=sys.stderr)
                 return 1
@@ -158,11 +157,11 @@ def _run(command: Callable[[argparse.Namespace, Store], Awaitable[int]]) -> Call
     return handler
 
 
-async def _keys_create(args: argparse.Namespace, store: Store) -> int:
+async def _keys_create(args: argparse.Namespace, store: Store, keys: KeyService) -> int:
     if (args.budget_tokens or args.budget_cost) and not args.budget_period:
         print("dragoman: --budget-tokens/--budget-cost need --budget-period day|month", file=sys.stderr)
         return 2
-    info, secret = await KeyService(store).create(
+    info, secret = await keys.create(
         args.name, models=args.models, rpm=args.rpm, tpm=args.tpm, max_parallel=args.parallel,
         expires_at=args.expires, budget_tokens=args.budget_tokens, budget_cost=args.budget_cost,
         budget_period=args.budget_period, metadata=args.metadata,
@@ -173,8 +172,8 @@ async def _keys_create(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
-async def _keys_list(args: argparse.Namespace, store: Store) -> int:
-    keys = await KeyService(store).list_keys()
+async def _keys_list(args: argparse.Namespace, store: Store, service: KeyService) -> int:
+    keys = await service.list_keys()
     if not keys:
         print("No keys yet. Create one with: dragoman keys create --name NAME")
         return 0
@@ -182,13 +181,13 @@ async def _keys_list(args: argparse.Namespace, store: Store) -> int:
     return 0
 
 
-async def _keys_revoke(args: argparse.Namespace, store: Store) -> int:
-    info = await KeyService(store).revoke(args.key)
+async def _keys_revoke(args: argparse.Namespace, store: Store, keys: KeyService) -> int:
+    info = await keys.revoke(args.key)
     print(f"Revoked key {info.name!r} ({info.id}). Running gateways reject it within seconds.")
     return 0
 
 
-async def _usage(args: argparse.Namespace, store: Store) -> int:
+async def _usage(args: argparse.Namespace, store: Store, keys: KeyService) -> int:
     since = utcnow() - args.since
     rows = await UsageStore(store).aggregate(since=since, by=[args.by])
     print(f"Usage since {since:%Y-%m-%d %H:%M} UTC, by {args.by}:")
@@ -235,7 +234,7 @@ def _keys_rows(keys: Sequence[KeyInfo]) -> tuple[list[str], list[list[str]]]:
             budget.append(f"{k.budget_cost:g}")
         expires = _when(k.expires_at) + (" (expired)" if k.expires_at and k.expires_at <= now else "")
         rows.append([
-            k.name, k.id, f"{KEY_PREFIX}...{k.hint}", ",".join(k.models),
+            k.name, k.id, "(config)" if k.source == "config" else f"{KEY_PREFIX}...{k.hint}", ",".join(k.models),
             _opt(k.rpm), _opt(k.tpm), _opt(k.max_parallel),
             ("/".join(budget) + f" per {k.budget_period}") if budget else "-",
             expires, "yes" if k.enabled else "no", _when(k.last_used_at),

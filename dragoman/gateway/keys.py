@@ -16,6 +16,9 @@ When the database fails or does not answer within the store's ``request_timeout`
 the last ``stale_ttl`` seconds is served from the cache and any other gets a 503; for
 ``retry_interval`` seconds after such a failure no request waits on the database again (one
 lookup re-checks it in the background), and the warning is logged at most every 10 seconds.
+
+Static keys (chosen by the operator in the configuration) are hashed the same way, checked
+before the database and never stored; ``dragoman.gateway.static_keys`` says how.
 """
 
 from __future__ import annotations
@@ -29,9 +32,8 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, delete, or_, select, update
@@ -41,12 +43,17 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.key_fields import EDITABLE, check_budget, invalid, validate
 from dragoman.gateway.logutil import ThrottledLog
+from dragoman.gateway.principal import KeyInfo, Principal
+from dragoman.gateway.static_keys import StaticKey, StaticKeyTable
 from dragoman.gateway.store import Store
 from dragoman.gateway.store.schema import api_keys
 from dragoman.gateway.timeutil import as_utc, utcnow
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+__all__ = ["AUTH_FAILED", "KEY_PREFIX", "KeyInfo", "KeyService", "Principal", "StaticKey", "generate_secret",
+           "hash_secret"]
 
 log = logging.getLogger(__name__)
 
@@ -68,71 +75,6 @@ def hash_secret(secret: str, pepper: bytes | None = None) -> str:
     if pepper:
         return hmac.new(pepper, data, hashlib.sha256).hexdigest()
     return hashlib.sha256(data).hexdigest()
-
-
-@dataclass(slots=True, frozen=True)
-class Principal:
-    """Who is calling, as the pipeline needs it: access and limits, no secret."""
-
-    key_id: str
-    name: str
-    models: tuple[str, ...] = ("*",)
-    rpm: int | None = None
-    tpm: int | None = None
-    max_parallel: int | None = None
-    budget_tokens: int | None = None
-    budget_cost: float | None = None
-    budget_period: str | None = None
-    expires_at: datetime | None = None
-    enabled: bool = True
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def anonymous(cls) -> Principal:
-        """The caller under ``auth.mode: none`` or ``forward``: every model, no limits."""
-        return cls(key_id="", name="anonymous")
-
-    def may_use(self, *names: str) -> bool:
-        """True if any of ``names`` (``<backend>/<model>``, alias) matches any of the key's globs."""
-        for pattern in self.models:
-            if pattern == "*":
-                return True
-            for name in names:
-                if fnmatchcase(name, pattern):
-                    return True
-        return False
-
-    def is_expired(self, now: datetime) -> bool:
-        return self.expires_at is not None and self.expires_at <= now
-
-
-@dataclass(slots=True, frozen=True)
-class KeyInfo:
-    """A stored key as the admin UI and CLI show it (``hint``: the secret's last 4 characters)."""
-
-    id: str
-    name: str
-    hint: str
-    models: tuple[str, ...]
-    expires_at: datetime | None
-    rpm: int | None
-    tpm: int | None
-    max_parallel: int | None
-    budget_tokens: int | None
-    budget_cost: float | None
-    budget_period: str | None
-    enabled: bool
-    metadata: dict[str, Any]
-    created_at: datetime
-    last_used_at: datetime | None
-
-    def principal(self) -> Principal:
-        return Principal(
-            key_id=self.id, name=self.name, models=self.models, rpm=self.rpm, tpm=self.tpm,
-            max_parallel=self.max_parallel, budget_tokens=self.budget_tokens, budget_cost=self.budget_cost,
-            budget_period=self.budget_period, expires_at=self.expires_at, enabled=self.enabled,
-            metadata=self.metadata,
-        )
 
 
 def _info(row: RowMapping) -> KeyInfo:
@@ -178,6 +120,7 @@ class KeyService:
         redis_prefix: str = "dragoman:",
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utcnow,
+        static: Iterable[StaticKey] = (),
     ) -> None:
         self._store = store
         self._pepper = pepper
@@ -199,6 +142,8 @@ class KeyService:
         self._touched: dict[str, datetime] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed = asyncio.Event()
+        self._static = StaticKeyTable(static, hash_secret=lambda secret: hash_secret(secret, pepper),
+                                      loaded_at=now())
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -232,13 +177,19 @@ class KeyService:
 
     async def authenticate(self, secret: str | None) -> Principal:
         """The principal for ``secret``; ``GatewayError(AUTHENTICATION)`` with one message otherwise."""
-        if not secret or not secret.startswith(KEY_PREFIX) or len(secret) > _MAX_SECRET_LEN:
+        if not secret or len(secret) > _MAX_SECRET_LEN:
             raise GatewayError(ErrorKind.AUTHENTICATION, AUTH_FAILED)
         key_hash = hash_secret(secret, self._pepper)
-        principal = await self._lookup(key_hash)
+        static = self._static.find(key_hash)
+        if static is None and not secret.startswith(KEY_PREFIX):
+            raise GatewayError(ErrorKind.AUTHENTICATION, AUTH_FAILED)
+        principal = static or await self._lookup(key_hash)
         if principal is None or not principal.enabled or principal.is_expired(self._now()):
             raise GatewayError(ErrorKind.AUTHENTICATION, AUTH_FAILED)
-        self._touched[principal.key_id] = self._now()
+        if static is not None:
+            self._static.touch(static.key_id, self._now())
+        else:
+            self._touched[principal.key_id] = self._now()
         return principal
 
     async def _lookup(self, key_hash: str) -> Principal | None:
@@ -437,6 +388,7 @@ class KeyService:
             "budget_period": budget_period, "enabled": enabled, "metadata": metadata,
         })
         check_budget(values)
+        self._static.refuse_name(values["name"])
         secret = generate_secret()
         row = {
             **values,
@@ -454,13 +406,18 @@ class KeyService:
         return await self.get(row["id"]), secret
 
     async def list_keys(self) -> list[KeyInfo]:
+        """The static keys (in config order), then the stored ones."""
         async with self._store.connect() as conn:
             query = select(api_keys).order_by(api_keys.c.created_at, api_keys.c.name)
             rows = (await conn.execute(query)).mappings()
-            return [_info(row) for row in rows]
+            stored = [_info(row) for row in rows]
+        return [*self._static.infos(), *stored]
 
     async def get(self, ref: str) -> KeyInfo:
         """A key by id or, failing that, by name; ``GatewayError(NOT_FOUND)`` if neither."""
+        static = self._static.get(ref)
+        if static is not None:
+            return static
         async with self._store.connect() as conn:
             rows = (await conn.execute(
                 select(api_keys).where(or_(api_keys.c.id == ref, api_keys.c.name == ref))
@@ -473,7 +430,10 @@ class KeyService:
 
     async def update(self, ref: str, changes: Mapping[str, Any]) -> KeyInfo:
         """Change editable fields (see ``EDITABLE``); ``None`` clears an optional limit."""
+        self._static.refuse_changes(ref)
         values = validate(changes)
+        if "name" in values:
+            self._static.refuse_name(values["name"])
         current = await self.get(ref)
         merged = {f: getattr(current, f) for f in EDITABLE} | values
         check_budget(merged)
@@ -489,6 +449,7 @@ class KeyService:
     async def revoke(self, ref: str) -> KeyInfo:
         """Delete a key for good (usage records keep its id and name). To pause a key instead,
         ``update(ref, {"enabled": False})``."""
+        self._static.refuse_changes(ref)
         current = await self.get(ref)
         async with self._store.begin() as conn:
             await conn.execute(delete(api_keys).where(api_keys.c.id == current.id))

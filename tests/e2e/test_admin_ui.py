@@ -28,6 +28,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 PASSWORD = "e2e-admin-password-7f3a"
 XSS = "<img src=x onerror=alert(1)>"
 UPSTREAM_SECRET = "sk-upstream-secret-0123456789abcdef"
+STATIC_KEY = "ci-static-key-0123456789abcdef"
 SHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
@@ -54,7 +55,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
              "models": ["gpt-test"]},
         ],
         "database": f"sqlite:///{tmp / 'dragoman.db'}",
-        "auth": {"mode": "keys", "admin_password": PASSWORD, "cache_ttl": 5},
+        "auth": {"mode": "keys", "admin_password": PASSWORD, "cache_ttl": 5,
+                 "keys": [{"name": "ci-static", "key": STATIC_KEY, "models": ["echo/echo"]}]},
         "usage": {"flush_interval": 0.1},
     }
     with dragoman_server(config) as srv:
@@ -313,3 +315,23 @@ def test_phone_layout_collapses_the_sidebar(admin: Session) -> None:
         page.wait_for_url("**/admin/usage")
     finally:
         page.set_viewport_size(DESKTOP)
+
+
+def test_config_keys_are_shown_read_only(admin: Session, server: ServerThread) -> None:
+    reply = sdk(server, STATIC_KEY).chat.completions.create(model="echo/echo",
+                                                            messages=[{"role": "user", "content": "static"}])
+    assert reply.choices[0].message.content == "static"
+    page = admin.page
+    admin.goto("/admin/keys")
+    row = page.locator("#keys tr", has_text="ci-static")
+    row.wait_for()
+    assert row.locator(".badge", has_text="config").count() == 1
+    assert "read-only" in (row.text_content() or "") and "used" in (row.text_content() or "")
+    for name in ("Edit", "Disable", "Revoke"):
+        assert row.get_by_role("button", name=name).count() == 0
+    assert STATIC_KEY not in page.content()
+    admin.shoot("keys-config")
+    row.get_by_role("button", name="Usage").click()
+    page.locator("#usage-dialog [data-role=title]", has_text="ci-static").wait_for()
+    page.locator("#key-recent tr", has_text="echo/echo").wait_for()
+    page.click("#usage-dialog [data-close]")

@@ -1,4 +1,5 @@
-/* Keys: create (secret shown once), edit, disable, revoke, and each key's usage. */
+/* Keys: create (secret shown once), edit, disable, revoke, and each key's usage.
+   Keys set in the configuration (source "config") are shown read-only: they are changed there. */
 (function () {
   'use strict';
   const { api, el, fill, fmt, badge, busy, emptyRow, openDialog } = DM;
@@ -28,22 +29,34 @@
     return badge('active', 'ok');
   }
 
+  function actions(k) {
+    const usage = el('button', { type: 'button', class: 'small', text: 'Usage', onclick: () => showUsage(k) });
+    if (k.source === 'config') return el('div', { class: 'actions' }, usage);
+    return el('div', { class: 'actions' }, usage,
+      el('button', { type: 'button', class: 'small', text: 'Edit', onclick: () => edit(k) }),
+      el('button', { type: 'button', class: 'small', text: k.enabled ? 'Disable' : 'Enable', onclick: (e) => toggle(k, e.currentTarget) }),
+      el('button', { type: 'button', class: 'small danger', text: 'Revoke', onclick: (e) => revoke(k, e.currentTarget) }));
+  }
+
+  /** The key's hint, or for a key set in the configuration a note that it is changed there. */
+  function secretCell(k) {
+    if (k.source !== 'config') return el('span', { class: 'chip', text: 'sk-dm-…' + k.hint });
+    return el('div', { class: 'lines', title: 'Set in the configuration (auth.keys, --api-key or DRAGOMAN_API_KEY); change it there.' },
+      badge('config', 'accent'), el('span', { class: 'muted', text: 'read-only' }));
+  }
+
   function row(k) {
     const usage = k.usage_7d;
-    return el('tr', { dataset: { keyId: k.id } },
+    return el('tr', { dataset: { keyId: k.id, source: k.source } },
       el('td', { class: 'key-name break', text: k.name }),
-      el('td', { class: 'hide-sm' }, el('span', { class: 'chip', text: 'sk-dm-…' + k.hint })),
+      el('td', { class: 'hide-sm' }, secretCell(k)),
       el('td', {}, el('div', { class: 'badges' }, k.models.map((m) => el('span', { class: 'chip', text: m })))),
       el('td', { class: 'hide-sm' }, limits(k)),
       el('td', {}, el('div', { class: 'lines' },
         el('span', { text: usage ? fmt.int(usage.requests) + ' req · ' + fmt.compact(usage.total_tokens) + ' tok' : 'no requests' }),
         el('span', { class: 'muted', title: k.last_used_at || '', text: k.last_used_at ? 'used ' + fmt.ago(k.last_used_at) : 'never used' }))),
       el('td', {}, status(k)),
-      el('td', {}, el('div', { class: 'actions' },
-        el('button', { type: 'button', class: 'small', text: 'Usage', onclick: () => showUsage(k) }),
-        el('button', { type: 'button', class: 'small', text: 'Edit', onclick: () => edit(k) }),
-        el('button', { type: 'button', class: 'small', text: k.enabled ? 'Disable' : 'Enable', onclick: (e) => toggle(k, e.currentTarget) }),
-        el('button', { type: 'button', class: 'small danger', text: 'Revoke', onclick: (e) => revoke(k, e.currentTarget) }))));
+      el('td', {}, actions(k)));
   }
 
   async function load() {
