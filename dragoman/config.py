@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
@@ -181,6 +181,18 @@ class AuthConfig(BaseModel):
     session_secret: str | None = None
 
 
+class MetricsConfig(BaseModel):
+    """``metrics:``: who may read ``/metrics`` and ``/health/ready`` (``/health`` is always open).
+
+    ``none``: anyone; ``key``: any valid dragoman key (or the admin password) as a bearer;
+    ``admin``: the admin password only. Unset: ``key`` under ``auth.mode: keys``, else ``none``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    auth: Literal["none", "key", "admin"] | None = None
+
+
 class UsageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -210,6 +222,7 @@ class Config(BaseModel):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     models: list[ModelConfig] = Field(default_factory=list)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     database: str | None = None
     redis: str | None = None
     usage: UsageConfig = Field(default_factory=UsageConfig)
@@ -219,6 +232,10 @@ class Config(BaseModel):
 
     # Where the file was; relative paths (database, GGUF files) resolve against its folder.
     source: Path | None = Field(default=None, exclude=True)
+    # The environment ``${VAR}`` references were resolved from, and the backends as written in the
+    # file (before interpolation): secrets from the environment are stored as their reference.
+    _environ: Mapping[str, str] = PrivateAttr(default_factory=lambda: os.environ)
+    _written_backends: list[Any] = PrivateAttr(default_factory=list)
 
     @field_validator("backends")
     @classmethod
@@ -267,6 +284,21 @@ class Config(BaseModel):
     def redis_url(self) -> str | None:
         return self.redis
 
+    @property
+    def metrics_auth(self) -> Literal["none", "key", "admin"]:
+        if self.metrics.auth is not None:
+            return self.metrics.auth
+        return "key" if self.auth.mode == "keys" else "none"
+
+    @property
+    def environ(self) -> Mapping[str, str]:
+        return self._environ
+
+    def written_backend(self, index: int) -> dict[str, Any]:
+        """``backends[index]`` as the file wrote it, ``${VAR}`` references intact ({} when unknown)."""
+        written = self._written_backends[index] if index < len(self._written_backends) else None
+        return dict(written) if isinstance(written, dict) else {}
+
 
 def default_config(*, local_model: bool) -> Config:
     """What ``dragoman serve`` runs with no config: the built-in local model (when installed) and echo."""
@@ -298,6 +330,18 @@ def interpolate(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
     return value
 
 
+def has_env_reference(text: str) -> bool:
+    """True when ``text`` holds a ``${VAR}`` reference."""
+    return _ENV_REFERENCE.search(text) is not None
+
+
+def plain_env_references(text: str, environ: Mapping[str, str]) -> bool:
+    """True when ``text`` holds references, each to a variable that is set and none with a default
+    (a ``${VAR:-default}`` may resolve to the default written in the file)."""
+    matches = list(_ENV_REFERENCE.finditer(text))
+    return bool(matches) and all(m.group(2) is None and m.group(1) in environ for m in matches)
+
+
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
     lines = []
     for error in exc.errors():
@@ -317,7 +361,9 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
     env = os.environ if environ is None else environ
     chosen = path or env.get("DRAGOMAN_CONFIG")
     if not chosen:
-        return _from_environment(default_config(local_model=local_model), env)
+        config = default_config(local_model=local_model)
+        config._environ = env
+        return _from_environment(config, env)
     file = Path(chosen).expanduser()
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
@@ -339,6 +385,9 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
     except ValidationError as exc:
         raise ConfigError(f"{file}: {describe_validation_error(exc)}") from exc
     config.source = file.resolve()
+    config._environ = env
+    written = raw.get("backends")
+    config._written_backends = list(written) if isinstance(written, list) else []
     return _from_environment(config, env)
 
 

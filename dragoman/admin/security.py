@@ -10,7 +10,9 @@
   must echo it (``x-csrf-token`` header or ``csrf_token`` form field).
 * Scripts use ``Authorization: Bearer <admin password>`` instead (no cookie, so no CSRF). A
   verified bearer is remembered as an HMAC, compared in constant time, so argon2 runs once.
-* Failed attempts (form or bearer) are throttled per client address.
+* Failed attempts (form or bearer) are throttled per account and client address, with a
+  growing delay (:mod:`dragoman.admin.throttle`); a dragoman API key sent instead of the
+  password is refused as such and is not a guess.
 """
 
 from __future__ import annotations
@@ -20,8 +22,6 @@ import hashlib
 import hmac
 import logging
 import secrets
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -29,6 +29,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from dragoman.admin.throttle import SignInThrottle
+from dragoman.config import ConfigError
+from dragoman.gateway.keys import looks_like_key
 from dragoman.gateway.settings import SettingsStore
 
 log = logging.getLogger("dragoman.admin")
@@ -37,6 +40,7 @@ PASSWORD_HASH_SETTING = "admin:password_hash"
 SESSION_SECRET_SETTING = "admin:session_secret"
 COOKIE_NAME = "dragoman_admin"
 SESSION_MAX_AGE = 12 * 3600
+ADMIN_ACCOUNT = "admin"  # the one account today; the throttle counts per account and address
 _SALT = "dragoman-admin-session"
 
 
@@ -51,59 +55,15 @@ class Session:
         return bool(token) and hmac.compare_digest(self.csrf.encode(), (token or "").encode())
 
 
-class LoginThrottle:
-    """At most ``limit`` failed attempts per ``window`` seconds per client address.
-
-    Memory is bounded: at most ``max_clients`` addresses are tracked (the oldest are dropped).
-    """
-
-    def __init__(self, *, limit: int = 5, window: float = 300.0, max_clients: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
-        self.window = window
-        self._max = max_clients
-        self._clock = clock
-        self._failures: dict[str, deque[float]] = {}
-
-    def _recent(self, client: str) -> deque[float]:
-        now = self._clock()
-        stamps = self._failures.get(client)
-        if stamps is None:
-            return deque()
-        while stamps and now - stamps[0] >= self.window:
-            stamps.popleft()
-        if not stamps:
-            del self._failures[client]
-        return stamps
-
-    def retry_after(self, client: str) -> float | None:
-        """Seconds until ``client`` may try again, or None when it may try now."""
-        stamps = self._recent(client)
-        if len(stamps) < self.limit:
-            return None
-        return max(1.0, self.window - (self._clock() - stamps[0]))
-
-    def failed(self, client: str) -> None:
-        stamps = self._recent(client)
-        if client not in self._failures:
-            if len(self._failures) >= self._max:
-                del self._failures[next(iter(self._failures))]
-            self._failures[client] = stamps
-        stamps.append(self._clock())
-
-    def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
-
-
 class AdminAuth:
     """The admin credential and sessions. :meth:`setup` must run (once, at start) before use."""
 
     def __init__(self, *, password: str | None, session_secret: str | None,
-                 announce: Callable[[str], None], throttle: LoginThrottle | None = None) -> None:
+                 announce: Callable[[str], None], throttle: SignInThrottle | None = None) -> None:
         self._configured_password = password
         self._configured_secret = session_secret
         self._announce = announce
-        self.throttle = throttle or LoginThrottle()
+        self.throttle = throttle or SignInThrottle()
         self._hasher = PasswordHasher()
         self._hash: str | None = None
         self._serializer: URLSafeTimedSerializer | None = None
@@ -127,6 +87,9 @@ class AdminAuth:
             secret = str(stored_secret)
         self._serializer = URLSafeTimedSerializer(secret, salt=_SALT)
         if self._configured_password:
+            if looks_like_key(self._configured_password):
+                raise ConfigError("the admin password must not look like a dragoman API key (sk-dm-...): "
+                                  "such bearers are refused on the admin API as user keys")
             password, self._configured_password = self._configured_password, None  # keep only hashes
             self._hash = await asyncio.to_thread(self._hasher.hash, password)
             # Stable across restarts (the argon2 hash is salted anew each start), new with a new password.
