@@ -25,6 +25,7 @@ from starlette.staticfiles import StaticFiles
 from dragoman import __version__
 from dragoman.admin.api import AdminAPI, Handler, error_body, read_object
 from dragoman.admin.live import LiveSettings
+from dragoman.admin.secret_key import SecretKeySource
 from dragoman.admin.security import ADMIN_ACCOUNT, COOKIE_NAME, SESSION_MAX_AGE, AdminAuth, Session
 from dragoman.backends.base import BackendDeps
 from dragoman.dialects.common import json_response
@@ -96,6 +97,7 @@ class AdminSite:
         config = services.config
         self.auth = AdminAuth(password=config.auth.admin_password,
                               session_secret=config.auth.session_secret, announce=announce_password)
+        self.secret_key = SecretKeySource(config)  # a bad DRAGOMAN_SECRET_KEY stops the start here
         self.live = LiveSettings(config=config, registry=services.registry, gateway=services.gateway,
                                  backends=services.backends,
                                  deps=services.deps or BackendDeps(config_dir=config.config_dir),
@@ -116,8 +118,11 @@ class AdminSite:
     async def start(self) -> None:
         from dragoman.gateway.settings import SettingsStore
 
-        await self.auth.setup(SettingsStore(self._store()))
-        await self.live.load()
+        box = await self.secret_key.open()
+        resealed = await self.auth.setup(SettingsStore(self._store()), box)
+        if await self.live.load(box) or resealed:
+            # The clear values are gone from the rows, not yet from the database file's free pages.
+            await self._store().compact()
 
     # -- authorisation ------------------------------------------------------------------------
 

@@ -4,8 +4,9 @@
   one is generated on the first start, shown once on the terminal and only its argon2 hash is
   kept (in the settings table, so it survives restarts). There is no built-in default.
 * A session is a cookie signed with itsdangerous: ``{csrf token, signed in?, password
-  fingerprint}``. Any instance sharing the database (and so the signing secret) accepts it, also
-  after a restart; changing the password ends every session (the fingerprint no longer matches).
+  fingerprint}``. Any instance sharing the database (and so the signing secret, kept there
+  encrypted) accepts it, also after a restart; changing the password ends every session (the
+  fingerprint no longer matches).
 * CSRF: a synchronizer token lives in the session; every unsafe request made with the cookie
   must echo it (``x-csrf-token`` header or ``csrf_token`` form field).
 * Scripts use ``Authorization: Bearer <admin password>`` instead (no cookie, so no CSRF). A
@@ -27,8 +28,10 @@ from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from cryptography.fernet import InvalidToken
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from dragoman.admin.sealing import SecretBox, is_sealed
 from dragoman.admin.throttle import SignInThrottle
 from dragoman.config import ConfigError
 from dragoman.gateway.keys import looks_like_key
@@ -55,6 +58,23 @@ class Session:
         return bool(token) and hmac.compare_digest(self.csrf.encode(), (token or "").encode())
 
 
+def _opened(stored: object, box: SecretBox | None) -> tuple[str, str] | None:
+    """(clear signing secret, as stored), or None when there is none this process can use."""
+    if not isinstance(stored, str):
+        return None
+    clear = stored
+    if is_sealed(stored):
+        if box is None:
+            return None
+        try:
+            clear = box.decrypt(stored)
+        except InvalidToken:
+            log.warning("the saved session signing secret cannot be decrypted with this secret key (was "
+                        "DRAGOMAN_SECRET_KEY or the key file changed?); a new one ends every admin session")
+            return None
+    return (clear, stored) if len(clear) >= 32 else None
+
+
 class AdminAuth:
     """The admin credential and sessions. :meth:`setup` must run (once, at start) before use."""
 
@@ -75,16 +95,15 @@ class AdminAuth:
     def ready(self) -> bool:
         return self._hash is not None and self._serializer is not None
 
-    async def setup(self, settings: SettingsStore) -> None:
+    async def setup(self, settings: SettingsStore, box: SecretBox | None = None) -> bool:
         """Resolve the signing secret and the password hash, generating and persisting them
-        when they are not configured."""
+        when they are not configured. With ``box`` the signing secret is stored encrypted (a copy
+        of the database must not let anyone forge a session); returns True when one an older
+        version stored in clear was encrypted now."""
         secret = self._configured_secret
+        resealed = False
         if not secret:
-            stored_secret = await settings.get(SESSION_SECRET_SETTING)
-            if not isinstance(stored_secret, str) or len(stored_secret) < 32:
-                await settings.set(SESSION_SECRET_SETTING, secrets.token_urlsafe(48))
-                stored_secret = await settings.get(SESSION_SECRET_SETTING)
-            secret = str(stored_secret)
+            secret, resealed = await self._session_secret(settings, box)
         self._serializer = URLSafeTimedSerializer(secret, salt=_SALT)
         if self._configured_password:
             if looks_like_key(self._configured_password):
@@ -107,6 +126,21 @@ class AdminAuth:
             fingerprint = hmac.new(secret.encode(), b"admin-hash:" + self._hash.encode(), hashlib.sha256)
         self._fingerprint = fingerprint.hexdigest()[:16]
         self._bearer_digest = None
+        return resealed
+
+    async def _session_secret(self, settings: SettingsStore, box: SecretBox | None) -> tuple[str, bool]:
+        """The stored signing secret (generated when missing), and whether it was resealed."""
+        stored = _opened(await settings.get(SESSION_SECRET_SETTING), box)
+        if stored is not None:
+            if box is not None and not is_sealed(stored[1]):  # clear, from an older version
+                await settings.set(SESSION_SECRET_SETTING, box.encrypt(stored[0]))
+                return stored[0], True
+            return stored[0], False
+        fresh = secrets.token_urlsafe(48)
+        await settings.set(SESSION_SECRET_SETTING, box.encrypt(fresh) if box is not None else fresh)
+        # Another instance starting at once may have written its own: every instance uses the last one.
+        again = _opened(await settings.get(SESSION_SECRET_SETTING), box)
+        return (again[0] if again is not None else fresh), False
 
     # -- the password -------------------------------------------------------------------------
 
