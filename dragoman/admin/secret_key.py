@@ -65,6 +65,7 @@ class SecretKeySource:
         raw = config.environ.get(ENV_NAME, "").strip()
         self._from_env = [_fernet(k, ENV_NAME) for k in raw.split(",") if k.strip()] if raw else []
         self._file = None if self._from_env else key_file_path(config)
+        self._shared_database = not config.database_url.startswith("sqlite")
 
     async def open(self) -> SecretBox:
         if self._from_env:
@@ -72,6 +73,9 @@ class SecretKeySource:
         if self._file is None:
             return SecretBox([Fernet(Fernet.generate_key())])
         key = await asyncio.to_thread(read_or_create_key_file, self._file)
+        if self._shared_database:
+            log.warning("secrets in the database are encrypted with the key in %s; every instance sharing the "
+                        "database needs the same key: set %s on each", self._file, ENV_NAME)
         return SecretBox([_fernet(key, f"the key file {self._file}")])
 
 
