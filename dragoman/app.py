@@ -22,8 +22,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from dragoman.admin import admin_routes
+from dragoman.admin.probe_access import ProbeAccess
+from dragoman.admin.routes import AdminSite
 from dragoman.backends.base import Backend, BackendDeps, Timeouts
 from dragoman.backends.fetch import SafeImageFetcher
 from dragoman.backends.registry import backend_class
@@ -185,14 +187,26 @@ class CORSWhenOrigin:
 
 
 class GatewayApp(Starlette):
-    """Starlette with :class:`HotRoutes` in front of its middleware stack."""
+    """Starlette with :class:`HotRoutes` in front of its middleware stack.
 
-    def __init__(self, *, hot_endpoints: dict[tuple[str, str], Endpoint], **kwargs: Any) -> None:
+    With ``trusted_proxies``, uvicorn's proxy-headers middleware goes in front of everything: a
+    request from one of those addresses takes its client address (and scheme) from
+    ``X-Forwarded-For``/``-Proto``, whatever server runs the app; from anyone else the headers are
+    ignored. (``dragoman serve`` also tells uvicorn; doing it twice changes nothing.)
+    """
+
+    def __init__(self, *, hot_endpoints: dict[tuple[str, str], Endpoint], trusted_proxies: list[str],
+                 **kwargs: Any) -> None:
         self.hot_endpoints = hot_endpoints
+        self.trusted_proxies = trusted_proxies
         super().__init__(**kwargs)
 
     def build_middleware_stack(self) -> ASGIApp:
-        return HotRoutes(super().build_middleware_stack(), self.hot_endpoints)
+        app: ASGIApp = HotRoutes(super().build_middleware_stack(), self.hot_endpoints)
+        if self.trusted_proxies:
+            # uvicorn types scopes as TypedDicts, Starlette as plain mappings: the same ASGI app.
+            app = ProxyHeadersMiddleware(app, trusted_hosts=self.trusted_proxies)  # type: ignore[arg-type,assignment]
+        return app
 
 
 def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlette:
@@ -284,11 +298,13 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlett
         ok, body = await readiness(services.ready, health_monitor, services.readiness_checks)
         return json_response(body, status=200 if ok else 503)
 
+    admin = AdminSite(services)
+    probes = ProbeAccess(config.metrics_auth, keys=lambda: services.keys, admin=admin)
     routes: list[BaseRoute] = [
         Route("/", root, methods=["GET", "HEAD"]),
-        Route("/health", health, methods=["GET", "HEAD"]),
-        Route("/health/ready", health_ready, methods=["GET"]),
-        Route("/metrics", metrics_route, methods=["GET"]),
+        Route("/health", health, methods=["GET", "HEAD"]),  # liveness: open, it tells nothing
+        Route("/health/ready", probes.guard(health_ready), methods=["GET"]),
+        Route("/metrics", probes.guard(metrics_route), methods=["GET"]),
     ]
     openai_dialect, anthropic_dialect = OpenAIDialect(gateway), AnthropicDialect(gateway)
     routes += anthropic_dialect.routes()
@@ -301,7 +317,7 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlett
     ]
     routes += openai_dialect.routes()
     routes += OllamaDialect(gateway).routes()
-    routes += admin_routes(services)
+    routes += admin.routes()
     # Routes are matched in order: the generation endpoints, hit on nearly every request, go first.
     routes.sort(key=lambda route: getattr(route, "path", "") not in HOT_PATHS)
     hot: dict[tuple[str, str], Endpoint] = {
@@ -314,7 +330,8 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlett
                    allow_credentials=False,
                    expose_headers=["x-dragoman-backend", "x-dragoman-attempts", "x-dragoman-overhead-ms"]),
     ]
-    app = GatewayApp(hot_endpoints=hot, routes=routes, middleware=middleware, lifespan=lifespan,
+    app = GatewayApp(hot_endpoints=hot, trusted_proxies=config.server.trusted_proxies, routes=routes,
+                     middleware=middleware, lifespan=lifespan,
                      exception_handlers={HTTPException: _http_exception,  # type: ignore[dict-item]
                                          Exception: _internal_error})
     app.state.services = services

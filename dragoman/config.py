@@ -333,6 +333,18 @@ class AuthConfig(BaseModel):
         return self
 
 
+class MetricsConfig(BaseModel):
+    """``metrics:``: who may read ``/metrics`` and ``/health/ready`` (``/health`` is always open).
+
+    ``none``: anyone; ``key``: any valid dragoman key (or the admin password) as a bearer;
+    ``admin``: the admin password only. Unset: ``key`` under ``auth.mode: keys``, else ``none``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    auth: Literal["none", "key", "admin"] | None = None
+
+
 class UsageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -362,6 +374,7 @@ class Config(BaseModel):
     routing: RoutingConfig = Field(default_factory=RoutingConfig)
     models: list[ModelConfig] = Field(default_factory=list)
     auth: AuthConfig = Field(default_factory=AuthConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     database: str | None = None
     # Seconds a request waits on the database (a key not in the cache, a budget's first figure)
     # before it answers from the key cache or with a 503.
@@ -380,6 +393,11 @@ class Config(BaseModel):
     @property
     def environment(self) -> list[str]:
         return self._environment
+
+    # The environment ``${VAR}`` references were resolved from, and the backends as written in the
+    # file (before interpolation): secrets from the environment are stored as their reference.
+    _environ: Mapping[str, str] = PrivateAttr(default_factory=lambda: os.environ)
+    _written_backends: list[Any] = PrivateAttr(default_factory=list)
 
     @field_validator("backends")
     @classmethod
@@ -428,6 +446,21 @@ class Config(BaseModel):
     def redis_url(self) -> str | None:
         return self.redis
 
+    @property
+    def metrics_auth(self) -> Literal["none", "key", "admin"]:
+        if self.metrics.auth is not None:
+            return self.metrics.auth
+        return "key" if self.auth.mode == "keys" else "none"
+
+    @property
+    def environ(self) -> Mapping[str, str]:
+        return self._environ
+
+    def written_backend(self, index: int) -> dict[str, Any]:
+        """``backends[index]`` as the file wrote it, ``${VAR}`` references intact ({} when unknown)."""
+        written = self._written_backends[index] if index < len(self._written_backends) else None
+        return dict(written) if isinstance(written, dict) else {}
+
 
 def default_data(*, local_model: bool) -> dict[str, Any]:
     """What ``dragoman serve`` runs with no config: the built-in local model (when installed) and echo."""
@@ -462,6 +495,18 @@ def interpolate(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
     return value
 
 
+def has_env_reference(text: str) -> bool:
+    """True when ``text`` holds a ``${VAR}`` reference."""
+    return _ENV_REFERENCE.search(text) is not None
+
+
+def plain_env_references(text: str, environ: Mapping[str, str]) -> bool:
+    """True when ``text`` holds references, each to a variable that is set and none with a default
+    (a ``${VAR:-default}`` may resolve to the default written in the file)."""
+    matches = list(_ENV_REFERENCE.finditer(text))
+    return bool(matches) and all(m.group(2) is None and m.group(1) in environ for m in matches)
+
+
 def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
     lines = []
     for error in exc.errors():
@@ -487,11 +532,15 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
     chosen = path or env.get("DRAGOMAN_CONFIG")
     file = Path(chosen).expanduser() if chosen else None
     data: dict[str, Any] | None = None
+    written: list[Any] = []
     if file is not None:
         try:
-            data = interpolate(_read(file), env)
+            raw = _read(file)
+            data = interpolate(raw, env)
         except ConfigError as exc:
             raise ConfigError(f"{file}: {exc}") from exc
+        backends = raw.get("backends")
+        written = list(backends) if isinstance(backends, list) else []
     # Errors in the variables name the variable; the file is not to blame for them.
     data, used = apply_environment(data, env, default=lambda: default_data(local_model=local_model))
     try:
@@ -505,6 +554,8 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
     if config.server.tls is not None:
         config.server.tls = config.server.tls.resolved(config.config_dir)
     config._environment = used
+    config._environ = env
+    config._written_backends = written
     return config
 
 

@@ -36,9 +36,11 @@ class ServerThread:
         self.sock.bind((host, 0))
         self.port: int = self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
+        # proxy_headers off, as ``dragoman serve`` runs without ``server.trusted_proxies``: uvicorn
+        # would otherwise believe X-Forwarded-For from loopback, i.e. from every test client.
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                                     loop="asyncio", http=http, lifespan="on",
-                                                    timeout_graceful_shutdown=3))
+                                                    proxy_headers=False, timeout_graceful_shutdown=3))
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
 

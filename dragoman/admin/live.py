@@ -2,7 +2,8 @@
 
 The config file seeds the ``aliases``, ``overrides`` and ``backends`` settings
 (:func:`dragoman.gateway.settings.seed_settings`); from then on the database holds the truth,
-and every edit is saved there and applied to the running gateway at once:
+and every edit is saved there and applied to the running gateway at once. Backend secrets are
+kept there as ``${VAR}`` references or encrypted, never in clear (:mod:`dragoman.admin.sealing`).
 
 * aliases go to the registry, overrides to the gateway (both are plain replaceable maps);
 * a backend is rebuilt from its new settings, started, and swapped into the registry. The old
@@ -20,14 +21,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from dragoman.admin.masking import contains_mask, unmask
+from dragoman.admin.sealing import SecretBox, keep_references, resealed, resolve, seal, typed_references, unseal
 from dragoman.backends.base import Backend, BackendDeps
 from dragoman.backends.registry import BACKEND_TYPES, backend_class
-from dragoman.config import BackendEntry, Config, OverrideConfig, describe_validation_error
+from dragoman.config import BackendEntry, Config, ConfigError, OverrideConfig, describe_validation_error
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.extras import missing
 from dragoman.gateway.health import HealthMonitor
 from dragoman.gateway.registry import ModelRegistry
-from dragoman.gateway.settings import SettingsStore, seed_settings
+from dragoman.gateway.settings import SEEDED_PREFIX, SettingsStore, seed_settings
 from dragoman.gateway.store import Store
 from dragoman.pipeline import Gateway
 
@@ -41,8 +43,23 @@ def _invalid(message: str, param: str | None = None) -> GatewayError:
 
 
 def backend_entries(config: Config) -> dict[str, dict[str, Any]]:
-    """The config file's backends as settings values: ``{name: {"type": ..., **settings}}``."""
-    return {e.name: {"type": e.type, **e.settings} for e in config.backends}
+    """The config file's backends as settings values, ``{name: {"type": ..., **settings}}``, in
+    edited form: a secret written as ``${VAR}`` keeps its reference (see :mod:`.sealing`)."""
+    return {e.name: {"type": e.type, **keep_references(e.settings, config.written_backend(i), config.environ)}
+            for i, e in enumerate(config.backends)}
+
+
+class SealedEntries:
+    """Backend entries as the database keeps them: secrets sealed (the seeding's codec)."""
+
+    def __init__(self, box: SecretBox) -> None:
+        self._box = box
+
+    def encode(self, value: Any) -> Any:
+        return seal(value, self._box) if isinstance(value, dict) else value
+
+    def decode(self, value: Any) -> Any:
+        return unseal(value, self._box) if isinstance(value, dict) else value
 
 
 def override_entries(config: Config) -> dict[str, dict[str, Any]]:
@@ -88,13 +105,21 @@ class LiveSettings:
         self._from_file = backend_entries(config)
         self._owned: list[Backend] = []  # built here: closed at shutdown
         self._lock = asyncio.Lock()
+        self._box: SecretBox | None = None  # set by load()
 
     # -- start and stop -----------------------------------------------------------------------
 
-    async def load(self) -> None:
-        """Seed from the config file, then apply what the database holds (edits made earlier)."""
+    async def load(self, box: SecretBox) -> bool:
+        """Seal what an older version left in clear, seed from the config file, then apply what
+        the database holds (edits made earlier). ``box`` keeps the backend secrets at rest.
+        Returns True when stored secrets were resealed (the caller compacts the database)."""
+        self._box = box
+        rows = await self._reseal()
+        if rows:
+            log.warning("backend secrets stored in clear (or with an older key) are now encrypted in %s",
+                        " and ".join(rows))
         await seed_settings(self._store(), self._config.aliases, override_entries(self._config),
-                            backends=self._from_file)
+                            backends=self._from_file, backends_codec=SealedEntries(box))
         store = self._settings()
         aliases = await store.get("aliases", {}) or {}
         self._registry.set_aliases({k: parse_alias_targets(v) for k, v in aliases.items()})
@@ -104,13 +129,40 @@ class LiveSettings:
         for name in list(self._registry.backends):
             if name not in wanted:
                 self._remove(name)
-        for name, entry in wanted.items():
+        for name, stored in wanted.items():
+            problems: list[str] = []
+            entry = unseal(stored, box, problems)
+            if problems:
+                log.error("backend %s: %s cannot be decrypted with this secret key (was DRAGOMAN_SECRET_KEY or "
+                          "the key file changed?); type it again on the Settings page", name, ", ".join(problems))
             if entry != self._from_file.get(name):
                 try:
                     await self._swap(self._build(name, entry))
                 except GatewayError as exc:
                     log.error("backend %s saved in the admin settings cannot be built (%s); "
                               "fix it on the Settings page", name, exc.message)
+        return bool(rows)
+
+    async def _reseal(self) -> list[str]:
+        """Encrypt clear secrets (and re-encrypt ones sealed with an older key) in the stored rows;
+        the names of the rows changed."""
+        changed = []
+        async with self._lock:
+            for row in ("backends", SEEDED_PREFIX + "backends"):
+                entries = dict(await self._settings().get(row, {}) or {})
+                redone = {name: resealed(entry, self.box) if isinstance(entry, dict) else None
+                          for name, entry in entries.items()}
+                if any(value is not None for value in redone.values()):
+                    await self._settings().set(row, {name: redone[name] or entry for name, entry in entries.items()})
+                    changed.append(row)
+        return changed
+
+    @property
+    def box(self) -> SecretBox:
+        if self._box is None:
+            raise GatewayError(ErrorKind.INTERNAL, "the admin settings are not loaded yet", status=503,
+                               retry_after=1)
+        return self._box
 
     def _settings(self) -> SettingsStore:
         return SettingsStore(self._store())
@@ -173,8 +225,19 @@ class LiveSettings:
     # -- backends -----------------------------------------------------------------------------
 
     async def backend_settings(self) -> dict[str, dict[str, Any]]:
-        """Every backend's stored settings (secrets in clear: never send these to a browser)."""
-        return dict(await self._settings().get("backends", {}) or {})
+        """Every backend's stored settings, edited form (secrets in clear: never send these to a
+        browser; one that cannot be decrypted is the mask)."""
+        stored = await self._settings().get("backends", {}) or {}
+        return {name: unseal(entry, self.box) for name, entry in stored.items()}
+
+    async def _store_backend(self, name: str, entry: dict[str, Any] | None) -> None:
+        """Save (sealed) or, with None, delete one backend entry; the others stay as stored."""
+        stored = dict(await self._settings().get("backends", {}) or {})
+        if entry is None:
+            stored.pop(name, None)
+        else:
+            stored[name] = seal(entry, self.box)
+        await self._settings().set("backends", stored)
 
     def source(self, name: str, stored: Mapping[str, Any] | None) -> str:
         """``config`` when the backend runs as the config file says, ``admin`` when edited here."""
@@ -192,9 +255,14 @@ class LiveSettings:
             raise _invalid("settings must be a JSON object", "settings")
         if "name" in settings or "type" in settings:
             raise _invalid("name and type are set outside settings", "settings")
-        restored = unmask(settings, {k: v for k, v in (old or {}).items() if k != "type"})
+        previous = {k: v for k, v in (old or {}).items() if k != "type"}
+        restored = unmask(settings, previous)
         if contains_mask(restored):
             raise _invalid("a secret is still masked (••••): type the secret itself", "settings")
+        typed = typed_references(restored, previous)
+        if typed:
+            raise _invalid(f"{typed[0]}: environment references (${{...}}) can only be written in the config file",
+                           "settings")
         try:
             BackendEntry.model_validate({"name": name, "type": kind})
         except ValidationError as exc:
@@ -202,10 +270,15 @@ class LiveSettings:
         return {"type": kind, **restored}
 
     def _build(self, name: str, entry: Mapping[str, Any]) -> Backend:
-        settings = {k: v for k, v in entry.items() if k != "type"}
+        """A backend from an edited entry: references resolved from the environment."""
+        if contains_mask(entry):
+            raise _invalid(f"backend {name}: a saved secret cannot be decrypted; type it again", "settings")
         try:
+            settings = resolve({k: v for k, v in entry.items() if k != "type"}, self._config.environ)
             cls = backend_class(str(entry.get("type")))
             backend = cls.from_config(name, settings, self._deps)
+        except ConfigError as exc:
+            raise _invalid(f"backend {name}: {exc}", "settings") from exc
         except ValidationError as exc:
             raise _invalid(f"backend {name}: {describe_validation_error(exc)}", "settings") from exc
         except ImportError as exc:
@@ -229,8 +302,7 @@ class LiveSettings:
                 raise GatewayError(ErrorKind.NOT_FOUND, f"no backend named {name!r}")
             backend = self._build(name, entry)
             await self._swap(backend)
-            stored[name] = entry
-            await self._settings().set("backends", stored)
+            await self._store_backend(name, entry)
         await self._registry.refresh(force=True)
 
     async def delete_backend(self, name: str) -> None:
@@ -238,8 +310,7 @@ class LiveSettings:
             stored = await self.backend_settings()
             if name not in stored and name not in self._registry.backends:
                 raise GatewayError(ErrorKind.NOT_FOUND, f"no backend named {name!r}")
-            stored.pop(name, None)
-            await self._settings().set("backends", stored)
+            await self._store_backend(name, None)
             self._remove(name)
 
     async def test_backend(self, name: str, entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,13 +2,16 @@
 
 A setting is secret when its name ends in ``key``, ``secret``, ``token``, ``password`` or
 ``authorization`` (``api_key``, ``x-api-key`` header, ``access_token``; not ``max_tokens``). The
-browser only ever sees ``sk-...abcd`` or ``••••``; saving that same text keeps the stored secret.
+browser only ever sees ``sk-...abcd`` or ``••••`` (or the config file's ``${VAR}`` reference); saving
+that same text keeps the stored secret.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
+
+from dragoman.config import has_env_reference
 
 MASK = "••••"
 _SECRET_NAME = re.compile(r"(^|[_-])(api_?key|key|secret|token|password|passwd|authorization|auth)$", re.I)
@@ -20,8 +23,9 @@ def is_secret_name(name: str) -> bool:
 
 
 def mask_value(value: str) -> str:
-    """``sk-...abcd`` for long secrets (enough to tell two apart), ``••••`` for short ones."""
-    if value in _NOT_SECRET_VALUES:
+    """``sk-...abcd`` for long secrets (enough to tell two apart), ``••••`` for short ones.
+    A ``${VAR}`` reference from the config file is shown as written: it says where the secret is."""
+    if value in _NOT_SECRET_VALUES or has_env_reference(value):
         return value
     if len(value) >= 16:
         return f"{value[:3]}...{value[-4:]}"

@@ -1,7 +1,8 @@
 """``/admin``: the pages, the JSON API, sign-in and the static files, as one Starlette ``Mount``.
 
 Every API route is wrapped by :meth:`AdminSite.guard` (401 without a session or the admin
-password as a bearer, 403 on a cookie call without the CSRF token, 429 while throttled); every
+password as a bearer, 403 on a cookie call without the CSRF token or with a user key as the
+bearer, 429 while throttled); every
 page by :meth:`AdminSite.page` (a redirect to the sign-in page without a session). Responses
 carry a strict Content-Security-Policy: the pages run only the scripts under ``static/``.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -23,10 +25,12 @@ from starlette.staticfiles import StaticFiles
 from dragoman import __version__
 from dragoman.admin.api import AdminAPI, Handler, error_body, read_object
 from dragoman.admin.live import LiveSettings
-from dragoman.admin.security import COOKIE_NAME, SESSION_MAX_AGE, AdminAuth, Session
+from dragoman.admin.secret_key import SecretKeySource
+from dragoman.admin.security import ADMIN_ACCOUNT, COOKIE_NAME, SESSION_MAX_AGE, AdminAuth, Session
 from dragoman.backends.base import BackendDeps
 from dragoman.dialects.common import json_response
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.gateway.keys import looks_like_key
 
 if TYPE_CHECKING:
     from dragoman.app import AppServices
@@ -93,6 +97,7 @@ class AdminSite:
         config = services.config
         self.auth = AdminAuth(password=config.auth.admin_password,
                               session_secret=config.auth.session_secret, announce=announce_password)
+        self.secret_key = SecretKeySource(config)  # a bad DRAGOMAN_SECRET_KEY stops the start here
         self.live = LiveSettings(config=config, registry=services.registry, gateway=services.gateway,
                                  backends=services.backends,
                                  deps=services.deps or BackendDeps(config_dir=config.config_dir),
@@ -113,8 +118,11 @@ class AdminSite:
     async def start(self) -> None:
         from dragoman.gateway.settings import SettingsStore
 
-        await self.auth.setup(SettingsStore(self._store()))
-        await self.live.load()
+        box = await self.secret_key.open()
+        resealed = await self.auth.setup(SettingsStore(self._store()), box)
+        if await self.live.load(box) or resealed:
+            # The clear values are gone from the rows, not yet from the database file's free pages.
+            await self._store().compact()
 
     # -- authorisation ------------------------------------------------------------------------
 
@@ -124,25 +132,46 @@ class AdminSite:
     async def authorize(self, request: Request) -> None:
         """Raise unless the request carries the admin password as a bearer, or a signed-in
         session (plus its CSRF token on unsafe methods)."""
-        if not self.auth.ready:
-            raise GatewayError(ErrorKind.INTERNAL, "the admin service is starting", status=503, retry_after=1)
         token = bearer_token(request)
         if token is not None:
-            client = client_address(request)
-            wait = self.auth.throttle.retry_after(client)
-            if wait is not None:
-                raise GatewayError(ErrorKind.RATE_LIMITED, "too many failed sign-in attempts; try again later",
-                                   retry_after=wait)
-            if await self.auth.check_bearer(token):
-                return
-            self.auth.throttle.failed(client)
-            raise GatewayError(ErrorKind.AUTHENTICATION, "wrong admin password")
+            await self.verify_bearer(request, token)
+            return
+        if not self.auth.ready:
+            raise GatewayError(ErrorKind.INTERNAL, "the admin service is starting", status=503, retry_after=1)
         session = self.session(request)
         if session is None or not session.signed_in:
             raise GatewayError(ErrorKind.AUTHENTICATION, "sign in first (or send the admin password as a bearer)")
         if request.method not in SAFE_METHODS and not session.csrf_ok(request.headers.get("x-csrf-token")):
             raise GatewayError(ErrorKind.PERMISSION, "missing or wrong CSRF token (x-csrf-token header)",
                                code="csrf")
+
+    async def verify_bearer(self, request: Request, token: str) -> None:
+        """The admin password sent as a bearer (scripts, ``metrics.auth: admin``), throttled."""
+        await self._verify(request, token, self.auth.check_bearer)
+
+    async def _verify(self, request: Request, secret: str, check: Callable[[str], Awaitable[bool]], *,
+                      wrong: str = "wrong admin password") -> None:
+        """Check ``secret`` as the admin password, throttled per account and client address.
+
+        A dragoman API key is refused (403) without being checked or counted: it is a user key
+        sent to the wrong place, not a guess. While an address must wait, it gets 429 and its
+        attempt is not checked either, so waiting is the only way on.
+        """
+        if not self.auth.ready:
+            raise GatewayError(ErrorKind.INTERNAL, "the admin service is starting", status=503, retry_after=1)
+        if looks_like_key(secret):
+            raise GatewayError(ErrorKind.PERMISSION, "this is a dragoman API key, not the admin password; "
+                                                     "the admin API needs the admin password")
+        client = client_address(request)
+        wait = self.auth.throttle.retry_after(ADMIN_ACCOUNT, client)
+        if wait is not None:
+            raise GatewayError(ErrorKind.RATE_LIMITED, "too many failed sign-in attempts; try again later",
+                               retry_after=wait)
+        if not await check(secret):
+            self.auth.throttle.failed(ADMIN_ACCOUNT, client)
+            log.warning("failed admin sign-in from %s", client)
+            raise GatewayError(ErrorKind.AUTHENTICATION, wrong)
+        self.auth.throttle.succeeded(ADMIN_ACCOUNT, client)
 
     def guard(self, handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
@@ -168,17 +197,8 @@ class AdminSite:
         if session is None or not session.csrf_ok(token):
             raise GatewayError(ErrorKind.PERMISSION, "the sign-in form expired; reload the page and try again",
                                code="csrf")
-        client = client_address(request)
-        wait = self.auth.throttle.retry_after(client)
-        if wait is not None:
-            raise GatewayError(ErrorKind.RATE_LIMITED, "too many failed sign-in attempts; try again later",
-                               retry_after=wait)
-        if not await self.auth.check_password(password):
-            self.auth.throttle.failed(client)
-            log.warning("failed admin sign-in from %s", client)
-            raise GatewayError(ErrorKind.AUTHENTICATION, "wrong password")
-        self.auth.throttle.succeeded(client)
-        log.info("admin signed in from %s", client)
+        await self._verify(request, password, self.auth.check_password, wrong="wrong password")
+        log.info("admin signed in from %s", client_address(request))
         return self.auth.new_session(signed_in=True)[1]
 
     async def api_session(self, request: Request) -> Response:

@@ -4,13 +4,16 @@
   one is generated on the first start, shown once on the terminal and only its argon2 hash is
   kept (in the settings table, so it survives restarts). There is no built-in default.
 * A session is a cookie signed with itsdangerous: ``{csrf token, signed in?, password
-  fingerprint}``. Any instance sharing the database (and so the signing secret) accepts it, also
-  after a restart; changing the password ends every session (the fingerprint no longer matches).
+  fingerprint}``. Any instance sharing the database (and so the signing secret, kept there
+  encrypted) accepts it, also after a restart; changing the password ends every session (the
+  fingerprint no longer matches).
 * CSRF: a synchronizer token lives in the session; every unsafe request made with the cookie
   must echo it (``x-csrf-token`` header or ``csrf_token`` form field).
 * Scripts use ``Authorization: Bearer <admin password>`` instead (no cookie, so no CSRF). A
   verified bearer is remembered as an HMAC, compared in constant time, so argon2 runs once.
-* Failed attempts (form or bearer) are throttled per client address.
+* Failed attempts (form or bearer) are throttled per account and client address, with a
+  growing delay (:mod:`dragoman.admin.throttle`); a dragoman API key sent instead of the
+  password is refused as such and is not a guess.
 """
 
 from __future__ import annotations
@@ -20,15 +23,18 @@ import hashlib
 import hmac
 import logging
 import secrets
-import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from cryptography.fernet import InvalidToken
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from dragoman.admin.sealing import SecretBox, is_sealed
+from dragoman.admin.throttle import SignInThrottle
+from dragoman.config import ConfigError
+from dragoman.gateway.keys import looks_like_key
 from dragoman.gateway.settings import SettingsStore
 
 log = logging.getLogger("dragoman.admin")
@@ -37,6 +43,7 @@ PASSWORD_HASH_SETTING = "admin:password_hash"
 SESSION_SECRET_SETTING = "admin:session_secret"
 COOKIE_NAME = "dragoman_admin"
 SESSION_MAX_AGE = 12 * 3600
+ADMIN_ACCOUNT = "admin"  # the one account today; the throttle counts per account and address
 _SALT = "dragoman-admin-session"
 
 
@@ -51,59 +58,32 @@ class Session:
         return bool(token) and hmac.compare_digest(self.csrf.encode(), (token or "").encode())
 
 
-class LoginThrottle:
-    """At most ``limit`` failed attempts per ``window`` seconds per client address.
-
-    Memory is bounded: at most ``max_clients`` addresses are tracked (the oldest are dropped).
-    """
-
-    def __init__(self, *, limit: int = 5, window: float = 300.0, max_clients: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.limit = limit
-        self.window = window
-        self._max = max_clients
-        self._clock = clock
-        self._failures: dict[str, deque[float]] = {}
-
-    def _recent(self, client: str) -> deque[float]:
-        now = self._clock()
-        stamps = self._failures.get(client)
-        if stamps is None:
-            return deque()
-        while stamps and now - stamps[0] >= self.window:
-            stamps.popleft()
-        if not stamps:
-            del self._failures[client]
-        return stamps
-
-    def retry_after(self, client: str) -> float | None:
-        """Seconds until ``client`` may try again, or None when it may try now."""
-        stamps = self._recent(client)
-        if len(stamps) < self.limit:
+def _opened(stored: object, box: SecretBox | None) -> tuple[str, str] | None:
+    """(clear signing secret, as stored), or None when there is none this process can use."""
+    if not isinstance(stored, str):
+        return None
+    clear = stored
+    if is_sealed(stored):
+        if box is None:
             return None
-        return max(1.0, self.window - (self._clock() - stamps[0]))
-
-    def failed(self, client: str) -> None:
-        stamps = self._recent(client)
-        if client not in self._failures:
-            if len(self._failures) >= self._max:
-                del self._failures[next(iter(self._failures))]
-            self._failures[client] = stamps
-        stamps.append(self._clock())
-
-    def succeeded(self, client: str) -> None:
-        self._failures.pop(client, None)
+        try:
+            clear = box.decrypt(stored)
+        except InvalidToken:
+            log.warning("the saved session signing secret cannot be decrypted with this secret key (was "
+                        "DRAGOMAN_SECRET_KEY or the key file changed?); a new one ends every admin session")
+            return None
+    return (clear, stored) if len(clear) >= 32 else None
 
 
 class AdminAuth:
     """The admin credential and sessions. :meth:`setup` must run (once, at start) before use."""
 
     def __init__(self, *, password: str | None, session_secret: str | None,
-                 announce: Callable[[str], None], throttle: LoginThrottle | None = None) -> None:
+                 announce: Callable[[str], None], throttle: SignInThrottle | None = None) -> None:
         self._configured_password = password
         self._configured_secret = session_secret
         self._announce = announce
-        self.throttle = throttle or LoginThrottle()
+        self.throttle = throttle or SignInThrottle()
         self._hasher = PasswordHasher()
         self._hash: str | None = None
         self._serializer: URLSafeTimedSerializer | None = None
@@ -115,18 +95,20 @@ class AdminAuth:
     def ready(self) -> bool:
         return self._hash is not None and self._serializer is not None
 
-    async def setup(self, settings: SettingsStore) -> None:
+    async def setup(self, settings: SettingsStore, box: SecretBox | None = None) -> bool:
         """Resolve the signing secret and the password hash, generating and persisting them
-        when they are not configured."""
+        when they are not configured. With ``box`` the signing secret is stored encrypted (a copy
+        of the database must not let anyone forge a session); returns True when one an older
+        version stored in clear was encrypted now."""
         secret = self._configured_secret
+        resealed = False
         if not secret:
-            stored_secret = await settings.get(SESSION_SECRET_SETTING)
-            if not isinstance(stored_secret, str) or len(stored_secret) < 32:
-                await settings.set(SESSION_SECRET_SETTING, secrets.token_urlsafe(48))
-                stored_secret = await settings.get(SESSION_SECRET_SETTING)
-            secret = str(stored_secret)
+            secret, resealed = await self._session_secret(settings, box)
         self._serializer = URLSafeTimedSerializer(secret, salt=_SALT)
         if self._configured_password:
+            if looks_like_key(self._configured_password):
+                raise ConfigError("the admin password must not look like a dragoman API key (sk-dm-...): "
+                                  "such bearers are refused on the admin API as user keys")
             password, self._configured_password = self._configured_password, None  # keep only hashes
             self._hash = await asyncio.to_thread(self._hasher.hash, password)
             # Stable across restarts (the argon2 hash is salted anew each start), new with a new password.
@@ -144,6 +126,21 @@ class AdminAuth:
             fingerprint = hmac.new(secret.encode(), b"admin-hash:" + self._hash.encode(), hashlib.sha256)
         self._fingerprint = fingerprint.hexdigest()[:16]
         self._bearer_digest = None
+        return resealed
+
+    async def _session_secret(self, settings: SettingsStore, box: SecretBox | None) -> tuple[str, bool]:
+        """The stored signing secret (generated when missing), and whether it was resealed."""
+        stored = _opened(await settings.get(SESSION_SECRET_SETTING), box)
+        if stored is not None:
+            if box is not None and not is_sealed(stored[1]):  # clear, from an older version
+                await settings.set(SESSION_SECRET_SETTING, box.encrypt(stored[0]))
+                return stored[0], True
+            return stored[0], False
+        fresh = secrets.token_urlsafe(48)
+        await settings.set(SESSION_SECRET_SETTING, box.encrypt(fresh) if box is not None else fresh)
+        # Another instance starting at once may have written its own: every instance uses the last one.
+        again = _opened(await settings.get(SESSION_SECRET_SETTING), box)
+        return (again[0] if again is not None else fresh), False
 
     # -- the password -------------------------------------------------------------------------
 

@@ -69,6 +69,14 @@ def generate_secret() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(_SECRET_BYTES)
 
 
+def looks_like_key(text: str) -> bool:
+    """True when ``text`` has the shape of a dragoman key (``sk-dm-`` and URL-safe characters),
+    whether or not such a key exists: the admin sign-in refuses these without counting a guess."""
+    rest = text[len(KEY_PREFIX):]
+    return (text.startswith(KEY_PREFIX) and bool(rest) and len(text) <= _MAX_SECRET_LEN
+            and all(c.isascii() and (c.isalnum() or c in "-_") for c in rest))
+
+
 def hash_secret(secret: str, pepper: bytes | None = None) -> str:
     """Hex SHA-256 of the key, or HMAC-SHA-256 keyed by ``pepper`` (changing it voids every key)."""
     data = secret.encode()

@@ -7,7 +7,7 @@ after that the database is the source of truth, so edits made in the admin UI su
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -69,12 +69,30 @@ async def _put(conn: AsyncConnection, name: str, value: Any) -> None:
     await conn.execute(stmt)
 
 
+class EntryCodec(Protocol):
+    """How entries of one setting are kept in the database when that differs from how they are
+    compared (backend secrets: encrypted at rest, compared in clear)."""
+
+    def encode(self, value: Any) -> Any: ...
+
+    def decode(self, value: Any) -> Any: ...
+
+
+class _Same:
+    def encode(self, value: Any) -> Any:
+        return value
+
+    def decode(self, value: Any) -> Any:
+        return value
+
+
 async def seed_settings(
     store: Store,
     aliases: Mapping[str, Any],
     overrides: Mapping[str, Any],
     *,
     backends: Mapping[str, Any] | None = None,
+    backends_codec: EntryCodec | None = None,
 ) -> dict[str, list[str]]:
     """Merge config-file entries into the ``aliases``/``overrides``/``backends`` settings.
 
@@ -92,6 +110,7 @@ async def seed_settings(
 
     So the file is a seed that can evolve, and the admin UI never loses an edit on restart.
     Returns the entry names inserted or updated, per setting. Safe to run on every start.
+    ``backends_codec`` encodes what is written and decodes what is compared (values are given decoded).
     """
     wanted: dict[str, Mapping[str, Any]] = {"aliases": aliases, "overrides": overrides}
     if backends is not None:
@@ -99,6 +118,7 @@ async def seed_settings(
     changed: dict[str, list[str]] = {}
     async with store.begin() as conn:
         for name, entries in wanted.items():
+            codec: EntryCodec = (backends_codec if name == "backends" else None) or _Same()
             current = dict(await _get(conn, name, {}) or {})
             before = await _get(conn, SEEDED_PREFIX + name, {}) or {}
             seeded = dict(before)
@@ -106,12 +126,17 @@ async def seed_settings(
             for entry, value in entries.items():
                 if entry not in seeded:
                     if entry not in current:
-                        current[entry] = value
+                        current[entry] = codec.encode(value)
                         touched.append(entry)
-                elif seeded[entry] != value and entry in current and current[entry] == seeded[entry]:
-                    current[entry] = value
+                    seeded[entry] = codec.encode(value)
+                    continue
+                previous = codec.decode(seeded[entry])
+                if previous == value:
+                    continue
+                if entry in current and codec.decode(current[entry]) == previous:
+                    current[entry] = codec.encode(value)
                     touched.append(entry)
-                seeded[entry] = value
+                seeded[entry] = codec.encode(value)
             if touched:
                 await _put(conn, name, current)
             if seeded != before:

@@ -149,6 +149,9 @@ def test_sign_in(admin: Session, server: ServerThread) -> None:
     admin.goto("/admin/")
     assert page.url.startswith(server.url + "/admin/login")
     admin.shoot("login")
+    page.fill("#password", "sk-dm-" + "k" * 40)  # a user key typed where the password goes: not a guess
+    page.click("#login-form button[type=submit]")
+    page.locator("#login-error").filter(has_text="this is a dragoman API key, not the admin password").wait_for()
     page.fill("#password", "not-the-password")
     page.click("#login-form button[type=submit]")
     page.locator("#login-error").filter(has_text="wrong password").wait_for()

@@ -166,7 +166,9 @@ def test_usage_is_recorded_without_prompt_or_key(gateway: ServerThread) -> None:
 
 
 def test_metrics_endpoint(gateway: ServerThread) -> None:
-    text = httpx.get(f"{gateway.url}/metrics").text
+    # Under auth.mode: keys the metrics need a key (metrics.auth defaults to key; see test_exposure).
+    key = create_key(gateway, "prometheus")
+    text = httpx.get(f"{gateway.url}/metrics", headers={"authorization": f"Bearer {key}"}).text
     assert "dragoman_requests_total" in text
     assert "dragoman_request_duration_seconds_bucket" in text
     assert "dragoman_usage_queue_depth" in text

@@ -29,7 +29,6 @@
         } catch (e) { /* not JSON */ }
         const wait = res.headers.get('retry-after');
         if (res.status === 429 && wait) message += ' (in ' + wait + ' s)';
-        if (res.status === 403) message = 'The page expired; reload it and try again.';
         error.textContent = message;
         form.elements.password.select();
       } catch (e) {

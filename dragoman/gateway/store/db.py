@@ -200,6 +200,17 @@ class Store:
             return f"database unreachable: {type(exc).__name__}"
         return None
 
+    async def compact(self) -> None:
+        """After overwriting secrets: leave no old copy in the file. SQLite keeps deleted rows in free
+        pages and the write-ahead log until ``VACUUM`` rewrites the file and a checkpoint empties the
+        log. PostgreSQL drops dead row versions in its own (auto)vacuum; dumps never contain them."""
+        if self.dialect != "sqlite":
+            return
+        async with self.engine.connect() as conn:
+            autocommit = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await autocommit.execute(text("VACUUM"))
+            await autocommit.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+
     async def aclose(self) -> None:
         outliving = list(self._outliving)
         for task in outliving:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from dragoman.admin.masking import MASK, contains_mask, mask, mask_value, unmask
-from dragoman.admin.security import AdminAuth, LoginThrottle
+from dragoman.admin.security import AdminAuth
+from dragoman.admin.throttle import SignInThrottle, address_bucket
 from dragoman.gateway.settings import SettingsStore
 from dragoman.gateway.store import Store
 from tests.gateway_fixtures import FakeClock
@@ -35,28 +36,55 @@ def test_unmask_keeps_unchanged_secrets_and_takes_new_ones() -> None:
     assert contains_mask(orphan)
 
 
-def test_throttle_blocks_after_five_failures_and_forgets_after_the_window() -> None:
+def test_throttle_delay_grows_per_account_and_address_and_is_capped() -> None:
     clock = FakeClock()
-    throttle = LoginThrottle(limit=5, window=300, clock=clock)
+    throttle = SignInThrottle(free=5, first_delay=3, max_delay=300, clock=clock)
     for _ in range(5):
-        assert throttle.retry_after("10.0.0.1") is None
-        throttle.failed("10.0.0.1")
-        clock.advance(1)
-    wait = throttle.retry_after("10.0.0.1")
-    assert wait is not None and 290 <= wait <= 300
-    assert throttle.retry_after("10.0.0.2") is None  # per client
-    clock.advance(300)
-    assert throttle.retry_after("10.0.0.1") is None
-    throttle.failed("10.0.0.3")
-    throttle.succeeded("10.0.0.3")
-    assert throttle.retry_after("10.0.0.3") is None
+        assert throttle.retry_after("admin", "10.0.0.1") is None
+        throttle.failed("admin", "10.0.0.1")
+    waits = []
+    for _ in range(10):
+        wait = throttle.retry_after("admin", "10.0.0.1")
+        assert wait is not None
+        waits.append(wait)
+        clock.advance(wait)
+        assert throttle.retry_after("admin", "10.0.0.1") is None  # a delay, never a lockout
+        throttle.failed("admin", "10.0.0.1")
+    assert waits == [3, 6, 12, 24, 48, 96, 192, 300, 300, 300]
+    # Other addresses and other accounts are untouched.
+    assert throttle.retry_after("admin", "10.0.0.2") is None
+    assert throttle.retry_after("other", "10.0.0.1") is None
+    # A success forgets the failures; so does an hour without one.
+    throttle.succeeded("admin", "10.0.0.1")
+    assert throttle.retry_after("admin", "10.0.0.1") is None
+    for _ in range(7):
+        throttle.failed("admin", "10.0.0.3")
+    assert throttle.retry_after("admin", "10.0.0.3") is not None
+    clock.advance(3600)
+    throttle.failed("admin", "10.0.0.3")
+    assert throttle.retry_after("admin", "10.0.0.3") is None  # the count started over
+
+
+def test_throttle_counts_an_ipv6_network_as_one_address() -> None:
+    assert address_bucket("2001:db8:1:2:aaaa::1") == address_bucket("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert address_bucket("2001:db8:1:3::1") != address_bucket("2001:db8:1:2::1")
+    assert address_bucket("::ffff:192.0.2.7") == "192.0.2.7"
+    assert address_bucket("198.51.100.4") == "198.51.100.4"
+    throttle = SignInThrottle(clock=FakeClock())
+    for n in range(5):
+        throttle.failed("admin", f"2001:db8:1:2::{n + 1:x}")
+    assert throttle.retry_after("admin", "2001:db8:1:2::ffff") is not None
 
 
 def test_throttle_memory_is_bounded() -> None:
-    throttle = LoginThrottle(max_clients=10, clock=FakeClock())
+    throttle = SignInThrottle(max_entries=10, clock=FakeClock())
     for n in range(100):
-        throttle.failed(f"10.0.{n}.1")
-    assert len(throttle._failures) <= 10
+        throttle.failed("admin", f"10.0.{n}.1")
+    assert len(throttle) == 10
+    assert throttle.retry_after("admin", "10.0.99.1") is None  # one failure: no wait yet
+    for _ in range(5):
+        throttle.failed("admin", "10.0.99.1")
+    assert throttle.retry_after("admin", "10.0.99.1") is not None  # the latest are the ones kept
 
 
 async def test_sessions_are_signed_and_survive_a_restart_but_not_a_new_password(tmp_path: Path) -> None:
