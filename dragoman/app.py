@@ -130,7 +130,7 @@ def build_routing(config: Config) -> tuple[Router, CooldownStore]:
     """The router and its cooldown store (shared through Redis when ``redis:`` is set)."""
     r = config.routing
     cooldowns = cooldown_store(CooldownSettings(r.cooldown.failures, r.cooldown.window, r.cooldown.period),
-                               config.redis_url, prefix=r.cooldown.key_prefix)
+                               config.redis, prefix=r.cooldown.key_prefix)
     settings = RoutingSettings(strategy=r.strategy, retries=r.retries, backoff=r.backoff,
                                backoff_max=r.backoff_max, max_retry_after=r.max_retry_after)
     return Router(settings, cooldowns=cooldowns, balancer=Balancer()), cooldowns

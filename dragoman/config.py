@@ -354,6 +354,43 @@ class UsageConfig(BaseModel):
     batch_size: int = Field(500, ge=1)
 
 
+class RedisConfig(BaseModel):
+    """``redis:``: a URL, or a mapping with the URL and the connection pool's size.
+
+    Each instance keeps two pools of ``max_connections`` (limits and keys; cooldowns). A burst
+    waits up to ``pool_wait`` seconds for a free connection, so it is never taken for Redis
+    being down; a request still waiting then gets a 503 of its own.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1)
+    max_connections: int = Field(32, ge=4)
+    pool_wait: float = Field(2.0, gt=0)
+
+
+class LimitsConfig(BaseModel):
+    """``limits:``: how keys' limits and budgets behave (see ``dragoman.gateway.limits``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # While Redis is unreachable: ``open`` admits requests without limits (logged), ``closed``
+    # refuses them with a 503.
+    redis_failure: Literal["open", "closed"] = "open"
+    # Answer tokens a budgeted request reserves when the client sets no max_tokens; per model glob
+    # (first match) in reserve_tokens_by_model.
+    reserve_tokens: int = Field(1024, ge=0)
+    reserve_tokens_by_model: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("reserve_tokens_by_model")
+    @classmethod
+    def _whole_tokens(cls, value: dict[str, int]) -> dict[str, int]:
+        for glob, tokens in value.items():
+            if tokens < 0:
+                raise ValueError(f"{glob}: a reservation is a number of tokens >= 0, not {tokens}")
+        return value
+
+
 class ImageFetchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -379,7 +416,8 @@ class Config(BaseModel):
     # Seconds a request waits on the database (a key not in the cache, a budget's first figure)
     # before it answers from the key cache or with a 503.
     database_timeout: float = Field(1.0, gt=0)
-    redis: str | None = None
+    redis: RedisConfig | None = None
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     usage: UsageConfig = Field(default_factory=UsageConfig)
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)
     images: ImageFetchConfig = Field(default_factory=ImageFetchConfig)
@@ -398,6 +436,15 @@ class Config(BaseModel):
     # file (before interpolation): secrets from the environment are stored as their reference.
     _environ: Mapping[str, str] = PrivateAttr(default_factory=lambda: os.environ)
     _written_backends: list[Any] = PrivateAttr(default_factory=list)
+
+    @field_validator("redis", mode="before")
+    @classmethod
+    def _redis_url(cls, value: Any) -> Any:
+        """``redis: redis://host:6379/0`` is short for ``redis: {url: redis://host:6379/0}``; an empty
+        string (``${REDIS_URL:-}`` unset) means no Redis."""
+        if isinstance(value, str):
+            return {"url": value} if value else None
+        return value
 
     @field_validator("backends")
     @classmethod
@@ -444,7 +491,7 @@ class Config(BaseModel):
 
     @property
     def redis_url(self) -> str | None:
-        return self.redis
+        return self.redis.url if self.redis is not None else None
 
     @property
     def metrics_auth(self) -> Literal["none", "key", "admin"]:

@@ -26,9 +26,10 @@ def masked_config(config: Config) -> dict[str, Any]:
             auth[name] = MASK
     for key in auth.get("keys", []):
         key["key"] = MASK
-    for name in ("database", "redis"):
-        if data.get(name):
-            data[name] = mask_url_password(data[name])
+    if data.get("database"):
+        data["database"] = mask_url_password(data["database"])
+    if data.get("redis"):  # a mapping: {url, max_connections, pool_wait}
+        data["redis"]["url"] = mask_url_password(data["redis"]["url"])
     return data
 
 

@@ -15,7 +15,7 @@ from dragoman.config import Config
 from dragoman.errors import ErrorKind
 from dragoman.gateway.auth import AnonymousAccess, KeyAccess
 from dragoman.gateway.keys import KeyService, Principal
-from dragoman.gateway.limits import Limiter, MemoryLimiter, RedisLimiter
+from dragoman.gateway.limits import Limiter, MemoryLimiter, RedisLimiter, Reserver
 from dragoman.gateway.metrics import Metrics
 from dragoman.gateway.redis_client import connect_redis
 from dragoman.gateway.settings import SettingsStore
@@ -29,6 +29,10 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis  # optional (dragoman[redis]): imported where a client is made
 
 log = logging.getLogger("dragoman.control")
+
+# Connections of the control plane's Redis pool kept from the limiter for the key service: its
+# invalidation listener holds one, its broadcasts take another.
+KEY_SERVICE_CONNECTIONS = 2
 
 UPSTREAM_KINDS = frozenset({ErrorKind.UPSTREAM_ERROR.value, ErrorKind.UPSTREAM_UNAVAILABLE.value,
                             ErrorKind.OVERLOADED.value, ErrorKind.TIMEOUT.value})
@@ -61,15 +65,20 @@ class ControlPlane:
 
 async def open_control_plane(config: Config, metrics: Metrics) -> ControlPlane:
     store = await Store.open(config.database_url, request_timeout=config.database_timeout)
-    redis = connect_redis(config.redis_url) if config.redis_url else None
-    keys = KeyService(store, cache_ttl=config.auth.cache_ttl, redis=redis, static=static_keys(config))
     usage_store = UsageStore(store)
-    limiter: Limiter
-    if redis is not None:
-        limiter = RedisLimiter(redis, budget_source=usage_store, metrics=metrics)
-    else:
-        limiter = MemoryLimiter(budget_source=usage_store, metrics=metrics)
     prices = PriceTable(config.prices)
+    reserver = Reserver(config.limits.reserve_tokens, config.limits.reserve_tokens_by_model, prices)
+    redis: Redis | None = None
+    limiter: Limiter
+    if config.redis is not None:
+        pool = config.redis
+        redis = connect_redis(pool.url, max_connections=pool.max_connections, pool_wait=pool.pool_wait)
+        limiter = RedisLimiter(redis, budget_source=usage_store, metrics=metrics, reserver=reserver,
+                               fail_open=config.limits.redis_failure == "open", pool_wait=pool.pool_wait,
+                               max_inflight=pool.max_connections - KEY_SERVICE_CONNECTIONS)
+    else:
+        limiter = MemoryLimiter(budget_source=usage_store, metrics=metrics, reserver=reserver)
+    keys = KeyService(store, cache_ttl=config.auth.cache_ttl, redis=redis, static=static_keys(config))
     recorder = UsageRecorder(usage_store, max_queue=config.usage.queue_size, batch_size=config.usage.batch_size,
                              flush_interval=config.usage.flush_interval, prices=prices, metrics=metrics)
     pruner = UsagePruner(usage_store, retention_days=config.usage.retention_days)

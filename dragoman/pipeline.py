@@ -22,6 +22,7 @@ from dragoman.config import OverrideConfig
 from dragoman.core.events import Event, MessageEnd, PartDelta, PartEnd, PartStart, StreamError
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, TokenCount
+from dragoman.core.tokens import estimate_prompt_tokens
 from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Reasoning, Usage
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway import overrides as override_rules
@@ -53,7 +54,10 @@ class AccessPolicy(Protocol):
 
     def may_use(self, ctx: CallContext, *names: str) -> bool: ...
 
-    async def acquire(self, ctx: CallContext, model: str) -> Lease | None: ...
+    async def acquire(self, ctx: CallContext, model: str, request: ChatRequest | None = None) -> Lease | None:
+        """Admit a call of ``model`` (``<backend>/<model>``) or raise; a chat passes its
+        ``request``, from which a budget reserves what it may spend until the lease is released."""
+        ...
 
 
 class OpenAccess:
@@ -65,7 +69,7 @@ class OpenAccess:
     def may_use(self, ctx: CallContext, *names: str) -> bool:
         return True
 
-    async def acquire(self, ctx: CallContext, model: str) -> Lease | None:
+    async def acquire(self, ctx: CallContext, model: str, request: ChatRequest | None = None) -> Lease | None:
         return None
 
 
@@ -157,7 +161,7 @@ class Gateway:
         outcome = CallOutcome(ctx, "chat", request.model, request.stream)
         try:
             route = await self._route(request.model, ctx)
-            lease = await self.access.acquire(ctx, route.first_target.id)
+            lease = await self.access.acquire(ctx, route.first_target.id, request)
             try:
                 started = await self.router.start(route, lambda step, t: self._prepare(request, ctx, step, t),
                                                   started_at=ctx.started_at)
@@ -275,12 +279,6 @@ def _alias(entry: ModelEntry) -> tuple[str, ...]:
     return (entry.alias_of,) if entry.alias_of else ()
 
 
-def estimate_prompt_tokens(request: ChatRequest) -> int:
-    """About four characters a token: only used when a backend reports no usage."""
-    chars = len(request.prompt or "") + sum(len(m.text) for m in request.messages)
-    return max(1, chars // 4)
-
-
 class GatewayChatStream:
     """The started answer: observes events, turns late failures into ``StreamError``."""
 
@@ -368,6 +366,8 @@ class GatewayChatStream:
             return
         self._closed = True
         outcome = self._outcome
+        if not outcome.usage.total_tokens:  # cut short: the upstream still read the prompt and wrote
+            outcome.usage = self._usage(outcome.usage)  # what came so far (for usage and the budget)
         try:
             await self._rest.aclose()  # type: ignore[attr-defined]
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 
 from dragoman.core.service import CallContext
+from dragoman.core.types import ChatRequest
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.keys import KeyService, Principal
 from dragoman.gateway.limits import Lease, Limiter
@@ -42,11 +43,11 @@ class KeyAccess:
         principal = ctx.principal
         return isinstance(principal, Principal) and principal.may_use(*names)
 
-    async def acquire(self, ctx: CallContext, model: str) -> Lease | None:
+    async def acquire(self, ctx: CallContext, model: str, request: ChatRequest | None = None) -> Lease | None:
         principal = ctx.principal
         if not isinstance(principal, Principal):  # the pipeline authenticates first; be safe anyway
             raise GatewayError(ErrorKind.AUTHENTICATION, "Invalid API key")
-        return None if self.limiter is None else await self.limiter.acquire(principal, model)
+        return None if self.limiter is None else await self.limiter.acquire(principal, model, request)
 
 
 class AnonymousAccess:
@@ -61,5 +62,5 @@ class AnonymousAccess:
     def may_use(self, ctx: CallContext, *names: str) -> bool:
         return True
 
-    async def acquire(self, ctx: CallContext, model: str) -> Lease | None:
-        return None if self.limiter is None else await self.limiter.acquire(_ANONYMOUS, model)
+    async def acquire(self, ctx: CallContext, model: str, request: ChatRequest | None = None) -> Lease | None:
+        return None if self.limiter is None else await self.limiter.acquire(_ANONYMOUS, model, request)

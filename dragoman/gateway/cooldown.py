@@ -14,7 +14,8 @@ success costs nothing (no write) unless it ends a probe.
 between every instance on one Redis: expiries are Redis's own, the failure window is counted on
 Redis time in one Lua script. When Redis fails, that store falls back to its memory twin for
 ``retry_interval`` seconds (with a throttled warning), then tries Redis again: cooldowns are an
-optimisation, never a reason to refuse a request.
+optimisation, never a reason to refuse a request. A burst waits its turn for the store's Redis
+connections; a call whose wait runs out uses memory for once, and is not taken for Redis failing.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ from enum import Enum
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from dragoman.gateway.logutil import ThrottledLog
-from dragoman.gateway.redis_client import connect_redis
+from dragoman.gateway.redis_client import DEFAULT_POOL_WAIT, connect_redis
+from dragoman.gateway.redis_gate import RedisBusy, RedisGate
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from dragoman.config import RedisConfig
 
 log = logging.getLogger("dragoman.cooldown")
 
@@ -194,6 +198,7 @@ class RedisCooldownStore:
 
     def __init__(self, redis: Redis, settings: CooldownSettings | None = None, *,
                  prefix: str = "dragoman:cooldown:", retry_interval: float = 5.0,
+                 max_inflight: int | None = None, pool_wait: float = DEFAULT_POOL_WAIT, timeout: float = 0.5,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings or CooldownSettings()
         self.memory = MemoryCooldownStore(self.settings, clock=clock)
@@ -203,7 +208,11 @@ class RedisCooldownStore:
         self._clock = clock
         self._down_until = 0.0
         self._warn = ThrottledLog(log, interval=30.0)
+        self._busy_warn = ThrottledLog(log, interval=30.0)
         self._fail = redis.register_script(_FAIL_LUA)
+        # One turn per pooled connection (this store owns its client): a call never waits for one.
+        self._gate = RedisGate(max_inflight or redis.connection_pool.max_connections, timeout=timeout)
+        self._pool_wait = pool_wait
 
     def _keys(self, deployment: str) -> tuple[str, str, str, str]:
         base = f"{self._prefix}{{{deployment}}}"
@@ -219,8 +228,13 @@ class RedisCooldownStore:
         if self._clock() < self._down_until:
             return await local()
         try:
-            return await shared()
-        except (RedisError, OSError) as exc:
+            async with self._gate.turn(self._pool_wait):
+                return await self._gate.reply(shared())
+        except RedisBusy:
+            self._busy_warn(logging.WARNING, "cooldowns: no Redis connection free within %.1fs; "
+                            "using memory for this request", self._pool_wait)
+            return await local()
+        except (RedisError, OSError, TimeoutError) as exc:
             self._down_until = self._clock() + self._retry_interval
             self._warn(logging.WARNING, "cooldowns: Redis unavailable (%s); keeping them in memory for now", exc)
             return await local()
@@ -285,9 +299,10 @@ class RedisCooldownStore:
         await self._either(shared, lambda: self.memory.record_success(deployment))
 
 
-def cooldown_store(settings: CooldownSettings, redis_url: str | None, *,
+def cooldown_store(settings: CooldownSettings, redis: RedisConfig | None, *,
                    prefix: str = "dragoman:cooldown:") -> CooldownStore:
-    """Memory without ``redis_url``, else Redis (which needs the ``redis`` package)."""
-    if not redis_url:
+    """Memory without ``redis``, else Redis (which needs the ``redis`` package) on a pool of its own."""
+    if redis is None:
         return MemoryCooldownStore(settings)
-    return RedisCooldownStore(connect_redis(redis_url), settings, prefix=prefix)
+    client = connect_redis(redis.url, max_connections=redis.max_connections, pool_wait=redis.pool_wait)
+    return RedisCooldownStore(client, settings, prefix=prefix, pool_wait=redis.pool_wait)

@@ -16,7 +16,7 @@ The model name picks the behaviour:
 * ``gpt-slow``: streams one chunk every 50 ms (for disconnect tests).
 
 Every request is recorded (path, headers, JSON body); streams record whether the client
-went away before the end.
+went away before the end, and how many answers were in progress at once (``peak_streams``).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class FakeOpenAI:
     disconnects: int = 0
     completed_streams: int = 0
     open_streams: int = 0
+    peak_streams: int = 0  # the most answers in progress at once (reset it before a measurement)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def last(self, path_suffix: str = "/chat/completions") -> Recorded:
@@ -195,6 +196,7 @@ class _TrackedStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         with self.fake.lock:
             self.fake.open_streams += 1
+            self.fake.peak_streams = max(self.fake.peak_streams, self.fake.open_streams)
         producer = asyncio.ensure_future(self._produce(send))
         watcher = asyncio.ensure_future(_wait_disconnect(receive))
         try:

@@ -66,3 +66,41 @@ def test_backend_settings_errors_name_the_entry(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "absent.yaml", environ={})
+
+
+def test_redis_is_a_url_or_a_mapping(tmp_path: Path) -> None:
+    backends = "backends: [{name: e, type: echo}]\n"
+    plain = load_config(write(tmp_path, backends + "redis: redis://127.0.0.1:6379/0\n"), environ={})
+    assert plain.redis_url == "redis://127.0.0.1:6379/0"
+    assert plain.redis is not None and (plain.redis.max_connections, plain.redis.pool_wait) == (32, 2.0)
+    sized = load_config(write(tmp_path, backends + "redis: {url: 'redis://r:6379/1', max_connections: 64, "
+                                                   "pool_wait: 0.5}\n"), environ={})
+    assert sized.redis is not None and sized.redis_url == "redis://r:6379/1"
+    assert (sized.redis.max_connections, sized.redis.pool_wait) == (64, 0.5)
+    unset = load_config(write(tmp_path, backends + "redis: ${REDIS_URL:-}\n"), environ={})
+    assert unset.redis is None and unset.redis_url is None
+    assert load_config(write(tmp_path, backends), environ={}).redis_url is None
+
+
+def test_limits_defaults_and_choices(tmp_path: Path) -> None:
+    backends = "backends: [{name: e, type: echo}]\n"
+    limits = load_config(write(tmp_path, backends), environ={}).limits
+    assert (limits.redis_failure, limits.reserve_tokens, limits.reserve_tokens_by_model) == ("open", 1024, {})
+    chosen = load_config(write(tmp_path, backends + "limits: {redis_failure: closed, reserve_tokens: 256, "
+                                                    "reserve_tokens_by_model: {'lab/*': 4096}}\n"), environ={}).limits
+    assert (chosen.redis_failure, chosen.reserve_tokens, chosen.reserve_tokens_by_model) == (
+        "closed", 256, {"lab/*": 4096})
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("limits: {redis_failure: maybe}\n", r"limits.redis_failure: Input should be 'open' or 'closed'"),
+    ("limits: {reserve_tokens: -1}\n", r"limits.reserve_tokens: Input should be greater than or equal to 0"),
+    ("limits: {reserve_tokens_by_model: {'a/*': -5}}\n", r"limits.reserve_tokens_by_model: .*a/\*: a reservation"),
+    ("limits: {fail_open: true}\n", r"limits.fail_open: unknown key"),
+    ("redis: {url: 'redis://r', max_connections: 2}\n", r"redis.max_connections: Input should be greater than or"),
+    ("redis: {url: 'redis://r', pool_wait: 0}\n", r"redis.pool_wait: Input should be greater than 0"),
+    ("redis: {max_connections: 8}\n", r"redis.url: Field required"),
+])
+def test_broken_limits_and_redis_settings(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected):
+        load_config(write(tmp_path, "backends: [{name: e, type: echo}]\n" + text), environ={})

@@ -1,9 +1,11 @@
 """Rate limits (rpm, tpm, parallel requests) and token/cost budgets, checked before a request.
 
-``acquire(principal, model)`` admits a request or raises ``GatewayError(RATE_LIMITED)`` with
-``retry_after``; the returned lease's ``release(tokens, cost)`` ends it, counting its tokens
-toward tpm and the budget (tokens are only known afterwards, so a burst of concurrent requests
-can overshoot tpm or a budget by what they use; the next request is refused).
+``acquire(principal, model, request)`` admits a request or raises ``GatewayError(RATE_LIMITED)``
+with ``retry_after``; the returned lease's ``release(tokens, cost)`` ends it, counting its tokens
+toward tpm and the budget. Tokens are only known afterwards, so a burst of concurrent requests
+can overshoot tpm by what they use (the next request is refused); a budget instead holds each
+request's reservation from admission to release (``reservation``), so concurrent requests
+overspend it by at most one reservation.
 
 Buckets: the key's own limits apply across all models, or per model with ``per_model=True``.
 ``model_limits`` (glob -> :class:`RateLimits`) adds limits that every caller of the matching
@@ -31,6 +33,7 @@ from dragoman.gateway.limits.base import (
 )
 from dragoman.gateway.limits.memory import MemoryLimiter
 from dragoman.gateway.limits.redis_limiter import RedisLimiter
+from dragoman.gateway.limits.reservation import NO_RESERVATION, Reservation, Reserver
 
-__all__ = ["NO_LEASE", "BudgetSource", "Lease", "Limiter", "MemoryLimiter", "RateLimits", "RedisLimiter",
-           "ceil_seconds"]
+__all__ = ["NO_LEASE", "NO_RESERVATION", "BudgetSource", "Lease", "Limiter", "MemoryLimiter", "RateLimits",
+           "RedisLimiter", "Reservation", "Reserver", "ceil_seconds"]

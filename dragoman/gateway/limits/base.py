@@ -10,8 +10,10 @@ from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Protocol
 
+from dragoman.core.types import ChatRequest
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.keys import Principal
+from dragoman.gateway.limits.reservation import Reserver
 from dragoman.gateway.timeutil import period_end
 
 if TYPE_CHECKING:
@@ -38,11 +40,15 @@ class RateLimits:
 
 class Lease(Protocol):
     async def release(self, tokens: int, cost: float = 0.0) -> None:
-        """End the request; ``tokens`` (prompt + completion) count toward tpm and the budget."""
+        """End the request; ``tokens`` (prompt + completion) count toward tpm and the budget, in
+        place of what the request reserved."""
 
 
 class Limiter(Protocol):
-    async def acquire(self, principal: Principal, model: str) -> Lease: ...
+    async def acquire(self, principal: Principal, model: str, request: ChatRequest | None = None) -> Lease:
+        """Admit a call of ``model`` (``<backend>/<model>``) or raise; ``request`` (a chat) is
+        what a budget reserves for (see ``reservation``)."""
+        ...
 
 
 class BudgetSource(Protocol):
@@ -73,8 +79,9 @@ class Policy:
 
     def __init__(self, per_model: bool, model_limits: Mapping[str, RateLimits] | None,
                  budget_source: BudgetSource | None, now: Callable[[], datetime],
-                 metrics: Metrics | None, window: float) -> None:
+                 metrics: Metrics | None, window: float, reserver: Reserver | None = None) -> None:
         self.per_model = per_model
+        self.reserver = reserver or Reserver()
         self.per = "minute" if window == 60 else f"{window:g} seconds"
         self.model_limits = {glob: lim for glob, lim in (model_limits or {}).items() if lim}
         self.budget_source = budget_source
@@ -135,12 +142,10 @@ class Policy:
             self.metrics.rate_limited(f"budget_{kind}")
         return GatewayError(
             ErrorKind.RATE_LIMITED,
-            f"Budget exhausted for key {principal.name!r}: {what} used this {principal.budget_period}; "
-            f"it resets at {end.isoformat()}.",
+            f"Budget exhausted for key {principal.name!r}: {what} used this {principal.budget_period} "
+            f"(requests in progress included); it resets at {end.isoformat()}.",
             code="budget_exceeded", retry_after=max((end - now).total_seconds(), 1.0),
         )
-
-
 
 
 def ceil_seconds(retry_after: float) -> int:

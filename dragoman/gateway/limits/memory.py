@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from dragoman.core.types import ChatRequest
 from dragoman.gateway.keys import Principal
 from dragoman.gateway.limits.base import NO_LEASE, Bucket, BudgetSource, Lease, Policy, RateLimits
+from dragoman.gateway.limits.reservation import NO_RESERVATION, Reservation, Reserver
 from dragoman.gateway.timeutil import period_id, period_start, utcnow
 
 if TYPE_CHECKING:
@@ -52,7 +54,7 @@ class _Spend:
     base_cost: float = 0.0
     loaded: bool = False
     next_load: float = 0.0
-    tokens: int = 0  # counted here since the process started (in this period)
+    tokens: int = 0  # counted here since the process started (in this period), reservations included
     cost: float = 0.0
 
 
@@ -70,8 +72,9 @@ class MemoryLimiter:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utcnow,
         metrics: Metrics | None = None,
+        reserver: Reserver | None = None,
     ) -> None:
-        self._policy = Policy(per_model, model_limits, budget_source, now, metrics, window)
+        self._policy = Policy(per_model, model_limits, budget_source, now, metrics, window, reserver)
         self._window = window
         self._clock = clock
         self._requests: dict[str, _Window] = {}
@@ -79,7 +82,7 @@ class MemoryLimiter:
         self._active: dict[str, int] = {}
         self._spend: dict[str, _Spend] = {}
 
-    async def acquire(self, principal: Principal, model: str) -> Lease:
+    async def acquire(self, principal: Principal, model: str, request: ChatRequest | None = None) -> Lease:
         policy = self._policy
         buckets, budget = policy.applying(principal, model)
         if not buckets and not budget:
@@ -100,7 +103,12 @@ class MemoryLimiter:
                 self._requests[bucket.scope].add(now, 1)
             if bucket.limits.max_parallel is not None:
                 self._active[bucket.scope] = self._active.get(bucket.scope, 0) + 1
-        return _MemoryLease(self, buckets, spend)
+        reserved = NO_RESERVATION
+        if spend is not None:
+            reserved = policy.reserver.reserve(model, request)
+            spend.tokens += reserved.tokens
+            spend.cost += reserved.cost
+        return _MemoryLease(self, buckets, spend, reserved)
 
     async def _check_budget(self, principal: Principal) -> _Spend:
         assert principal.budget_period is not None
@@ -124,7 +132,8 @@ class MemoryLimiter:
             raise policy.budget_error(principal, "cost", cost)
         return spend
 
-    def _release(self, buckets: list[Bucket], spend: _Spend | None, tokens: int, cost: float) -> None:
+    def _release(self, buckets: list[Bucket], spend: _Spend | None, reserved: Reservation, tokens: int,
+                 cost: float) -> None:
         now = self._clock()
         for bucket in buckets:
             if bucket.limits.max_parallel is not None:
@@ -135,21 +144,23 @@ class MemoryLimiter:
                     self._active.pop(bucket.scope, None)
             if bucket.limits.tpm is not None and tokens > 0:
                 self._tokens.setdefault(bucket.scope, _Window()).add(now, tokens)
-        if spend is not None:
-            spend.tokens += max(tokens, 0)
-            spend.cost += max(cost, 0.0)
+        if spend is not None:  # the reservation settles to what the request spent
+            spend.tokens += max(tokens, 0) - reserved.tokens
+            spend.cost += max(cost, 0.0) - reserved.cost
 
 
 class _MemoryLease:
-    __slots__ = ("_buckets", "_limiter", "_released", "_spend")
+    __slots__ = ("_buckets", "_limiter", "_released", "_reserved", "_spend")
 
-    def __init__(self, limiter: MemoryLimiter, buckets: list[Bucket], spend: _Spend | None) -> None:
+    def __init__(self, limiter: MemoryLimiter, buckets: list[Bucket], spend: _Spend | None,
+                 reserved: Reservation) -> None:
         self._limiter = limiter
         self._buckets = buckets
         self._spend = spend
+        self._reserved = reserved
         self._released = False
 
     async def release(self, tokens: int, cost: float = 0.0) -> None:
         if not self._released:
             self._released = True
-            self._limiter._release(self._buckets, self._spend, tokens, cost)
+            self._limiter._release(self._buckets, self._spend, self._reserved, tokens, cost)

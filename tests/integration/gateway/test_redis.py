@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
+from dragoman.core.types import ChatRequest, Message, Role, Sampling, TextPart
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.keys import KeyService, Principal
-from dragoman.gateway.limits import NO_LEASE, RateLimits, RedisLimiter
+from dragoman.gateway.limits import NO_LEASE, RateLimits, RedisLimiter, Reserver
 from dragoman.gateway.redis_client import connect_redis
 from dragoman.gateway.store import Store
-from dragoman.gateway.usage import UsageRecord
+from dragoman.gateway.usage import PriceTable, UsageRecord
 from dragoman.gateway.usage_store import UsageStore
 from tests.gateway_fixtures import FakeClock
 from tests.services import ensure_redis
@@ -190,3 +191,90 @@ async def test_revocation_reaches_every_instance_at_once(redis_env: RedisEnv, sq
         await gateway.aclose()
         await admin.aclose()
         await client.aclose()
+
+
+# ------------------------------------------------------------------------- under load
+
+
+async def outcomes(limiter: RedisLimiter, principal: Principal, count: int,
+                   request: ChatRequest | None = None) -> tuple[list[Any], list[GatewayError]]:
+    """``count`` acquires at once: the leases, and the refusals."""
+    async def one() -> Any:
+        try:
+            return await limiter.acquire(principal, "up/m", request)
+        except GatewayError as exc:
+            return exc
+
+    results = await asyncio.gather(*(one() for _ in range(count)))
+    return [r for r in results if not isinstance(r, GatewayError)], [r for r in results if isinstance(r, GatewayError)]
+
+
+async def test_a_burst_waits_for_a_small_pool_and_stays_limited(redis_env: RedisEnv,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    _, prefix = redis_env
+    url = ensure_redis()
+    assert url is not None
+    client = connect_redis(url, max_connections=4)  # redis-py's own pool would fail past 4
+    try:
+        limiter = RedisLimiter(client, prefix=prefix)
+        leases, refusals = await outcomes(limiter, key(rpm=60), 200)
+        assert len(leases) == 60 and NO_LEASE not in leases  # none admitted "without limits"
+        assert len(refusals) == 140 and all(e.kind is ErrorKind.RATE_LIMITED for e in refusals)
+        await refused(limiter, key(rpm=60))
+        assert not [r for r in caplog.records if r.name.startswith("dragoman.gateway.limits")]
+    finally:
+        await client.aclose()
+
+
+async def test_a_wait_for_a_turn_that_runs_out_refuses_that_request_only(redis_env: RedisEnv) -> None:
+    client, prefix = redis_env
+    limiter = RedisLimiter(client, prefix=prefix, max_inflight=1, pool_wait=0.0005)
+    leases, refusals = await outcomes(limiter, key(rpm=10), 100)
+    busy = [e for e in refusals if e.kind is ErrorKind.OVERLOADED]
+    assert busy and all(e.status == 503 and e.message == "The gateway is busy; try again shortly."
+                        and e.retry_after == 1.0 for e in busy)
+    assert 0 < len(leases) <= 10 and NO_LEASE not in leases
+    # Redis was never taken for down: the key stays limited.
+    for _ in range(10 - len(leases)):
+        await limiter.acquire(key(rpm=10), "up/m")
+    await refused(limiter, key(rpm=10))
+
+
+def chat(text: str, max_tokens: int | None = None) -> ChatRequest:
+    return ChatRequest(model="m", messages=[Message(Role.USER, [TextPart(text)])],
+                       sampling=Sampling(max_tokens=max_tokens))
+
+
+async def test_budget_reservations_are_atomic_and_settle(redis_env: RedisEnv, sqlite_store: Store) -> None:
+    client, prefix = redis_env
+    usage = UsageStore(sqlite_store)
+    a = RedisLimiter(client, prefix=prefix, budget_source=usage)
+    b = RedisLimiter(client, prefix=prefix, budget_source=usage)  # another instance
+    p = key(budget_tokens=100, budget_period="day")
+    request = chat("x" * 40, 10)  # reserves 20 tokens
+    first, _ = await outcomes(a, p, 10, request)
+    second, refusals = await outcomes(b, p, 10, request)
+    assert len(first) + len(second) == 5  # 0, 20, 40, 60, 80: the sixth would start at 100
+    assert all(e.code == "budget_exceeded" and "100 of 100 tokens" in e.message for e in refusals)
+    for lease in first + second:
+        await lease.release(12)  # each spent 12 of its 20: 60 in all
+    more, _ = await outcomes(a, p, 10, request)
+    assert len(more) == 2  # 60 -> 80 -> 100
+    await more[0].release(0)  # failed before any token: its 20 come back
+    await a.acquire(p, "up/m", request)
+    err = await refused(b, p)
+    assert "100 of 100 tokens" in err.message
+
+
+async def test_cost_budget_reserves_the_price(redis_env: RedisEnv, sqlite_store: Store) -> None:
+    client, prefix = redis_env
+    prices = PriceTable({"up/*": {"input": 1_000_000, "output": 1_000_000}})  # one cost unit a token
+    limiter = RedisLimiter(client, prefix=prefix, budget_source=UsageStore(sqlite_store),
+                           reserver=Reserver(prices=prices))
+    p = key(budget_cost=30.0, budget_period="month")
+    leases, refusals = await outcomes(limiter, p, 5, chat("x" * 40, 10))  # 20 units each
+    assert len(leases) == 2 and len(refusals) == 3
+    assert "40.0000 of 30.0000 cost units" in refusals[0].message
+    await leases[0].release(5, cost=5.0)
+    await leases[1].release(5, cost=5.0)
+    await limiter.acquire(p, "up/m", chat("x" * 40, 10))  # 10 spent

@@ -6,11 +6,21 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from dragoman.core.types import ChatRequest, Message, Role, Sampling, TextPart
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.keys import Principal
-from dragoman.gateway.limits import NO_LEASE, Lease, MemoryLimiter, RateLimits, ceil_seconds
+from dragoman.gateway.limits import (
+    NO_LEASE,
+    NO_RESERVATION,
+    Lease,
+    MemoryLimiter,
+    RateLimits,
+    Reservation,
+    Reserver,
+    ceil_seconds,
+)
 from dragoman.gateway.store import Store
-from dragoman.gateway.usage import UsageRecord
+from dragoman.gateway.usage import PriceTable, UsageRecord
 from dragoman.gateway.usage_store import UsageStore
 from tests.gateway_fixtures import FakeClock, FakeNow
 
@@ -190,3 +200,57 @@ async def test_budget_from_the_usage_table(sqlite_store: Store) -> None:
     await lease.release(400)
     err = await refused(limiter, key(budget_tokens=1000, budget_period="day"))
     assert "1000 of 1000 tokens" in err.message
+
+
+# ----------------------------------------------------------------- budget reservations
+
+
+def chat(text: str, max_tokens: int | None = None, *, default: int | None = None) -> ChatRequest:
+    return ChatRequest(model="m", messages=[Message(Role.USER, [TextPart(text)])],
+                       sampling=Sampling(max_tokens=max_tokens), defaults=Sampling(max_tokens=default))
+
+
+def test_a_reservation_is_the_prompt_and_the_most_the_answer_may_take() -> None:
+    reserver = Reserver(100, {"lab/*": 7})
+    forty = "x" * 40  # ten tokens by the estimate
+    assert reserver.reserve("up/m", chat(forty, 5)) == Reservation(15)
+    assert reserver.reserve("up/m", chat(forty, default=16)) == Reservation(26)  # the dialect's default
+    assert reserver.reserve("up/m", chat(forty)) == Reservation(110)  # reserve_tokens
+    assert reserver.reserve("lab/llama", chat(forty)) == Reservation(17)  # the model's own
+    assert reserver.reserve("up/m", None) == NO_RESERVATION  # not a chat (embeddings)
+    priced = Reserver(prices=PriceTable({"up/*": {"input": 1_000_000, "output": 2_000_000}}))
+    assert priced.reserve("up/m", chat(forty, 5)) == Reservation(15, 10 * 1.0 + 5 * 2.0)
+    with pytest.raises(ValueError, match="reserve_tokens: a reservation"):
+        Reserver(-1)
+
+
+async def test_a_budget_holds_the_reservations_of_requests_in_progress() -> None:
+    limiter = MemoryLimiter(budget_source=Spent(0, 0.0), now=FakeNow())
+    p = key(budget_tokens=100, budget_period="day")
+    request = chat("x" * 40, 10)  # reserves 20
+    leases = [await limiter.acquire(p, "up/m", request) for _ in range(5)]  # 0, 20, ..., 80: under 100
+    err = await refused(limiter, p)  # 100 reserved: a sixth would overspend
+    assert "100 of 100 tokens used this day (requests in progress included)" in err.message
+    for lease in leases[:3]:
+        await lease.release(12)  # each spent 12 of its 20
+    await limiter.acquire(p, "up/m", request)  # 3 * 12 + 2 * 20 = 76: admitted, 96
+    await limiter.acquire(p, "up/m", request)  # 96: admitted, 116, past the budget by one reservation
+    err = await refused(limiter, p)
+    assert "116 of 100 tokens" in err.message
+
+
+async def test_a_reservation_settles_on_failures_and_cost_budgets_reserve_too() -> None:
+    prices = PriceTable({"up/*": {"input": 1_000_000, "output": 1_000_000}})  # one cost unit a token
+    limiter = MemoryLimiter(budget_source=Spent(0, 0.0), now=FakeNow(), reserver=Reserver(prices=prices))
+    p = key(budget_cost=30.0, budget_period="month")
+    request = chat("x" * 40, 10)  # 20 tokens, 20 cost units
+    failed = await limiter.acquire(p, "up/m", request)
+    second = await limiter.acquire(p, "up/m", request)  # 20 < 30
+    err = await refused(limiter, p)
+    assert "40.0000 of 30.0000 cost units" in err.message
+    await failed.release(0)  # an error before any token: nothing spent
+    await failed.release(0)  # once only
+    third = await limiter.acquire(p, "up/m", request)  # 20 again
+    await second.release(5, cost=5.0)
+    await third.release(5, cost=5.0)
+    await limiter.acquire(p, "up/m", request)  # 10 spent

@@ -25,6 +25,7 @@ from dragoman.gateway.registry import ModelRegistry
 from dragoman.gateway.route import Deployment, DeploymentSpec, ModelSpec, Route, Step, Target
 from dragoman.gateway.router import Router, RoutingSettings
 from tests.gateway_fixtures import FakeClock
+from tests.services import ensure_redis
 
 # ---------------------------------------------------------------------------- fakes
 
@@ -148,6 +149,28 @@ async def test_redis_breaker_is_shared(redis_env: tuple[Any, str]) -> None:
     await one.record_success("b/m")
     assert await two.check(["b/m"]) == {}
     assert one.using_redis and two.using_redis
+
+
+async def test_a_burst_waits_for_the_pool_and_is_not_taken_for_redis_down(
+        redis_env: tuple[Any, str], caplog: pytest.LogCaptureFixture) -> None:
+    _, prefix = redis_env
+    url = ensure_redis()
+    assert url is not None
+    settings = CooldownSettings(failures=1, window=10, period=30)
+    small = RedisCooldownStore(connect_redis(url, max_connections=2), settings, prefix=prefix)
+    impatient = RedisCooldownStore(connect_redis(url, max_connections=1), settings, prefix=prefix + "i:",
+                                   pool_wait=0.0005)
+    try:
+        assert await small.record_failure("b/m")
+        statuses = await asyncio.gather(*(small.check(["b/m"]) for _ in range(200)))
+        assert all(s["b/m"].state is State.OPEN for s in statuses)  # all from Redis, waiting their turn
+        await asyncio.gather(*(impatient.check(["b/m"]) for _ in range(100)))
+        assert "no Redis connection free within 0.0s; using memory for this request" in caplog.text
+        assert small.using_redis and impatient.using_redis  # neither was taken for Redis being down
+        assert "Redis unavailable" not in caplog.text
+    finally:
+        await small.aclose()
+        await impatient.aclose()
 
 
 async def test_redis_down_falls_back_to_memory(caplog: pytest.LogCaptureFixture) -> None:
