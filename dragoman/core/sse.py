@@ -8,12 +8,9 @@ bytes: past that the decoder raises :class:`FrameTooLarge` rather than buffer wi
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 DEFAULT_MAX_FRAME = 8 << 20  # bytes in one line (NDJSON) or one event's data (SSE)
-
-_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class FrameTooLarge(ValueError):
@@ -33,13 +30,13 @@ class ServerSentEvent:
 class LineSplitter:
     """Splits a byte stream into lines on ``\\n``, ``\\r\\n`` or ``\\r``, whatever the chunking.
 
-    Only the bytes fed since the last line end are kept, and only new bytes are searched.
-    """
+    Each chunk is scanned once, by C-level ``bytes`` methods; only the unfinished last line is
+    kept between chunks, and it may not grow past ``max_line`` bytes."""
 
     __slots__ = ("_buffer", "_max_line", "_pending_cr")
 
     def __init__(self, max_line: int = DEFAULT_MAX_FRAME) -> None:
-        self._buffer = bytearray()
+        self._buffer = bytearray()  # the start of a line whose end has not arrived
         self._pending_cr = False  # the last chunk ended in "\r": a "\n" starting the next one belongs to it
         self._max_line = max_line
 
@@ -48,24 +45,27 @@ class LineSplitter:
             self._pending_cr = False
             if chunk[:1] == b"\n":
                 chunk = chunk[1:]
+        if b"\r" in chunk:
+            self._pending_cr = chunk.endswith(b"\r")
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         buffer = self._buffer
-        scanned = len(buffer)  # the buffer holds no line end: search only what is new
-        buffer += chunk
-        lines: list[bytes] = []
-        start = 0
-        with memoryview(buffer) as view:
-            for match in _LINE_END.finditer(buffer, scanned):
-                end = match.start()
-                if end - start > self._max_line:
-                    raise FrameTooLarge(self._max_line)
-                lines.append(bytes(view[start:end]))
-                start = match.end()
-        if start:
-            # A lone "\r" at the very end may be the first half of a "\r\n" split across chunks.
-            self._pending_cr = start == len(buffer) and buffer[start - 1] == 0x0D
-            del buffer[:start]
-        if len(buffer) > self._max_line:
-            raise FrameTooLarge(self._max_line)
+        if b"\n" not in chunk:
+            buffer += chunk
+            if len(buffer) > self._max_line:
+                raise FrameTooLarge(self._max_line)
+            return []
+        lines = chunk.split(b"\n")
+        rest = lines.pop()
+        if buffer:
+            buffer += lines[0]
+            lines[0] = bytes(buffer)
+            buffer.clear()
+        buffer += rest
+        limit = self._max_line
+        # Only a line that began earlier, or a chunk longer than the limit, can hold a line past it.
+        could_exceed = len(lines[0]) > limit or len(chunk) > limit
+        if len(buffer) > limit or (could_exceed and max(map(len, lines)) > limit):
+            raise FrameTooLarge(limit)
         return lines
 
     def flush(self) -> list[bytes]:
