@@ -241,6 +241,10 @@ def test_endless_ollama_stream_ends_at_its_models_total(olc: ollama.Client, gate
     assert "".join(parts).startswith("drip drip")
     assert caught.value.error == total_timeout(DEADLINE, "models['ollama-drip'].timeouts.total")
     assert usage_row(gateway, "ollama-drip", "ollama") == (504, "timeout")
+    with pytest.raises(ollama.ResponseError) as whole:  # a whole answer: nothing was sent, an HTTP status
+        olc.chat(model="ollama-drip", messages=user(), stream=False)
+    assert (whole.value.status_code, whole.value.error) == (
+        504, total_timeout(DEADLINE, "models['ollama-drip'].timeouts.total"))
 
 
 def test_the_global_total_ends_an_endless_stream(upstreams: tuple[ServerThread, ServerThread, ServerThread],
