@@ -26,7 +26,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from dragoman.admin.probe_access import ProbeAccess
 from dragoman.admin.routes import AdminSite
-from dragoman.backends.base import Backend, BackendDeps, Timeouts
+from dragoman.backends.base import TIMEOUT_NAMES, Backend, BackendDeps, Timeouts
 from dragoman.backends.fetch import SafeImageFetcher
 from dragoman.backends.registry import backend_class
 from dragoman.config import Config, ConfigError, describe_validation_error
@@ -112,18 +112,26 @@ def _source(config: Config) -> str:
 
 def model_specs(config: Config) -> list[ModelSpec]:
     """``models:`` entries as the registry takes them, timeouts merged with the global ones."""
-    base = config.timeouts
+    base = global_timeouts(config)
     specs = []
     for model in config.models:
         timeouts = None
         if model.timeouts is not None:
-            t = model.timeouts
-            timeouts = Timeouts(t.connect or base.connect, t.first_byte or base.first_byte, t.idle or base.idle)
+            timeouts = base
+            for name in TIMEOUT_NAMES:
+                seconds = getattr(model.timeouts, name)
+                if seconds is not None:
+                    timeouts = timeouts.with_limit(name, seconds, f"models[{model.name!r}].timeouts.{name}")
         specs.append(ModelSpec(
             name=model.name,
             deployments=tuple(DeploymentSpec(d.target, d.weight, d.priority) for d in model.deployments),
             strategy=model.strategy, fallbacks=tuple(model.fallbacks), timeouts=timeouts, retries=model.retries))
     return specs
+
+
+def global_timeouts(config: Config) -> Timeouts:
+    t = config.timeouts
+    return Timeouts(t.connect, t.first_byte, t.idle, t.total)
 
 
 def build_routing(config: Config) -> tuple[Router, CooldownStore]:
@@ -218,7 +226,7 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlett
     backends = build_backends(config, deps)
     registry = ModelRegistry(backends, config.aliases, refresh_seconds=config.model_refresh_seconds,
                              models=model_specs(config))
-    timeouts = Timeouts(config.timeouts.connect, config.timeouts.first_byte, config.timeouts.idle)
+    timeouts = global_timeouts(config)
     router, cooldowns = build_routing(config)
     gateway = Gateway(registry, router=router, overrides=config.overrides, timeouts=timeouts,
                       forward_keys=config.auth.mode != "keys")

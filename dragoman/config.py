@@ -119,11 +119,15 @@ class ServerConfig(BaseModel):
 
 
 class TimeoutConfig(BaseModel):
+    """Seconds: connecting, the answer's first byte, a gap between two chunks of it, and the whole
+    request from its arrival (routing, retries and the whole answer; an hour by default)."""
+
     model_config = ConfigDict(extra="forbid")
 
     connect: float = Field(10.0, gt=0)
     first_byte: float = Field(600.0, gt=0)
     idle: float = Field(120.0, gt=0)
+    total: float = Field(3600.0, gt=0)
 
 
 class PartialTimeoutConfig(BaseModel):
@@ -134,6 +138,7 @@ class PartialTimeoutConfig(BaseModel):
     connect: float | None = Field(None, gt=0)
     first_byte: float | None = Field(None, gt=0)
     idle: float | None = Field(None, gt=0)
+    total: float | None = Field(None, gt=0)
 
 
 Strategy = Literal["weighted_random", "least_busy", "lowest_latency"]
@@ -175,7 +180,7 @@ class ModelConfig(BaseModel):
 
     .. code-block:: yaml
 
-        timeouts: {connect: 10, first_byte: 600, idle: 120}   # global
+        timeouts: {connect: 10, first_byte: 600, idle: 120, total: 3600}   # global
         routing:                      # defaults for every model
           strategy: weighted_random   # weighted_random | least_busy | lowest_latency
           retries: 2                  # further attempts once every deployment had one
@@ -192,7 +197,7 @@ class ModelConfig(BaseModel):
               - ollama-b/llama3.2                      # just a target: weight 1, priority 0
               - {target: openai/gpt-4o-mini, priority: 1}   # only when no priority-0 one can
             fallbacks: [bigger-model]  # names (models:, aliases, <backend>/<model>) tried after
-            timeouts: {first_byte: 60} # the rest from the global timeouts
+            timeouts: {first_byte: 60, total: 300}  # the rest from the global timeouts
             retries: 1
 
     ``aliases:`` stay ordered fallback lists: each of their targets (a ``models:`` name, an alias,
@@ -245,7 +250,7 @@ class OverrideConfig(BaseModel):
     force: dict[str, Any] = Field(default_factory=dict)
     max_tokens_cap: int | None = Field(None, ge=1)
     exclude_reasoning: bool | None = None
-    request_timeout: float | None = Field(None, gt=0)
+    request_timeout: float | None = Field(None, gt=0)  # seconds: the request's total time limit
 
     @property
     def defaults(self) -> dict[str, Any]:

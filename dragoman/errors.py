@@ -16,7 +16,7 @@ Hierarchy (all are ``GatewayError``; the kind says which):
 * ``UPSTREAM_ERROR`` 502: the upstream answered with an error or garbage.
 * ``UPSTREAM_UNAVAILABLE`` 503: the upstream could not be reached.
 * ``OVERLOADED`` 503: the upstream or a local queue is full.
-* ``TIMEOUT`` 504.
+* ``TIMEOUT`` 504 (``DeadlineExceeded`` when the request's total time limit passed).
 * ``CANCELLED`` 499: the client went away (only ever recorded, never sent).
 * ``INTERNAL`` 500: a bug in dragoman.
 """
@@ -97,6 +97,18 @@ class GatewayError(Exception):
 
     def __repr__(self) -> str:
         return f"GatewayError({self.kind.value!r}, {self.message!r}, status={self.status})"
+
+
+class DeadlineExceeded(GatewayError):
+    """A ``TIMEOUT``: the request's total time limit passed. No retry or fallback can help (the time
+    is the request's, not the deployment's), so routing stops here and no cooldown counts it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorKind.TIMEOUT, message)
+
+    @property
+    def retryable(self) -> bool:
+        return False
 
 
 def invalid_request(message: str, *, param: str | None = None, code: str | None = None) -> GatewayError:

@@ -255,12 +255,16 @@ class Gateway:
 
     def _call_options(self, ctx: CallContext, target: Target, step: Step | None = None) -> CallOptions:
         """Timeouts: the step's (a ``models:`` entry's, merged with the global ones), else the
-        global ones; an override's ``request_timeout`` then bounds first byte and idle gaps."""
+        global ones; an override's ``request_timeout`` is then the total. The deadline is that
+        total after the request arrived (so routing, retries and the answer all count)."""
         timeouts = step.timeouts if step is not None and step.timeouts is not None else self.timeouts
-        for rule in override_rules.matching(self.overrides, target.id):
-            if rule.request_timeout is not None:
-                timeouts = Timeouts(timeouts.connect, rule.request_timeout, rule.request_timeout)
-        return CallOptions(timeouts=timeouts, client_api_key=ctx.api_key if self.forward_keys else None)
+        override = override_rules.request_timeout(self.overrides, target.id)
+        if override is not None:
+            timeouts = timeouts.with_limit("total", *override)
+        elapsed = time.perf_counter() - ctx.started_at
+        deadline = asyncio.get_running_loop().time() + timeouts.total - elapsed
+        return CallOptions(timeouts=timeouts, client_api_key=ctx.api_key if self.forward_keys else None,
+                           deadline=deadline)
 
     def _notify(self, outcome: CallOutcome) -> None:
         for observer in self.observers:

@@ -51,7 +51,7 @@ from dragoman.core.ids import now, random_id
 from dragoman.core.images import encode_base64, sniff_media_type
 from dragoman.core.jsonprefix import to_object
 from dragoman.core.models import Capabilities, ModelInfo
-from dragoman.core.sse import ServerSentEvent, SSEDecoder
+from dragoman.core.sse import DEFAULT_MAX_FRAME, ServerSentEvent, SSEDecoder
 from dragoman.core.types import (
     ChatRequest,
     FinishReason,
@@ -115,6 +115,7 @@ class AnthropicSettings(BaseModel):
     beta: list[str] = Field(default_factory=list)
     headers: dict[str, str] = Field(default_factory=dict)
     max_connections: int = 256
+    max_frame_bytes: int = Field(DEFAULT_MAX_FRAME, ge=1024)  # the longest stream line accepted
     capabilities: dict[str, bool] = Field(default_factory=dict)  # overrides for every model
     context_length: int | None = 200_000
 
@@ -127,7 +128,8 @@ class AnthropicBackend(HTTPBackend):
         if settings.beta:
             fixed[BETA_HEADER] = ",".join(settings.beta)
         super().__init__(name, settings.base_url.rstrip("/").removesuffix("/v1"), api_key=settings.api_key,
-                         headers=fixed, max_connections=settings.max_connections, auth=settings.auth)
+                         headers=fixed, max_connections=settings.max_connections, auth=settings.auth,
+                         max_frame_bytes=settings.max_frame_bytes)
         self.settings = settings
         self.discovery = ModelDiscovery(self._discover, ttl=DISCOVERY_TTL)
 
@@ -195,7 +197,7 @@ class AnthropicBackend(HTTPBackend):
             raise GatewayError(ErrorKind.INVALID_REQUEST,
                                f"backend {self.name!r} (Anthropic) serves chat only, not raw text completion",
                                param="model")
-        decoder = StreamDecoder(self.name, model)
+        decoder = StreamDecoder(self.name, model, SSEDecoder(self.max_frame_bytes))
         return StreamCall("/v1/messages", build_body(request, model, self.settings), decoder.sse, decoder.decode,
                           decoder.end_of_stream, headers=beta_headers(request, self.settings))
 
@@ -335,13 +337,11 @@ class StreamDecoder:
         return [MessageEnd(self.finish_reason or FinishReason.STOP, usage, self.stop_sequence)]
 
     def end_of_stream(self) -> list[Event]:
-        """At upstream EOF: a clean end needs at least the ``message_delta`` (its stop reason)."""
+        """At upstream EOF: the answer is complete only once ``message_stop`` came."""
         if self.ended:
             return []
-        if not self.started or self.finish_reason is None:
-            raise GatewayError(ErrorKind.UPSTREAM_ERROR,
-                               f"upstream {self.backend!r} closed the stream before the message ended")
-        return self._end()
+        raise GatewayError(ErrorKind.UPSTREAM_ERROR,
+                           f"upstream {self.backend!r} closed the stream before the message ended (no message_stop)")
 
 
 _HANDLERS = {

@@ -2,34 +2,93 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from dragoman.core.events import Event
 from dragoman.core.models import ModelInfo
 from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse
-from dragoman.errors import ErrorKind, GatewayError
+from dragoman.errors import DeadlineExceeded, ErrorKind, GatewayError
+
+T = TypeVar("T")
+
+DEFAULT_TOTAL_TIMEOUT = 3600.0  # an hour: room for long local generations, an end for endless streams
+
+TimeoutName = Literal["connect", "first_byte", "idle", "total"]
+TIMEOUT_NAMES: tuple[TimeoutName, ...] = ("connect", "first_byte", "idle", "total")
+_LIMIT_NAMES: dict[str, str] = {"connect": "connect", "first_byte": "first-byte", "idle": "idle", "total": "total"}
 
 
 @dataclass(slots=True, frozen=True)
 class Timeouts:
     """Seconds. ``first_byte`` bounds the wait for the upstream's first byte of an answer,
-    ``idle`` the gap between two chunks of it; neither caps a long answer that keeps coming."""
+    ``idle`` the gap between two chunks of it; ``total`` bounds the whole request from its
+    arrival (routing, retries and the answer), so an answer that keeps coming still ends.
+
+    ``origins`` names the setting of each limit that does not come from the global
+    ``timeouts:`` (``models[llama].timeouts.total``...), for the error that limit causes."""
 
     connect: float = 10.0
     first_byte: float = 600.0
     idle: float = 120.0
+    total: float = DEFAULT_TOTAL_TIMEOUT
+    origins: tuple[tuple[TimeoutName, str], ...] = field(default=(), compare=False)
+
+    def setting(self, name: TimeoutName) -> str:
+        """The config key that set limit ``name``."""
+        return dict(self.origins).get(name, f"timeouts.{name}")
+
+    def limit(self, name: TimeoutName) -> str:
+        """``first-byte timeout of 5s, timeouts.first_byte``: which limit, its value and where it is set."""
+        seconds: float = getattr(self, name)
+        return f"{_LIMIT_NAMES[name]} timeout of {seconds:g}s, {self.setting(name)}"
+
+    def with_limit(self, name: TimeoutName, seconds: float, origin: str) -> Timeouts:
+        """These timeouts with limit ``name`` set to ``seconds`` by the setting ``origin``."""
+        origins = (*((n, o) for n, o in self.origins if n != name), (name, origin))
+        return replace(self, **{name: seconds}, origins=origins)
+
+
+def total_exceeded(timeouts: Timeouts) -> DeadlineExceeded:
+    return DeadlineExceeded(f"request timed out ({timeouts.limit('total')})")
 
 
 @dataclass(slots=True)
 class CallOptions:
-    """Per-call settings the gateway passes down."""
+    """Per-call settings the gateway passes down.
+
+    ``deadline`` is the event-loop time (``loop.time()``) by which the whole request must be
+    over, ``timeouts.total`` after it arrived; None when the caller set none. A backend that
+    waits (for a connection, a chunk, a token) waits no later than that, and then raises
+    ``total_exceeded(timeouts)``."""
 
     timeouts: Timeouts = field(default_factory=Timeouts)
     client_api_key: str | None = None  # for ``api_key: forward``
+    deadline: float | None = None
+
+
+async def within_deadline(work: Awaitable[T], options: CallOptions) -> T:
+    """``work``, ended by the request's total deadline: ``DeadlineExceeded`` then (also when the
+    deadline passed before it started, as after a retry's backoff)."""
+    deadline = options.deadline
+    if deadline is None:
+        return await work
+    if asyncio.get_running_loop().time() >= deadline:
+        if isinstance(work, Coroutine):
+            work.close()
+        raise total_exceeded(options.timeouts)
+    timeout = asyncio.timeout_at(deadline)
+    try:
+        async with timeout:
+            return await work
+    except TimeoutError:
+        if timeout.expired():
+            raise total_exceeded(options.timeouts) from None
+        raise
 
 
 class ImageFetcher(Protocol):
@@ -91,7 +150,9 @@ class Backend(ABC):
     def stream(self, request: ChatRequest, model: str, options: CallOptions) -> AsyncIterator[Event]:
         """Stream the answer. Raise ``GatewayError`` before the first event for failures the
         router may retry; after it, raise ``GatewayError`` (the gateway turns it into a
-        ``StreamError``). Closing the iterator must cancel the upstream work."""
+        ``StreamError``). Closing the iterator must cancel the upstream work. An answer the
+        upstream ended without its protocol's finish is an ``UPSTREAM_ERROR``, never a normal
+        end; no wait lasts past ``options.deadline``."""
 
     async def embed(self, request: EmbeddingRequest, model: str, options: CallOptions) -> EmbeddingResponse:
         raise GatewayError(ErrorKind.INVALID_REQUEST, f"backend {self.name!r} does not serve embeddings",

@@ -10,10 +10,14 @@ exercising every dialect feature:
 * when reasoning is requested, a reasoning part (``Thinking: <reply>``) with a deterministic
   signature comes first;
 * ``stop`` sequences and ``max_tokens`` (in words) are honoured.
+
+Work that grows with the request stays off the event loop's back: a long reply lets other
+requests run every ``WORDS_PER_TURN`` words, and embedding vectors are built in a worker thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import math
 import re
@@ -27,6 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from dragoman.backends.base import Backend, BackendDeps, CallOptions
 from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, PartEnd, PartStart
 from dragoman.core.ids import completion_id, now, tool_call_id
+from dragoman.core.limits import MAX_EMBEDDING_DIMENSIONS
 from dragoman.core.models import Capabilities, ModelDetails, ModelInfo
 from dragoman.core.types import (
     ChatRequest,
@@ -44,6 +49,7 @@ from dragoman.errors import ErrorKind, GatewayError
 _WORDS = re.compile(r"\s*\S+\s*|\s+")
 _TOOL_COMMAND = re.compile(r"^!tool\s+([A-Za-z0-9_.-]+)\s*(.*)$", re.DOTALL)
 EMBEDDING_SIZE = 32
+WORDS_PER_TURN = 256  # deltas streamed before other tasks get a turn of the event loop
 
 
 class EchoSettings(BaseModel):
@@ -94,8 +100,10 @@ class EchoBackend(Backend):
         if request.reasoning.enabled or (request.reasoning.effort not in (None, "none")):
             thought = f"Thinking: {source}"
             yield PartStart(index, "reasoning")
-            for word in _WORDS.findall(thought):
+            for count, word in enumerate(_WORDS.findall(thought), 1):
                 yield PartDelta(index, word)
+                if count % WORDS_PER_TURN == 0:
+                    await asyncio.sleep(0)
             signature = "echo-" + hashlib.sha256(thought.encode()).hexdigest()[:32]
             yield PartEnd(index, signature=signature)
             reasoning_tokens = count_words(thought)
@@ -117,18 +125,24 @@ class EchoBackend(Backend):
         reply, finish, matched = _truncate(source, request.sampling.stop, request.sampling.max_tokens)
         if reply:
             yield PartStart(index, "text")
-            for word in _WORDS.findall(reply):
+            for count, word in enumerate(_WORDS.findall(reply), 1):
                 completion_tokens += 1 if word.strip() else 0
                 yield PartDelta(index, word)
+                if count % WORDS_PER_TURN == 0:
+                    await asyncio.sleep(0)
             yield PartEnd(index)
         usage = Usage(prompt_tokens, completion_tokens + reasoning_tokens, reasoning_tokens)
         yield MessageEnd(finish, usage, matched)
 
     async def embed(self, request: EmbeddingRequest, model: str, options: CallOptions) -> EmbeddingResponse:
         size = request.dimensions or EMBEDDING_SIZE
-        if size < 1:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "dimensions must be at least 1", param="dimensions")
-        vectors = [_vector(text, size) for text in request.inputs]
+        if not 1 <= size <= MAX_EMBEDDING_DIMENSIONS:
+            raise GatewayError(ErrorKind.INVALID_REQUEST,
+                               f"dimensions must be between 1 and {MAX_EMBEDDING_DIMENSIONS}", param="dimensions")
+        if size * len(request.inputs) <= EMBEDDING_SIZE * 16:  # small: not worth a thread
+            vectors = _vectors(request.inputs, size)
+        else:
+            vectors = await asyncio.to_thread(_vectors, request.inputs, size)
         tokens = sum(count_words(text) for text in request.inputs)
         return EmbeddingResponse(model=model, vectors=vectors, usage=Usage(prompt_tokens=tokens))
 
@@ -184,13 +198,13 @@ def _truncate(text: str, stop: list[str], max_tokens: int | None) -> tuple[str, 
     return text, finish, matched
 
 
+def _vectors(texts: list[str], size: int) -> list[list[float]]:
+    return [_vector(text, size) for text in texts]
+
+
 def _vector(text: str, size: int) -> list[float]:
-    """A unit vector derived from the text's hash: same text, same vector."""
-    raw = b""
-    counter = 0
-    while len(raw) < size * 4:
-        raw += hashlib.sha256(f"{counter}:{text}".encode()).digest()
-        counter += 1
-    values = [v / 2**31 for v in struct.unpack(f"<{size}i", raw[: size * 4])]
+    """A unit vector derived from the text's hash: same text, same vector (one pass over the text)."""
+    raw = hashlib.shake_256(text.encode()).digest(size * 4)
+    values = [v / 2**31 for v in struct.unpack(f"<{size}i", raw)]
     norm = math.sqrt(sum(v * v for v in values)) or 1.0
     return [v / norm for v in values]

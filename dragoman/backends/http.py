@@ -1,5 +1,8 @@
 """What every HTTP backend shares: the pooled client, upstream failures mapped by table, model
-discovery, and :class:`HTTPBackend` (session, auth, POST within the first-byte timeout, streaming)."""
+discovery, and :class:`HTTPBackend` (session, auth, POST within the first-byte timeout, streaming).
+
+Every wait on an upstream ends at the sooner of its own limit (first byte, idle gap) and the
+request's total deadline, and the error says which limit it was and where it is set."""
 
 from __future__ import annotations
 
@@ -16,10 +19,11 @@ from typing import Any, Generic, Protocol, TypeVar
 import aiohttp
 import orjson
 
-from dragoman.backends.base import Backend, CallOptions, Timeouts
+from dragoman.backends.base import Backend, CallOptions, TimeoutName, Timeouts, total_exceeded
 from dragoman.core.events import Event
 from dragoman.core.ids import completion_id, now
 from dragoman.core.parts import PartTracker
+from dragoman.core.sse import DEFAULT_MAX_FRAME, FrameTooLarge
 from dragoman.core.types import ChatRequest
 from dragoman.errors import ErrorKind, GatewayError
 
@@ -99,7 +103,7 @@ def exception_error(backend: str, exc: BaseException, timeouts: Timeouts) -> Gat
                         ConnectionRefusedError, aiohttp.ClientOSError)):
         return GatewayError(ErrorKind.UPSTREAM_UNAVAILABLE, f"upstream {backend!r} is unreachable: {exc}")
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return GatewayError(ErrorKind.TIMEOUT, f"upstream {backend!r} timed out")
+        return GatewayError(ErrorKind.TIMEOUT, f"upstream {backend!r} timed out ({timeouts.limit('connect')})")
     if isinstance(exc, aiohttp.ClientPayloadError):
         return GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {backend!r} closed the connection mid-answer")
     if isinstance(exc, aiohttp.ClientError):
@@ -115,16 +119,34 @@ async def read_json(response: aiohttp.ClientResponse, backend: str) -> Any:
         raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {backend!r} sent invalid JSON") from exc
 
 
-async def iter_chunks(response: aiohttp.ClientResponse, idle: float, backend: str) -> AsyncIterator[bytes]:
-    """The body's chunks as they arrive, each wait bounded by the idle timeout."""
+def sooner(limit: TimeoutName, at: float, options: CallOptions) -> tuple[TimeoutName, float]:
+    """``limit`` ending at loop time ``at``, or the total deadline when that comes first."""
+    if options.deadline is not None and options.deadline <= at:
+        return "total", options.deadline
+    return limit, at
+
+
+def timed_out(backend: str, limit: TimeoutName, timeouts: Timeouts) -> GatewayError:
+    """The error for a wait on ``backend`` that ``limit`` ended."""
+    if limit == "total":
+        return total_exceeded(timeouts)
+    if limit == "idle":
+        return GatewayError(ErrorKind.TIMEOUT, f"upstream {backend!r} stalled mid-answer ({timeouts.limit('idle')})")
+    return GatewayError(ErrorKind.TIMEOUT, f"upstream {backend!r} sent no answer in time ({timeouts.limit(limit)})")
+
+
+async def iter_chunks(response: aiohttp.ClientResponse, options: CallOptions, backend: str) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive, each wait bounded by the idle timeout and the total deadline."""
     content = response.content
+    loop = asyncio.get_running_loop()
+    idle = options.timeouts.idle
     while True:
+        limit, at = sooner("idle", loop.time() + idle, options)
         try:
-            async with asyncio.timeout(idle):
+            async with asyncio.timeout_at(at):
                 chunk = await content.readany()
         except TimeoutError as exc:
-            raise GatewayError(ErrorKind.TIMEOUT,
-                               f"upstream {backend!r} stalled for {idle:g}s mid-answer") from exc
+            raise timed_out(backend, limit, options.timeouts) from exc
         if not chunk:
             return
         yield chunk
@@ -177,8 +199,13 @@ async def read_error(response: aiohttp.ClientResponse, parse: Callable[[Any], Er
     return parse(body) or ErrorFields(raw.decode("utf-8", errors="replace")[:2000])
 
 
-def tracked_end(tracker: PartTracker, model: str) -> list[Event]:
-    """The events that close a flat stream rebuilt by ``tracker``, started if it never was."""
+def tracked_end(tracker: PartTracker, model: str, backend: str, finish: str) -> list[Event]:
+    """The events that close a flat stream rebuilt by ``tracker`` once its body ended, started if it
+    never was. A body that ended before the upstream said how the answer finished (``finish``
+    names the protocol's marker) was cut short: an error, never a normal end."""
+    if not tracker.finished:
+        raise GatewayError(ErrorKind.UPSTREAM_ERROR,
+                           f"upstream {backend!r} closed the stream before the answer finished (no {finish})")
     events = [] if tracker.started else tracker.start(completion_id(), model, now())
     return events + tracker.end()
 
@@ -236,9 +263,11 @@ class HTTPBackend(Backend):
     call looks (``chat_call``) and what its error bodies say (``error_fields``)."""
 
     def __init__(self, name: str, base_url: str, *, api_key: str | None, headers: Mapping[str, str],
-                 max_connections: int, auth: str = "bearer") -> None:
-        """``auth``: ``bearer`` (``Authorization: Bearer <key>``) or the header that carries the bare key."""
+                 max_connections: int, auth: str = "bearer", max_frame_bytes: int = DEFAULT_MAX_FRAME) -> None:
+        """``auth``: ``bearer`` (``Authorization: Bearer <key>``) or the header that carries the bare key.
+        ``max_frame_bytes``: the longest stream line (or SSE event) accepted from the upstream."""
         super().__init__(name)
+        self.max_frame_bytes = max_frame_bytes
         self.base_url = base_url
         self._api_key = api_key  # a key, "forward", or None
         self._headers = {"Content-Type": "application/json", **headers}
@@ -291,35 +320,32 @@ class HTTPBackend(Backend):
     async def post(self, path: str, body: dict[str, Any], options: CallOptions,
                    headers: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
         """POST and wait for a good status and headers within the first-byte timeout (connecting
-        included); the caller reads the body and releases the response."""
-        timeouts = options.timeouts
+        included) and the total deadline; the caller reads the body and releases the response."""
+        limit, at = sooner("first_byte", asyncio.get_running_loop().time() + options.timeouts.first_byte, options)
         try:
-            async with asyncio.timeout(timeouts.first_byte):
+            async with asyncio.timeout_at(at):
                 return await self._send(path, body, options, headers)
         except TimeoutError as exc:
-            raise self._no_answer(timeouts) from exc
+            raise timed_out(self.name, limit, options.timeouts) from exc
 
-    async def post_json(self, path: str, body: dict[str, Any], options: CallOptions, *,
-                        stalled: str = "stalled") -> Any:
-        """``post`` and read the whole JSON answer, that wait bounded by the idle timeout (one
-        deadline, moved once the answer starts: this runs on every non-streamed request)."""
-        timeouts = options.timeouts
-        response: aiohttp.ClientResponse | None = None
+    async def post_json(self, path: str, body: dict[str, Any], options: CallOptions) -> Any:
+        """``post`` and read the whole JSON answer: at once when it came with the headers (as it
+        usually does), else chunk by chunk, each wait bounded by the idle timeout and the deadline."""
+        response = await self.post(path, body, options)
         try:
-            async with asyncio.timeout(timeouts.first_byte) as deadline:
-                response = await self._send(path, body, options)
-                if not response.content.is_eof():  # usually the whole body came with the headers
-                    deadline.reschedule(asyncio.get_running_loop().time() + timeouts.idle)
+            if response.content.is_eof():
                 return await read_json(response, self.name)
-        except TimeoutError as exc:
-            if response is None:
-                raise self._no_answer(timeouts) from exc
-            raise GatewayError(ErrorKind.TIMEOUT, f"upstream {self.name!r} {stalled}") from exc
+            raw = bytearray()
+            async for chunk in iter_chunks(response, options, self.name):
+                raw += chunk
+            try:
+                return orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r} sent invalid JSON") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise exception_error(self.name, exc, timeouts) from exc
+            raise exception_error(self.name, exc, options.timeouts) from exc
         finally:
-            if response is not None:
-                response.release()
+            response.release()
 
     async def _send(self, path: str, body: dict[str, Any], options: CallOptions,
                     headers: Mapping[str, str] | None = None) -> aiohttp.ClientResponse:
@@ -340,10 +366,6 @@ class HTTPBackend(Backend):
             raise self.status_error(response, fields)
         return response
 
-    def _no_answer(self, timeouts: Timeouts) -> GatewayError:
-        return GatewayError(ErrorKind.TIMEOUT,
-                            f"upstream {self.name!r} sent no answer within {timeouts.first_byte:g}s")
-
     @abstractmethod
     async def chat_call(self, request: ChatRequest, model: str, options: CallOptions) -> StreamCall[Any] | list[Event]:
         """The streamed call for ``request``, or the answer's events when the backend got it whole."""
@@ -354,11 +376,10 @@ class HTTPBackend(Backend):
             for event in call:
                 yield event
             return
-        timeouts = options.timeouts
         response = await self.post(call.path, call.body, options, call.headers)
         frames, decode = call.frames, call.decode
         try:
-            async for chunk in iter_chunks(response, timeouts.idle, self.name):
+            async for chunk in iter_chunks(response, options, self.name):
                 for frame in frames.feed(chunk):
                     for event in decode(frame):
                         yield event
@@ -367,8 +388,12 @@ class HTTPBackend(Backend):
                     yield event
             for event in call.end():
                 yield event
+        except FrameTooLarge as exc:
+            raise GatewayError(ErrorKind.UPSTREAM_ERROR,
+                               f"upstream {self.name!r} sent a stream line longer than {exc.limit} bytes "
+                               "(max_frame_bytes)") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise exception_error(self.name, exc, timeouts) from exc
+            raise exception_error(self.name, exc, options.timeouts) from exc
         finally:
             response.release()
             response.close()

@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, TypeVar
 
-from dragoman.backends.base import Backend, BackendDeps, CallOptions, Requirement
+from dragoman.backends.base import Backend, BackendDeps, CallOptions, Requirement, within_deadline
 from dragoman.backends.llamacpp_compute import ComputeThread, once
 from dragoman.backends.llamacpp_engine import (
     Finished,
@@ -287,7 +287,7 @@ class LlamaCppBackend(Backend):
         prompt = 0
         try:
             while True:
-                item = await queue.get()
+                item = await within_deadline(queue.get(), options)  # the job stops in ``finally``
                 if isinstance(item, str):
                     for event in tracker.text(item):
                         yield event

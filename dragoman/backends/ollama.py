@@ -34,7 +34,7 @@ from dragoman.core.images import encode_base64
 from dragoman.core.jsonprefix import to_object
 from dragoman.core.models import Capabilities, ModelDetails, ModelInfo
 from dragoman.core.parts import PartTracker
-from dragoman.core.sse import NDJSONDecoder
+from dragoman.core.sse import DEFAULT_MAX_FRAME, NDJSONDecoder
 from dragoman.core.types import (
     ChatRequest,
     EmbeddingRequest,
@@ -81,6 +81,7 @@ class OllamaSettings(BaseModel):
     discovery_timeout: float = Field(10.0, gt=0)
     split_think_tags: bool = False  # for old servers that inline <think> in content
     max_connections: int = Field(64, ge=1)
+    max_frame_bytes: int = Field(DEFAULT_MAX_FRAME, ge=1024)  # the longest stream line accepted
     capabilities: dict[str, bool] = Field(default_factory=dict)  # overrides for every model
 
 
@@ -96,7 +97,7 @@ class OllamaBackend(HTTPBackend):
 
     def __init__(self, name: str, settings: OllamaSettings, image_fetcher: ImageFetcher | None = None) -> None:
         super().__init__(name, settings.base_url.rstrip("/"), api_key=settings.api_key, headers=settings.headers,
-                         max_connections=settings.max_connections)
+                         max_connections=settings.max_connections, max_frame_bytes=settings.max_frame_bytes)
         self.settings = settings
         self.image_fetcher = image_fetcher
         self._shown: dict[str, _Shown] = {}
@@ -175,8 +176,9 @@ class OllamaBackend(HTTPBackend):
             messages = await wire_messages(request.messages, self.image_fetcher)
             path, body = "/api/chat", build_chat_body(request, model, self.settings, messages)
         tracker = PartTracker(split_think_tags=self.settings.split_think_tags and not generate)
-        return StreamCall(path, body, NDJSONDecoder(), lambda line: self._decode(line, tracker, model),
-                          functools.partial(tracked_end, tracker, model))
+        return StreamCall(path, body, NDJSONDecoder(self.max_frame_bytes),
+                          lambda line: self._decode(line, tracker, model),
+                          functools.partial(tracked_end, tracker, model, self.name, "line with done: true"))
 
     def _decode(self, line: bytes, tracker: PartTracker, model: str) -> list[Event]:
         try:

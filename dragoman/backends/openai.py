@@ -21,7 +21,7 @@ from dragoman.core.events import Event
 from dragoman.core.ids import completion_id, now
 from dragoman.core.models import Capabilities, ModelInfo
 from dragoman.core.parts import PartTracker
-from dragoman.core.sse import ServerSentEvent, SSEDecoder
+from dragoman.core.sse import DEFAULT_MAX_FRAME, ServerSentEvent, SSEDecoder
 from dragoman.core.types import (
     ChatRequest,
     EmbeddingRequest,
@@ -68,6 +68,7 @@ class OpenAISettings(BaseModel):
     extra_sampling: bool = False
     split_think_tags: bool = True
     max_connections: int = 256
+    max_frame_bytes: int = Field(DEFAULT_MAX_FRAME, ge=1024)  # the longest stream line accepted
     capabilities: dict[str, bool] = Field(default_factory=dict)  # overrides for every model
     context_length: int | None = None
     reasoning_field: Literal["reasoning_content", "reasoning"] = "reasoning_content"
@@ -78,7 +79,7 @@ class OpenAIBackend(HTTPBackend):
 
     def __init__(self, name: str, settings: OpenAISettings) -> None:
         super().__init__(name, settings.base_url.rstrip("/"), api_key=settings.api_key, headers=settings.headers,
-                         max_connections=settings.max_connections)
+                         max_connections=settings.max_connections, max_frame_bytes=settings.max_frame_bytes)
         self.settings = settings
         self.discovery = ModelDiscovery(self._discover, ttl=DISCOVERY_TTL)
 
@@ -136,13 +137,14 @@ class OpenAIBackend(HTTPBackend):
             body["stream"] = False
             body.pop("stream_options", None)
             return await self._whole(path, body, options, tracker, model, completion)
-        return StreamCall(path, body, SSEDecoder(), lambda sse: self._decode(sse.data, tracker, model),
-                          functools.partial(tracked_end, tracker, model))
+        return StreamCall(path, body, SSEDecoder(self.max_frame_bytes),
+                          lambda sse: self._decode(sse.data, tracker, model),
+                          functools.partial(tracked_end, tracker, model, self.name, "finish_reason"))
 
     async def _whole(self, path: str, body: dict[str, Any], options: CallOptions, tracker: PartTracker,
                      model: str, completion: bool) -> list[Event]:
         """A non-streamed upstream answer as the same events its stream would have given."""
-        payload = await self.post_json(path, body, options, stalled="stalled mid-answer")
+        payload = await self.post_json(path, body, options)
         if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
             raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r} sent an answer without choices")
         events = tracker.start(str(payload.get("id") or completion_id()), str(payload.get("model") or model),
@@ -170,7 +172,13 @@ class OpenAIBackend(HTTPBackend):
         return events + tracker.end()
 
     def _decode(self, data: str, tracker: PartTracker, model: str) -> list[Event]:
-        if data == "[DONE]" or not data:
+        """One ``data:`` payload. The answer is complete once a chunk carried a ``finish_reason``
+        (some servers then omit ``[DONE]``) or ``[DONE]`` came."""
+        if data == "[DONE]":
+            if not tracker.finished:
+                tracker.finish(FinishReason.STOP)
+            return []
+        if not data:
             return []
         try:
             chunk = orjson.loads(data)

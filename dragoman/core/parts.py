@@ -94,6 +94,11 @@ class PartTracker:
     def usage(self, usage: Usage) -> None:
         self._usage = usage
 
+    @property
+    def finished(self) -> bool:
+        """Whether the upstream said how the answer ended (a finish reason was given)."""
+        return self._finish is not None
+
     def end(self) -> list[Event]:
         """Close the stream (on the upstream's end, with or without an explicit finish)."""
         events: list[Event] = []

@@ -28,6 +28,17 @@ def matching(overrides: dict[str, OverrideConfig], *names: str) -> list[Override
     return [o for _, o in found]
 
 
+def request_timeout(overrides: dict[str, OverrideConfig], name: str) -> tuple[float, str] | None:
+    """The ``request_timeout`` of the most specific override matching ``name``, and its setting."""
+    found = [(pattern, o.request_timeout) for pattern, o in overrides.items()
+             if o.request_timeout is not None and fnmatch.fnmatchcase(name, pattern)]
+    if not found:
+        return None
+    pattern, seconds = max(found, key=lambda item: len(item[0]))
+    assert seconds is not None
+    return seconds, f"overrides[{pattern!r}].request_timeout"
+
+
 def apply(request: ChatRequest, overrides: list[OverrideConfig]) -> ChatRequest:
     """A copy of ``request`` with defaults merged and forced values applied."""
     if not overrides:  # the common case, on every request: only the dialect's defaults to fill in

@@ -25,6 +25,10 @@ permission, not found, payload too large) reaches the client at once.
 All of this happens only before the first event is handed out, so a client never sees half an
 answer twice. A failure after it ends the stream with an error (and counts toward the cooldown).
 
+Each attempt, and the answer after it, ends by the request's total deadline (``CallOptions.deadline``)
+whatever the backend does; once it passes, the request ends (``DeadlineExceeded``: no further
+attempt, no cooldown counted).
+
 ``Started.overhead`` is the time dragoman itself spent before the answer started: from the
 request's arrival to the first event, less the time spent waiting on upstreams (every attempt,
 from the call to its first event or failure) and less retry backoff. So it is parsing, auth,
@@ -40,7 +44,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from dragoman.backends.base import CallOptions
+from dragoman.backends.base import CallOptions, total_exceeded, within_deadline
 from dragoman.core.events import Event
 from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse
 from dragoman.errors import ErrorKind, GatewayError
@@ -118,7 +122,7 @@ class Router:
             target = deployment.target
             events = target.backend.stream(planned[0], target.model, planned[1])
             try:
-                first = await anext(events)
+                first = await within_deadline(anext(events), planned[1])
             except StopAsyncIteration:
                 raise GatewayError(ErrorKind.UPSTREAM_ERROR,
                                    f"backend {target.backend.name!r} sent nothing") from None
@@ -130,7 +134,8 @@ class Router:
         done = await self._run(route, lambda step, d: prepare(step, d.target), call)
         first, events = done.result
         overhead = max(0.0, time.perf_counter() - started_at - done.waited)
-        return Started(done.deployment.target, done.planned[0], first, _Observed(self, events, done.deployment),
+        observed = _Observed(self, events, done.deployment, done.planned[1])
+        return Started(done.deployment.target, done.planned[0], first, observed,
                        done.attempts, overhead, done.step, done.deployment)
 
     # ------------------------------------------------------------ embeddings
@@ -140,7 +145,7 @@ class Router:
         async def call(deployment: Deployment, options: CallOptions) -> EmbeddingResponse:
             target = deployment.target
             try:
-                return await target.backend.embed(request, target.model, options)
+                return await within_deadline(target.backend.embed(request, target.model, options), options)
             finally:
                 self.balancer.end(deployment.id)
 
@@ -267,14 +272,20 @@ class Router:
 
 class _Observed:
     """The rest of an answer: a failure in it counts toward the deployment's cooldown, and its end
-    (or ``aclose``, even before the first read) closes the upstream call and the in-flight count."""
+    (or ``aclose``, even before the first read) closes the upstream call and the in-flight count.
 
-    __slots__ = ("_deployment", "_done", "_events", "_router")
+    The total deadline is checked before each event (a clock read, not a timer per event: the
+    backends bound their own waits by it), so a backend that keeps producing still ends there."""
 
-    def __init__(self, router: Router, events: AsyncIterator[Event], deployment: Deployment) -> None:
+    __slots__ = ("_deadline", "_deployment", "_done", "_events", "_options", "_router")
+
+    def __init__(self, router: Router, events: AsyncIterator[Event], deployment: Deployment,
+                 options: CallOptions) -> None:
         self._router = router
         self._events = events
         self._deployment = deployment
+        self._options = options
+        self._deadline = options.deadline if options.deadline is not None else float("inf")
         self._done = False
 
     def __aiter__(self) -> _Observed:
@@ -282,6 +293,8 @@ class _Observed:
 
     async def __anext__(self) -> Event:
         try:
+            if asyncio.get_running_loop().time() >= self._deadline:
+                raise total_exceeded(self._options.timeouts)
             return await anext(self._events)
         except StopAsyncIteration:
             await self.aclose()

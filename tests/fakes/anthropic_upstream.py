@@ -17,7 +17,10 @@ The model name picks the behaviour:
 * ``claude-split``: ``claude-text``'s bytes cut at awkward places with ``\\r\\n`` line ends;
 * ``claude-error-529`` / ``-429`` (``retry-after: 7``) / ``-400``: Anthropic error bodies;
 * ``claude-midstream-error``: an ``event: error`` (``overloaded_error``) after some text;
-* ``claude-truncated``: the stream ends (cleanly) before ``message_delta``.
+* ``claude-truncated``: the stream ends (cleanly) before ``message_delta``;
+* ``claude-nostop``: the stream ends (cleanly) after ``message_delta``, without ``message_stop``;
+* ``claude-drip``: a text delta every 0.1 s, forever;
+* ``claude-giant``: one ``data:`` line of ``FakeAnthropic.giant_line_bytes`` bytes, 64 KiB at a time.
 
 ``GET /v1/models`` pages by 3 (so discovery must follow ``has_more``/``after_id``).
 Every request is recorded (path, headers, JSON body and its raw bytes).
@@ -25,6 +28,7 @@ Every request is recorded (path, headers, JSON body and its raw bytes).
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +41,9 @@ from starlette.routing import Route
 
 MODELS = ["claude-text", "claude-echo", "claude-tools", "claude-think", "claude-redacted", "claude-max",
           "claude-stop", "claude-split", "claude-error-529", "claude-error-429", "claude-error-400",
-          "claude-midstream-error", "claude-truncated"]
+          "claude-midstream-error", "claude-truncated", "claude-nostop", "claude-drip", "claude-giant"]
+DRIP_INTERVAL = 0.1
+GIANT_PIECE = 64 << 10
 
 THINKING = "The user wants the weather. I should call get_weather for Paris."
 # A realistic signature: base64 with '+', '/' and '=' so any re-encoding would show.
@@ -64,6 +70,7 @@ class Recorded:
 @dataclass
 class FakeAnthropic:
     requests: list[Recorded] = field(default_factory=list)
+    giant_line_bytes: int = 64 << 20
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def last(self, path: str = "/v1/messages") -> Recorded:
@@ -111,12 +118,29 @@ class FakeAnthropic:
             problem = _check_thinking_turn(body)
             if problem:
                 return _error(400, "invalid_request_error", problem)
+        if model == "claude-drip":
+            return StreamingResponse(_dripping(body), media_type="text/event-stream")
         frames = _events(body)
+        if model == "claude-giant":  # the first text delta (frames[3]) made huge
+            giant = sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {
+                "type": "text_delta", "text": "x" * self.giant_line_bytes}})
+            frames[3:4] = [giant[i:i + GIANT_PIECE] for i in range(0, len(giant), GIANT_PIECE)]
         if model == "claude-split":
             raw = b"".join(frames).replace(b"\n", b"\r\n")
             frames = [raw[i:i + 5] for i in range(0, len(raw), 5)]
         return StreamingResponse(iter(frames), media_type="text/event-stream",
                                  headers={"request-id": "req_fake"})
+
+
+async def _dripping(body: dict[str, Any]) -> Any:
+    """``message_start``, a text block's start, then a text delta every DRIP_INTERVAL seconds, forever."""
+    for frame in _events({**body, "model": "claude-text"})[:3]:
+        yield frame
+    delta = sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                        "delta": {"type": "text_delta", "text": "drip "}})
+    while True:
+        await asyncio.sleep(DRIP_INTERVAL)
+        yield delta
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -194,7 +218,7 @@ def _events(body: dict[str, Any]) -> list[bytes]:
                                                    "delta": {"type": "input_json_delta", "partial_json": piece}}))
         out.append(sse("content_block_stop", {"type": "content_block_stop", "index": index}))
 
-    if model in ("claude-text", "claude-split"):
+    if model in ("claude-text", "claude-split", "claude-nostop", "claude-giant"):
         text_block(0, ["Hello", " from", " Claude"])
     elif model == "claude-echo":
         result = _last_tool_result(body)
@@ -240,5 +264,6 @@ def _events(body: dict[str, Any]) -> list[bytes]:
     out.append(sse("message_delta", {"type": "message_delta",
                                      "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
                                      "usage": {"output_tokens": output_tokens}}))
-    out.append(sse("message_stop", {"type": "message_stop"}))
+    if model != "claude-nostop":
+        out.append(sse("message_stop", {"type": "message_stop"}))
     return out

@@ -9,7 +9,9 @@ The model name picks the behaviour of ``/api/chat`` and ``/api/generate``:
 * ``long:latest``: some content, then ``done_reason: length``;
 * ``split:latest``: the NDJSON bytes cut every 5 bytes (mid-line, mid-UTF-8 character);
 * ``midstream-error:latest``: a chunk, then an ``{"error": ...}`` line;
-* ``nodone:latest``: content, then EOF without a ``done`` line;
+* ``nodone:latest``: content, then EOF without a ``done`` line (a truncated answer);
+* ``drip:latest``: a content line every 0.1 s, forever;
+* ``giant:latest``: one content line of ``FakeOllama.giant_line_bytes`` bytes, sent 64 KiB at a time;
 * ``ghost:latest``: listed by ``/api/tags`` but answers 404 as a deleted model does;
 * ``embed:latest``: an embedding model (``/api/embed``).
 
@@ -39,7 +41,9 @@ PNG = base64.b64decode(
 )
 CREATED_AT = "2025-01-02T03:04:05.123456789Z"
 CHAT_MODELS = ["llama3:latest", "tools:latest", "thinker:latest", "long:latest", "split:latest",
-               "midstream-error:latest", "nodone:latest", "ghost:latest"]
+               "midstream-error:latest", "nodone:latest", "ghost:latest", "drip:latest", "giant:latest"]
+DRIP_INTERVAL = 0.1
+GIANT_PIECE = 64 << 10
 
 
 @dataclass
@@ -69,6 +73,7 @@ def _show(capabilities: list[str], family: str = "llama", context: int = 8192) -
 class FakeOllama:
     requests: list[Recorded] = field(default_factory=list)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    giant_line_bytes: int = 64 << 20
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -192,6 +197,11 @@ class FakeOllama:
             reason = "length"
         elif model == "split:latest":
             lines += [content("Café "), content("crème "), content("brûlée")]
+        elif model == "drip:latest":
+            return _dripping(content("drip "))
+        elif model == "giant:latest":
+            giant = content("x" * self.giant_line_bytes)
+            lines += [giant[i:i + GIANT_PIECE] for i in range(0, len(giant), GIANT_PIECE)]
         elif model == "midstream-error:latest":
             lines.append(content("partial "))
             lines.append(orjson.dumps({"error": "an error was encountered while running the model"}) + b"\n")
@@ -219,6 +229,16 @@ def _ndjson(lines: list[bytes]) -> Response:
         for chunk in lines:
             yield chunk
             await asyncio.sleep(0)
+
+    return StreamingResponse(frames(), media_type="application/x-ndjson")
+
+
+def _dripping(line: bytes) -> Response:
+    """The same line every DRIP_INTERVAL seconds, never a ``done`` one."""
+    async def frames() -> Any:
+        while True:
+            yield line
+            await asyncio.sleep(DRIP_INTERVAL)
 
     return StreamingResponse(frames(), media_type="application/x-ndjson")
 

@@ -8,6 +8,11 @@ The model name picks the behaviour:
 * ``gpt-think``: text with inline ``<think>...</think>`` split across chunks;
 * ``gpt-split``: the SSE bytes cut at awkward places (mid-line, mid-``\\r\\n``);
 * ``gpt-nodone``: ends without ``data: [DONE]`` (clean EOF);
+* ``gpt-nofinish``: some text, then a clean EOF with no ``finish_reason`` (nor ``[DONE]``): a
+  truncated answer;
+* ``gpt-drip``: a text chunk every 0.1 s, forever (asked for a whole answer: the JSON body's first
+  bytes, then a space every 0.1 s, forever);
+* ``gpt-giant``: one ``data:`` line of ``FakeOpenAI.giant_line_bytes`` bytes, sent 64 KiB at a time;
 * ``gpt-eof``: the connection is cut mid-stream;
 * ``gpt-stall``: stalls mid-stream forever; ``gpt-hang``: never answers (a client leaving counts
   as a disconnect);
@@ -37,7 +42,10 @@ from starlette.types import Receive, Scope, Send
 
 MODELS = ["gpt-test", "gpt-tools", "gpt-reason", "gpt-think", "gpt-split", "gpt-nodone", "gpt-eof",
           "gpt-stall", "gpt-hang", "gpt-error-400", "gpt-error-401", "gpt-error-429", "gpt-error-500",
-          "gpt-error-503", "gpt-midstream-error", "gpt-slow", "text-embedding-test", "gpt-context"]
+          "gpt-error-503", "gpt-midstream-error", "gpt-slow", "text-embedding-test", "gpt-context",
+          "gpt-nofinish", "gpt-drip", "gpt-giant"]
+DRIP_INTERVAL = 0.1
+GIANT_PIECE = 64 << 10
 
 
 @dataclass
@@ -54,6 +62,7 @@ class FakeOpenAI:
     completed_streams: int = 0
     open_streams: int = 0
     peak_streams: int = 0  # the most answers in progress at once (reset it before a measurement)
+    giant_line_bytes: int = 64 << 20
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def last(self, path_suffix: str = "/chat/completions") -> Recorded:
@@ -171,6 +180,13 @@ class FakeOpenAI:
             out.append(chunk({"content": "partial "}))
             out.append(_sse({"error": {"message": "upstream exploded", "type": "server_error"}}))
             return out
+        elif model == "gpt-nofinish":
+            return [*out, chunk({"content": "The answer is cut "}), chunk({"content": "short"})]
+        elif model == "gpt-drip":
+            return out  # _TrackedStream adds a chunk every DRIP_INTERVAL seconds, forever
+        elif model == "gpt-giant":
+            line = chunk({"content": "x" * self.giant_line_bytes})
+            out += [line[i:i + GIANT_PIECE] for i in range(0, len(line), GIANT_PIECE)]
         else:
             text = f"You said: {content}"
             for i in range(0, len(text), 4):
@@ -219,6 +235,8 @@ class _TrackedStream(Response):
         headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         if not self.whole:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if self.model == "gpt-drip":
+            await self._drip(send, headers)
         for i, frame in enumerate(self.frames):
             if self.model == "gpt-eof" and i == 3:
                 # Mid-stream means after the client has the first frames: the cut comes a moment
@@ -238,6 +256,22 @@ class _TrackedStream(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         with self.fake.lock:
             self.fake.completed_streams += 1
+
+
+    async def _drip(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+        """Data every DRIP_INTERVAL seconds, never an end: only the client leaving stops it."""
+        if self.whole:
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b'{"id": "chatcmpl-drip"', "more_body": True})
+            piece = b" "
+        else:
+            await send({"type": "http.response.body", "body": self.frames[0], "more_body": True})
+            piece = _sse({"id": "chatcmpl-up123", "object": "chat.completion.chunk", "created": 1700000000,
+                          "model": self.model, "choices": [{"index": 0, "delta": {"content": "drip "},
+                                                            "logprobs": None, "finish_reason": None}]})
+        while True:
+            await asyncio.sleep(DRIP_INTERVAL)
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
 
 
 async def _wait_disconnect(receive: Receive) -> None:

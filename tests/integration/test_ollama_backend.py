@@ -161,10 +161,19 @@ def test_ndjson_split_at_odd_boundaries(client: openai.OpenAI) -> None:
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Café crème brûlée"
 
 
-def test_eof_without_done_ends_cleanly(client: openai.OpenAI) -> None:
-    whole = client.chat.completions.create(model="ol/nodone", messages=[{"role": "user", "content": "abc"}])
-    assert whole.choices[0].message.content == "You said: abc"
-    assert whole.choices[0].finish_reason == "stop"
+def test_eof_without_done_is_an_upstream_error(client: openai.OpenAI) -> None:
+    """A body that ends before the ``done: true`` line is a cut answer, not a complete one."""
+    cut = "upstream 'ol' closed the stream before the answer finished (no line with done: true)"
+    with pytest.raises(openai.InternalServerError) as whole:
+        client.chat.completions.create(model="ol/nodone", messages=[{"role": "user", "content": "abc"}])
+    assert whole.value.status_code == 502 and whole.value.message == f"Error code: 502 - {cut}"
+    parts: list[str] = []
+    with pytest.raises(openai.APIError) as streamed:
+        for chunk in client.chat.completions.create(model="ol/nodone", stream=True,
+                                                    messages=[{"role": "user", "content": "abc"}]):
+            assert all(c.finish_reason is None for c in chunk.choices)  # nothing claims a normal end
+            parts += [c.delta.content or "" for c in chunk.choices]
+    assert "".join(parts) == "You said: abc" and streamed.value.message == cut
 
 
 def test_midstream_error_reaches_the_client(client: openai.OpenAI, gateway: ServerThread) -> None:

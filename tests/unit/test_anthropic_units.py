@@ -246,6 +246,15 @@ def test_decoder_refuses_a_stream_cut_before_the_end() -> None:
         _decode_all(raw, 10)
 
 
+def test_decoder_refuses_a_stream_without_message_stop() -> None:
+    """A stop reason in ``message_delta`` is not the end: only ``message_stop`` is."""
+    raw = b"".join(_events({"model": "claude-nostop", "messages": []}))
+    with pytest.raises(GatewayError) as caught:
+        _decode_all(raw, 10)
+    assert caught.value.kind is ErrorKind.UPSTREAM_ERROR
+    assert caught.value.message == "upstream 'claude' closed the stream before the message ended (no message_stop)"
+
+
 # ----------------------------------------------------------------------------- body builder
 
 

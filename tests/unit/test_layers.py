@@ -7,7 +7,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "dragoman"
 # What every dialect may share (plain modules beside the dialect packages, importing none of them).
-SHARED_DIALECT_MODULES = ("dragoman.dialects.common", "dragoman.dialects.streaming", "dragoman.dialects.validation")
+SHARED_DIALECT_MODULES = ("dragoman.dialects.common", "dragoman.dialects.streaming", "dragoman.dialects.validation",
+                          "dragoman.dialects.bulk")
 
 
 def imports_of(path: Path) -> set[str]:

@@ -36,6 +36,7 @@ from pydantic import BaseModel
 from dragoman.core.ids import random_id
 from dragoman.core.images import decode_base64
 from dragoman.core.jsonprefix import to_object
+from dragoman.core.limits import check_stop_sequences
 from dragoman.core.models import ModelEntry
 from dragoman.core.types import (
     ChatRequest,
@@ -137,8 +138,10 @@ def parse_messages(body: Any, *, beta: str | None = None) -> ChatRequest:
     req = validated(wire.MessagesRequest, body)
     chat = _chat_request(req, body, beta)
     chat.stream = bool(req.stream)
+    stop = list(req.stop_sequences or [])
+    check_stop_sequences(stop, "stop_sequences")
     chat.sampling = Sampling(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-                             max_tokens=req.max_tokens, stop=list(req.stop_sequences or []))
+                             max_tokens=req.max_tokens, stop=stop)
     chat.user = req.metadata.user_id if req.metadata else None
     return chat
 

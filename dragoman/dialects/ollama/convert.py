@@ -33,6 +33,7 @@ import orjson
 
 from dragoman.core.images import decode_base64, parse_data_url, sniff_media_type
 from dragoman.core.jsonprefix import to_object
+from dragoman.core.limits import check_embedding_inputs, check_stop_sequences
 from dragoman.core.models import ModelEntry, ModelInfo
 from dragoman.core.types import (
     ChatRequest,
@@ -114,6 +115,7 @@ def parse_options(body: dict[str, Any], options: dict[str, Any] | None) -> tuple
             sampling.seed = value if value >= 0 else None  # -1: random
         else:
             setattr(sampling, field, value)
+    check_stop_sequences(sampling.stop, "options.stop")
     return sampling, extra
 
 
@@ -306,6 +308,7 @@ def parse_embed(body: Any) -> EmbeddingRequest:
         inputs = [str(item) for item in req.input]
     else:
         raise invalid("invalid input type", "input")
+    check_embedding_inputs(len(inputs))
     _, extra = parse_options(body, req.options)
     options = _backend_options(extra, req.keep_alive)
     if req.truncate is not None:

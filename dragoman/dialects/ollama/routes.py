@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -19,6 +20,7 @@ from starlette.routing import BaseRoute, Route
 from dragoman.core.accumulate import Accumulator
 from dragoman.core.service import CallContext, ChatStream, GatewayService
 from dragoman.core.types import ChatResponse
+from dragoman.dialects.bulk import built, json_bytes_response, object_with_list
 from dragoman.dialects.common import (
     FrameStreamResponse,
     call_context,
@@ -182,9 +184,14 @@ class OllamaDialect:
         except GatewayError as exc:
             return error_response(exc)
         total = max(1, int((time.perf_counter() - ctx.started_at) * 1_000_000_000))
-        return json_response({"model": embedding.model, "embeddings": [normalise(v) for v in result.vectors],
-                              "total_duration": total, "load_duration": 0,
-                              "prompt_eval_count": result.usage.prompt_tokens})
+
+        def body() -> bytes:
+            return object_with_list({"model": embedding.model}, "embeddings",
+                                    (orjson.dumps(normalise(v)) for v in result.vectors),
+                                    {"total_duration": total, "load_duration": 0,
+                                     "prompt_eval_count": result.usage.prompt_tokens})
+
+        return json_bytes_response(await built(sum(len(v) for v in result.vectors), body))
 
     async def embeddings(self, request: Request) -> Response:
         try:

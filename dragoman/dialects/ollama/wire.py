@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dragoman.core.limits import MAX_EMBEDDING_DIMENSIONS
+
 # What /api/version reports: the Ollama API level this dialect speaks.
 OLLAMA_VERSION = "0.12.6"
 
@@ -122,7 +124,7 @@ class EmbedRequest(WireModel):
     model: str = ""
     input: str | list[Any] | None = None
     truncate: bool | None = None
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, le=MAX_EMBEDDING_DIMENSIONS)
     options: dict[str, Any] | None = None
     keep_alive: float | str | None = None
 

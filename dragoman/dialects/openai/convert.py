@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from dragoman.core.images import parse_data_url
+from dragoman.core.limits import check_embedding_inputs, check_stop_sequences
 from dragoman.core.types import (
     ChatRequest,
     ChatResponse,
@@ -84,6 +85,7 @@ def parse_chat(body: Any) -> ChatRequest:
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     if len(stop) > 4:
         raise GatewayError(ErrorKind.INVALID_REQUEST, "stop may hold at most 4 sequences", param="stop")
+    check_stop_sequences(stop, "stop")
     sampling = Sampling(
         temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
         max_tokens=req.max_completion_tokens or req.max_tokens, stop=stop, seed=req.seed,
@@ -260,6 +262,7 @@ def parse_completion(body: Any) -> ChatRequest:
     if req.logprobs:
         raise GatewayError(ErrorKind.INVALID_REQUEST, "logprobs are not supported", param="logprobs")
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+    check_stop_sequences(stop, "stop")
     return ChatRequest(
         model=req.model, messages=[], prompt=prompt, suffix=req.suffix, stream=bool(req.stream),
         sampling=Sampling(temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens, stop=stop,
@@ -287,6 +290,7 @@ def parse_embeddings(body: Any) -> tuple[EmbeddingRequest, str]:
                            param="input")
     if not inputs:
         raise GatewayError(ErrorKind.INVALID_REQUEST, "input must not be empty", param="input")
+    check_embedding_inputs(len(inputs))
     return EmbeddingRequest(model=req.model, inputs=inputs, dimensions=req.dimensions), req.encoding_format
 
 

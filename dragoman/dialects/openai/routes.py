@@ -8,6 +8,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -16,6 +17,7 @@ from dragoman.core.accumulate import accumulate
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, GatewayService
 from dragoman.core.types import ChatRequest
+from dragoman.dialects.bulk import built, json_bytes_response, object_with_list
 from dragoman.dialects.common import (
     FrameStreamResponse,
     call_context,
@@ -34,6 +36,13 @@ Handler = Callable[[Request], Awaitable[Response]]
 def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
     extra = error_headers(error, headers)
     return json_response(convert.error_body(error), status=error.status, headers=extra)
+
+
+def _base64(vector: list[float]) -> str:
+    floats = array.array("f", vector)
+    if sys.byteorder == "big":
+        floats.byteswap()  # the wire format is little-endian float32
+    return base64.b64encode(floats.tobytes()).decode("ascii")
 
 
 def model_body(entry: ModelEntry) -> dict[str, Any]:
@@ -104,17 +113,17 @@ class OpenAIDialect:
             result = await until_disconnect(request, self.service.embed(embedding_request, ctx))
         except GatewayError as exc:
             return error_response(exc)
-        data = []
-        for index, vector in enumerate(result.vectors):
-            value: Any = vector
-            if encoding == "base64":
-                floats = array.array("f", vector)
-                if sys.byteorder == "big":
-                    floats.byteswap()  # the wire format is little-endian float32
-                value = base64.b64encode(floats.tobytes()).decode("ascii")
-            data.append({"object": "embedding", "index": index, "embedding": value})
         usage = {"prompt_tokens": result.usage.prompt_tokens, "total_tokens": result.usage.prompt_tokens}
-        return json_response({"object": "list", "data": data, "model": embedding_request.model, "usage": usage})
+
+        def body() -> bytes:
+            items = (orjson.dumps({"object": "embedding", "index": index,
+                                   "embedding": _base64(vector) if encoding == "base64" else vector})
+                     for index, vector in enumerate(result.vectors))
+            return object_with_list({"object": "list"}, "data", items,
+                                    {"model": embedding_request.model, "usage": usage})
+
+        size = sum(len(vector) for vector in result.vectors)
+        return json_bytes_response(await built(size, body))
 
     async def list_models(self, request: Request) -> Response:
         try:

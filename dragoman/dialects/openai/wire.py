@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dragoman.core.limits import MAX_EMBEDDING_DIMENSIONS
+
 
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -169,5 +171,5 @@ class EmbeddingRequest(WireModel):
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: str = "float"
-    dimensions: int | None = Field(None, ge=1)
+    dimensions: int | None = Field(None, ge=1, le=MAX_EMBEDDING_DIMENSIONS)
     user: str | None = None
