@@ -83,6 +83,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     config = _load(args.config)
+    config.checked_database_url()  # an unwritable data directory: one line now, not a traceback later
     if args.host:
         config.server.host = args.host
     if args.port is not None:

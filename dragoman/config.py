@@ -9,20 +9,54 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
+DATA_DIR_ENV = "DRAGOMAN_DATA_DIR"
+DATABASE_FILE = "dragoman.db"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(Exception):
     """A configuration problem, phrased for the person who wrote the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class DataDir:
+    """Where dragoman writes its state, and how that place was chosen (for error messages)."""
+
+    path: Path
+    origin: str
+
+
+def resolve_data_dir(setting: Path | None, config_file: Path | None, environ: Mapping[str, str]) -> DataDir:
+    """The data directory: the SQLite file, generated secrets, anything dragoman writes.
+
+    The configuration itself may be read-only (a ``:ro`` mount, a Kubernetes ConfigMap), so state has
+    its own place: ``data_dir:`` in the file (relative to the file), else ``DRAGOMAN_DATA_DIR``, else
+    the config file's folder when dragoman may write there (where ``dragoman.db`` always was), else
+    the user's ``~/.dragoman``. Nothing is created here; see :meth:`Config.writable_data_dir`.
+    """
+    if setting is not None:
+        path = setting.expanduser()
+        if config_file is not None:
+            return DataDir(config_file.parent / path, f"data_dir in {config_file}")
+        return DataDir(path.absolute(), "data_dir")
+    from_env = environ.get(DATA_DIR_ENV)
+    if from_env:
+        return DataDir(Path(from_env).expanduser().absolute(), DATA_DIR_ENV)
+    hint = f"the default; choose another with data_dir: or {DATA_DIR_ENV}"
+    if config_file is not None and os.access(config_file.parent, os.W_OK):
+        return DataDir(config_file.parent, hint)
+    return DataDir(Path.home() / ".dragoman", hint)
 
 
 class ServerConfig(BaseModel):
@@ -216,9 +250,11 @@ class Config(BaseModel):
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)
     images: ImageFetchConfig = Field(default_factory=ImageFetchConfig)
     model_refresh_seconds: float = Field(60.0, gt=0)
+    data_dir: Path | None = None  # writable state; see resolve_data_dir
 
-    # Where the file was; relative paths (database, GGUF files) resolve against its folder.
+    # Where the file was; relative paths (GGUF files, data_dir) resolve against its folder.
     source: Path | None = Field(default=None, exclude=True)
+    _data_location: DataDir | None = PrivateAttr(default=None)
 
     @field_validator("backends")
     @classmethod
@@ -251,9 +287,38 @@ class Config(BaseModel):
     def config_dir(self) -> Path:
         return self.source.parent if self.source else Path.cwd()
 
+    def resolve_data_dir(self, environ: Mapping[str, str]) -> DataDir:
+        """Settle the data directory from the file's ``data_dir``, ``environ`` and the file's place."""
+        self._data_location = resolve_data_dir(self.data_dir, self.source, environ)
+        return self._data_location
+
+    @property
+    def data_location(self) -> DataDir:
+        """The data directory (resolved from the process environment if :func:`load_config` did not)."""
+        return self._data_location or self.resolve_data_dir(os.environ)
+
+    def writable_data_dir(self) -> Path:
+        """The data directory, created if missing; a :class:`ConfigError` (one line naming the path and
+        the setting that chose it) when dragoman cannot write there."""
+        location = self.data_location
+        try:
+            location.path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=location.path):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"cannot write to the data directory {location.path}: {exc.strerror or exc} "
+                              f"({location.origin})") from exc
+        return location.path
+
+    def checked_database_url(self) -> str:
+        """:attr:`database_url`, after making sure the default SQLite file's directory is writable."""
+        if not self.database:
+            self.writable_data_dir()
+        return self.database_url
+
     @property
     def database_url(self) -> str:
-        """SQLAlchemy URL: ``dragoman.db`` next to the config file unless ``database`` is set."""
+        """SQLAlchemy URL: ``dragoman.db`` in the data directory unless ``database`` is set."""
         if self.database:
             url = self.database
             if url.startswith(("postgres://", "postgresql://")):
@@ -261,7 +326,7 @@ class Config(BaseModel):
             elif url.startswith("sqlite:///") and "+aiosqlite" not in url:
                 url = "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
             return url
-        return f"sqlite+aiosqlite:///{(self.config_dir / 'dragoman.db').resolve()}"
+        return f"sqlite+aiosqlite:///{(self.data_location.path / DATABASE_FILE).resolve()}"
 
     @property
     def redis_url(self) -> str | None:
@@ -275,9 +340,7 @@ def default_config(*, local_model: bool) -> Config:
         backends.append({"name": "local", "type": "llamacpp",
                          "models": [{"name": "gemma3:270m", "path": "builtin:gemma3-270m"}]})
     backends.append({"name": "echo", "type": "echo", "models": ["echo"]})
-    data_dir = Path(os.environ.get("DRAGOMAN_HOME", Path.home() / ".dragoman"))
-    return Config.model_validate({"backends": backends,
-                                  "database": f"sqlite:///{data_dir / 'dragoman.db'}"})
+    return Config.model_validate({"backends": backends})
 
 
 def interpolate(value: Any, environ: Mapping[str, str], path: str = "") -> Any:
@@ -317,7 +380,9 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
     env = os.environ if environ is None else environ
     chosen = path or env.get("DRAGOMAN_CONFIG")
     if not chosen:
-        return _from_environment(default_config(local_model=local_model), env)
+        config = default_config(local_model=local_model)
+        config.resolve_data_dir(env)
+        return _from_environment(config, env)
     file = Path(chosen).expanduser()
     try:
         raw = yaml.safe_load(file.read_text(encoding="utf-8"))
@@ -339,6 +404,7 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
     except ValidationError as exc:
         raise ConfigError(f"{file}: {describe_validation_error(exc)}") from exc
     config.source = file.resolve()
+    config.resolve_data_dir(env)
     return _from_environment(config, env)
 
 

@@ -58,7 +58,7 @@ class ControlPlane:
 
 
 async def open_control_plane(config: Config, metrics: Metrics) -> ControlPlane:
-    store = await Store.open(config.database_url)
+    store = await Store.open(config.checked_database_url())
     redis = connect_redis(config.redis_url) if config.redis_url else None
     keys = KeyService(store, cache_ttl=config.auth.cache_ttl, redis=redis)
     usage_store = UsageStore(store)

@@ -131,7 +131,7 @@ def _database_url(args: argparse.Namespace) -> str:
         return str(args.database)
     from dragoman.config import load_config
 
-    return load_config(args.config).database_url
+    return load_config(args.config).checked_database_url()
 
 
 def _run(command: Callable[[argparse.Namespace, Store], Awaitable[int]]) -> Callable[[argparse.Namespace], int]:
