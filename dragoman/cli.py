@@ -108,6 +108,7 @@ def serve(args: argparse.Namespace) -> int:
     tls = config.server.tls
     if tls is not None:
         check_tls(tls)
+    config.checked_database_url()  # an unwritable data directory: one line now, not a traceback later
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     sockets = _bind(config.server.host, config.server.port)
     port = sockets[0].getsockname()[1]

@@ -14,7 +14,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +39,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
 MIN_STATIC_KEY_LENGTH = 16
 MAX_STATIC_KEY_LENGTH = 256  # what authentication accepts at all
+DATA_DIR_ENV = "DRAGOMAN_DATA_DIR"
+DATABASE_FILE = "dragoman.db"
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -61,6 +65,36 @@ class TLSConfig(BaseModel):
 
 
 LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class DataDir:
+    """Where dragoman writes its state, and how that place was chosen (for error messages)."""
+
+    path: Path
+    origin: str
+
+
+def resolve_data_dir(setting: Path | None, config_file: Path | None, environ: Mapping[str, str]) -> DataDir:
+    """The data directory: the SQLite file, generated secrets, anything dragoman writes.
+
+    The configuration itself may be read-only (a ``:ro`` mount, a Kubernetes ConfigMap), so state has
+    its own place: ``data_dir:`` in the file (relative to the file), else ``DRAGOMAN_DATA_DIR``, else
+    the config file's folder when dragoman may write there (where ``dragoman.db`` always was), else
+    the user's ``~/.dragoman``. Nothing is created here; see :meth:`Config.writable_data_dir`.
+    """
+    if setting is not None:
+        path = setting.expanduser()
+        if config_file is not None:
+            return DataDir(config_file.parent / path, f"data_dir in {config_file}")
+        return DataDir(path.absolute(), "data_dir")
+    from_env = environ.get(DATA_DIR_ENV)
+    if from_env:
+        return DataDir(Path(from_env).expanduser().absolute(), DATA_DIR_ENV)
+    hint = f"the default; choose another with data_dir: or {DATA_DIR_ENV}"
+    if config_file is not None and os.access(config_file.parent, os.W_OK):
+        return DataDir(config_file.parent, hint)
+    return DataDir(Path.home() / ".dragoman", hint)
 
 
 class ServerConfig(BaseModel):
@@ -427,6 +461,7 @@ class Config(BaseModel):
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)
     images: ImageFetchConfig = Field(default_factory=ImageFetchConfig)
     model_refresh_seconds: float = Field(60.0, gt=0)
+    data_dir: Path | None = None  # writable state; see resolve_data_dir
 
     # Where the file was; relative paths (database, GGUF files) resolve against its folder.
     source: Path | None = Field(default=None, exclude=True)
@@ -441,6 +476,7 @@ class Config(BaseModel):
     # file (before interpolation): secrets from the environment are stored as their reference.
     _environ: Mapping[str, str] = PrivateAttr(default_factory=lambda: os.environ)
     _written_backends: list[Any] = PrivateAttr(default_factory=list)
+    _data_location: DataDir | None = PrivateAttr(default=None)
 
     @field_validator("redis", mode="before")
     @classmethod
@@ -482,9 +518,38 @@ class Config(BaseModel):
     def config_dir(self) -> Path:
         return self.source.parent if self.source else Path.cwd()
 
+    def resolve_data_dir(self, environ: Mapping[str, str]) -> DataDir:
+        """Settle the data directory from the file's ``data_dir``, ``environ`` and the file's place."""
+        self._data_location = resolve_data_dir(self.data_dir, self.source, environ)
+        return self._data_location
+
+    @property
+    def data_location(self) -> DataDir:
+        """The data directory (resolved from the process environment if :func:`load_config` did not)."""
+        return self._data_location or self.resolve_data_dir(os.environ)
+
+    def writable_data_dir(self) -> Path:
+        """The data directory, created if missing; a :class:`ConfigError` (one line naming the path and
+        the setting that chose it) when dragoman cannot write there."""
+        location = self.data_location
+        try:
+            location.path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=location.path):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"cannot write to the data directory {location.path}: {exc.strerror or exc} "
+                              f"({location.origin})") from exc
+        return location.path
+
+    def checked_database_url(self) -> str:
+        """:attr:`database_url`, after making sure the default SQLite file's directory is writable."""
+        if not self.database:
+            self.writable_data_dir()
+        return self.database_url
+
     @property
     def database_url(self) -> str:
-        """SQLAlchemy URL: ``dragoman.db`` next to the config file unless ``database`` is set."""
+        """SQLAlchemy URL: ``dragoman.db`` in the data directory unless ``database`` is set."""
         if self.database:
             url = self.database
             if url.startswith(("postgres://", "postgresql://")):
@@ -492,7 +557,7 @@ class Config(BaseModel):
             elif url.startswith("sqlite:///") and "+aiosqlite" not in url:
                 url = "sqlite+aiosqlite:///" + url[len("sqlite:///"):]
             return url
-        return f"sqlite+aiosqlite:///{(self.config_dir / 'dragoman.db').resolve()}"
+        return f"sqlite+aiosqlite:///{(self.data_location.path / DATABASE_FILE).resolve()}"
 
     @property
     def redis_url(self) -> str | None:
@@ -521,8 +586,7 @@ def default_data(*, local_model: bool) -> dict[str, Any]:
         backends.append({"name": "local", "type": "llamacpp",
                          "models": [{"name": "gemma3:270m", "path": "builtin:gemma3-270m"}]})
     backends.append({"name": "echo", "type": "echo", "models": ["echo"]})
-    data_dir = Path(os.environ.get("DRAGOMAN_HOME", Path.home() / ".dragoman"))
-    return {"backends": backends, "database": f"sqlite:///{data_dir / 'dragoman.db'}"}
+    return {"backends": backends}  # the database: dragoman.db in the data directory
 
 
 def default_config(*, local_model: bool) -> Config:
@@ -608,6 +672,7 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
     config._environment = used
     config._environ = env
     config._written_backends = written
+    config.resolve_data_dir(env)
     return config
 
 

@@ -64,7 +64,7 @@ class ControlPlane:
 
 
 async def open_control_plane(config: Config, metrics: Metrics) -> ControlPlane:
-    store = await Store.open(config.database_url, request_timeout=config.database_timeout)
+    store = await Store.open(config.checked_database_url(), request_timeout=config.database_timeout)
     usage_store = UsageStore(store)
     prices = PriceTable(config.prices)
     reserver = Reserver(config.limits.reserve_tokens, config.limits.reserve_tokens_by_model, prices)

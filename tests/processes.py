@@ -35,10 +35,9 @@ def clean_environment(home: Path, **extra: str) -> dict[str, str]:
     default data folder) in ``home``, plus ``extra``."""
     from dragoman.envconfig import VARIABLES
 
-    names = {v.name for v in VARIABLES} | {"DRAGOMAN_HOME", "DRAGOMAN_DATA_DIR"}
+    names = {v.name for v in VARIABLES} | {"DRAGOMAN_DATA_DIR"}
     env = {k: v for k, v in os.environ.items() if k not in names}
-    return {**env, "HOME": str(home), "DRAGOMAN_HOME": str(home / ".dragoman"),
-            "DRAGOMAN_DATA_DIR": str(home / ".dragoman"), **extra}
+    return {**env, "HOME": str(home), "DRAGOMAN_DATA_DIR": str(home / ".dragoman"), **extra}
 
 
 @dataclass

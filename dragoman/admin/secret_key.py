@@ -6,8 +6,9 @@ the first encrypts, every one decrypts, so a key is rotated by putting the new o
 old one encrypted is re-encrypted at the next start). Instances that share a database need the same key.
 
 Without it, a key file is generated on the first start with mode 0600 (never overwritten): beside
-a SQLite database (``dragoman.db.key`` next to ``dragoman.db``), else next to the config file
-(``dragoman.key``). The key file protects a copy of the database, not a copy of its folder; set
+a SQLite database (``dragoman.db.key`` next to ``dragoman.db``), else in the data directory
+(``dragoman.key``; the config file's folder may be read-only). The key file protects a copy of
+the database, not a copy of its folder; set
 ``DRAGOMAN_SECRET_KEY`` from a secret store to keep the two apart.
 """
 
@@ -43,18 +44,18 @@ def _fernet(key: str, where: str) -> Fernet:
 
 
 def key_file_path(config: Config) -> Path | None:
-    """Where the generated key lives: beside a SQLite file, else beside the config; None for an
+    """Where the generated key lives: beside a SQLite file, else in the data directory; None for an
     in-memory database (its secrets die with the process, and so may the key)."""
     try:
         url = make_url(config.database_url)
     except ArgumentError:
-        return config.config_dir / "dragoman.key"
+        return config.writable_data_dir() / "dragoman.key"
     if url.get_backend_name() == "sqlite":
         database = url.database
         if not database or database == ":memory:" or database.startswith("file:"):
             return None
         return Path(database + ".key")
-    return config.config_dir / "dragoman.key"
+    return config.writable_data_dir() / "dragoman.key"
 
 
 class SecretKeySource:

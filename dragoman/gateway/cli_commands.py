@@ -135,7 +135,7 @@ def _run(command: Callable[[argparse.Namespace, Store, KeyService], Awaitable[in
         from dragoman.config import load_config
 
         config = load_config(args.config)  # with no file: the environment's settings alone
-        url = str(args.database) if args.database else config.database_url
+        url = str(args.database) if args.database else config.checked_database_url()
         if args.database:
             require(database_requirements(url, "--database"))
         else:

@@ -58,7 +58,7 @@ def _clean_env(home: Path) -> dict[str, str]:
     """The environment a user's shell would give: nothing pointing at the test venv or a config."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "DRAGOMAN_CONFIG", "DRAGOMAN_ADMIN_PASSWORD")}
-    return {**env, "DRAGOMAN_HOME": str(home), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    return {**env, "DRAGOMAN_DATA_DIR": str(home), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 
 
 @contextlib.contextmanager

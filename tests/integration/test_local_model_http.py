@@ -150,7 +150,7 @@ def free_port() -> int:
 def test_default_serve_prints_a_working_curl_example_and_stops_cleanly(home: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRAGOMAN_")}
-    env.update(HOME=str(home), DRAGOMAN_HOME=str(home), PYTHONUNBUFFERED="1")
+    env.update(HOME=str(home), DRAGOMAN_DATA_DIR=str(home), PYTHONUNBUFFERED="1")
     with (home / "stderr.log").open("wb") as errors:
         proc = subprocess.Popen([sys.executable, "-m", "dragoman", "serve", "--port", str(port)], cwd=REPO, env=env,
                                 stdout=subprocess.PIPE, stderr=errors, text=True)

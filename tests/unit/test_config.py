@@ -8,7 +8,7 @@ import pytest
 
 from dragoman.app import build_backends
 from dragoman.backends.base import BackendDeps
-from dragoman.config import ConfigError, load_config
+from dragoman.config import ConfigError, DataDir, load_config
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -104,3 +104,44 @@ def test_limits_defaults_and_choices(tmp_path: Path) -> None:
 def test_broken_limits_and_redis_settings(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(ConfigError, match=expected):
         load_config(write(tmp_path, "backends: [{name: e, type: echo}]\n" + text), environ={})
+
+
+ECHO = "backends: [{name: e, type: echo, models: [echo]}]\n"
+
+
+def test_data_dir_from_the_file_then_the_environment_then_the_config_folder(tmp_path: Path) -> None:
+    root = tmp_path.resolve()
+    path = write(root, ECHO + "data_dir: state\n")  # relative to the file's folder
+    config = load_config(path, environ={"DRAGOMAN_DATA_DIR": str(root / "env")})
+    assert config.data_location == DataDir(root / "state", f"data_dir in {path}")
+    assert config.database_url == f"sqlite+aiosqlite:///{root / 'state' / 'dragoman.db'}"
+
+    path = write(root, ECHO)
+    config = load_config(path, environ={"DRAGOMAN_DATA_DIR": str(root / "env")})
+    assert config.data_location == DataDir(root / "env", "DRAGOMAN_DATA_DIR")
+    assert config.database_url == f"sqlite+aiosqlite:///{root / 'env' / 'dragoman.db'}"
+
+    config = load_config(path, environ={})  # a writable config folder: the database stays where it was
+    assert config.data_location == DataDir(root, "the default; choose another with data_dir: or DRAGOMAN_DATA_DIR")
+    assert config.database_url == f"sqlite+aiosqlite:///{root / 'dragoman.db'}"
+
+    path = write(root, ECHO + "database: postgresql://db/x\n")
+    assert load_config(path, environ={}).checked_database_url() == "postgresql+asyncpg://db/x"
+
+
+def test_without_a_config_file_state_goes_to_the_users_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = load_config(None, environ={})
+    assert config.data_location.path == tmp_path / ".dragoman"
+    assert config.checked_database_url() == f"sqlite+aiosqlite:///{tmp_path.resolve() / '.dragoman' / 'dragoman.db'}"
+    assert (tmp_path / ".dragoman").is_dir()  # created when it is needed
+
+
+def test_data_dir_that_cannot_be_made_names_the_path_and_the_setting(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    config = load_config(write(tmp_path, ECHO), environ={"DRAGOMAN_DATA_DIR": str(tmp_path / "a-file" / "state")})
+    with pytest.raises(ConfigError) as info:
+        config.checked_database_url()
+    assert str(info.value) == (f"cannot write to the data directory {tmp_path / 'a-file' / 'state'}: Not a directory "
+                               "(DRAGOMAN_DATA_DIR)")

@@ -35,7 +35,7 @@ def run_without_optional(code: str, *, cwd: Path, keep: tuple[str, ...] = ()) ->
     prelude = WITHOUT_OPTIONAL.format(names=sorted(set(PACKAGES) - set(keep)))
     env = {k: v for k, v in os.environ.items() if k != "DRAGOMAN_CONFIG"}
     return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=60, cwd=cwd, env={**env, "DRAGOMAN_HOME": str(cwd)}, check=False)
+                          timeout=60, cwd=cwd, env={**env, "DRAGOMAN_DATA_DIR": str(cwd)}, check=False)
 
 
 def dragoman_modules() -> list[str]:
