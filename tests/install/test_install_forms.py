@@ -283,7 +283,10 @@ def test_postgres_redis_install_serves_keys_and_limits(postgres_redis: Path, tmp
         with serving(postgres_redis, tmp_path, "--config", str(config),
                      env={"DRAGOMAN_ADMIN_PASSWORD": PASSWORD}) as (url, _):
             assert_healthy(url)
-            ready = httpx.get(f"{url}/health/ready", timeout=10)
+            # Under auth.mode: keys readiness names backends, so it wants a key (metrics.auth defaults to key).
+            assert httpx.get(f"{url}/health/ready", timeout=10).status_code == 401
+            ready = httpx.get(f"{url}/health/ready", timeout=10,
+                              headers={"authorization": f"Bearer {secret.group(1)}"})
             assert ready.status_code == 200, ready.text
             with pytest.raises(openai.AuthenticationError):
                 openai.OpenAI(base_url=f"{url}/v1", api_key="sk-dm-unknown", max_retries=0, timeout=30
