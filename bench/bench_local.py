@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 from dragoman.backends.base import BackendDeps, CallOptions  # noqa: E402
 from dragoman.backends.llamacpp import LlamaCppBackend  # noqa: E402
 from dragoman.backends.llamacpp_engine import load_llama  # noqa: E402
+from dragoman.backends.llamacpp_models import LlamaCppSettings  # noqa: E402
 from dragoman.backends.llamacpp_templates import GEMMA, ChatTemplate  # noqa: E402
 from dragoman.core.events import MessageEnd, PartDelta  # noqa: E402
 from dragoman.core.types import ChatRequest, Message, Role, Sampling, TextPart  # noqa: E402
@@ -236,9 +237,9 @@ async def main() -> int:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="dragoman-bench-local-") as tmp:
         workdir = Path(tmp)
-        backend = LlamaCppBackend.from_config("local", {
+        backend = LlamaCppBackend("local", LlamaCppSettings.model_validate({
             "cache_prompt": False, "n_threads": args.threads,
-            "models": [{"name": MODEL, "path": args.model_path, "n_ctx": args.n_ctx}]}, BackendDeps(workdir))
+            "models": [{"name": MODEL, "path": args.model_path, "n_ctx": args.n_ctx}]}), BackendDeps(workdir))
         slot = backend._slots[MODEL]
         model_file = slot.file(download=True)
         assert model_file is not None

@@ -32,16 +32,15 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from loadgen import LoadResult, chat_body
 from run import REPO, Server, free_port, pinned, start
 
 sys.path.insert(0, str(REPO))
 
-from dragoman.backends.base import Backend, BackendDeps, CallOptions
+from dragoman.backends.base import Backend, BackendDeps, CallOptions, NoSettings
 from dragoman.core.events import Event, MessageEnd, MessageStart
 from dragoman.core.models import ModelInfo
 from dragoman.core.types import ChatRequest, FinishReason, Message, Role, TextPart, Usage
@@ -96,10 +95,6 @@ class _Instant(Backend):
 
     type = "instant"
 
-    @classmethod
-    def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> _Instant:
-        return cls(name)
-
     async def list_models(self) -> list[ModelInfo]:
         return [ModelInfo(name="m")]
 
@@ -110,7 +105,7 @@ class _Instant(Backend):
 
 async def _router_cost(requests: int) -> dict[str, float]:
     """Microseconds per request the router adds over calling the backend directly, per route shape."""
-    one, two = _Instant("one"), _Instant("two")
+    one, two = _Instant("one", NoSettings(), BackendDeps()), _Instant("two", NoSettings(), BackendDeps())
     first = Deployment(Target(one, "m", ModelInfo(name="m")))
     second = Deployment(Target(two, "m", ModelInfo(name="m")))
     request = ChatRequest(model="m", messages=[Message(Role.USER, [TextPart("hi")])])

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -28,8 +27,8 @@ from dragoman.admin.probe_access import ProbeAccess
 from dragoman.admin.routes import AdminSite
 from dragoman.backends.base import TIMEOUT_NAMES, Backend, BackendDeps, Timeouts
 from dragoman.backends.fetch import SafeImageFetcher
-from dragoman.backends.registry import backend_class
-from dragoman.config import Config, ConfigError, describe_validation_error
+from dragoman.backends.registry import BackendTypes, EntryError
+from dragoman.config import Config, ConfigError
 from dragoman.control import ControlPlane, make_observer, open_control_plane
 from dragoman.dialects.anthropic.routes import AnthropicDialect
 from dragoman.dialects.common import json_response
@@ -76,34 +75,41 @@ class AppServices:
     readiness_checks: list[ReadinessCheck] = field(default_factory=list)
     # Control plane (opened at start-up: the database is async).
     deps: BackendDeps | None = None
+    backend_types: BackendTypes = field(default_factory=BackendTypes)
     store: Store | None = None
     keys: KeyService | None = None
     control: ControlPlane | None = None
     metrics: Metrics | None = None
 
 
-def build_backends(config: Config, deps: BackendDeps) -> list[Backend]:
+def build_backends(config: Config, deps: BackendDeps, types: BackendTypes | None = None) -> list[Backend]:
     """Every configured backend, or a ``ConfigError`` naming the entry and the problem."""
     source = _source(config)
+    types = types or BackendTypes()
     backends = []
     for index, entry in enumerate(config.backends):
         where = f"{source}: backends[{index}] ({entry.name})"
         try:
-            cls = backend_class(entry.type)
-        except ValueError as exc:
-            raise ConfigError(f"{where}.type: {exc}") from exc
-        except ImportError as exc:
-            raise ConfigError(f"{where}.type: backend type {entry.type!r} needs an optional dependency "
-                              f"that is not installed ({exc.name}); see the README") from exc
-        try:
-            backend = cls.from_config(entry.name, entry.settings, deps)
-        except ValidationError as exc:
-            raise ConfigError(f"{where}.{describe_validation_error(exc)}") from exc
-        except ValueError as exc:
-            raise ConfigError(f"{where}: {exc}") from exc
+            backend = types.build(entry.name, entry.type, entry.settings, deps)
+        except EntryError as exc:
+            raise ConfigError(exc.at(where)) from exc
         require(backend.requirements(), where=f"{where}.")
         backends.append(backend)
     return backends
+
+
+def _given(backends: Sequence[Backend], config: Config) -> list[Backend]:
+    """Backends built in code, checked against the config's: names are unique, one is needed."""
+    names = {entry.name for entry in config.backends}
+    for backend in backends:
+        if not isinstance(backend, Backend):
+            raise ConfigError(f"create_app(backends=...): {backend!r} is not a Backend")
+        if backend.name in names:
+            raise ConfigError(f"create_app(backends=...): the backend name {backend.name!r} is used twice")
+        names.add(backend.name)
+    if not names:
+        raise ConfigError(f"{_source(config)}: at least one backend is required")
+    return list(backends)
 
 
 def _source(config: Config) -> str:
@@ -217,13 +223,18 @@ class GatewayApp(Starlette):
         return app
 
 
-def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlette:
+def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: Sequence[Backend] = (),
+               backend_types: Mapping[str, type[Backend]] | None = None) -> Starlette:
+    """The gateway for ``config``. A program that embeds dragoman passes its own ``backends``
+    (built as ``cls(name, settings, deps)``; served beside the config's) and ``backend_types``
+    (classes that ``type:`` may name in the config and the admin UI, beside the installed ones)."""
     require(config_requirements(config), where=f"{_source(config)}: ")  # before anything imports them
     images = config.images
     fetcher = SafeImageFetcher(allow_hosts=images.allow_hosts, max_bytes=images.max_bytes, timeout=images.timeout,
                                allow_private=images.allow_private)
     deps = BackendDeps(config_dir=config.config_dir, image_fetcher=fetcher)
-    backends = build_backends(config, deps)
+    types = BackendTypes(backend_types)
+    backends = [*build_backends(config, deps, types), *_given(backends, config)]
     registry = ModelRegistry(backends, config.aliases, refresh_seconds=config.model_refresh_seconds,
                              models=model_specs(config))
     timeouts = global_timeouts(config)
@@ -234,7 +245,7 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlett
                                    model_count=registry.model_count)
     services = AppServices(config=config, backends=backends, registry=registry, gateway=gateway,
                            router=router, cooldowns=cooldowns, health=health_monitor,
-                           backend_health=health_monitor.results, deps=deps)
+                           backend_health=health_monitor.results, deps=deps, backend_types=types)
 
     metrics = Metrics()
     services.metrics = metrics

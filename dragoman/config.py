@@ -35,6 +35,8 @@ from pydantic import (
     model_validator,
 )
 
+from dragoman.core.validation import describe_validation_error as describe_validation_error  # re-exported
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 11435
 MIN_STATIC_KEY_LENGTH = 16
@@ -498,12 +500,6 @@ class Config(BaseModel):
         return backends
 
     @model_validator(mode="after")
-    def _has_backends(self) -> Config:
-        if not self.backends:
-            raise ValueError("at least one backend is required")
-        return self
-
-    @model_validator(mode="after")
     def _unique_models(self) -> Config:
         seen: set[str] = set()
         for model in self.models:
@@ -623,21 +619,6 @@ def plain_env_references(text: str, environ: Mapping[str, str]) -> bool:
     return bool(matches) and all(m.group(2) is None and m.group(1) in environ for m in matches)
 
 
-def describe_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    lines = []
-    for error in exc.errors():
-        location = prefix
-        for part in error["loc"]:
-            location += f"[{part}]" if isinstance(part, int) else (f".{part}" if location else str(part))
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif error["type"] == "value_error":
-            message = message.removeprefix("Value error, ")
-        lines.append(f"{location or '(top level)'}: {message}")
-    return "; ".join(lines)
-
-
 def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None,
                 local_model: bool = False) -> Config:
     """Load ``path`` (or ``$DRAGOMAN_CONFIG``; with neither, the built-in default), then apply the
@@ -659,12 +640,14 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
         written = list(backends) if isinstance(backends, list) else []
     # Errors in the variables name the variable; the file is not to blame for them.
     data, used = apply_environment(data, env, default=lambda: default_data(local_model=local_model))
+    where = f"{file}" if file else "configuration"
+    with_env = f" (with the environment variables {', '.join(used)})" if used else ""
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        where = f"{file}" if file else "configuration"
-        with_env = f" (with the environment variables {', '.join(used)})" if used else ""
         raise ConfigError(f"{where}{with_env}: {describe_validation_error(exc)}") from exc
+    if not config.backends:  # a file needs one; a program that embeds dragoman may give its own in code
+        raise ConfigError(f"{where}{with_env}: backends: at least one backend is required")
     if file is not None:
         config.source = file.resolve()
     if config.server.tls is not None:

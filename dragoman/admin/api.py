@@ -21,7 +21,6 @@ from dragoman import __version__
 from dragoman.admin.live import LiveSettings
 from dragoman.admin.masking import mask
 from dragoman.admin.queries import RANGES, UsageFilter, distinct_models, iter_usage, series, usage_page
-from dragoman.backends.registry import BACKEND_TYPES
 from dragoman.dialects.common import json_response
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.keys import KeyInfo, KeyService
@@ -193,7 +192,7 @@ class AdminAPI:
         config = self.services.config
         return json_response({
             "version": __version__, "auth_mode": config.auth.mode,
-            "database": self.store.dialect, "backend_types": sorted(BACKEND_TYPES),
+            "database": self.store.dialect, "backend_types": self.services.backend_types.names(),
             "dialects": ["openai", "ollama", "anthropic"],
         })
 
@@ -410,7 +409,7 @@ class AdminAPI:
                 "settings": mask(settings), "source": self.live.source(name, entry),
                 "reachable": h["reachable"], "model_count": h["model_count"], "last_error": h["last_error"],
             })
-        return json_response({"backends": out, "types": sorted(BACKEND_TYPES), "applies": "runtime"})
+        return json_response({"backends": out, "types": self.services.backend_types.names(), "applies": "runtime"})
 
     async def create_backend(self, request: Request) -> Response:
         data = await read_object(request)

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from dragoman.admin.masking import contains_mask, unmask
 from dragoman.admin.sealing import SecretBox, keep_references, resealed, resolve, seal, typed_references, unseal
 from dragoman.backends.base import Backend, BackendDeps
-from dragoman.backends.registry import BACKEND_TYPES, backend_class
+from dragoman.backends.registry import PYTHON, BackendTypes, EntryError
 from dragoman.config import BackendEntry, Config, ConfigError, OverrideConfig, describe_validation_error
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.extras import missing
@@ -94,12 +94,14 @@ class LiveSettings:
     """Owns the runtime copies of aliases, overrides and backends (see the module docstring)."""
 
     def __init__(self, *, config: Config, registry: ModelRegistry, gateway: Gateway, backends: list[Backend],
-                 deps: BackendDeps, store: Callable[[], Store], health: HealthMonitor | None = None) -> None:
+                 deps: BackendDeps, store: Callable[[], Store], health: HealthMonitor | None = None,
+                 types: BackendTypes | None = None) -> None:
         self._config = config
         self._registry = registry
         self._gateway = gateway
         self._backends = backends  # the app's list (the CLI banner and shutdown read it)
         self._deps = deps
+        self._types = types or BackendTypes()
         self._store = store
         self._health = health
         self._from_file = backend_entries(config)
@@ -248,8 +250,9 @@ class LiveSettings:
         if not isinstance(entry, dict):
             raise _invalid("a backend is a JSON object with type and settings", "settings")
         kind = entry.get("type")
-        if not isinstance(kind, str) or kind not in BACKEND_TYPES:
-            raise _invalid(f"type must be one of {', '.join(sorted(BACKEND_TYPES))}", "type")
+        known = self._types.names()
+        if not isinstance(kind, str) or kind not in known:
+            raise _invalid(f"type must be one of {', '.join(known)}", "type")
         settings = entry.get("settings", {})
         if not isinstance(settings, dict):
             raise _invalid("settings must be a JSON object", "settings")
@@ -263,6 +266,9 @@ class LiveSettings:
         if typed:
             raise _invalid(f"{typed[0]}: environment references (${{...}}) can only be written in the config file",
                            "settings")
+        if kind == PYTHON and (old is None or old.get("type") != PYTHON or restored.get("class") != old.get("class")):
+            # Importing a module named in a browser would run code the operator never chose.
+            raise _invalid("a type python backend's class can only be set in the config file", "type")
         try:
             BackendEntry.model_validate({"name": name, "type": kind})
         except ValidationError as exc:
@@ -275,17 +281,11 @@ class LiveSettings:
             raise _invalid(f"backend {name}: a saved secret cannot be decrypted; type it again", "settings")
         try:
             settings = resolve({k: v for k, v in entry.items() if k != "type"}, self._config.environ)
-            cls = backend_class(str(entry.get("type")))
-            backend = cls.from_config(name, settings, self._deps)
+            backend = self._types.build(name, str(entry.get("type")), settings, self._deps)
         except ConfigError as exc:
             raise _invalid(f"backend {name}: {exc}", "settings") from exc
-        except ValidationError as exc:
-            raise _invalid(f"backend {name}: {describe_validation_error(exc)}", "settings") from exc
-        except ImportError as exc:
-            raise _invalid(f"backend type {entry.get('type')!r} needs an optional dependency that is not "
-                           f"installed ({exc.name})", "type") from exc
-        except ValueError as exc:
-            raise _invalid(f"backend {name}: {exc}", "settings") from exc
+        except EntryError as exc:
+            raise _invalid(f"backend {name}: {exc.detail}", exc.param) from exc
         problem = missing(backend.requirements())
         if problem is not None:
             raise _invalid(f"backend {name}: {problem}", "settings")

@@ -35,7 +35,6 @@ canonical events: no :class:`PartTracker` needed. Decisions worth knowing:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -122,20 +121,17 @@ class AnthropicSettings(BaseModel):
 
 class AnthropicBackend(HTTPBackend):
     type = "anthropic"
+    Settings = AnthropicSettings
 
-    def __init__(self, name: str, settings: AnthropicSettings) -> None:
+    def __init__(self, name: str, settings: AnthropicSettings, deps: BackendDeps | None = None) -> None:
         fixed = {"anthropic-version": settings.version, **settings.headers}
         if settings.beta:
             fixed[BETA_HEADER] = ",".join(settings.beta)
-        super().__init__(name, settings.base_url.rstrip("/").removesuffix("/v1"), api_key=settings.api_key,
-                         headers=fixed, max_connections=settings.max_connections, auth=settings.auth,
-                         max_frame_bytes=settings.max_frame_bytes)
+        super().__init__(name, settings, deps, base_url=settings.base_url.rstrip("/").removesuffix("/v1"),
+                         api_key=settings.api_key, headers=fixed, max_connections=settings.max_connections,
+                         auth=settings.auth, max_frame_bytes=settings.max_frame_bytes)
         self.settings = settings
         self.discovery = ModelDiscovery(self._discover, ttl=DISCOVERY_TTL)
-
-    @classmethod
-    def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> AnthropicBackend:
-        return cls(name, AnthropicSettings.model_validate(settings))
 
     def error_fields(self, body: Any) -> ErrorFields | None:
         """``{"type":"error","error":{"type","message"}}``: the error type refines the status table."""

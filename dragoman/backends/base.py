@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import ClassVar, Literal, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict
 
 from dragoman.core.events import Event
 from dragoman.core.models import ModelInfo
@@ -115,21 +118,27 @@ class BackendDeps:
     image_fetcher: ImageFetcher | None = None
 
 
+class NoSettings(BaseModel):
+    """The settings of a backend that takes none besides ``name`` and ``type``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class Backend(ABC):
-    """A configured upstream. Built by the app, started in its lifespan, closed on shutdown."""
+    """A configured upstream. Built by the app, started in its lifespan, closed on shutdown.
 
-    type: str = ""
+    Construction is typed: every backend class is built as ``cls(name, settings, deps)``, with
+    ``settings`` an instance of its ``Settings`` model. Reading a config entry into that model is
+    the registry's work (:mod:`dragoman.backends.registry`), so a backend never sees raw config;
+    a program that embeds dragoman builds one the same way, without a config entry at all.
+    ``__init__`` may raise ``ValueError`` for settings that are valid alone but not together.
+    """
 
-    def __init__(self, name: str) -> None:
+    type: ClassVar[str] = ""
+    Settings: ClassVar[builtins.type[BaseModel]] = NoSettings  # builtins: `type` names the config type here
+
+    def __init__(self, name: str, settings: BaseModel, deps: BackendDeps) -> None:
         self.name = name
-
-    @classmethod
-    @abstractmethod
-    def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> Backend:
-        """Build from the backend's config entry (``settings`` excludes ``name`` and ``type``).
-
-        Validate with the backend's own pydantic model; a ``pydantic.ValidationError`` or
-        ``ValueError`` is reported by the config loader with the file and key."""
 
     def requirements(self) -> list[Requirement]:
         """The optional packages this configured backend needs, checked before it starts

@@ -22,8 +22,7 @@ import hashlib
 import math
 import re
 import struct
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator
 
 import orjson
 from pydantic import BaseModel, ConfigDict
@@ -63,15 +62,11 @@ def count_words(text: str) -> int:
 
 class EchoBackend(Backend):
     type = "echo"
+    Settings = EchoSettings
 
-    def __init__(self, name: str, models: list[str]) -> None:
-        super().__init__(name)
-        self._models = models
-
-    @classmethod
-    def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> EchoBackend:
-        parsed = EchoSettings.model_validate(settings)
-        return cls(name, parsed.models)
+    def __init__(self, name: str, settings: EchoSettings, deps: BackendDeps) -> None:
+        super().__init__(name, settings, deps)
+        self._models = settings.models
 
     async def list_models(self) -> list[ModelInfo]:
         return [

@@ -18,8 +18,9 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import aiohttp
 import orjson
+from pydantic import BaseModel
 
-from dragoman.backends.base import Backend, CallOptions, TimeoutName, Timeouts, total_exceeded
+from dragoman.backends.base import Backend, BackendDeps, CallOptions, TimeoutName, Timeouts, total_exceeded
 from dragoman.core.events import Event
 from dragoman.core.ids import completion_id, now
 from dragoman.core.parts import PartTracker
@@ -262,11 +263,12 @@ class HTTPBackend(Backend):
     mapped by table, and the streaming loop. A subclass keeps only its wire format: how a chat
     call looks (``chat_call``) and what its error bodies say (``error_fields``)."""
 
-    def __init__(self, name: str, base_url: str, *, api_key: str | None, headers: Mapping[str, str],
-                 max_connections: int, auth: str = "bearer", max_frame_bytes: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, name: str, settings: BaseModel, deps: BackendDeps | None, *, base_url: str,
+                 api_key: str | None, headers: Mapping[str, str], max_connections: int, auth: str = "bearer",
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME) -> None:
         """``auth``: ``bearer`` (``Authorization: Bearer <key>``) or the header that carries the bare key.
         ``max_frame_bytes``: the longest stream line (or SSE event) accepted from the upstream."""
-        super().__init__(name)
+        super().__init__(name, settings, deps or BackendDeps())
         self.max_frame_bytes = max_frame_bytes
         self.base_url = base_url
         self._api_key = api_key  # a key, "forward", or None

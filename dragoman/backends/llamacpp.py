@@ -31,10 +31,10 @@ import importlib.util
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from dragoman.backends.base import Backend, BackendDeps, CallOptions, Requirement, within_deadline
 from dragoman.backends.llamacpp_compute import ComputeThread, once
@@ -70,10 +70,11 @@ class LlamaCppBackend(Backend):
     """GGUF models run by llama-cpp-python inside the gateway process."""
 
     type = "llamacpp"
+    Settings = LlamaCppSettings
 
     def __init__(self, name: str, settings: LlamaCppSettings, deps: BackendDeps, *,
                  reap_interval: float = 1.0) -> None:
-        super().__init__(name)
+        super().__init__(name, settings, deps)
         self.settings = settings
         self._slots = {m.name: ModelSlot(m, settings, deps) for m in settings.models}
         self._executor = ThreadPoolExecutor(max_workers=2 * len(self._slots) + 4,
@@ -83,10 +84,6 @@ class LlamaCppBackend(Backend):
         self._reaper: asyncio.Task[None] | None = None
         self._active: set[threading.Event] = set()
         self._closed = False
-
-    @classmethod
-    def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> LlamaCppBackend:
-        return cls(name, LlamaCppSettings.model_validate(dict(settings)), deps)
 
     def requirements(self) -> list[Requirement]:
         """llama-cpp-python always; the built-in model's package and the hub client when used."""

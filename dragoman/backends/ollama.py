@@ -17,7 +17,6 @@ import asyncio
 import fnmatch
 import functools
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -94,19 +93,17 @@ class _Shown:
 
 class OllamaBackend(HTTPBackend):
     type = "ollama"
+    Settings = OllamaSettings
 
-    def __init__(self, name: str, settings: OllamaSettings, image_fetcher: ImageFetcher | None = None) -> None:
-        super().__init__(name, settings.base_url.rstrip("/"), api_key=settings.api_key, headers=settings.headers,
-                         max_connections=settings.max_connections, max_frame_bytes=settings.max_frame_bytes)
+    def __init__(self, name: str, settings: OllamaSettings, deps: BackendDeps | None = None) -> None:
+        super().__init__(name, settings, deps, base_url=settings.base_url.rstrip("/"), api_key=settings.api_key,
+                         headers=settings.headers, max_connections=settings.max_connections,
+                         max_frame_bytes=settings.max_frame_bytes)
         self.settings = settings
-        self.image_fetcher = image_fetcher
+        self.image_fetcher = deps.image_fetcher if deps is not None else None
         self._shown: dict[str, _Shown] = {}
         self._show_gate = asyncio.Semaphore(SHOW_CONCURRENCY)
         self.last_error: str | None = None
-
-    @classmethod
-    def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> OllamaBackend:
-        return cls(name, OllamaSettings.model_validate(settings), deps.image_fetcher)
 
     def error_fields(self, body: Any) -> ErrorFields | None:
         """Ollama's ``{"error": "..."}`` (or an OpenAI-style ``{"error": {"message"}}``)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import array
 import base64
 import functools
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import orjson
@@ -76,16 +75,14 @@ class OpenAISettings(BaseModel):
 
 class OpenAIBackend(HTTPBackend):
     type = "openai"
+    Settings = OpenAISettings
 
-    def __init__(self, name: str, settings: OpenAISettings) -> None:
-        super().__init__(name, settings.base_url.rstrip("/"), api_key=settings.api_key, headers=settings.headers,
-                         max_connections=settings.max_connections, max_frame_bytes=settings.max_frame_bytes)
+    def __init__(self, name: str, settings: OpenAISettings, deps: BackendDeps | None = None) -> None:
+        super().__init__(name, settings, deps, base_url=settings.base_url.rstrip("/"), api_key=settings.api_key,
+                         headers=settings.headers, max_connections=settings.max_connections,
+                         max_frame_bytes=settings.max_frame_bytes)
         self.settings = settings
         self.discovery = ModelDiscovery(self._discover, ttl=DISCOVERY_TTL)
-
-    @classmethod
-    def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> OpenAIBackend:
-        return cls(name, OpenAISettings.model_validate(settings))
 
     # ------------------------------------------------------------------ models
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from dragoman.backends.base import Backend, BackendDeps, CallOptions, Timeouts
+from dragoman.backends.base import Backend, BackendDeps, CallOptions, NoSettings, Timeouts
 from dragoman.core.events import Event, MessageEnd, MessageStart
 from dragoman.core.models import ModelInfo
 from dragoman.core.types import ChatRequest, FinishReason, Message, Role, TextPart, Usage
@@ -37,15 +37,11 @@ class Scripted(Backend):
 
     def __init__(self, name: str, models: list[str], script: dict[str, list[ErrorKind | None]] | None = None,
                  retry_after: float | None = None) -> None:
-        super().__init__(name)
+        super().__init__(name, NoSettings(), BackendDeps())
         self.models = models
         self.script = script or {}
         self.retry_after = retry_after
         self.calls: list[str] = []
-
-    @classmethod
-    def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> Scripted:
-        raise NotImplementedError
 
     async def list_models(self) -> list[ModelInfo]:
         return [ModelInfo(name=m) for m in self.models]
