@@ -24,6 +24,7 @@ import orjson
 
 from dragoman.backends.llamacpp_models import unavailable
 from dragoman.backends.llamacpp_templates import ChatTemplate, ParsedCall, ToolCallExtractor
+from dragoman.core.stops import StopMatcher
 from dragoman.core.types import ChatRequest, FinishReason, ResponseFormat, Sampling
 from dragoman.errors import ErrorKind, GatewayError
 
@@ -265,43 +266,6 @@ class Finished:
 
 Output = Started | str | ParsedCall | Finished | BaseException
 Emit = Callable[[Output], None]
-
-
-class StopMatcher:
-    """Cuts the text at the first stop sequence, holding back a tail that could start one."""
-
-    __slots__ = ("_held", "_stops")
-
-    def __init__(self, stops: list[str]) -> None:
-        self._stops = stops
-        self._held = ""
-
-    def feed(self, text: str) -> tuple[str, str | None]:
-        if not self._stops:
-            return text, None
-        buf = self._held + text
-        found: tuple[int, str] | None = None
-        for stop in self._stops:
-            at = buf.find(stop)
-            if at >= 0 and (found is None or at < found[0]):
-                found = (at, stop)
-        if found is not None:
-            self._held = ""
-            return buf[: found[0]], found[1]
-        keep = max(_partial_suffix(buf, stop) for stop in self._stops)
-        self._held = buf[len(buf) - keep:]
-        return buf[: len(buf) - keep], None
-
-    def flush(self) -> str:
-        held, self._held = self._held, ""
-        return held
-
-
-def _partial_suffix(text: str, stop: str) -> int:
-    for size in range(min(len(stop) - 1, len(text)), 0, -1):
-        if text.endswith(stop[:size]):
-            return size
-    return 0
 
 
 def sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
