@@ -76,6 +76,7 @@ class AppServices:
     # Control plane (opened at start-up: the database is async).
     deps: BackendDeps | None = None
     backend_types: BackendTypes = field(default_factory=BackendTypes)
+    given_backends: tuple[str, ...] = ()  # names of the backends built in code (create_app(backends=))
     store: Store | None = None
     keys: KeyService | None = None
     control: ControlPlane | None = None
@@ -234,7 +235,8 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: S
                                allow_private=images.allow_private)
     deps = BackendDeps(config_dir=config.config_dir, image_fetcher=fetcher)
     types = BackendTypes(backend_types)
-    backends = [*build_backends(config, deps, types), *_given(backends, config)]
+    given = _given(backends, config)
+    backends = [*build_backends(config, deps, types), *given]
     registry = ModelRegistry(backends, config.aliases, refresh_seconds=config.model_refresh_seconds,
                              models=model_specs(config))
     timeouts = global_timeouts(config)
@@ -245,7 +247,8 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: S
                                    model_count=registry.model_count)
     services = AppServices(config=config, backends=backends, registry=registry, gateway=gateway,
                            router=router, cooldowns=cooldowns, health=health_monitor,
-                           backend_health=health_monitor.results, deps=deps, backend_types=types)
+                           backend_health=health_monitor.results, deps=deps, backend_types=types,
+                           given_backends=tuple(b.name for b in given))
 
     metrics = Metrics()
     services.metrics = metrics

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from pydantic import ValidationError
@@ -95,13 +95,16 @@ class LiveSettings:
 
     def __init__(self, *, config: Config, registry: ModelRegistry, gateway: Gateway, backends: list[Backend],
                  deps: BackendDeps, store: Callable[[], Store], health: HealthMonitor | None = None,
-                 types: BackendTypes | None = None) -> None:
+                 types: BackendTypes | None = None, given: Collection[str] = ()) -> None:
+        """``given``: the names of backends a program passed in code (``create_app(backends=)``): no
+        setting of them is stored, and the admin UI cannot change them."""
         self._config = config
         self._registry = registry
         self._gateway = gateway
         self._backends = backends  # the app's list (the CLI banner and shutdown read it)
         self._deps = deps
         self._types = types or BackendTypes()
+        self._given = frozenset(given)
         self._store = store
         self._health = health
         self._from_file = backend_entries(config)
@@ -129,7 +132,7 @@ class LiveSettings:
         self._gateway.overrides = {k: parse_override(k, v) for k, v in overrides.items()}
         wanted = await store.get("backends", {}) or {}
         for name in list(self._registry.backends):
-            if name not in wanted:
+            if name not in wanted and name not in self._given:
                 self._remove(name)
         for name, stored in wanted.items():
             problems: list[str] = []
@@ -293,6 +296,7 @@ class LiveSettings:
 
     async def save_backend(self, name: str, entry: dict[str, Any], *, create: bool) -> None:
         """Build, start and swap in the backend, then persist it (a bad entry changes nothing)."""
+        self._not_given(name)
         async with self._lock:
             stored = await self.backend_settings()
             if create and (name in stored or name in self._registry.backends):
@@ -306,12 +310,17 @@ class LiveSettings:
         await self._registry.refresh(force=True)
 
     async def delete_backend(self, name: str) -> None:
+        self._not_given(name)
         async with self._lock:
             stored = await self.backend_settings()
             if name not in stored and name not in self._registry.backends:
                 raise GatewayError(ErrorKind.NOT_FOUND, f"no backend named {name!r}")
             await self._store_backend(name, None)
             self._remove(name)
+
+    def _not_given(self, name: str) -> None:
+        if name in self._given:
+            raise _invalid(f"backend {name!r} is built by the program that runs dragoman; change it there", "name")
 
     async def test_backend(self, name: str, entry: Mapping[str, Any]) -> dict[str, Any]:
         """Build a throwaway instance and ask it for its models; never touches the running one."""

@@ -101,7 +101,8 @@ class AdminSite:
         self.live = LiveSettings(config=config, registry=services.registry, gateway=services.gateway,
                                  backends=services.backends,
                                  deps=services.deps or BackendDeps(config_dir=config.config_dir),
-                                 store=self._store, health=services.health, types=services.backend_types)
+                                 store=self._store, health=services.health, types=services.backend_types,
+                                 given=services.given_backends)
         self.api = AdminAPI(services, self.live)
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                                      autoescape=select_autoescape(default=True, default_for_string=True),
