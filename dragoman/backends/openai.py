@@ -1,7 +1,10 @@
 """Any OpenAI-compatible upstream: OpenAI, OpenRouter, vLLM, llama.cpp server, LM Studio, Groq...
 
-Chat always streams from the upstream (non-streaming clients get the accumulated stream), so
-one decoder serves both. Flat upstream deltas become block events through ``PartTracker``.
+A streaming client's chat streams from the upstream; a client that wants a whole answer gets the
+upstream's whole answer (one JSON body instead of dozens of frames), turned into the events its
+stream would have given. Both go through one ``PartTracker``, which makes block events of the
+upstream's flat deltas; reasoning is read from ``reasoning_content`` or ``reasoning``, whichever
+the upstream sends.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import array
 import base64
 import functools
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -70,7 +73,6 @@ class OpenAISettings(BaseModel):
     max_frame_bytes: int = Field(DEFAULT_MAX_FRAME, ge=1024)  # the longest stream line accepted
     capabilities: dict[str, bool] = Field(default_factory=dict)  # overrides for every model
     context_length: int | None = None
-    reasoning_field: Literal["reasoning_content", "reasoning"] = "reasoning_content"
 
 
 class OpenAIBackend(HTTPBackend):
