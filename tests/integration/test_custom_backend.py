@@ -190,6 +190,38 @@ def test_ollama_tool_call(ol: ollama.Client) -> None:
     assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [("lookup", {"word": "mat"})]
 
 
+# ---------------------------------------------------------------------------------- admin UI
+
+ADMIN = {"authorization": "Bearer admin-password-for-plugins-1"}
+
+
+def test_admin_builds_installed_types_but_imports_no_code_it_names(installed: Path, tmp_path: Path) -> None:
+    config = {"backends": [{"name": "py", "type": "python", "class": "dragoman_bigram:BigramBackend"}],
+              "database": f"sqlite:///{tmp_path / 'dragoman.db'}",
+              "auth": {"mode": "none", "admin_password": ADMIN["authorization"].removeprefix("Bearer ")}}
+    with dragoman_server(config) as server, httpx.Client(base_url=server.url, headers=ADMIN) as admin:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=10)
+        assert {"bigram", "python", "openai"} <= set(admin.get("/admin/api/backends").json()["types"])
+        created = admin.post("/admin/api/backends", json={"name": "toy2", "type": "bigram", "settings": {"words": 2}})
+        assert created.status_code == 200, created.text
+        answer = client.chat.completions.create(model="toy2/bigram", messages=[{"role": "user", "content": "the"}])
+        assert answer.choices[0].message.content == "dog sat "
+        bad = admin.post("/admin/api/backends", json={"name": "toy3", "type": "bigram", "settings": {"words": "x"}})
+        assert bad.status_code == 400 and "words: Input should be a valid integer" in bad.json()["error"]["message"]
+        refused = admin.post("/admin/api/backends", json={"name": "evil", "type": "python",
+                                                           "settings": {"class": "dragoman_bigram:BigramBackend"}})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "type"
+        assert "only be set in the config file" in refused.json()["error"]["message"]
+        swapped = admin.put("/admin/api/backends/py", json={"type": "python", "settings": {
+            "class": "dragoman.backends.echo:EchoBackend"}})
+        assert swapped.status_code == 400 and swapped.json()["error"]["param"] == "type"
+        edited = admin.put("/admin/api/backends/py", json={"type": "python", "settings": {
+            "class": "dragoman_bigram:BigramBackend", "settings": {"words": 1}}})
+        assert edited.status_code == 200, edited.text
+        answer = client.chat.completions.create(model="py/bigram", messages=[{"role": "user", "content": "the"}])
+        assert answer.choices[0].message.content == "dog "
+
+
 # ------------------------------------------------------------------------------ given in code
 
 
@@ -231,8 +263,10 @@ class Endless(ModelBackend):
 
 
 @pytest.fixture(scope="module")
-def embedded() -> Iterator[ServerThread]:
-    config = Config.model_validate({"backends": [{"name": "echoed", "type": "mine", "prefix": "> "}]})
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
+    config = Config.model_validate({"backends": [{"name": "echoed", "type": "mine", "prefix": "> "}],
+                                     "auth": {"admin_password": ADMIN["authorization"].removeprefix("Bearer ")},
+                                     "data_dir": str(tmp_path_factory.mktemp("embedded"))})
     app = create_app(config, backends=[Endless("endless", Endless.Settings(), BackendDeps())],
                      backend_types={"mine": Thoughtful})
     with ServerThread(app) as server:
@@ -248,6 +282,13 @@ def test_backends_and_types_given_in_code(embedded: ServerThread) -> None:
     assert message.reasoning_content == "they said hi there"
     assert answer.usage is not None and (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (1, 2)
     assert "hi there" in Thoughtful.closed
+
+
+def test_backends_given_in_code_are_not_the_admins(embedded: ServerThread) -> None:
+    with httpx.Client(base_url=embedded.url, headers=ADMIN) as admin:
+        assert "endless" in {b["name"] for b in admin.get("/admin/api/backends").json()["backends"]}
+        refused = admin.delete("/admin/api/backends/endless")
+        assert refused.status_code == 400 and "built by the program that runs dragoman" in refused.text
 
 
 def test_client_leaving_stops_a_blocking_model(embedded: ServerThread) -> None:
