@@ -105,8 +105,14 @@ async def _prepare(config: Config) -> None:
         await store.aclose()
 
 
+# Seconds a worker has to answer the supervisor's ping, and a new one to start serving; a worker
+# answers from a thread of its own, but starting (spawning, importing, opening the database) on a
+# busy machine takes seconds, and uvicorn's 5 s kills workers that are only slow to start.
+HEALTHCHECK_TIMEOUT = 30
+
+
 def run_workers(workers: int, factory: WorkerFactory, sockets: list[Any], **options: Any) -> None:
     """Serve on ``sockets`` with ``workers`` processes until SIGTERM or SIGINT."""
-    config = WorkerConfig(factory, workers=workers, **options)
+    config = WorkerConfig(factory, workers=workers, timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT, **options)
     log.info("starting %d workers", workers)
     Multiprocess(config, sockets=sockets).run()
