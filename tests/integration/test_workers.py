@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.processes import Running, clean_environment, dragoman_process
+from tests.processes import Running, clean_environment, dragoman_process, run_dragoman
 from tests.servers import ServerThread
 from tests.services import REDIS_MISSING, ensure_redis
 
@@ -53,11 +53,12 @@ def redis_url() -> str:
     return url
 
 
-def write_config(folder: Path, upstream: ServerThread, redis_url: str | None, **usage: Any) -> Path:
+def write_config(folder: Path, upstream: ServerThread, redis_url: str | None, *, cache_ttl: float = 60,
+                 **usage: Any) -> Path:
     config: dict[str, Any] = {
         "backends": [{"name": "up", "type": "openai", "base_url": f"{upstream.url}/v1", "api_key": "upstream-secret",
                       "models": ["gpt-test", "gpt-slow"]}],
-        "auth": {"mode": "keys", "cache_ttl": 60},
+        "auth": {"mode": "keys", "cache_ttl": cache_ttl},
         "database": f"sqlite:///{folder / 'dragoman.sqlite'}",
         "server": {"settings_refresh": 0.3},
         "usage": usage,
@@ -187,6 +188,26 @@ def test_an_alias_made_in_the_admin_api_reaches_every_worker(shared: Running) ->
     assert asyncio.run(burst(shared.url, secret, 40, model="team-model")) == Counter({200: 40})
 
 
+def test_sighup_replaces_every_worker_without_failing_a_request(shared: Running) -> None:
+    _, secret = create_key(shared)
+    old = worker_pids(shared)
+    started = shared.output.count("Application startup complete")
+
+    async def scenario() -> Counter[int]:
+        answers = asyncio.ensure_future(burst(shared.url, secret, 400, concurrency=4))
+        await asyncio.sleep(0.2)
+        shared.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + TIMEOUT
+        while shared.output.count("Application startup complete") < started + 2 or worker_pids(shared) & old:
+            assert time.monotonic() < deadline, shared.output
+            await asyncio.sleep(0.1)
+        return await answers
+
+    assert asyncio.run(scenario()) == Counter({200: 400})
+    assert len(worker_pids(shared)) == 2
+    assert "Received SIGHUP, restarting processes" in shared.output
+
+
 def test_a_killed_worker_is_replaced(shared: Running) -> None:
     _, secret = create_key(shared)
     pids = worker_pids(shared)
@@ -220,3 +241,27 @@ def test_sigterm_finishes_requests_in_flight_and_writes_their_usage(
         assert running.process.wait(timeout=TIMEOUT) == 0
     assert statuses == Counter({200: 12})
     assert usage_rows(tmp_path, key_id) == Counter({200: 12})
+
+
+def test_without_redis_limits_are_per_worker_and_a_revoke_lands_within_the_cache_ttl(
+        upstream: ServerThread, tmp_path: Path) -> None:
+    with start(tmp_path, write_config(tmp_path, upstream, None, cache_ttl=1)) as running:
+        assert "limits are counted per worker without Redis" in running.output
+        key_id, secret = create_key(running)
+        assert asyncio.run(burst(running.url, secret, 40)) == Counter({200: 40})
+        admin(running, "DELETE", f"/keys/{key_id}")
+        time.sleep(1.5)  # auth.cache_ttl: the longest a worker that did not revoke it keeps a key cached
+        assert asyncio.run(burst(running.url, secret, 40)) == Counter({401: 40})
+
+
+@pytest.mark.parametrize(("changes", "problem"), [
+    ({"backends": [{"name": "local", "type": "llamacpp"}]}, "server.local_models_per_worker: true"),
+    ({"database": "sqlite://"}, "the database is in memory"),
+])
+def test_what_workers_cannot_share_is_refused(tmp_path: Path, changes: dict[str, Any], problem: str) -> None:
+    config = tmp_path / "dragoman.yaml"
+    config.write_text(yaml.safe_dump({"backends": [{"name": "echo", "type": "echo"}], **changes}))
+    result = run_dragoman("serve", "--config", str(config), "--port", "0", "--workers", "2",
+                          env=clean_environment(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert problem in result.stderr
