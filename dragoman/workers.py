@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.engine import make_url
 from uvicorn import Config as UvicornConfig
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
@@ -63,8 +64,9 @@ class WorkerConfig(UvicornConfig):
 
 def check_workers(config: Config, workers: int) -> None:
     """Refuse what several workers cannot share; warn about what only holds per worker."""
-    url = config.database_url
-    if url.startswith("sqlite") and (":memory:" in url or url.rstrip("/").endswith("sqlite+aiosqlite:")):
+    url = make_url(config.database_url)
+    if url.get_backend_name() == "sqlite" and (not url.database or url.database == ":memory:"
+                                               or "mode=memory" in str(url)):
         raise ConfigError(f"server.workers is {workers}, but the database is in memory: each worker would have "
                           "its own keys and usage; use a database file or PostgreSQL")
     local = [b.name for b in config.backends if b.type == "llamacpp"]
