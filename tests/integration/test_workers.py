@@ -181,11 +181,17 @@ def test_a_revoked_key_is_refused_by_every_worker(shared: Running) -> None:
     assert asyncio.run(burst(shared.url, secret, 40)) == Counter({401: 40})
 
 
-def test_an_alias_made_in_the_admin_api_reaches_every_worker(shared: Running) -> None:
+def test_admin_changes_reach_every_worker(shared: Running, upstream: ServerThread) -> None:
     _, secret = create_key(shared)
     admin(shared, "PUT", "/aliases/team-model", {"targets": ["up/gpt-test"]})
+    admin(shared, "POST", "/backends", {"name": "second", "type": "openai", "settings": {
+        "base_url": f"{upstream.url}/v1", "api_key": "upstream-secret", "models": ["gpt-test"]}})
     time.sleep(1.0)  # server.settings_refresh is 0.3 s here
     assert asyncio.run(burst(shared.url, secret, 40, model="team-model")) == Counter({200: 40})
+    assert asyncio.run(burst(shared.url, secret, 40, model="second/gpt-test")) == Counter({200: 40})
+    admin(shared, "DELETE", "/backends/second")
+    time.sleep(1.0)
+    assert asyncio.run(burst(shared.url, secret, 40, model="second/gpt-test")) == Counter({404: 40})
 
 
 def test_sighup_replaces_every_worker_without_failing_a_request(shared: Running) -> None:
