@@ -59,6 +59,7 @@ class LoadResult:
     max_ms: float
     errors: int
     server_cpu_us_per_req: float = math.nan  # filled in by run.py, which knows the server's pid
+    loadgen_cpu_us_per_req: float = math.nan  # filled in by run.py: the load generator's own CPU (shared cores)
 
 
 def chat_body(model: str, stream: bool) -> bytes:

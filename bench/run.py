@@ -18,6 +18,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import socket
 import statistics
@@ -186,11 +187,16 @@ def load(settings: Settings, url: str, stream: bool, connections: int, duration:
          requests: int | None = None, cpu: int = 1, engine: str | None = None) -> LoadResult:
     """One loadgen subprocess, on ``cpu`` when pinning (the proxies' core only for direct runs)."""
     cmd = loadgen_cmd(url, stream, connections, duration, engine or settings.engine, requests)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(pinned(cmd, cpu if settings.pin else None), capture_output=True, text=True,
                          check=False, timeout=duration + 120 if requests is None else 3600)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise RuntimeError(f"loadgen failed: {out.stderr[-2000:]}")
-    return LoadResult(**json.loads(out.stdout.strip().splitlines()[-1]))
+    result = LoadResult(**json.loads(out.stdout.strip().splitlines()[-1]))
+    # The load generator shares the machine's cores with what it loads: its CPU per request says how much.
+    spent = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return replace(result, loadgen_cpu_us_per_req=spent / max(result.requests, 1) * 1e6)
 
 
 def proc_tree(pid: int) -> list[int]:
@@ -519,7 +525,8 @@ def measure(settings: Settings, servers: dict[str, Server], run: Run) -> None:
                 run.saturated[mode][target].append(res)
                 print(f"  round {rnd + 1} {mode:<10} {target:<9} {settings.connections:>3} conn: "
                       f"{res.rps:8.0f} req/s p50 {res.p50_ms:.2f} ms p99 {res.p99_ms:.2f} ms, server CPU "
-                      f"{res.server_cpu_us_per_req:.0f} us/req", flush=True)
+                      f"{res.server_cpu_us_per_req:.0f} us/req, load generator CPU "
+                      f"{res.loadgen_cpu_us_per_req:.0f} us/req", flush=True)
             for target in targets:
                 res = load(settings, servers[target].url, stream, 1, settings.low_duration, cpu=cpu(target))
                 run.sequential[mode][target].append(res)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import importlib.util
 import logging
@@ -15,6 +16,9 @@ import os
 import socket
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
+
+from starlette.applications import Starlette
 
 from dragoman import __version__
 from dragoman.app import AppServices, create_app
@@ -24,7 +28,8 @@ from dragoman.connections import guarded_protocol
 # ``serve`` flags and the environment variables they stand for (a flag wins over the variable).
 FLAG_VARIABLES = {"host": "DRAGOMAN_HOST", "port": "DRAGOMAN_PORT", "api_key": "DRAGOMAN_API_KEY",
                   "ssl_certfile": "DRAGOMAN_SSL_CERTFILE", "ssl_keyfile": "DRAGOMAN_SSL_KEYFILE",
-                  "forwarded_allow_ips": "DRAGOMAN_FORWARDED_ALLOW_IPS", "log_level": "DRAGOMAN_LOG_LEVEL"}
+                  "forwarded_allow_ips": "DRAGOMAN_FORWARDED_ALLOW_IPS", "log_level": "DRAGOMAN_LOG_LEVEL",
+                  "workers": "DRAGOMAN_WORKERS"}
 
 
 def has_local_runtime() -> bool:
@@ -104,33 +109,72 @@ def serve(args: argparse.Namespace) -> int:
 
     from dragoman.tls import check_tls, uvicorn_tls_options
 
-    config = _load(args.config, _flag_environment(args))
+    flags = _flag_environment(args)
+    config = _load(args.config, flags)
     tls = config.server.tls
     if tls is not None:
         check_tls(tls)
     config.checked_database_url()  # an unwritable data directory: one line now, not a traceback later
-    logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _configure_logging(config)
+    workers = config.server.worker_count
+    if workers > 1:
+        from dragoman.workers import check_workers
+
+        check_workers(config, workers)  # before binding: a refusal leaves the port alone
     sockets = _bind(config.server.host, config.server.port)
     port = sockets[0].getsockname()[1]
     display_host = "127.0.0.1" if config.server.host in ("localhost", "0.0.0.0") else config.server.host
     scheme = "https" if tls is not None else "http"
     url = f"{scheme}://{'[' + display_host + ']' if ':' in display_host else display_host}:{port}"
+    proxies = config.server.forwarded_allow_ips
+    options: dict[str, Any] = dict(loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+                                   access_log=False, proxy_headers=bool(proxies),
+                                   forwarded_allow_ips=proxies or None, log_level=config.server.log_level,
+                                   timeout_graceful_shutdown=10, server_header=False, **uvicorn_tls_options(tls))
+    if workers > 1:
+        import multiprocessing
+
+        from dragoman.workers import prepare_shared_state, run_workers
+
+        prepare_shared_state(config)
+        shown = multiprocessing.get_context("spawn").Value("b", 0)  # the first worker ready prints the banner
+        factory = functools.partial(_worker_app, args.config, flags, url, shown)
+        run_workers(workers, factory, sockets, http=_http_name(), **options)
+        return 0
 
     async def on_ready(services: AppServices) -> None:
         print(_banner(services, url), flush=True)
         tune_gc()
 
     app = create_app(config, on_ready=on_ready)
-    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     # uvicorn's HTTP protocol with a request-head timeout and a connection cap (see dragoman.connections).
-    http = guarded_protocol("httptools" if importlib.util.find_spec("httptools") else "h11", config.server)
-    proxies = config.server.forwarded_allow_ips
-    server = uvicorn.Server(uvicorn.Config(app, loop=loop, http=http, access_log=False,
-                                           proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None,
-                                           log_level=config.server.log_level, timeout_graceful_shutdown=10,
-                                           server_header=False, **uvicorn_tls_options(tls)))
+    server = uvicorn.Server(uvicorn.Config(app, http=guarded_protocol(_http_name(), config.server), **options))
     server.run(sockets=sockets)
     return 0
+
+
+def _http_name() -> str:
+    return "httptools" if importlib.util.find_spec("httptools") else "h11"
+
+
+def _configure_logging(config: Config) -> None:
+    logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _worker_app(path: str | None, flags: Mapping[str, str], url: str,
+                shown: Any) -> tuple[Starlette, type[asyncio.Protocol]]:
+    """One worker's app (see dragoman.workers), built in the worker from the config file read anew."""
+    config = _load(path, flags)
+    _configure_logging(config)
+
+    async def on_ready(services: AppServices) -> None:
+        with shown.get_lock():
+            first, shown.value = not shown.value, 1
+        if first:
+            print(_banner(services, url) + f"\n({config.server.worker_count} worker processes)", flush=True)
+        tune_gc()
+
+    return create_app(config, on_ready=on_ready), guarded_protocol(_http_name(), config.server)
 
 
 def models(args: argparse.Namespace) -> int:
@@ -202,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--forwarded-allow-ips", metavar="IPS",
                          help="comma-separated addresses or networks of reverse proxies whose X-Forwarded-For/"
                               "-Proto are believed ('*' for any); $DRAGOMAN_FORWARDED_ALLOW_IPS")
+    p_serve.add_argument("--workers", metavar="N",
+                         help="worker processes sharing the port: a number, or 'auto' for one per core "
+                              "(default 1; $DRAGOMAN_WORKERS); see the README on what they share")
     p_serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                          help="log messages from this level up (default info; $DRAGOMAN_LOG_LEVEL)")
     p_serve.set_defaults(func=serve)

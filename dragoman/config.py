@@ -118,6 +118,28 @@ class ServerConfig(BaseModel):
     header_timeout: float = Field(10.0, gt=0)
     body_timeout: float = Field(30.0, gt=0)
     max_connections: int = Field(1000, ge=1)
+    # Worker processes sharing the port (``auto``: one per core); see dragoman.workers.
+    workers: int | Literal["auto"] = 1
+    # Several workers would each load every embedded llama.cpp model (memory times workers): refused
+    # unless this says it is meant.
+    local_models_per_worker: bool = False
+    # Seconds between checks for admin UI changes made by another worker or instance (aliases,
+    # overrides, backends); unset: 2 with several workers, never with one.
+    settings_refresh: float | None = Field(None, gt=0)
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("workers must be from 1 to 256, or 'auto' (one per core)")
+        return value
+
+    @property
+    def worker_count(self) -> int:
+        """The number of worker processes ``workers`` stands for on this machine."""
+        if self.workers == "auto":
+            return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        return self.workers
 
     @model_validator(mode="before")
     @classmethod

@@ -37,6 +37,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DRAGOMAN_CONFIG", "the config file (like --config)"),
     Variable("DRAGOMAN_HOST", "server.host (--host)"),
     Variable("DRAGOMAN_PORT", "server.port (--port)"),
+    Variable("DRAGOMAN_WORKERS", "server.workers: worker processes, a number or 'auto' (--workers)"),
     Variable("DRAGOMAN_LOG_LEVEL", "server.log_level: debug, info, warning or error (--log-level)"),
     Variable("DRAGOMAN_SSL_CERTFILE", "server.tls.certfile (--ssl-certfile)"),
     Variable("DRAGOMAN_SSL_KEYFILE", "server.tls.keyfile (--ssl-keyfile)"),
@@ -137,6 +138,11 @@ def _server(data: dict[str, Any], overlay: _Overlay) -> None:
         if not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"DRAGOMAN_PORT: {port!r} is not a port number (0-65535)")
         _section(data, "server", "DRAGOMAN_PORT")["port"] = int(port)
+    workers = overlay.value("DRAGOMAN_WORKERS")
+    if workers is not None:
+        if workers != "auto" and not workers.isdigit():
+            raise ConfigError(f"DRAGOMAN_WORKERS: {workers!r} is not a number of workers or 'auto'")
+        _section(data, "server", "DRAGOMAN_WORKERS")["workers"] = workers if workers == "auto" else int(workers)
     level = overlay.value("DRAGOMAN_LOG_LEVEL")
     if level is not None:
         if level.lower() not in LOG_LEVELS:

@@ -9,16 +9,22 @@ kept there as ``${VAR}`` references or encrypted, never in clear (:mod:`dragoman
 * a backend is rebuilt from its new settings, started, and swapped into the registry. The old
   instance is not closed at once, because requests may still be streaming through it; backends
   built here are closed at shutdown (the lifespan closes the ones the app built).
+
+Several workers (``server.workers``) or instances share the database: an edit made through one
+reaches the others when they next look (:meth:`LiveSettings.refresh`, every
+``server.settings_refresh`` seconds; 2 by default with several workers).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from dragoman.admin.masking import contains_mask, unmask
 from dragoman.admin.sealing import SecretBox, keep_references, resealed, resolve, seal, typed_references, unseal
@@ -28,6 +34,7 @@ from dragoman.config import BackendEntry, Config, ConfigError, OverrideConfig, d
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.extras import missing
 from dragoman.gateway.health import HealthMonitor
+from dragoman.gateway.logutil import ThrottledLog
 from dragoman.gateway.registry import ModelRegistry
 from dragoman.gateway.settings import SEEDED_PREFIX, SettingsStore, seed_settings
 from dragoman.gateway.store import Store
@@ -36,6 +43,7 @@ from dragoman.pipeline import Gateway
 log = logging.getLogger("dragoman.admin")
 
 TEST_TIMEOUT = 15.0
+LIVE_ROWS = ("aliases", "overrides", "backends")  # the settings rows applied to the running gateway
 
 
 def _invalid(message: str, param: str | None = None) -> GatewayError:
@@ -111,6 +119,9 @@ class LiveSettings:
         self._owned: list[Backend] = []  # built here: closed at shutdown
         self._lock = asyncio.Lock()
         self._box: SecretBox | None = None  # set by load()
+        self._seen: dict[str, Any] | None = None  # the LIVE_ROWS as last applied (refresh compares)
+        self._applied: dict[str, Mapping[str, Any]] = {}  # backend name -> the entry it runs with
+        self._watcher: asyncio.Task[None] | None = None
 
     # -- start and stop -----------------------------------------------------------------------
 
@@ -140,13 +151,68 @@ class LiveSettings:
             if problems:
                 log.error("backend %s: %s cannot be decrypted with this secret key (was DRAGOMAN_SECRET_KEY or "
                           "the key file changed?); type it again on the Settings page", name, ", ".join(problems))
+            self._applied[name] = entry
             if entry != self._from_file.get(name):
                 try:
                     await self._swap(self._build(name, entry))
                 except GatewayError as exc:
                     log.error("backend %s saved in the admin settings cannot be built (%s); "
                               "fix it on the Settings page", name, exc.message)
+        self._seen = await self._live_rows()
         return bool(rows)
+
+    async def _live_rows(self) -> dict[str, Any]:
+        stored = await self._settings().all()
+        return {name: stored.get(name) for name in LIVE_ROWS}
+
+    async def refresh(self) -> bool:
+        """Apply what another worker or instance saved since the last look; True when the stored
+        aliases, overrides or backends had changed. Only backends whose entry changed are rebuilt."""
+        async with self._lock:
+            rows = await self._live_rows()
+            if rows == self._seen:
+                return False
+            self._seen = rows
+            aliases, overrides = rows["aliases"] or {}, rows["overrides"] or {}
+            self._registry.set_aliases({k: parse_alias_targets(v) for k, v in aliases.items()})
+            self._gateway.overrides = {k: parse_override(k, v) for k, v in overrides.items()}
+            wanted = rows["backends"] or {}
+            changed = False
+            for name in list(self._registry.backends):
+                if name not in wanted:
+                    self._remove(name)
+                    self._applied.pop(name, None)
+                    changed = True
+            for name, stored in wanted.items():
+                entry = unseal(stored, self.box)
+                if entry == self._applied.get(name):
+                    continue
+                self._applied[name] = entry
+                changed = True
+                try:
+                    await self._swap(self._build(name, entry))
+                except GatewayError as exc:
+                    log.error("backend %s, as saved by another worker, cannot be built here (%s)", name, exc.message)
+        if changed:
+            await self._registry.refresh(force=True)
+        return True
+
+    def watch(self, interval: float) -> None:
+        """Call :meth:`refresh` every ``interval`` seconds until :meth:`aclose`."""
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(interval), name="dragoman-settings-refresh")
+
+    async def _watch(self, interval: float) -> None:
+        warn = ThrottledLog(log, 60.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if await self.refresh():
+                    log.info("applied admin settings changed by another worker or instance")
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                warn(logging.WARNING, "could not read the admin settings from the database (%s); retrying", exc)
+            except GatewayError as exc:  # a stored entry this worker cannot parse: the others stay applied
+                warn(logging.ERROR, "the admin settings saved by another worker cannot be applied: %s", exc.message)
 
     async def _reseal(self) -> list[str]:
         """Encrypt clear secrets (and re-encrypt ones sealed with an older key) in the stored rows;
@@ -173,6 +239,11 @@ class LiveSettings:
         return SettingsStore(self._store())
 
     async def aclose(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
         for backend in reversed(self._owned):
             try:
                 await backend.aclose()
@@ -307,6 +378,7 @@ class LiveSettings:
             backend = self._build(name, entry)
             await self._swap(backend)
             await self._store_backend(name, entry)
+            self._applied[name] = entry
         await self._registry.refresh(force=True)
 
     async def delete_backend(self, name: str) -> None:
@@ -317,6 +389,7 @@ class LiveSettings:
                 raise GatewayError(ErrorKind.NOT_FOUND, f"no backend named {name!r}")
             await self._store_backend(name, None)
             self._remove(name)
+            self._applied.pop(name, None)
 
     def _not_given(self, name: str) -> None:
         if name in self._given:

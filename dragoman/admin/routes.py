@@ -124,6 +124,10 @@ class AdminSite:
         if await self.live.load(box) or resealed:
             # The clear values are gone from the rows, not yet from the database file's free pages.
             await self._store().compact()
+        server = self.services.config.server
+        refresh = server.settings_refresh or (2.0 if server.worker_count > 1 else None)
+        if refresh is not None:
+            self.live.watch(refresh)
 
     # -- authorisation ------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,17 @@ def test_every_variable_is_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [v.name for v in VARIABLES if f"`{v.name}`" not in readme]
     assert missing == []
+
+
+def test_workers_from_the_flag_the_environment_or_the_file(tmp_path: Path) -> None:
+    args = build_parser().parse_args(["serve", "--workers", "3"])
+    assert _flag_environment(args) == {"DRAGOMAN_WORKERS": "3"}
+    assert load_config(None, environ={"DRAGOMAN_WORKERS": "3"}).server.worker_count == 3
+    assert load_config(None, environ={}).server.worker_count == 1
+    assert load_config(None, environ={"DRAGOMAN_WORKERS": "auto"}).server.worker_count == len(os.sched_getaffinity(0))
+    with pytest.raises(ConfigError, match="DRAGOMAN_WORKERS: 'two' is not a number of workers or 'auto'"):
+        load_config(None, environ={"DRAGOMAN_WORKERS": "two"})
+    file = tmp_path / "c.yaml"
+    file.write_text("server: {workers: 0}\n")
+    with pytest.raises(ConfigError, match="workers must be from 1 to 256"):
+        load_config(file, environ={})
