@@ -10,21 +10,25 @@ import argparse
 import asyncio
 import gc
 import importlib.util
-import logging
 import os
 import socket
 import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from dragoman import __version__
 from dragoman.app import AppServices, create_app
+from dragoman.backends.base import Requirement
 from dragoman.config import Config, ConfigError, load_config
 from dragoman.connections import guarded_protocol
+from dragoman.extras import require
+from dragoman.logs import configure as configure_logging
 
 # ``serve`` flags and the environment variables they stand for (a flag wins over the variable).
 FLAG_VARIABLES = {"host": "DRAGOMAN_HOST", "port": "DRAGOMAN_PORT", "api_key": "DRAGOMAN_API_KEY",
                   "ssl_certfile": "DRAGOMAN_SSL_CERTFILE", "ssl_keyfile": "DRAGOMAN_SSL_KEYFILE",
-                  "forwarded_allow_ips": "DRAGOMAN_FORWARDED_ALLOW_IPS", "log_level": "DRAGOMAN_LOG_LEVEL"}
+                  "forwarded_allow_ips": "DRAGOMAN_FORWARDED_ALLOW_IPS", "log_level": "DRAGOMAN_LOG_LEVEL",
+                  "log_format": "DRAGOMAN_LOG_FORMAT"}
 
 
 def has_local_runtime() -> bool:
@@ -109,7 +113,8 @@ def serve(args: argparse.Namespace) -> int:
     if tls is not None:
         check_tls(tls)
     config.checked_database_url()  # an unwritable data directory: one line now, not a traceback later
-    logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_config = configure_logging(config.server.log_level, config.server.log_format)
+    tracer_provider = _tracer_provider()
     sockets = _bind(config.server.host, config.server.port)
     port = sockets[0].getsockname()[1]
     display_host = "127.0.0.1" if config.server.host in ("localhost", "0.0.0.0") else config.server.host
@@ -120,17 +125,38 @@ def serve(args: argparse.Namespace) -> int:
         print(_banner(services, url), flush=True)
         tune_gc()
 
-    app = create_app(config, on_ready=on_ready)
+    app = create_app(config, on_ready=on_ready, tracer_provider=tracer_provider)
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     # uvicorn's HTTP protocol with a request-head timeout and a connection cap (see dragoman.connections).
     http = guarded_protocol("httptools" if importlib.util.find_spec("httptools") else "h11", config.server)
     proxies = config.server.forwarded_allow_ips
     server = uvicorn.Server(uvicorn.Config(app, loop=loop, http=http, access_log=False,
                                            proxy_headers=bool(proxies), forwarded_allow_ips=proxies or None,
-                                           log_level=config.server.log_level, timeout_graceful_shutdown=10,
-                                           server_header=False, **uvicorn_tls_options(tls)))
-    server.run(sockets=sockets)
+                                           log_level=config.server.log_level, log_config=log_config,
+                                           timeout_graceful_shutdown=10, server_header=False,
+                                           **uvicorn_tls_options(tls)))
+    try:
+        server.run(sockets=sockets)
+    finally:
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # exports the spans still queued
     return 0
+
+
+def _tracer_provider() -> Any:
+    """The OpenTelemetry tracer provider the ``OTEL_*`` variables ask for, or None (tracing off)."""
+    from dragoman.tracing import provider_from_environment, wanted
+
+    if not wanted(os.environ):
+        return None
+    require([Requirement("the OTEL_* variables", "ask for traces", "opentelemetry")])
+    try:
+        return provider_from_environment(os.environ)
+    except ImportError as exc:  # opentelemetry-api alone, without the SDK or the exporter
+        raise ConfigError(f"the OTEL_* variables ask for traces but {exc.name or 'an OpenTelemetry package'} "
+                          "is missing: pip install 'dragoman[otel]'") from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def models(args: argparse.Namespace) -> int:
@@ -204,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "-Proto are believed ('*' for any); $DRAGOMAN_FORWARDED_ALLOW_IPS")
     p_serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                          help="log messages from this level up (default info; $DRAGOMAN_LOG_LEVEL)")
+    p_serve.add_argument("--log-format", choices=("text", "json"),
+                         help="console log format: text, or json with one object a line (default text; "
+                              "$DRAGOMAN_LOG_FORMAT)")
     p_serve.set_defaults(func=serve)
     p_models = sub.add_parser("models", help="print the models the config resolves to")
     p_models.add_argument("--config", help=CONFIG_HELP)
