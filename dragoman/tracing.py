@@ -54,8 +54,12 @@ def provider_from_environment(environ: Mapping[str, str]) -> TracerProvider:
     unknown = [n for n in names if n not in EXPORTERS]
     if unknown:
         raise ValueError(f"OTEL_TRACES_EXPORTER: {unknown[0]!r} is not one of {', '.join(EXPORTERS)}")
-    # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, which win over this default.
-    provider = TracerProvider(resource=Resource.create({"service.name": "dragoman"}))
+    # Resource.create reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; with neither naming the
+    # service, it is "dragoman" rather than the SDK's "unknown_service".
+    resource = Resource.create()
+    if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": "dragoman"}))
+    provider = TracerProvider(resource=resource)
     for name in names:
         exporter: SpanExporter
         if name == "otlp":

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -18,6 +20,7 @@ import pytest
 
 from dragoman.logs import JSONFormatter
 from dragoman.request_log import RequestEntry
+from tests.processes import clean_environment, dragoman_process, free_port
 from tests.servers import ServerThread, dragoman_server
 
 TEAM_KEY = "team-key-request-log-0123456789"
@@ -251,3 +254,41 @@ def test_a_64_character_client_id_is_kept(gateway: ServerThread, records: Record
     assert [v for k, v in response.headers.multi_items() if k == "x-request-id"] == [sent]  # once, not twice
     _, data = text_and_json(records.for_id(sent))
     assert data["key"] == "team"
+
+
+# ------------------------------------------------------- dragoman serve's console
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_serve_prints_one_line_per_request(tmp_path: Path, log_format: str) -> None:
+    (tmp_path / "dragoman.yaml").write_text("backends: [{name: test, type: echo, models: [echo]}]\n"
+                                            f"database: sqlite:///{tmp_path / 'db.sqlite'}\n")
+    args = ["--config", "dragoman.yaml", "--port", str(free_port()), "--api-key", TEAM_KEY]
+    if log_format == "json":
+        args += ["--log-format", "json"]
+    with dragoman_process(*args, env=clean_environment(tmp_path), cwd=tmp_path) as running:
+        client = openai.OpenAI(base_url=f"{running.url}/v1", api_key=TEAM_KEY)
+        raw = client.chat.completions.with_raw_response.create(
+            model="test/echo", messages=[{"role": "user", "content": PROMPT}])
+        request_id = raw.headers["x-request-id"]
+        denied = httpx.get(f"{running.url}/v1/models", headers={"authorization": f"Bearer {WRONG_KEY}"})
+        assert running.wait_for(denied.headers["x-request-id"])
+    lines = [line for line in running.lines if request_id in line or denied.headers["x-request-id"] in line]
+    assert len(lines) == 2
+    for secret in (TEAM_KEY, WRONG_KEY, PROMPT):
+        assert secret not in running.output
+    if log_format == "text":
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO dragoman\.requests: POST /v1/chat/completions "
+                            rf"200 [\d.]+ms id={request_id} client=127\.0\.0\.1 key=default dialect=openai "
+                            r"model=test/echo->test/echo tokens=~?\d+/~?\d+ ttft=[\d.]+ms\n", lines[0]), lines[0]
+        assert " GET /v1/models 401 " in lines[1]
+        return
+    every = [json.loads(line) for line in running.lines if line.startswith("{")]
+    assert every and all({"time", "level", "logger"} <= set(e) for e in every)
+    assert not [line for line in running.lines if "INFO" in line and not line.startswith("{")]  # uvicorn's too
+    chat, refused = (json.loads(line) for line in lines)
+    assert set(chat) == JSON_FIELDS
+    assert (chat["request_id"], chat["key"], chat["status"], chat["served_by"]) == (request_id, "default", 200,
+                                                                                      "test/echo")
+    assert (refused["status"], refused["path"], refused["key"], refused["dialect"]) == (401, "/v1/models", None,
+                                                                                         "openai")
