@@ -128,3 +128,17 @@ def test_every_variable_is_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [v.name for v in VARIABLES if f"`{v.name}`" not in readme]
     assert missing == []
+
+
+def test_the_log_format_comes_from_the_file_the_environment_or_the_flag(tmp_path: Path) -> None:
+    path = tmp_path / "dragoman.yaml"
+    path.write_text("server: {log_format: json}\nbackends: [{name: test, type: echo, models: [echo]}]\n")
+    assert load_config(path, environ={}).server.log_format == "json"
+    assert load_config(None, environ={}).server.log_format == "text"
+    assert load_config(path, environ={"DRAGOMAN_LOG_FORMAT": "TEXT"}).server.log_format == "text"
+    flags = _flag_environment(build_parser().parse_args(["serve", "--log-format", "json"]))
+    assert flags == {"DRAGOMAN_LOG_FORMAT": "json"}
+    assert load_config(None, environ={"DRAGOMAN_LOG_FORMAT": "text", **flags}).server.log_format == "json"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ={"DRAGOMAN_LOG_FORMAT": "xml"})
+    assert str(info.value) == "DRAGOMAN_LOG_FORMAT: 'xml' is not one of text, json"
