@@ -82,24 +82,28 @@ class RequestEntry:
         }
 
     def __str__(self) -> str:
-        f = self.fields()
-        parts = [f"{self.method} {_clean(self.path)} {self.status} {f['ms']}ms id={_clean(self.request_id)}"]
+        # Built directly, not from fields(): this runs once per request on the default console.
+        parts = [self.method, _clean(self.path), str(self.status), f"{self.ms:.1f}ms", "id=" + self.request_id]
         if self.client:
-            parts.append(f"client={_clean(self.client)}")
-        if f["key"] is not None:
-            parts.append(f"key={_clean(f['key'])}")
-        if f["dialect"] is not None:
-            parts.append(f"dialect={f['dialect']}")
-        if f["model"] is not None:
-            parts.append(f"model={_clean(f['model'])}->{_clean(f['served_by'] or '-')}")
-            estimated = "~" if f["tokens_estimated"] else ""
-            parts.append(f"tokens={estimated}{f['tokens_in']}/{estimated}{f['tokens_out']}")
-            if f["ttft_ms"] is not None:
-                parts.append(f"ttft={f['ttft_ms']}ms")
-            if f["attempts"] and f["attempts"] > 1:
-                parts.append(f"attempts={f['attempts']}")
-        if f["error"] is not None:
-            parts.append(f"error={f['error']}")
+            parts.append("client=" + _clean(self.client))
+        ctx = self.ctx
+        if ctx is not None:
+            principal = ctx.principal
+            if isinstance(principal, Principal):
+                parts.append("key=" + _clean(principal.name))
+            parts.append("dialect=" + ctx.dialect)
+            outcome = ctx.outcome
+            if isinstance(outcome, CallOutcome):
+                parts.append(f"model={_clean(outcome.requested_model)}->{_clean(outcome.target or '-')}")
+                usage = outcome.usage
+                mark = "~" if usage.estimated else ""
+                parts.append(f"tokens={mark}{usage.prompt_tokens}/{mark}{usage.completion_tokens}")
+                if outcome.ttft is not None:
+                    parts.append(f"ttft={outcome.ttft * 1000:.1f}ms")
+                if outcome.attempts > 1:
+                    parts.append(f"attempts={outcome.attempts}")
+                if outcome.error_kind is not None:
+                    parts.append("error=" + outcome.error_kind)
         return " ".join(parts)
 
 
@@ -149,5 +153,7 @@ class RequestLog:
             level = logging.WARNING if status >= 500 else logging.INFO
             if log.isEnabledFor(level):
                 client = scope.get("client")
-                log.log(level, RequestEntry(rid, scope["method"], scope["path"], client[0] if client else None,
-                                            status, (time.perf_counter() - started) * 1000, ctx))
+                entry = RequestEntry(rid, scope["method"], scope["path"], client[0] if client else None, status,
+                                     (time.perf_counter() - started) * 1000, ctx)
+                # makeRecord + handle is Logger.log without its search of the stack for the caller.
+                log.handle(log.makeRecord(log.name, level, __file__, 0, entry, (), None))
