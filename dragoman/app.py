@@ -45,6 +45,8 @@ from dragoman.gateway.route import DeploymentSpec, ModelSpec
 from dragoman.gateway.router import Router, RoutingSettings
 from dragoman.gateway.store import Store
 from dragoman.pipeline import Gateway
+from dragoman.request_log import RequestLog
+from dragoman.tracing import Tracing
 
 log = logging.getLogger("dragoman")
 
@@ -141,14 +143,14 @@ def global_timeouts(config: Config) -> Timeouts:
     return Timeouts(t.connect, t.first_byte, t.idle, t.total)
 
 
-def build_routing(config: Config) -> tuple[Router, CooldownStore]:
+def build_routing(config: Config, tracing: Tracing | None = None) -> tuple[Router, CooldownStore]:
     """The router and its cooldown store (shared through Redis when ``redis:`` is set)."""
     r = config.routing
     cooldowns = cooldown_store(CooldownSettings(r.cooldown.failures, r.cooldown.window, r.cooldown.period),
                                config.redis, prefix=r.cooldown.key_prefix)
     settings = RoutingSettings(strategy=r.strategy, retries=r.retries, backoff=r.backoff,
                                backoff_max=r.backoff_max, max_retry_after=r.max_retry_after)
-    return Router(settings, cooldowns=cooldowns, balancer=Balancer()), cooldowns
+    return Router(settings, cooldowns=cooldowns, balancer=Balancer(), tracing=tracing), cooldowns
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -211,13 +213,16 @@ class GatewayApp(Starlette):
     """
 
     def __init__(self, *, hot_endpoints: dict[tuple[str, str], Endpoint], trusted_proxies: list[str],
-                 **kwargs: Any) -> None:
+                 tracing: Tracing | None = None, **kwargs: Any) -> None:
         self.hot_endpoints = hot_endpoints
         self.trusted_proxies = trusted_proxies
+        self.tracing = tracing
         super().__init__(**kwargs)
 
     def build_middleware_stack(self) -> ASGIApp:
-        app: ASGIApp = HotRoutes(super().build_middleware_stack(), self.hot_endpoints)
+        # The request log (and x-request-id, and the request's span) wraps every request, hot or not.
+        app: ASGIApp = RequestLog(HotRoutes(super().build_middleware_stack(), self.hot_endpoints),
+                                  tracing=self.tracing)
         if self.trusted_proxies:
             # uvicorn types scopes as TypedDicts, Starlette as plain mappings: the same ASGI app.
             app = ProxyHeadersMiddleware(app, trusted_hosts=self.trusted_proxies)  # type: ignore[arg-type,assignment]
@@ -225,11 +230,14 @@ class GatewayApp(Starlette):
 
 
 def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: Sequence[Backend] = (),
-               backend_types: Mapping[str, type[Backend]] | None = None) -> Starlette:
+               backend_types: Mapping[str, type[Backend]] | None = None, tracer_provider: Any = None) -> Starlette:
     """The gateway for ``config``. A program that embeds dragoman passes its own ``backends``
     (built as ``cls(name, settings, deps)``; served beside the config's) and ``backend_types``
-    (classes that ``type:`` may name in the config and the admin UI, beside the installed ones)."""
+    (classes that ``type:`` may name in the config and the admin UI, beside the installed ones).
+    With ``tracer_provider`` (an OpenTelemetry one, see :mod:`dragoman.tracing`) it makes spans for
+    every request, routing attempt and upstream call."""
     require(config_requirements(config), where=f"{_source(config)}: ")  # before anything imports them
+    tracing = Tracing(tracer_provider) if tracer_provider is not None else None
     images = config.images
     fetcher = SafeImageFetcher(allow_hosts=images.allow_hosts, max_bytes=images.max_bytes, timeout=images.timeout,
                                allow_private=images.allow_private)
@@ -240,7 +248,7 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: S
     registry = ModelRegistry(backends, config.aliases, refresh_seconds=config.model_refresh_seconds,
                              models=model_specs(config))
     timeouts = global_timeouts(config)
-    router, cooldowns = build_routing(config)
+    router, cooldowns = build_routing(config, tracing)
     gateway = Gateway(registry, router=router, overrides=config.overrides, timeouts=timeouts,
                       forward_keys=config.auth.mode != "keys")
     health_monitor = HealthMonitor(backends, interval=config.routing.health_interval,
@@ -350,9 +358,10 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: S
         Middleware(CORSWhenOrigin,  # type: ignore[arg-type]  # a plain ASGI wrapper; Starlette's stub is narrow
                    allow_origins=config.server.cors_origins, allow_methods=["*"], allow_headers=["*"],
                    allow_credentials=False,
-                   expose_headers=["x-dragoman-backend", "x-dragoman-attempts", "x-dragoman-overhead-ms"]),
+                   expose_headers=["x-dragoman-backend", "x-dragoman-attempts", "x-dragoman-overhead-ms",
+                                   "x-request-id"]),
     ]
-    app = GatewayApp(hot_endpoints=hot, trusted_proxies=config.server.trusted_proxies, routes=routes,
+    app = GatewayApp(hot_endpoints=hot, trusted_proxies=config.server.trusted_proxies, tracing=tracing, routes=routes,
                      middleware=middleware, lifespan=lifespan,
                      exception_handlers={HTTPException: _http_exception,  # type: ignore[dict-item]
                                          Exception: _internal_error})

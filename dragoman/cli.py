@@ -11,7 +11,6 @@ import asyncio
 import functools
 import gc
 import importlib.util
-import logging
 import os
 import socket
 import sys
@@ -22,14 +21,17 @@ from starlette.applications import Starlette
 
 from dragoman import __version__
 from dragoman.app import AppServices, create_app
+from dragoman.backends.base import Requirement
 from dragoman.config import Config, ConfigError, load_config
 from dragoman.connections import guarded_protocol
+from dragoman.extras import require
+from dragoman.logs import configure as configure_logging
 
 # ``serve`` flags and the environment variables they stand for (a flag wins over the variable).
 FLAG_VARIABLES = {"host": "DRAGOMAN_HOST", "port": "DRAGOMAN_PORT", "api_key": "DRAGOMAN_API_KEY",
                   "ssl_certfile": "DRAGOMAN_SSL_CERTFILE", "ssl_keyfile": "DRAGOMAN_SSL_KEYFILE",
                   "forwarded_allow_ips": "DRAGOMAN_FORWARDED_ALLOW_IPS", "log_level": "DRAGOMAN_LOG_LEVEL",
-                  "workers": "DRAGOMAN_WORKERS"}
+                  "workers": "DRAGOMAN_WORKERS", "log_format": "DRAGOMAN_LOG_FORMAT"}
 
 
 def has_local_runtime() -> bool:
@@ -115,7 +117,7 @@ def serve(args: argparse.Namespace) -> int:
     if tls is not None:
         check_tls(tls)
     config.checked_database_url()  # an unwritable data directory: one line now, not a traceback later
-    _configure_logging(config)
+    log_config = configure_logging(config.server.log_level, config.server.log_format)
     workers = config.server.worker_count
     if workers > 1:
         from dragoman.workers import check_workers
@@ -130,7 +132,8 @@ def serve(args: argparse.Namespace) -> int:
     options: dict[str, Any] = dict(loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
                                    access_log=False, proxy_headers=bool(proxies),
                                    forwarded_allow_ips=proxies or None, log_level=config.server.log_level,
-                                   timeout_graceful_shutdown=10, server_header=False, **uvicorn_tls_options(tls))
+                                   timeout_graceful_shutdown=10, server_header=False, log_config=log_config,
+                                   **uvicorn_tls_options(tls))
     if workers > 1:
         import multiprocessing
 
@@ -146,10 +149,15 @@ def serve(args: argparse.Namespace) -> int:
         print(_banner(services, url), flush=True)
         tune_gc()
 
-    app = create_app(config, on_ready=on_ready)
+    tracer_provider = _tracer_provider()
+    app = create_app(config, on_ready=on_ready, tracer_provider=tracer_provider)
     # uvicorn's HTTP protocol with a request-head timeout and a connection cap (see dragoman.connections).
     server = uvicorn.Server(uvicorn.Config(app, http=guarded_protocol(_http_name(), config.server), **options))
-    server.run(sockets=sockets)
+    try:
+        server.run(sockets=sockets)
+    finally:
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # exports the spans still queued
     return 0
 
 
@@ -157,15 +165,12 @@ def _http_name() -> str:
     return "httptools" if importlib.util.find_spec("httptools") else "h11"
 
 
-def _configure_logging(config: Config) -> None:
-    logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def _worker_app(path: str | None, flags: Mapping[str, str], url: str,
                 shown: Any) -> tuple[Starlette, type[asyncio.Protocol]]:
-    """One worker's app (see dragoman.workers), built in the worker from the config file read anew."""
+    """One worker's app (see dragoman.workers), built in the worker from the config file read anew;
+    each worker has its own tracer provider (the SDK's exporter threads do not cross processes)."""
     config = _load(path, flags)
-    _configure_logging(config)
+    configure_logging(config.server.log_level, config.server.log_format)
 
     async def on_ready(services: AppServices) -> None:
         with shown.get_lock():
@@ -174,7 +179,24 @@ def _worker_app(path: str | None, flags: Mapping[str, str], url: str,
             print(_banner(services, url) + f"\n({config.server.worker_count} worker processes)", flush=True)
         tune_gc()
 
-    return create_app(config, on_ready=on_ready), guarded_protocol(_http_name(), config.server)
+    app = create_app(config, on_ready=on_ready, tracer_provider=_tracer_provider())
+    return app, guarded_protocol(_http_name(), config.server)
+
+
+def _tracer_provider() -> Any:
+    """The OpenTelemetry tracer provider the ``OTEL_*`` variables ask for, or None (tracing off)."""
+    from dragoman.tracing import provider_from_environment, wanted
+
+    if not wanted(os.environ):
+        return None
+    require([Requirement("the OTEL_* variables", "ask for traces", "opentelemetry")])
+    try:
+        return provider_from_environment(os.environ)
+    except ImportError as exc:  # opentelemetry-api alone, without the SDK or the exporter
+        raise ConfigError(f"the OTEL_* variables ask for traces but {exc.name or 'an OpenTelemetry package'} "
+                          "is missing: pip install 'dragoman[otel]'") from None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def models(args: argparse.Namespace) -> int:
@@ -251,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "(default 1; $DRAGOMAN_WORKERS); see the README on what they share")
     p_serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                          help="log messages from this level up (default info; $DRAGOMAN_LOG_LEVEL)")
+    p_serve.add_argument("--log-format", choices=("text", "json"),
+                         help="console log format: text, or json with one object a line (default text; "
+                              "$DRAGOMAN_LOG_FORMAT)")
     p_serve.set_defaults(func=serve)
     p_models = sub.add_parser("models", help="print the models the config resolves to")
     p_models.add_argument("--config", help=CONFIG_HELP)

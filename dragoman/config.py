@@ -107,6 +107,9 @@ class ServerConfig(BaseModel):
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     log_level: LogLevel = "info"
+    # The console log: "text" for people, "json" (one object a line, the request log's fields as
+    # keys) for log collectors.
+    log_format: Literal["text", "json"] = "text"
     tls: TLSConfig | None = None
     # Reverse proxies (addresses or networks, "*" for any) whose X-Forwarded-For/-Proto are believed:
     # client addresses for logs and the admin sign-in throttle, https for Secure cookies. Empty: none,

@@ -25,6 +25,7 @@ from dragoman.config import ConfigError, static_key_problem
 
 DEFAULT_KEY_NAME = "default"  # the static key made from DRAGOMAN_API_KEY / --api-key
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DRAGOMAN_PORT", "server.port (--port)"),
     Variable("DRAGOMAN_WORKERS", "server.workers: worker processes, a number or 'auto' (--workers)"),
     Variable("DRAGOMAN_LOG_LEVEL", "server.log_level: debug, info, warning or error (--log-level)"),
+    Variable("DRAGOMAN_LOG_FORMAT", "server.log_format: text or json (--log-format)"),
     Variable("DRAGOMAN_SSL_CERTFILE", "server.tls.certfile (--ssl-certfile)"),
     Variable("DRAGOMAN_SSL_KEYFILE", "server.tls.keyfile (--ssl-keyfile)"),
     Variable("DRAGOMAN_FORWARDED_ALLOW_IPS", "server.forwarded_allow_ips, comma-separated (--forwarded-allow-ips)"),
@@ -148,6 +150,11 @@ def _server(data: dict[str, Any], overlay: _Overlay) -> None:
         if level.lower() not in LOG_LEVELS:
             raise ConfigError(f"DRAGOMAN_LOG_LEVEL: {level!r} is not one of {', '.join(LOG_LEVELS)}")
         _section(data, "server", "DRAGOMAN_LOG_LEVEL")["log_level"] = level.lower()
+    log_format = overlay.value("DRAGOMAN_LOG_FORMAT")
+    if log_format is not None:
+        if log_format.lower() not in LOG_FORMATS:
+            raise ConfigError(f"DRAGOMAN_LOG_FORMAT: {log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+        _section(data, "server", "DRAGOMAN_LOG_FORMAT")["log_format"] = log_format.lower()
     proxies = overlay.value("DRAGOMAN_FORWARDED_ALLOW_IPS")
     if proxies is not None:
         server = _section(data, "server", "DRAGOMAN_FORWARDED_ALLOW_IPS")

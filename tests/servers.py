@@ -80,17 +80,19 @@ class ServerThread:
 
 @contextlib.contextmanager
 def dragoman_server(config: dict[str, Any], *, env: dict[str, str] | None = None,
-                    workdir: Path | None = None, guarded: str | None = None) -> Iterator[ServerThread]:
+                    workdir: Path | None = None, guarded: str | None = None,
+                    tracer_provider: Any = None) -> Iterator[ServerThread]:
     """A dragoman app built from a config dict written to a temporary YAML file.
 
     ``guarded`` ("httptools" or "h11") serves it over that uvicorn protocol with the connection
-    guards of ``dragoman serve`` (``dragoman.connections``); by default, plain h11."""
+    guards of ``dragoman serve`` (``dragoman.connections``); by default, plain h11. With an
+    OpenTelemetry ``tracer_provider``, the app makes its spans there."""
     with tempfile.TemporaryDirectory() as tmp:
         directory = workdir or Path(tmp)
         path = directory / "dragoman.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
         loaded = load_config(path, environ=env or {})
-        app = create_app(loaded)
+        app = create_app(loaded, tracer_provider=tracer_provider)
         http = "h11" if guarded is None else guarded_protocol(guarded, loaded.server)
         with ServerThread(app, http=http) as server:
             server.app_state = app.state  # type: ignore[attr-defined]

@@ -26,6 +26,9 @@ class CallContext:
     principal: object | None = None  # set by authentication
     started_at: float = 0.0  # perf_counter when the request arrived
     headers: Mapping[str, str] = field(default_factory=dict)
+    # The gateway's record of the call once routing starts (``pipeline.CallOutcome``): what the
+    # request log and the request's trace span report (model served, tokens, time to first token).
+    outcome: object | None = None
 
 
 class ChatStream(Protocol):

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from dragoman.core.ids import random_id
+from dragoman.core.request_ids import SCOPE_CONTEXT, SCOPE_REQUEST_ID, request_id
 from dragoman.core.service import CallContext
 from dragoman.errors import ErrorKind, GatewayError
 
@@ -72,15 +72,21 @@ def scope_credentials(raw_headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 def call_context(request: Request, dialect: str) -> CallContext:
-    client = request.scope.get("client")
-    return CallContext(
+    """The call's context; its request id is the one the app's request log gave the request (the
+    ``x-request-id`` response header), and the request log reads the context back afterwards."""
+    scope = request.scope
+    client = scope.get("client")
+    raw_headers = scope["headers"]
+    ctx = CallContext(
         dialect=dialect,
-        api_key=scope_credentials(request.scope["headers"]),
+        api_key=scope_credentials(raw_headers),
         client_host=client[0] if client else None,
-        request_id=request.headers.get("x-request-id") or random_id("req_", 20),
+        request_id=scope.get(SCOPE_REQUEST_ID) or request_id(raw_headers),
         started_at=time.perf_counter(),
         headers=request.headers,
     )
+    scope[SCOPE_CONTEXT] = ctx
+    return ctx
 
 
 DEFAULT_BODY_TIMEOUT = 30.0

@@ -52,6 +52,7 @@ from dragoman.gateway.balance import Balancer
 from dragoman.gateway.cooldown import CooldownStore, State, Status
 from dragoman.gateway.logutil import ThrottledLog
 from dragoman.gateway.route import Deployment, Route, Step, Strategy, Target
+from dragoman.tracing import Tracing
 
 log = logging.getLogger("dragoman.router")
 
@@ -98,8 +99,9 @@ class _Outcome(Generic[P, R]):
 class Router:
     def __init__(self, settings: RoutingSettings | None = None, *, cooldowns: CooldownStore | None = None,
                  balancer: Balancer | None = None,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, tracing: Tracing | None = None) -> None:
         self.settings = settings or RoutingSettings()
+        self.tracing = tracing  # spans per attempt and upstream call, when tracing is on
         self.cooldowns = cooldowns
         self.balancer = balancer or Balancer()
         self._sleep = sleep
@@ -117,18 +119,26 @@ class Router:
         ``prepare`` plans the request for a target (a ``GatewayError`` from it means this target
         cannot serve the request: it is skipped, and that error is the answer when none can)."""
 
+        tracing = self.tracing
+
         async def call(deployment: Deployment, planned: tuple[ChatRequest, CallOptions]
                        ) -> tuple[Event, AsyncIterator[Event]]:
             target = deployment.target
+            span = tracing.upstream("chat", target.backend.type, target.model) if tracing is not None else None
             events = target.backend.stream(planned[0], target.model, planned[1])
             try:
-                first = await within_deadline(anext(events), planned[1])
-            except StopAsyncIteration:
-                raise GatewayError(ErrorKind.UPSTREAM_ERROR,
-                                   f"backend {target.backend.name!r} sent nothing") from None
-            except BaseException:
+                try:
+                    first = await within_deadline(anext(events), planned[1])
+                except StopAsyncIteration:
+                    raise GatewayError(ErrorKind.UPSTREAM_ERROR,
+                                       f"backend {target.backend.name!r} sent nothing") from None
+            except BaseException as exc:
+                if span is not None and tracing is not None:
+                    tracing.failed(span, exc)
                 await events.aclose()  # type: ignore[attr-defined]
                 raise
+            if span is not None and tracing is not None:
+                events = tracing.traced_events(span, first, events)
             return first, events
 
         done = await self._run(route, lambda step, d: prepare(step, d.target), call)
@@ -142,12 +152,23 @@ class Router:
 
     async def embed(self, route: Route, request: EmbeddingRequest,
                     options_for: Callable[[Step, Target], CallOptions]) -> tuple[EmbeddingResponse, Target, int]:
+        tracing = self.tracing
+
         async def call(deployment: Deployment, options: CallOptions) -> EmbeddingResponse:
             target = deployment.target
+            span = tracing.upstream("embeddings", target.backend.type, target.model) if tracing is not None else None
             try:
-                return await within_deadline(target.backend.embed(request, target.model, options), options)
+                response = await within_deadline(target.backend.embed(request, target.model, options), options)
+            except BaseException as exc:
+                if span is not None and tracing is not None:
+                    tracing.failed(span, exc)
+                raise
             finally:
                 self.balancer.end(deployment.id)
+            if span is not None and tracing is not None:
+                span.set_attribute("gen_ai.usage.input_tokens", response.usage.prompt_tokens)
+                span.end()
+            return response
 
         done = await self._run(route, lambda step, d: options_for(step, d.target), call)
         return done.result, done.deployment.target, done.attempts
@@ -201,7 +222,11 @@ class Router:
                 self.balancer.begin(deployment.id)
                 began = time.perf_counter()
                 try:
-                    result = await call(deployment, planned)
+                    if self.tracing is None:
+                        result = await call(deployment, planned)
+                    else:
+                        with self.tracing.attempt(route.name, deployment.id, attempts):
+                            result = await call(deployment, planned)
                 except GatewayError as exc:
                     waited += time.perf_counter() - began
                     self.balancer.end(deployment.id)

@@ -143,3 +143,17 @@ def test_workers_from_the_flag_the_environment_or_the_file(tmp_path: Path) -> No
     file.write_text("server: {workers: 0}\n")
     with pytest.raises(ConfigError, match="workers must be from 1 to 256"):
         load_config(file, environ={})
+
+
+def test_the_log_format_comes_from_the_file_the_environment_or_the_flag(tmp_path: Path) -> None:
+    path = tmp_path / "dragoman.yaml"
+    path.write_text("server: {log_format: json}\nbackends: [{name: test, type: echo, models: [echo]}]\n")
+    assert load_config(path, environ={}).server.log_format == "json"
+    assert load_config(None, environ={}).server.log_format == "text"
+    assert load_config(path, environ={"DRAGOMAN_LOG_FORMAT": "TEXT"}).server.log_format == "text"
+    flags = _flag_environment(build_parser().parse_args(["serve", "--log-format", "json"]))
+    assert flags == {"DRAGOMAN_LOG_FORMAT": "json"}
+    assert load_config(None, environ={"DRAGOMAN_LOG_FORMAT": "text", **flags}).server.log_format == "json"
+    with pytest.raises(ConfigError) as info:
+        load_config(None, environ={"DRAGOMAN_LOG_FORMAT": "xml"})
+    assert str(info.value) == "DRAGOMAN_LOG_FORMAT: 'xml' is not one of text, json"

@@ -191,3 +191,19 @@ def test_modules_import_only_declared_dependencies_at_load() -> None:
             if not distributions & declared:
                 problems.append(f"{path.relative_to(ROOT)} imports {name} ({', '.join(sorted(distributions))})")
     assert problems == []
+
+
+def test_tracing_asked_for_without_the_otel_extra_stops_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "dragoman.yaml"
+    config.write_text(ECHO)
+    result = run_without_optional(f"""
+        import os
+        from dragoman.cli import main
+
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = "http://127.0.0.1:4318"
+        print(main(["serve", "--config", {str(config)!r}, "--port", "0"]))
+    """, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "2\n"
+    assert result.stderr == ("dragoman: configuration error: the OTEL_* variables: ask for traces but the "
+                                  "'opentelemetry-sdk' package is missing: pip install 'dragoman[otel]'\n")
