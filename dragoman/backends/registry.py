@@ -8,6 +8,7 @@ from dragoman.backends.base import Backend
 
 BACKEND_TYPES: dict[str, str] = {
     "openai": "dragoman.backends.openai:OpenAIBackend",
+    "openai-responses": "dragoman.backends.openai_responses:OpenAIResponsesBackend",
     "echo": "dragoman.backends.echo:EchoBackend",
     "ollama": "dragoman.backends.ollama:OllamaBackend",
     "anthropic": "dragoman.backends.anthropic:AnthropicBackend",

@@ -95,7 +95,7 @@ class ResponsesRequest:
     body: wire.CreateResponse
     names: ToolNames
     history: list[Message]  # the conversation (previous turns and this input), without ``instructions``
-    hosted_tools: list[dict[str, Any]]
+    hosted_tools: list[dict[str, Any]]  # hosted tools stay in ``chat.extensions["responses"]["tools"]``
     hosted_choice: str | None  # the type of a hosted tool that ``tool_choice`` forces
     client_tools: list[dict[str, Any]]  # the tools as sent, for the response object
     include_encrypted: bool
@@ -108,7 +108,7 @@ class ResponsesRequest:
     def without_hosted_tools(self) -> None:
         """Drop the hosted tools (the model cannot run them): they leave the echo too."""
         self.client_tools = [t for t in self.client_tools if t.get("type") in ("function", "custom", "namespace")]
-        self.chat.extensions.pop("responses", None)
+        self.chat.extensions["responses"]["tools"] = self.client_tools
 
 
 def parse_create(body: Any, previous: list[Message] | None = None) -> ResponsesRequest:
@@ -154,11 +154,14 @@ def parse_create(body: Any, previous: list[Message] | None = None) -> ResponsesR
         include_usage=True,
         user=req.user or req.safety_identifier,
     )
-    if hosted:
-        chat.extensions["responses"] = {"hosted_tools": hosted, "tool_choice": body.get("tool_choice"),
-                                        "include": include}
+    client_tools = [t for t in raw_tools if isinstance(t, dict)]
+    # For an upstream that speaks the Responses API: the tools and choices as the client wrote them.
+    chat.extensions["responses"] = {
+        "tools": client_tools, "tool_choice": body.get("tool_choice"), "include": include,
+        "reasoning": body.get("reasoning"), "custom": sorted(names.custom),
+        "namespaces": {canonical: list(pair) for canonical, pair in names.namespaced.items()}}
     return ResponsesRequest(chat=chat, body=req, names=names, history=history, hosted_tools=hosted,
-                            hosted_choice=hosted_choice, client_tools=[t for t in raw_tools if isinstance(t, dict)],
+                            hosted_choice=hosted_choice, client_tools=client_tools,
                             include_encrypted="reasoning.encrypted_content" in include, summary=summary)
 
 
