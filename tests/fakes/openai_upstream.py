@@ -19,6 +19,7 @@ The model name picks the behaviour:
 * ``gpt-error-<status>``: an OpenAI-shaped error with that status (429 adds retry-after);
 * ``gpt-midstream-error``: an ``{"error": ...}`` frame mid-stream;
 * ``gpt-slow``: streams one chunk every 50 ms (for disconnect tests);
+* ``gpt-short``: a context of 3 messages: more is ``context_length_exceeded``, else as ``gpt-test``;
 * ``gpt-agent``: an agent's turn: when the last message is a tool result, ``"Tool said: <result>"``;
   otherwise a call of the first offered tool named in ``FakeOpenAI.agent_calls`` (with those
   arguments), else of the first offered tool with ``{}``, else plain text.
@@ -46,7 +47,7 @@ from starlette.types import Receive, Scope, Send
 MODELS = ["gpt-test", "gpt-tools", "gpt-reason", "gpt-think", "gpt-split", "gpt-nodone", "gpt-eof",
           "gpt-stall", "gpt-hang", "gpt-error-400", "gpt-error-401", "gpt-error-429", "gpt-error-500",
           "gpt-error-503", "gpt-midstream-error", "gpt-slow", "text-embedding-test", "gpt-context",
-          "gpt-nofinish", "gpt-drip", "gpt-giant", "gpt-agent"]
+          "gpt-nofinish", "gpt-drip", "gpt-giant", "gpt-agent", "gpt-short"]
 DRIP_INTERVAL = 0.1
 GIANT_PIECE = 64 << 10
 
@@ -137,7 +138,7 @@ class FakeOpenAI:
             return JSONResponse({"error": {"message": f"fake upstream failure {status}", "type": "fake_error",
                                            "param": None, "code": f"fake_{status}"}},
                                 status_code=status, headers=headers)
-        if model == "gpt-context":
+        if model == "gpt-context" or (model == "gpt-short" and len(body["messages"]) > 3):
             return JSONResponse({"error": {"message": "This model's maximum context length is 10 tokens",
                                            "type": "invalid_request_error", "param": "messages",
                                            "code": "context_length_exceeded"}}, status_code=400)

@@ -397,3 +397,18 @@ def test_failure_mid_stream_is_response_failed(gateway: ServerThread, client: op
     assert "upstream exploded" in data["response"]["error"]["message"]
     with pytest.raises(openai.InternalServerError):
         client.responses.create(model="up/gpt-midstream-error", input="x")
+
+
+def test_truncation_auto_drops_the_oldest_turns(client: openai.OpenAI, fake: FakeOpenAI) -> None:
+    turns: list[Any] = []
+    for n in range(4):
+        turns += [{"role": "user", "content": f"question {n}"}, {"role": "assistant", "content": f"answer {n}"}]
+    turns.append({"role": "user", "content": "last question"})
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model="up/gpt-short", input=turns)
+    assert caught.value.code == "context_length_exceeded"
+    answer = client.responses.create(model="up/gpt-short", input=turns, instructions="rules", truncation="auto")
+    assert answer.output_text == "You said: last question"
+    assert answer.truncation == "auto"
+    sent = fake.last().body["messages"]
+    assert [m["content"] for m in sent] == ["rules", "last question"]

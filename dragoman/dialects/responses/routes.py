@@ -19,8 +19,8 @@ from starlette.routing import BaseRoute, Route
 
 from dragoman.core.accumulate import accumulate, replay_events
 from dragoman.core.ids import now
-from dragoman.core.service import CallContext, GatewayService
-from dragoman.core.types import ChatResponse, Message, Role
+from dragoman.core.service import CallContext, ChatStream, GatewayService
+from dragoman.core.types import ChatRequest, ChatResponse, Message, Role
 from dragoman.dialects.common import (
     FrameStreamResponse,
     call_context,
@@ -78,7 +78,7 @@ class ResponsesDialect:
             headers = await self._hosted(req, ctx)
             if not req.chat.stream:
                 return await until_disconnect(request, self._whole(req, ctx, headers))
-            stream = await until_disconnect(request, self.service.chat(req.chat, ctx))
+            stream = await until_disconnect(request, self._start(req, ctx))
         except GatewayError as exc:
             return error_response(exc)
         encoder = ResponseEncoder(req, output.response_id(), now(), on_complete=self._keeper(req, ctx))
@@ -87,7 +87,7 @@ class ResponsesDialect:
 
     async def _whole(self, req: ResponsesRequest, ctx: CallContext, headers: dict[str, str]) -> Response:
         """The whole answer, built by the stream's encoder from the accumulated events."""
-        stream = await self.service.chat(req.chat, ctx)
+        stream = await self._start(req, ctx)
         try:
             response = await accumulate(stream)
         except GatewayError as exc:
@@ -98,6 +98,19 @@ class ResponsesDialect:
         for event in replay_events(response):
             encoder.encode(event)
         return json_response(encoder.final, headers={**stream.headers, **headers})
+
+    async def _start(self, req: ResponsesRequest, ctx: CallContext) -> ChatStream:
+        """Start the answer; with ``truncation: auto``, a prompt too long for the model loses its
+        oldest turns, half of them at a time (so a few tries at most), until it fits."""
+        while True:
+            try:
+                return await self.service.chat(req.chat, ctx)
+            except GatewayError as exc:
+                if exc.kind is not ErrorKind.CONTEXT_TOO_LONG or req.body.truncation != "auto" or \
+                        not drop_oldest_turns(req.chat):
+                    raise
+                log.info("truncation auto: dropped the oldest turns for model %s (request %s)", req.chat.model,
+                         ctx.request_id)
 
     def _previous(self, body: Any, ctx: CallContext) -> list[Message] | None:
         previous_id = body.get("previous_response_id") if isinstance(body, dict) else None
@@ -179,3 +192,14 @@ class ResponsesDialect:
             raise GatewayError(ErrorKind.NOT_FOUND, f"No response found with id '{response_id}'.",
                                code="not_found")
         return stored.body
+
+
+def drop_oldest_turns(chat: ChatRequest) -> bool:
+    """Drop the older half of the conversation's turns (a turn starts at a user message, so a tool
+    call keeps its result), keeping system messages; False when one turn is all that is left."""
+    starts = [i for i, m in enumerate(chat.messages) if m.role is Role.USER]
+    if len(starts) < 2:
+        return False
+    cut = starts[len(starts) // 2]
+    chat.messages = [m for i, m in enumerate(chat.messages) if i >= cut or m.role is Role.SYSTEM]
+    return True
