@@ -94,7 +94,7 @@ def test_decoder_refuses_a_stream_without_its_end() -> None:
     decoder = StreamDecoder("up", "m")
     for frame in SSEDecoder().feed(RECORDED.rsplit(b"event: response.completed", 1)[0]):
         decoder.decode(frame)
-    with pytest.raises(GatewayError, match="no response.completed"):
+    with pytest.raises(GatewayError, match=r"no response\.completed"):
         decoder.end()
 
 
