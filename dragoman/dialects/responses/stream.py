@@ -67,6 +67,8 @@ class ResponseEncoder:
         if isinstance(event, PartEnd):
             return self._end(event)
         if isinstance(event, MessageStart):
+            if not self.frames:
+                return b""
             snapshot = self._response("in_progress")
             return (self._frame("response.created", {"response": snapshot})
                     + self._frame("response.in_progress", {"response": snapshot}))
