@@ -341,7 +341,8 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlett
         Middleware(CORSWhenOrigin,  # type: ignore[arg-type]  # a plain ASGI wrapper; Starlette's stub is narrow
                    allow_origins=config.server.cors_origins, allow_methods=["*"], allow_headers=["*"],
                    allow_credentials=False,
-                   expose_headers=["x-dragoman-backend", "x-dragoman-attempts", "x-dragoman-overhead-ms"]),
+                   expose_headers=["x-dragoman-backend", "x-dragoman-attempts", "x-dragoman-overhead-ms",
+                                       "x-dragoman-dropped-tools"]),
     ]
     app = GatewayApp(hot_endpoints=hot, trusted_proxies=config.server.trusted_proxies, routes=routes,
                      middleware=middleware, lifespan=lifespan,
