@@ -94,9 +94,13 @@ class ResponsesDialect:
             return error_response(exc, stream.headers)
         finally:
             await stream.aclose()
-        encoder = ResponseEncoder(req, output.response_id(), now(), on_complete=self._keeper(req, ctx), frames=False)
+        encoder = ResponseEncoder(req, output.response_id(), now(), frames=False)
         for event in replay_events(response):
             encoder.encode(event)
+        assert encoder.final is not None  # replay_events ends with MessageEnd
+        keep = self._keeper(req, ctx)
+        if keep is not None and encoder.final["status"] != "failed":
+            keep(encoder.final, response)
         return json_response(encoder.final, headers={**stream.headers, **headers})
 
     async def _start(self, req: ResponsesRequest, ctx: CallContext) -> ChatStream:
