@@ -9,20 +9,35 @@ and ``paired.py`` stay the judges of the targets; this is for comparing builds. 
 ``--gateway-cmd`` (repeatable, as in ``run.py``) is measured against the same baseline.
 
 Run from the repo root: ``python bench/instructions.py [--requests 1000] [--stream]``
-(about 2 minutes; needs valgrind).
+(about 2 minutes; needs valgrind). ``--responses`` also measures each gateway's Responses API
+(``POST /v1/responses``, the same request in that shape) against the same chat upstream, beside
+its ``/v1/chat/completions``: what the Responses translation costs on top.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
-from run import BENCH, GATEWAY_CMD, Server, check_answers, free_port, gateway_command, loadgen_cmd, start
+from loadgen import responses_body
+from run import (
+    BENCH,
+    EXPECTED_TEXT,
+    GATEWAY_CMD,
+    Server,
+    check_answers,
+    free_port,
+    gateway_command,
+    loadgen_cmd,
+    start,
+)
 
 
 def callgrind(cmd: list[str], out: Path) -> list[str]:
@@ -35,18 +50,18 @@ def callgrind(cmd: list[str], out: Path) -> list[str]:
     return [*prefix, "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", *cmd]
 
 
-def serve(server: Server, *, stream: bool, requests: int, connections: int) -> None:
-    cmd = loadgen_cmd(server.url, stream, connections, 600.0, "python", requests)
+def serve(server: Server, *, stream: bool, requests: int, connections: int, api: str = "chat") -> None:
+    cmd = loadgen_cmd(server.url, stream, connections, 600.0, "python", requests, api)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, timeout=900)
 
 
 def instructions_per_request(server: Server, out: Path, *, stream: bool, requests: int,
-                             connections: int) -> float:
+                             connections: int, api: str = "chat") -> float:
     """Zero the counters after a warm-up, serve ``requests``, dump, read the dump's total."""
-    serve(server, stream=stream, requests=max(100, requests // 4), connections=connections)
+    serve(server, stream=stream, requests=max(100, requests // 4), connections=connections, api=api)
     pid = str(server.proc.pid)
     subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
-    serve(server, stream=stream, requests=requests, connections=connections)
+    serve(server, stream=stream, requests=requests, connections=connections, api=api)
     subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
     dumps = sorted(out.parent.glob(f"{out.name}.{pid}.*"), key=lambda p: p.stat().st_mtime)
     for line in dumps[-1].read_text().splitlines():
@@ -55,14 +70,28 @@ def instructions_per_request(server: Server, out: Path, *, stream: bool, request
     raise RuntimeError(f"no summary line in {dumps[-1]}")
 
 
+def check_responses_answer(url: str) -> None:
+    """One whole Responses API answer through the gateway, checked for the upstream's exact text."""
+    req = urllib.request.Request(url + "/v1/responses", data=responses_body("up/m", False),
+                                 headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        answer = json.loads(resp.read())
+    text = "".join(part["text"] for item in answer["output"] if item["type"] == "message"
+                   for part in item["content"])
+    if text != EXPECTED_TEXT:
+        raise RuntimeError(f"{url}/v1/responses: unexpected answer {text!r}")
+
+
 def measured(name: str, cmd: list[str], port: int, logdir: Path, *, stream: bool, requests: int,
-             connections: int) -> float:
+             connections: int, api: str = "chat") -> float:
     """``cmd`` started under callgrind, checked, measured and stopped."""
     server = start(name, callgrind(cmd, logdir / name), None, logdir, f"http://127.0.0.1:{port}", ready_within=300)
     try:
         check_answers(server.url)
+        if api == "responses":
+            check_responses_answer(server.url)
         return instructions_per_request(server, logdir / name, stream=stream, requests=requests,
-                                        connections=connections)
+                                        connections=connections, api=api)
     finally:
         server.stop()
 
@@ -72,6 +101,8 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--responses", action="store_true",
+                        help="also measure each gateway's POST /v1/responses")
     parser.add_argument("--gateway-cmd", action="append",
                         help=f"command template (repeatable); default {GATEWAY_CMD!r}")
     args = parser.parse_args()
@@ -95,6 +126,13 @@ def main() -> int:
                             logdir, **measure)
             print(f"dragoman{n}: {cost / 1e3:,.0f} k instructions/request, baseline/dragoman {base / cost:.3f}"
                   f"  ({template})", flush=True)
+            if args.responses:
+                port = free_port()
+                name = f"dragoman{n}-responses"
+                cost_r = measured(name, gateway_command(template, logdir, name, port, up_port), port, logdir,
+                                  **measure, api="responses")
+                print(f"dragoman{n} /v1/responses: {cost_r / 1e3:,.0f} k instructions/request, "
+                      f"{cost_r / cost:.3f}x its /v1/chat/completions", flush=True)
     return 0
 
 

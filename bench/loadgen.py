@@ -73,6 +73,17 @@ def chat_body(model: str, stream: bool) -> bytes:
     })
 
 
+def responses_body(model: str, stream: bool) -> bytes:
+    """The same request for the Responses API (``POST /v1/responses``)."""
+    return orjson.dumps({
+        "model": model,
+        "instructions": "You are terse.",
+        "input": "Say hello in five words.",
+        "max_output_tokens": 32,
+        "stream": stream,
+    })
+
+
 def _lua_string(data: bytes) -> str:
     """A Lua long-bracket literal that cannot be closed by the payload."""
     text = data.decode()
@@ -236,13 +247,16 @@ def main() -> None:
                         help="stop after this many requests (python engine)")
     parser.add_argument("--model", default="up/m")
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--api", choices=("chat", "responses"), default="chat",
+                        help="the request body: chat completions (default) or the Responses API")
     parser.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
     args = parser.parse_args()
     headers = {"Content-Type": "application/json"}
     for item in args.header:
         name, _, value = item.partition(":")
         headers[name.strip()] = value.strip()
-    result = run_load(args.engine, args.url, chat_body(args.model, args.stream), headers, args.connections,
+    body = (responses_body if args.api == "responses" else chat_body)(args.model, args.stream)
+    result = run_load(args.engine, args.url, body, headers, args.connections,
                       args.duration if args.requests is None else max(args.duration, 3600.0), args.requests)
     print(json.dumps(asdict(result)))
 

@@ -172,9 +172,11 @@ def check_answers(url: str) -> None:
 
 
 def loadgen_cmd(url: str, stream: bool, connections: int, duration: float, engine: str,
-                requests: int | None = None) -> list[str]:
-    """``loadgen.py`` against ``url``'s chat endpoint with the benchmark's model."""
-    cmd = [sys.executable, str(BENCH / "loadgen.py"), url + "/v1/chat/completions", "--engine", engine,
+                requests: int | None = None, api: str = "chat") -> list[str]:
+    """``loadgen.py`` against ``url``'s chat endpoint (or, with ``api="responses"``, its Responses
+    API endpoint) with the benchmark's model."""
+    path = "/v1/responses" if api == "responses" else "/v1/chat/completions"
+    cmd = [sys.executable, str(BENCH / "loadgen.py"), url + path, "--engine", engine, "--api", api,
            "-c", str(connections), "-d", str(duration), "--model", "up/m"]
     if stream:
         cmd.append("--stream")

@@ -34,6 +34,8 @@ from dragoman.dialects.anthropic.routes import AnthropicDialect
 from dragoman.dialects.common import json_response
 from dragoman.dialects.ollama.routes import OllamaDialect
 from dragoman.dialects.openai.routes import OpenAIDialect
+from dragoman.dialects.responses.routes import ResponsesDialect
+from dragoman.dialects.responses.store import ResponseStore
 from dragoman.extras import config_requirements, require
 from dragoman.gateway.balance import Balancer
 from dragoman.gateway.cooldown import CooldownSettings, CooldownStore, cooldown_store
@@ -51,7 +53,7 @@ from dragoman.tracing import Tracing
 log = logging.getLogger("dragoman")
 
 HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/api/chat", "/api/generate", "/v1/completions",
-                       "/v1/embeddings", "/api/embed"})
+                       "/v1/embeddings", "/api/embed", "/v1/responses"})
 
 ReadyHook = Callable[["AppServices"], Awaitable[None]]
 
@@ -347,6 +349,9 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: S
     ]
     routes += openai_dialect.routes()
     routes += OllamaDialect(gateway).routes()
+    responses = config.responses
+    routes += ResponsesDialect(gateway, ResponseStore(responses.store_entries, responses.store_bytes),
+                               hosted_tools=responses.hosted_tools).routes()
     routes += admin.routes()
     # Routes are matched in order: the generation endpoints, hit on nearly every request, go first.
     routes.sort(key=lambda route: getattr(route, "path", "") not in HOT_PATHS)
@@ -359,7 +364,7 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: S
                    allow_origins=config.server.cors_origins, allow_methods=["*"], allow_headers=["*"],
                    allow_credentials=False,
                    expose_headers=["x-dragoman-backend", "x-dragoman-attempts", "x-dragoman-overhead-ms",
-                                   "x-request-id"]),
+                                   "x-request-id", "x-dragoman-dropped-tools"]),
     ]
     app = GatewayApp(hot_endpoints=hot, trusted_proxies=config.server.trusted_proxies, tracing=tracing, routes=routes,
                      middleware=middleware, lifespan=lifespan,

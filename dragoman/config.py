@@ -466,6 +466,17 @@ class ImageFetchConfig(BaseModel):
     allow_private: bool = False  # only for trusted networks and tests
 
 
+class ResponsesConfig(BaseModel):
+    """The Responses API (``/v1/responses``): hosted tools for models that cannot run them, and the
+    in-memory store behind ``previous_response_id`` (0 entries turns it off)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hosted_tools: Literal["drop", "reject"] = "drop"
+    store_entries: int = Field(1000, ge=0)
+    store_bytes: int = Field(64 << 20, ge=0)
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -487,6 +498,7 @@ class Config(BaseModel):
     usage: UsageConfig = Field(default_factory=UsageConfig)
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)
     images: ImageFetchConfig = Field(default_factory=ImageFetchConfig)
+    responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     model_refresh_seconds: float = Field(60.0, gt=0)
     data_dir: Path | None = None  # writable state; see resolve_data_dir
 

@@ -34,6 +34,7 @@ PYTHON = "python"  # ``type: python``: the entry names its class
 # and they work without installed metadata (a source checkout on PYTHONPATH, an older install).
 BUILT_IN: dict[str, str] = {
     "openai": "dragoman.backends.openai:OpenAIBackend",
+    "openai-responses": "dragoman.backends.openai_responses:OpenAIResponsesBackend",
     "echo": "dragoman.backends.echo:EchoBackend",
     "ollama": "dragoman.backends.ollama:OllamaBackend",
     "anthropic": "dragoman.backends.anthropic:AnthropicBackend",

@@ -17,6 +17,7 @@ class Capabilities:
     reasoning: bool = False
     json_schema: bool = True
     embeddings: bool = False
+    hosted_tools: bool = False  # runs the Responses API's hosted tools (web_search...) upstream
 
     def names(self) -> list[str]:
         """Ollama-style capability names (``/api/show``)."""

@@ -18,7 +18,11 @@ The model name picks the behaviour:
   as a disconnect);
 * ``gpt-error-<status>``: an OpenAI-shaped error with that status (429 adds retry-after);
 * ``gpt-midstream-error``: an ``{"error": ...}`` frame mid-stream;
-* ``gpt-slow``: streams one chunk every 50 ms (for disconnect tests).
+* ``gpt-slow``: streams one chunk every 50 ms (for disconnect tests);
+* ``gpt-short``: a context of 3 messages: more is ``context_length_exceeded``, else as ``gpt-test``;
+* ``gpt-agent``: an agent's turn: when the last message is a tool result, ``"Tool said: <result>"``;
+  otherwise a call of the first offered tool named in ``FakeOpenAI.agent_calls`` (with those
+  arguments), else of the first offered tool with ``{}``, else plain text.
 
 Every request is recorded (path, headers, JSON body); streams record whether the client
 went away before the end, and how many answers were in progress at once (``peak_streams``).
@@ -43,7 +47,7 @@ from starlette.types import Receive, Scope, Send
 MODELS = ["gpt-test", "gpt-tools", "gpt-reason", "gpt-think", "gpt-split", "gpt-nodone", "gpt-eof",
           "gpt-stall", "gpt-hang", "gpt-error-400", "gpt-error-401", "gpt-error-429", "gpt-error-500",
           "gpt-error-503", "gpt-midstream-error", "gpt-slow", "text-embedding-test", "gpt-context",
-          "gpt-nofinish", "gpt-drip", "gpt-giant"]
+          "gpt-nofinish", "gpt-drip", "gpt-giant", "gpt-agent", "gpt-short"]
 DRIP_INTERVAL = 0.1
 GIANT_PIECE = 64 << 10
 
@@ -63,6 +67,8 @@ class FakeOpenAI:
     open_streams: int = 0
     peak_streams: int = 0  # the most answers in progress at once (reset it before a measurement)
     giant_line_bytes: int = 64 << 20
+    # gpt-agent: tool name -> the JSON arguments it calls that tool with.
+    agent_calls: dict[str, str] = field(default_factory=lambda: {"get_weather": '{"city": "Paris"}'})
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def last(self, path_suffix: str = "/chat/completions") -> Recorded:
@@ -132,7 +138,7 @@ class FakeOpenAI:
             return JSONResponse({"error": {"message": f"fake upstream failure {status}", "type": "fake_error",
                                            "param": None, "code": f"fake_{status}"}},
                                 status_code=status, headers=headers)
-        if model == "gpt-context":
+        if model == "gpt-context" or (model == "gpt-short" and len(body["messages"]) > 3):
             return JSONResponse({"error": {"message": "This model's maximum context length is 10 tokens",
                                            "type": "invalid_request_error", "param": "messages",
                                            "code": "context_length_exceeded"}}, status_code=400)
@@ -169,6 +175,17 @@ class FakeOpenAI:
                 for piece in (args[:6], args[6:]):
                     out.append(chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]}))
             finish = "tool_calls"
+        elif model == "gpt-agent" and body["messages"][-1]["role"] != "tool" and body.get("tools"):
+            offered = [t["function"]["name"] for t in body["tools"]]
+            name = next((n for n in offered if n in self.agent_calls), offered[0])
+            args = self.agent_calls.get(name, "{}")
+            out.append(chunk({"tool_calls": [{"index": 0, "id": "call_agent1", "type": "function",
+                                              "function": {"name": name, "arguments": ""}}]}))
+            out.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": args}}]}))
+            finish = "tool_calls"
+        elif model == "gpt-agent" and body["messages"][-1]["role"] == "tool":
+            result = body["messages"][-1]["content"]
+            out.append(chunk({"content": f"Tool said: {result}"}))
         elif model == "gpt-reason":
             for piece in ("Let me ", "think."):
                 out.append(chunk({"reasoning_content": piece}))

@@ -35,7 +35,7 @@ def test_core_imports_only_core_and_errors() -> None:
 
 
 def test_dialects_never_import_backends_or_gateway() -> None:
-    for dialect in ("openai", "ollama", "anthropic"):
+    for dialect in ("openai", "ollama", "anthropic", "responses"):
         if (PACKAGE / "dialects" / dialect).exists():
             assert layer_violations(f"dialects/{dialect}", (
                 "dragoman.core", "dragoman.errors", *SHARED_DIALECT_MODULES, f"dragoman.dialects.{dialect}")) == []
