@@ -17,6 +17,7 @@ class Capabilities:
     reasoning: bool = False
     json_schema: bool = True
     embeddings: bool = False
+    logprobs: bool = False  # can report each answer token's log probability
 
     def names(self) -> list[str]:
         """Ollama-style capability names (``/api/show``)."""

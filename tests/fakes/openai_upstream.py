@@ -20,6 +20,9 @@ The model name picks the behaviour:
 * ``gpt-midstream-error``: an ``{"error": ...}`` frame mid-stream;
 * ``gpt-slow``: streams one chunk every 50 ms (for disconnect tests).
 
+With ``tokenizer=True`` it also serves vLLM's ``/tokenize`` and ``/detokenize`` at its root (a
+token per character: the id is the character's code point; chat messages as ``role: content`` lines).
+
 Every request is recorded (path, headers, JSON body); streams record whether the client
 went away before the end, and how many answers were in progress at once (``peak_streams``).
 """
@@ -63,6 +66,8 @@ class FakeOpenAI:
     open_streams: int = 0
     peak_streams: int = 0  # the most answers in progress at once (reset it before a measurement)
     giant_line_bytes: int = 64 << 20
+    tokenizer: bool = False  # serve vLLM's /tokenize and /detokenize
+    max_model_len: int = 2048
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def last(self, path_suffix: str = "/chat/completions") -> Recorded:
@@ -74,7 +79,22 @@ class FakeOpenAI:
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            *([Route("/tokenize", self.tokenize, methods=["POST"]),
+               Route("/detokenize", self.detokenize, methods=["POST"])] if self.tokenizer else []),
         ])
+
+    async def tokenize(self, request: Request) -> Response:
+        body = await self._record(request)
+        if "prompt" in body:
+            text = ("\x01" if body.get("add_special_tokens", True) else "") + body["prompt"]
+        else:
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in body["messages"])
+        tokens = [ord(c) for c in text]
+        return JSONResponse({"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens})
+
+    async def detokenize(self, request: Request) -> Response:
+        body = await self._record(request)
+        return JSONResponse({"prompt": "".join(chr(t) for t in body["tokens"])})
 
     async def _record(self, request: Request) -> Any:
         body = orjson.loads(await request.body()) if request.method == "POST" else None
