@@ -176,7 +176,15 @@ class FakeOpenAI:
         base = {"id": "chatcmpl-up123", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+            logprobs = None
+            if body.get("logprobs") and delta.get("content"):  # a made-up logprob per chunk, alternatives as asked
+                token = delta["content"]
+                logprobs = {"content": [{"token": token, "logprob": -0.25, "bytes": list(token.encode()),
+                                         "top_logprobs": [{"token": token, "logprob": -0.25 - i,
+                                                           "bytes": list(token.encode())}
+                                                          for i in range(body.get("top_logprobs") or 0)]}],
+                            "refusal": None}
+            return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
                                               "finish_reason": finish}]})
 
         out = [chunk({"role": "assistant", "content": ""})]
@@ -309,10 +317,12 @@ def whole_answer(frames: list[bytes]) -> dict[str, Any]:
     chunks = [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: {")]
     content, reasoning, finish, usage = "", "", None, None
     calls: dict[int, dict[str, Any]] = {}
+    logprobs: list[Any] = []
     for chunk in chunks:
         usage = chunk.get("usage") or usage
         for choice in chunk["choices"]:
             delta = choice["delta"]
+            logprobs += (choice.get("logprobs") or {}).get("content") or []
             content += delta.get("content") or ""
             reasoning += delta.get("reasoning_content") or ""
             for call in delta.get("tool_calls") or []:
@@ -328,7 +338,9 @@ def whole_answer(frames: list[bytes]) -> dict[str, Any]:
         message["tool_calls"] = [calls[i] for i in sorted(calls)]
     first = chunks[0]
     return {"id": first["id"], "object": "chat.completion", "created": first["created"], "model": first["model"],
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish or "stop"}],
+            "choices": [{"index": 0, "message": message,
+                         "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
+                         "finish_reason": finish or "stop"}],
             "usage": usage}
 
 
