@@ -69,7 +69,8 @@ def test_tokenize_is_forwarded_to_an_upstream_that_has_it(gateway: ServerThread,
 
 @pytest.mark.parametrize("model", ["plain/gpt-test", "echo/echo"])
 def test_tokenize_without_a_tokenizer_is_a_clear_400(gateway: ServerThread, model: str) -> None:
-    for path, body in (("/tokenize", {"model": model, "prompt": "hi"}), ("/detokenize", {"model": model, "tokens": [1]})):
+    calls = (("/tokenize", {"model": model, "prompt": "hi"}), ("/detokenize", {"model": model, "tokens": [1]}))
+    for path, body in calls:
         answer = httpx.post(gateway.url + path, json=body)
         assert answer.status_code == 400, answer.text
         error = answer.json()["error"]
@@ -94,7 +95,8 @@ def test_logprobs_pass_through_whole_and_streamed(oai: openai.OpenAI, vllm: Fake
     assert all(len(t.top_logprobs) == 2 and t.logprob == -0.25 for t in content)
 
     chunks = list(oai.chat.completions.create(model="vllm/gpt-test", messages=messages, logprobs=True, stream=True))
-    streamed = [t for c in chunks for ch in c.choices if ch.logprobs and ch.logprobs.content for t in ch.logprobs.content]
+    streamed = [t for c in chunks for ch in c.choices if ch.logprobs and ch.logprobs.content
+                for t in ch.logprobs.content]
     assert [t.token for t in streamed] == [t.token for t in content]
     assert vllm.last().body["logprobs"] is True and "top_logprobs" not in vllm.last().body
 
