@@ -9,7 +9,10 @@ Answers stay a few tokens long: the model runs on the CPU.
 from __future__ import annotations
 
 import math
+import re
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,6 +66,29 @@ def oai(server: ServerThread) -> Iterator[openai.OpenAI]:
 def claude(server: ServerThread) -> Iterator[anthropic.Anthropic]:
     with anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0, timeout=120) as client:
         yield client
+
+
+def readme_examples() -> dict[str, str]:
+    """The Python example under each client heading of the README, as a user would copy it."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    examples = {}
+    for client in ("OpenAI", "Ollama", "Anthropic"):
+        section = readme[readme.index(f"### {client} ("):]
+        examples[client] = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)  # type: ignore[union-attr]
+    return examples
+
+
+@pytest.mark.parametrize("client", ["OpenAI", "Ollama", "Anthropic"])
+def test_the_readme_examples_finish_against_the_builtin_model(server: ServerThread, client: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    code = readme_examples()[client].replace("http://127.0.0.1:11435", server.url)
+    assert "local/gemma3:270m" in code
+    started = time.perf_counter()
+    exec(compile(code, f"README {client} example", "exec"), {})
+    took = time.perf_counter() - started
+    assert capsys.readouterr().out.strip()  # it printed an answer
+    print(f"README {client} example: {took:.1f}s")
+    assert took < 120  # seconds on an idle laptop; generous for a loaded CI machine
 
 
 def tokenize(server: ServerThread, **body: Any) -> dict[str, Any]:
