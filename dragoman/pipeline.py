@@ -285,6 +285,8 @@ class Gateway:
         """``context: truncate_oldest``: the request without the oldest messages that would not fit
         the first target's window (counted exactly where the backend has a tokenizer), and how
         many were left out."""
+        if not self.overrides:  # the common case: nothing to fit
+            return request, 0
         rules = override_rules.matching(self.overrides, target.id, request.model)
         window = target.info.context_length
         if override_rules.context_policy(rules) != "truncate_oldest" or not window or request.prompt is not None:
