@@ -88,18 +88,43 @@ def tune_gc() -> None:
     gc.set_threshold(20_000, 50, 100)
 
 
+INSTRUCT_PULL = "dragoman pull hf.co/Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M"  # a small instruction-tuned GGUF
+
+
+def _builtin_models(services: AppServices) -> list[str]:
+    """``<backend>/<model>`` of every configured model that is the built-in base model file."""
+    found = []
+    for backend in services.config.backends:
+        if backend.type != "llamacpp":
+            continue
+        for model in backend.settings.get("models") or []:
+            if isinstance(model, dict) and str(model.get("path", "")).startswith("builtin:"):
+                found.append(f"{backend.name}/{model.get('name')}")
+    return found
+
+
 def _banner(services: AppServices, url: str) -> str:
     ids = [e.id for e in services.registry.entries()]
-    first = next((i for i in ids if not i.startswith("echo/")), ids[0] if ids else "echo/echo")
     lines = [f"dragoman is listening on {url}", "models:"]
     lines += [f"  {i}" for i in ids] or ["  (none yet)"]
-    key = " -H 'Authorization: Bearer YOUR_KEY'" if services.config.auth.mode == "keys" else ""
-    lines += [
-        "try it:",
-        f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{key} \\",
-        f"    -d '{{\"model\": \"{first}\", \"max_tokens\": 64, "
-        f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'",
-    ]
+    if not ids:  # nothing to suggest: no model answered yet (a backend down, or none configured)
+        lines.append("no model to try yet: `dragoman check` says what each backend answers")
+    else:
+        first = next((i for i in ids if not i.startswith("echo/")), ids[0])
+        key = " -H 'Authorization: Bearer YOUR_KEY'" if services.config.auth.mode == "keys" else ""
+        lines += [
+            "try it:",
+            f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{key} \\",
+            f"    -d '{{\"model\": \"{first}\", \"max_tokens\": 64, "
+            f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}]}}'",
+        ]
+    builtin = [i for i in _builtin_models(services) if i in ids]
+    if builtin:
+        lines += [
+            f"note: {', '.join(builtin)} is the built-in Gemma 3 270M *base* model, for trying the APIs "
+            "(it continues text; it does not follow instructions).",
+            f"  For real answers, with internet: {INSTRUCT_PULL}",
+        ]
     if services.config.auth.mode == "none" and services.config.server.host not in ("127.0.0.1", "localhost", "::1"):
         lines.insert(0, "WARNING: auth.mode is 'none' on a non-loopback address: anyone who can reach "
                         "this port can use every backend. Set auth.mode: keys.")

@@ -312,6 +312,11 @@ class OverrideConfig(BaseModel):
     max_tokens_cap: int | None = Field(None, ge=1)
     exclude_reasoning: bool | None = None
     request_timeout: float | None = Field(None, gt=0)  # seconds: the request's total time limit
+    # A model without tool support: "error" (a 400, the default) or "drop" (tools left out, said in
+    # the x-dragoman-dropped-tools header).
+    tools: Literal["error", "drop"] | None = None
+    # A prompt longer than the model's window: "error" (the default) or "truncate_oldest".
+    context: Literal["error", "truncate_oldest"] | None = None
 
     @property
     def defaults(self) -> dict[str, Any]:

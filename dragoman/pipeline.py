@@ -20,10 +20,11 @@ from typing import Protocol
 from dragoman.backends.base import CallOptions, Timeouts
 from dragoman.config import OverrideConfig
 from dragoman.core.events import Event, MessageEnd, PartDelta, PartEnd, PartStart, StreamError
+from dragoman.core.fit import estimate_request_tokens, truncate_oldest
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, TokenCount
 from dragoman.core.tokens import estimate_prompt_tokens
-from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Reasoning, Usage
+from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Reasoning, Tokenized, Usage
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway import overrides as override_rules
 from dragoman.gateway.registry import ModelRegistry, Target
@@ -134,6 +135,22 @@ class Gateway:
             return TokenCount(exact, True)
         return TokenCount(estimate_prompt_tokens(request), False)
 
+    async def tokenize(self, request: ChatRequest, ctx: CallContext, *, add_special: bool) -> Tokenized:
+        target = (await self._route(request.model, ctx)).first_target
+        result = await target.backend.tokenize(request, target.model, add_special=add_special)
+        if result is None:
+            raise _no_tokenizer(target)
+        if result.max_model_len is None:
+            result.max_model_len = target.info.context_length
+        return result
+
+    async def detokenize(self, model: str, tokens: list[int], ctx: CallContext) -> str:
+        target = (await self._route(model, ctx)).first_target
+        text = await target.backend.detokenize(tokens, target.model)
+        if text is None:
+            raise _no_tokenizer(target)
+        return text
+
     async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse:
         outcome = ctx.outcome = CallOutcome(ctx, "embeddings", request.model, False)
         try:
@@ -162,6 +179,7 @@ class Gateway:
         outcome = ctx.outcome = CallOutcome(ctx, "chat", request.model, request.stream)
         try:
             route = await self._route(request.model, ctx)
+            request, truncated = await self._fit_context(request, route.first_target)
             lease = await self.access.acquire(ctx, route.first_target.id, request)
             try:
                 started = await self.router.start(route, lambda step, t: self._prepare(request, ctx, step, t),
@@ -188,6 +206,10 @@ class Gateway:
             "x-dragoman-attempts": str(started.attempts),
             "x-dragoman-overhead-ms": f"{started.overhead * 1000:.2f}",
         }
+        if request.tools and not plan.tools:  # ``tools: drop`` for a model without tool support
+            headers["x-dragoman-dropped-tools"] = str(len(request.tools))
+        if truncated:  # ``context: truncate_oldest``
+            headers["x-dragoman-truncated-messages"] = str(truncated)
         if request.stream and self.metrics is not None:
             self.metrics.stream_started()
 
@@ -242,8 +264,14 @@ class Gateway:
             raise GatewayError(ErrorKind.INVALID_REQUEST,
                                f"model {target.id!r} does not accept images", param="messages")
         if planned.tools and not caps.tools:
-            raise GatewayError(ErrorKind.INVALID_REQUEST,
-                               f"model {target.id!r} does not support tools", param="tools")
+            if override_rules.tools_policy(rules) != "drop":
+                raise GatewayError(ErrorKind.INVALID_REQUEST,
+                                   f"model {target.id!r} does not support tools (an override with "
+                                   "'tools: drop' leaves them out for it)", param="tools")
+            planned = replace(planned, tools=[], tool_choice=None)
+        if planned.logprobs is not None and not caps.logprobs:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {target.id!r} does not report logprobs",
+                               param="logprobs")
         fmt = planned.response_format
         if fmt is not None and fmt.type == "json_schema" and not caps.json_schema:
             raise GatewayError(ErrorKind.INVALID_REQUEST,
@@ -253,6 +281,28 @@ class Gateway:
             # Reasoning is a preference, not a requirement: a model that cannot think answers directly.
             planned = replace(planned, reasoning=Reasoning(exclude=planned.reasoning.exclude))
         return planned
+
+    async def _fit_context(self, request: ChatRequest, target: Target) -> tuple[ChatRequest, int]:
+        """``context: truncate_oldest``: the request without the oldest messages that would not fit
+        the first target's window (counted exactly where the backend has a tokenizer), and how
+        many were left out."""
+        if not self.overrides:  # the common case: nothing to fit
+            return request, 0
+        rules = override_rules.matching(self.overrides, target.id, request.model)
+        window = target.info.context_length
+        if override_rules.context_policy(rules) != "truncate_oldest" or not window or request.prompt is not None:
+            return request, 0
+        try:
+            planned = self._plan(request, target)  # counted as the target will get it (tools dropped ...)
+        except GatewayError:
+            return request, 0  # the router reports it
+
+        async def count(candidate: ChatRequest) -> int:
+            exact = await target.backend.count_tokens(candidate, target.model)
+            return exact if exact is not None else estimate_request_tokens(candidate)
+
+        fitted, dropped = await truncate_oldest(planned, count, window)
+        return (replace(request, messages=fitted.messages), dropped) if dropped else (request, 0)
 
     def _call_options(self, ctx: CallContext, target: Target, step: Step | None = None) -> CallOptions:
         """Timeouts: the step's (a ``models:`` entry's, merged with the global ones), else the
@@ -273,6 +323,14 @@ class Gateway:
                 observer(outcome)
             except Exception:
                 log.exception("usage observer failed")
+
+
+def _no_tokenizer(target: Target) -> GatewayError:
+    return GatewayError(ErrorKind.INVALID_REQUEST,
+                        f"model {target.id!r} cannot tokenize: its backend ({target.backend.type}) has no tokenizer "
+                        "dragoman can ask (local models and upstreams with a /tokenize endpoint, such as vLLM, "
+                        "have one)",
+                        param="model", code="tokenize_unsupported")
 
 
 def _cancelled(outcome: CallOutcome) -> None:

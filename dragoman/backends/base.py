@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 
 from dragoman.core.events import Event
 from dragoman.core.models import ModelInfo
-from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse
+from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Tokenized
 from dragoman.errors import DeadlineExceeded, ErrorKind, GatewayError
 
 T = TypeVar("T")
@@ -169,6 +169,15 @@ class Backend(ABC):
 
     async def count_tokens(self, request: ChatRequest, model: str) -> int | None:
         """Exact prompt token count when the backend has a tokenizer, else None."""
+        return None
+
+    async def tokenize(self, request: ChatRequest, model: str, *, add_special: bool) -> Tokenized | None:
+        """The exact token ids of the raw ``prompt`` or of the rendered ``messages``; None when this
+        backend has no tokenizer to ask (the client gets a 400, never an estimate)."""
+        return None
+
+    async def detokenize(self, tokens: list[int], model: str) -> str | None:
+        """The text of ``tokens``; None when this backend has no tokenizer to ask."""
         return None
 
     def loaded_models(self) -> dict[str, float]:

@@ -43,19 +43,21 @@ from dragoman.backends.llamacpp_engine import (
     Output,
     Runtime,
     Started,
+    detokenize,
     embed,
     generate,
     prepare,
     prompt_tokens,
+    tokenize_request,
 )
 from dragoman.backends.llamacpp_models import BUILTIN_PREFIX, LlamaCppSettings, parse_duration
 from dragoman.backends.llamacpp_slots import FifoGate, ModelSlot
 from dragoman.backends.llamacpp_templates import ParsedCall
-from dragoman.core.events import Event, MessageEnd
+from dragoman.core.events import Event, Logprobs, MessageEnd
 from dragoman.core.ids import completion_id, now
 from dragoman.core.models import ModelInfo
 from dragoman.core.parts import PartTracker
-from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Usage
+from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Tokenized, Usage
 from dragoman.errors import ErrorKind, GatewayError, not_found
 
 log = logging.getLogger("dragoman.llamacpp")
@@ -212,6 +214,25 @@ class LlamaCppBackend(Backend):
 
         return await self._run(count)
 
+    async def tokenize(self, request: ChatRequest, model: str, *, add_special: bool) -> Tokenized:
+        slot = self._slot(model)
+
+        def run() -> Tokenized:
+            with slot.life:
+                runtime = slot.chat_runtime()
+                return Tokenized(tokenize_request(runtime, request, add_special=add_special), runtime.n_ctx)
+
+        return await self._run(run)
+
+    async def detokenize(self, tokens: list[int], model: str) -> str:
+        slot = self._slot(model)
+
+        def run() -> str:
+            with slot.life:
+                return detokenize(slot.chat_runtime(), tokens)
+
+        return await self._run(run)
+
     async def embed(self, request: EmbeddingRequest, model: str, options: CallOptions) -> EmbeddingResponse:
         slot = self._slot(model)
         await slot.embed_gate.acquire()
@@ -292,6 +313,8 @@ class LlamaCppBackend(Backend):
                     for event in tracker.start(completion_id(), model, now(), prompt_tokens=item.prompt_tokens):
                         yield event
                     prompt = item.prompt_tokens
+                elif isinstance(item, dict):
+                    yield Logprobs([item])
                 elif isinstance(item, ParsedCall):
                     for event in tracker.tool_call(object(), name=item.name, arguments=item.arguments):
                         yield event

@@ -131,6 +131,7 @@ class Runtime:
     n_ctx: int
     template: ChatTemplate | None
     tools: bool  # the template renders tools and emits Hermes <tool_call> blocks
+    default_max_tokens: int | None = None  # answer length when the client sets none (None: the room left)
 
     def token_text(self, token: int) -> str:
         return "" if token < 0 else str(self.llama._model.token_get_text(token))
@@ -151,6 +152,7 @@ class Prepared:
     cache_prompt: bool = True  # reuse the KV cache of the previous request's common prefix
     parse_tools: bool = False
     stops: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # report each token's log probability with this many alternatives
 
 
 def prompt_tokens(runtime: Runtime, request: ChatRequest) -> list[int]:
@@ -167,13 +169,31 @@ def prompt_tokens(runtime: Runtime, request: ChatRequest) -> list[int]:
 
 def _check_context(runtime: Runtime, context: list[int]) -> None:
     """Every id must be one of the model's tokens: llama.cpp does not check them itself."""
+    check_token_ids(runtime, context, "context", "; send back the context this model returned")
+
+
+def check_token_ids(runtime: Runtime, tokens: list[int], param: str, advice: str = "") -> None:
+    """A 400 naming the first id the model does not have (llama.cpp would read past its vocabulary)."""
     size = runtime.llama.n_vocab()
-    for token in context:
+    for token in tokens:
         if not 0 <= token < size:
             raise GatewayError(ErrorKind.INVALID_REQUEST,
-                               f"context holds token id {token}, which model {runtime.model!r} does not have "
-                               f"(its token ids are 0 to {size - 1}); send back the context this model returned",
-                               param="context")
+                               f"{param} holds token id {token}, which model {runtime.model!r} does not have "
+                               f"(its token ids are 0 to {size - 1}){advice}", param=param)
+
+
+def tokenize_request(runtime: Runtime, request: ChatRequest, *, add_special: bool) -> list[int]:
+    """``POST /tokenize``: a raw prompt with the model's BOS when ``add_special`` (and the model
+    adds one), or exactly the tokens a chat request's messages become."""
+    if request.prompt is not None:
+        add_bos = add_special and bool(runtime.llama._model.add_bos_token())
+        return runtime.tokenize(request.prompt, add_bos=add_bos, special=True)
+    return prompt_tokens(runtime, request)
+
+
+def detokenize(runtime: Runtime, tokens: list[int]) -> str:
+    check_token_ids(runtime, tokens, "tokens")
+    return bytes(runtime.llama.detokenize(tokens)).decode("utf-8", errors="replace")
 
 
 def _request_tokens(runtime: Runtime, request: ChatRequest) -> list[int]:
@@ -211,7 +231,6 @@ def grammar_for(runtime: Runtime, response_format: ResponseFormat | None) -> Lla
     """A llama.cpp grammar that forces JSON (or JSON matching the schema)."""
     if response_format is None or response_format.type == "text":
         return None
-    import llama_cpp
     from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
 
     if response_format.type == "json_schema" and response_format.schema:
@@ -222,14 +241,32 @@ def grammar_for(runtime: Runtime, response_format: ResponseFormat | None) -> Lla
                                param="response_format") from exc
     else:
         grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    # llama.cpp returns NULL for a grammar it cannot parse; adding NULL to a sampler chain crashes.
+    _check_grammar(runtime, grammar, "the JSON schema could not be turned into a grammar", "response_format")
+    return grammar
+
+
+def gbnf_grammar(runtime: Runtime, text: str) -> LlamaGrammar:
+    """A client's own GBNF ``grammar`` (llama.cpp server's field), checked before generation."""
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    try:
+        grammar = LlamaGrammar.from_string(text, verbose=False)
+    except (ValueError, RuntimeError) as exc:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, f"grammar is not valid GBNF: {exc}", param="grammar") from exc
+    _check_grammar(runtime, grammar, "grammar is not valid GBNF (llama.cpp could not parse it; it needs a "
+                   "'root' rule)", "grammar")
+    return grammar
+
+
+def _check_grammar(runtime: Runtime, grammar: LlamaGrammar, problem: str, param: str) -> None:
+    """llama.cpp returns NULL for a grammar it cannot parse; adding NULL to a sampler chain crashes."""
+    import llama_cpp
+
     probe = llama_cpp.llama_sampler_init_grammar(runtime.llama._model.vocab, grammar._grammar.encode(),
                                                  grammar._root.encode())
     if not probe:
-        raise GatewayError(ErrorKind.INVALID_REQUEST, "the JSON schema could not be turned into a grammar",
-                           param="response_format")
+        raise GatewayError(ErrorKind.INVALID_REQUEST, problem, param=param)
     llama_cpp.llama_sampler_free(probe)
-    return grammar
 
 
 def prepare(runtime: Runtime, request: ChatRequest, *, cache_prompt: bool = True) -> Prepared:
@@ -240,12 +277,18 @@ def prepare(runtime: Runtime, request: ChatRequest, *, cache_prompt: bool = True
                            f"{runtime.n_ctx}", param="messages", code="context_length_exceeded")
     room = runtime.n_ctx - len(tokens)
     max_tokens = request.sampling.max_tokens
+    if max_tokens is None:
+        max_tokens = runtime.default_max_tokens
     budget = room if max_tokens is None else max(0, min(max_tokens, room))
     cache = request.options.get("cache_prompt", cache_prompt)
-    return Prepared(tokens=tokens, budget=budget, grammar=grammar_for(runtime, request.response_format),
+    grammar = (gbnf_grammar(runtime, request.sampling.grammar) if request.sampling.grammar is not None
+               else grammar_for(runtime, request.response_format))
+    if request.sampling.logit_bias:
+        check_token_ids(runtime, list(request.sampling.logit_bias), "logit_bias")
+    return Prepared(tokens=tokens, budget=budget, grammar=grammar,
                     cache_prompt=cache if isinstance(cache, bool) else cache_prompt,
                     parse_tools=runtime.tools and bool(request.tools) and _tools_wanted(request),
-                    stops=[s for s in request.sampling.stop if s])
+                    stops=[s for s in request.sampling.stop if s], logprobs=request.logprobs)
 
 
 # --------------------------------------------------------------------------------- generation
@@ -264,7 +307,8 @@ class Finished:
     context: list[int] = field(default_factory=list)  # prompt and answer token ids (``MessageEnd.context``)
 
 
-Output = Started | str | ParsedCall | Finished | BaseException
+TokenLogprob = dict[str, Any]  # one ``Logprobs`` entry (OpenAI's chat shape)
+Output = Started | str | ParsedCall | Finished | TokenLogprob | BaseException
 Emit = Callable[[Output], None]
 
 
@@ -272,6 +316,11 @@ def sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
     def pick(value: float | None, default: float) -> float:
         return default if value is None else value
 
+    extras = {key: value for key, value in (("typical_p", sampling.typical_p), ("mirostat_mode", sampling.mirostat),
+                                            ("mirostat_tau", sampling.mirostat_tau),
+                                            ("mirostat_eta", sampling.mirostat_eta)) if value is not None}
+    if sampling.logit_bias:
+        extras["logits_processor"] = _biased(sampling.logit_bias)
     return {
         "temp": pick(sampling.temperature, DEFAULT_TEMPERATURE),
         "top_k": int(pick(sampling.top_k, DEFAULT_TOP_K)),
@@ -280,7 +329,23 @@ def sampling_kwargs(sampling: Sampling) -> dict[str, Any]:
         "repeat_penalty": pick(sampling.repeat_penalty, DEFAULT_REPEAT_PENALTY),
         "presence_penalty": pick(sampling.presence_penalty, 0.0),
         "frequency_penalty": pick(sampling.frequency_penalty, 0.0),
+        **extras,
     }
+
+
+def _biased(bias: dict[int, float]) -> Any:
+    """A llama-cpp-python logits processor adding ``bias`` to the logits (OpenAI's ``logit_bias``;
+    -100 and 100 all but ban and force a token)."""
+    from llama_cpp import LogitsProcessorList
+
+    ids = list(bias)
+    values = [bias[i] for i in ids]
+
+    def apply(input_ids: Any, scores: Any) -> Any:
+        scores[ids] += values
+        return scores
+
+    return LogitsProcessorList([apply])
 
 
 def generate(runtime: Runtime, prepared: Prepared, sampling: Sampling, emit: Emit,
@@ -327,7 +392,10 @@ def generate(runtime: Runtime, prepared: Prepared, sampling: Sampling, emit: Emi
                     reason = FinishReason.STOP
                     break
                 completion += 1
-                text, matched = stops.feed(decoder.decode(llama.detokenize([token])))
+                raw = llama.detokenize([token])
+                if prepared.logprobs is not None:
+                    emit(token_logprob(runtime, token, raw, prepared.logprobs))
+                text, matched = stops.feed(decoder.decode(raw))
                 kept.append(text)
                 send(text)
                 if matched is not None:
@@ -354,6 +422,32 @@ def generate(runtime: Runtime, prepared: Prepared, sampling: Sampling, emit: Emi
     if matched is not None:  # the context ends where the answer did, before the stop sequence
         answer = runtime.tokenize("".join(kept), add_bos=False, special=False)
     emit(Finished(reason, completion, matched, [*prepared.tokens, *answer]))
+
+
+def token_logprob(runtime: Runtime, token: int, piece: bytes, top: int) -> TokenLogprob:
+    """The sampled token's log probability under the model (before temperature and other
+    samplers, as OpenAI and vLLM report it), with the ``top`` likeliest tokens. Read from the
+    logits llama.cpp computed for this position, which stay in place until the next decode."""
+    import llama_cpp
+    import numpy as np
+
+    llama = runtime.llama
+    size = llama.n_vocab()
+    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llama._ctx.ctx, -1), shape=(size,))
+    peak = float(logits.max())
+    log_total = peak + float(np.log(np.exp(logits - peak, dtype=np.float64).sum()))
+
+    def entry(token_id: int, raw: bytes) -> dict[str, Any]:
+        return {"token": raw.decode("utf-8", errors="replace"), "logprob": float(logits[token_id]) - log_total,
+                "bytes": list(raw)}
+
+    chosen = entry(token, piece)
+    alternatives: list[dict[str, Any]] = []
+    if top > 0:
+        best = np.argpartition(logits, -top)[-top:]
+        best = best[np.argsort(-logits[best])]
+        alternatives = [entry(int(t), llama.detokenize([int(t)])) for t in best]
+    return {**chosen, "top_logprobs": alternatives}
 
 
 def embed(runtime: Runtime, inputs: list[str]) -> tuple[list[list[float]], int]:

@@ -26,6 +26,7 @@ log = logging.getLogger("dragoman.llamacpp")
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_GEMMA = "gemma3-270m"
 DEFAULT_N_CTX = 8192
+BASE_MODEL_MAX_TOKENS = 512  # default answer length of a model without a chat template
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -72,6 +73,7 @@ class ModelConfig(BaseModel):
     n_batch: int = Field(default=512, ge=1)
     chat_template: str | None = None  # Jinja, overrides the file's own
     keep_alive: Duration | None = None
+    default_max_tokens: int | None = Field(default=None, ge=1)  # answer length when the client sets none
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -109,6 +111,7 @@ class LlamaCppSettings(BaseModel):
     repack_weights: bool | None = None  # None: on unless the CPU has AMX
     hf_endpoint: str | None = None  # an alternative hub (mirror); default: HF_ENDPOINT or the hub
     hf_cache_dir: str | None = None  # default: the usual Hugging Face cache
+    default_max_tokens: int | None = Field(default=None, ge=1)  # see ``default_answer_length``
 
     @model_validator(mode="after")
     def _unique(self) -> LlamaCppSettings:
@@ -220,6 +223,20 @@ def context_size(config: ModelConfig, settings: LlamaCppSettings, info: GGUFInfo
         return config.n_ctx
     trained = info.context_length if info else None
     return min(settings.n_ctx, trained) if trained else settings.n_ctx
+
+
+def default_answer_length(config: ModelConfig, settings: LlamaCppSettings, info: GGUFInfo) -> int | None:
+    """Answer tokens when the client sets no limit: the model's ``default_max_tokens``, else the
+    backend's, else ``BASE_MODEL_MAX_TOKENS`` for a file without a chat template of its own (a base
+    model rarely ends its turn and would write until the context is full), else None: the room
+    the context has left."""
+    if config.default_max_tokens is not None:
+        return config.default_max_tokens
+    if settings.default_max_tokens is not None:
+        return settings.default_max_tokens
+    if info.chat_template is None and config.chat_template is None:
+        return BASE_MODEL_MAX_TOKENS
+    return None
 
 
 def available_memory() -> int | None:

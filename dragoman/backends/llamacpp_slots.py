@@ -25,6 +25,7 @@ from dragoman.backends.llamacpp_models import (
     ModelFile,
     check_memory,
     context_size,
+    default_answer_length,
     inspect_file,
     resolve_path,
 )
@@ -155,7 +156,8 @@ class ModelSlot:
         template = resolve_template(self.config.name, file.info.chat_template, self.config.chat_template,
                                     file.info.architecture, file.info.metadata.get("tokenizer.ggml.pre"))
         tools = template is not None and template.known is None and template_traits(template.source).tools
-        return Runtime(self.config.name, llama, n_ctx, template, tools)
+        return Runtime(self.config.name, llama, n_ctx, template, tools,
+                       default_answer_length(self.config, self.settings, file.info))
 
     def chat_runtime(self) -> Runtime:
         """The loaded chat runtime (loading it); call with ``life`` held or the gate owned."""
@@ -194,7 +196,8 @@ class ModelSlot:
     def info(self, file: ModelFile | None, error: str | None = None) -> ModelInfo:
         """What /api/tags and /api/show say, from the header only."""
         details = ModelDetails(format="gguf")
-        capabilities = Capabilities(vision=False, tools=False, json_schema=True, embeddings=True)
+        capabilities = Capabilities(vision=False, tools=False, json_schema=True, embeddings=True,
+                                    logprobs=True)
         extra: dict[str, Any] = {}
         embedding_length = None
         if file is not None:

@@ -317,7 +317,8 @@ def ollama_options(request: ChatRequest, settings: OllamaSettings) -> dict[str, 
         options["num_predict"] = s.max_tokens
     for key, value in (("temperature", s.temperature), ("top_p", s.top_p), ("top_k", s.top_k),
                        ("min_p", s.min_p), ("seed", s.seed), ("repeat_penalty", s.repeat_penalty),
-                       ("presence_penalty", s.presence_penalty), ("frequency_penalty", s.frequency_penalty)):
+                       ("presence_penalty", s.presence_penalty), ("frequency_penalty", s.frequency_penalty),
+                       ("typical_p", s.typical_p)):
         if value is not None:
             options[key] = value
     if s.stop:

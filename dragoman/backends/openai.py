@@ -12,14 +12,24 @@ from __future__ import annotations
 import array
 import base64
 import functools
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
+import aiohttp
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from dragoman.backends.base import BackendDeps, CallOptions
-from dragoman.backends.http import ErrorFields, HTTPBackend, ModelDiscovery, StreamCall, tracked_end
-from dragoman.core.events import Event
+from dragoman.backends.http import (
+    ErrorFields,
+    HTTPBackend,
+    ModelDiscovery,
+    StreamCall,
+    read_error,
+    read_json,
+    tracked_end,
+)
+from dragoman.core.events import Event, Logprobs
 from dragoman.core.ids import completion_id, now
 from dragoman.core.models import Capabilities, ModelInfo
 from dragoman.core.parts import PartTracker
@@ -33,7 +43,9 @@ from dragoman.core.types import (
     Message,
     ReasoningPart,
     Role,
+    Sampling,
     TextPart,
+    Tokenized,
     ToolCallPart,
     ToolResultPart,
     Usage,
@@ -57,6 +69,7 @@ ERROR_CODES: dict[str, ErrorKind] = {
 }
 
 DISCOVERY_TTL = 60.0
+TOKENIZE_TIMEOUT = 30.0  # seconds for an upstream /tokenize or /detokenize
 
 
 class OpenAISettings(BaseModel):
@@ -66,13 +79,23 @@ class OpenAISettings(BaseModel):
     api_key: str | None = None  # a key, "forward", or None
     models: list[str] = Field(default_factory=lambda: ["*"])
     headers: dict[str, str] = Field(default_factory=dict)
-    # top_k, min_p and repeat_penalty are not OpenAI parameters; vLLM and llama.cpp accept them.
-    extra_sampling: bool = False
+    # Sampling fields beyond OpenAI's (top_k, min_p, repetition_penalty, typical_p, mirostat*,
+    # grammar): "pass" sends them as extra body fields (vLLM, llama.cpp's server, text-generation-webui
+    # take them), "drop" leaves them out. Default: pass, except to api.openai.com, which refuses them.
+    extra_params: Literal["pass", "drop"] | None = None
+    extra_sampling: bool | None = None  # the older spelling: true is "pass", false "drop"
     split_think_tags: bool = True
     max_connections: int = 256
     max_frame_bytes: int = Field(DEFAULT_MAX_FRAME, ge=1024)  # the longest stream line accepted
     capabilities: dict[str, bool] = Field(default_factory=dict)  # overrides for every model
     context_length: int | None = None
+
+    def passes_extra_params(self) -> bool:
+        if self.extra_params is not None:
+            return self.extra_params == "pass"
+        if self.extra_sampling is not None:
+            return self.extra_sampling
+        return urlsplit(self.base_url).hostname != "api.openai.com"
 
 
 class OpenAIBackend(HTTPBackend):
@@ -91,7 +114,7 @@ class OpenAIBackend(HTTPBackend):
     async def list_models(self) -> list[ModelInfo]:
         names = await self.discovery.select(self.settings.models)
         # Unknown upstream abilities are assumed present: the upstream itself refuses what it cannot do.
-        caps = Capabilities(**{"vision": True, "reasoning": True, **self.settings.capabilities})
+        caps = Capabilities(**{"vision": True, "reasoning": True, "logprobs": True, **self.settings.capabilities})
         return [ModelInfo(name=n, capabilities=caps, context_length=self.settings.context_length)
                 for n in names]
 
@@ -127,7 +150,7 @@ class OpenAIBackend(HTTPBackend):
         completion = request.prompt is not None
         path = "/completions" if completion else "/chat/completions"
         if completion:
-            body = build_completion_body(request, model)
+            body = build_completion_body(request, model, self.settings)
         else:
             body = build_chat_body(request, model, self.settings)
         tracker = PartTracker(split_think_tags=self.settings.split_think_tags and not completion)
@@ -149,6 +172,9 @@ class OpenAIBackend(HTTPBackend):
         events = tracker.start(str(payload.get("id") or completion_id()), str(payload.get("model") or model),
                                int(payload.get("created") or now()))
         choice: dict[str, Any] = next((c for c in payload["choices"] if c.get("index", 0) == 0), {})
+        entries = upstream_logprobs(choice.get("logprobs"))
+        if entries:
+            events.append(Logprobs(entries))
         if completion:
             events += tracker.text(choice.get("text") or "")
         else:
@@ -199,7 +225,10 @@ class OpenAIBackend(HTTPBackend):
             tracker.usage(_usage(usage))
         for choice in chunk.get("choices") or ():
             if choice.get("index", 0) != 0:
-                continue  # n > 1 is refused at planning; ignore stray choices
+                continue  # n > 1 runs as separate requests; ignore stray choices
+            entries = upstream_logprobs(choice.get("logprobs"))
+            if entries:
+                events.append(Logprobs(entries))
             if "text" in choice:  # legacy completions
                 events += tracker.text(choice.get("text") or "")
             delta = choice.get("delta") or {}
@@ -219,6 +248,65 @@ class OpenAIBackend(HTTPBackend):
             if reason:
                 tracker.finish(FINISH_REASONS.get(reason, FinishReason.STOP))
         return events
+
+    # -------------------------------------------------------------- tokenizing
+
+    @property
+    def _official(self) -> bool:
+        """OpenAI's own API, which has no tokenize endpoint and takes no extra sampling fields."""
+        return urlsplit(self.base_url).hostname == "api.openai.com"
+
+    async def tokenize(self, request: ChatRequest, model: str, *, add_special: bool) -> Tokenized | None:
+        """vLLM's ``/tokenize`` (at the server's root, beside ``/v1``); None where there is none."""
+        if self._official:
+            return None
+        body: dict[str, Any] = {"model": model, "add_special_tokens": add_special}
+        if request.prompt is not None:
+            body["prompt"] = request.prompt
+        else:
+            body["messages"] = [m for message in request.messages for m in _wire_messages(message)]
+            body["add_generation_prompt"] = True
+        payload = await self._root_call("/tokenize", body)
+        if payload is None:
+            return None
+        tokens = payload.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r} sent /tokenize without token ids")
+        length = payload.get("max_model_len")
+        return Tokenized(tokens, length if isinstance(length, int) else None)
+
+    async def detokenize(self, tokens: list[int], model: str) -> str | None:
+        if self._official:
+            return None
+        payload = await self._root_call("/detokenize", {"model": model, "tokens": tokens})
+        if payload is None:
+            return None
+        text = payload.get("prompt", payload.get("content"))  # vLLM | llama.cpp server
+        if not isinstance(text, str):
+            raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r} sent /detokenize without text")
+        return text
+
+    async def _root_call(self, path: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """POST to ``path`` at the upstream's root (its base URL without ``/v1``); None when the
+        upstream has no such endpoint (404, 405, 501)."""
+        root = self.base_url.removesuffix("/v1")
+        try:
+            async with self.session.post(root + path, data=orjson.dumps(body), headers=self.headers(None),
+                                         timeout=aiohttp.ClientTimeout(total=TOKENIZE_TIMEOUT)) as response:
+                if response.status in (404, 405, 501):
+                    return None
+                if response.status != 200:
+                    raise self.status_error(response, await read_error(response, self.error_fields))
+                payload = await read_json(response, self.name)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                raise GatewayError(ErrorKind.TIMEOUT, f"upstream {self.name!r} did not answer {path} within "
+                                   f"{TOKENIZE_TIMEOUT:.0f}s") from exc
+            raise GatewayError(ErrorKind.UPSTREAM_UNAVAILABLE, f"upstream {self.name!r} is unreachable: {exc}"
+                               ) from exc
+        if not isinstance(payload, dict):
+            raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r} sent {path} a non-object answer")
+        return payload
 
     # -------------------------------------------------------------- embeddings
 
@@ -251,10 +339,7 @@ def build_chat_body(request: ChatRequest, model: str, settings: OpenAISettings) 
                        ("presence_penalty", s.presence_penalty), ("frequency_penalty", s.frequency_penalty)):
         if value is not None:
             body[key] = value
-    if settings.extra_sampling:
-        for key, value in (("top_k", s.top_k), ("min_p", s.min_p), ("repetition_penalty", s.repeat_penalty)):
-            if value is not None:
-                body[key] = value
+    body.update(sampling_extras(s, passing=settings.passes_extra_params()))
     if s.stop:
         body["stop"] = s.stop
     if request.tools:
@@ -285,10 +370,28 @@ def build_chat_body(request: ChatRequest, model: str, settings: OpenAISettings) 
         body["reasoning_effort"] = effort
     if request.user:
         body["user"] = request.user
+    if request.logprobs is not None:
+        body["logprobs"] = True
+        if request.logprobs:
+            body["top_logprobs"] = request.logprobs
     return body
 
 
-def build_completion_body(request: ChatRequest, model: str) -> dict[str, Any]:
+def sampling_extras(s: Sampling, *, passing: bool) -> dict[str, Any]:
+    """``logit_bias`` (an OpenAI field) always; the fields beyond OpenAI's when ``passing``."""
+    extras: dict[str, Any] = {}
+    if s.logit_bias:
+        extras["logit_bias"] = {str(token): bias for token, bias in s.logit_bias.items()}
+    if passing:
+        for key, value in (("top_k", s.top_k), ("min_p", s.min_p), ("repetition_penalty", s.repeat_penalty),
+                           ("typical_p", s.typical_p), ("mirostat", s.mirostat), ("mirostat_tau", s.mirostat_tau),
+                           ("mirostat_eta", s.mirostat_eta), ("grammar", s.grammar)):
+            if value is not None:
+                extras[key] = value
+    return extras
+
+
+def build_completion_body(request: ChatRequest, model: str, settings: OpenAISettings) -> dict[str, Any]:
     s = request.sampling
     body: dict[str, Any] = {"model": model, "prompt": request.prompt or "", "stream": True,
                             "stream_options": {"include_usage": True}}
@@ -299,7 +402,31 @@ def build_completion_body(request: ChatRequest, model: str) -> dict[str, Any]:
             body[key] = value
     if s.stop:
         body["stop"] = s.stop
+    body.update(sampling_extras(s, passing=settings.passes_extra_params()))
+    if request.logprobs is not None:
+        body["logprobs"] = request.logprobs
     return body
+
+
+def upstream_logprobs(raw: Any) -> list[dict[str, Any]]:
+    """A choice's ``logprobs`` as ``Logprobs`` entries: the chat shape (``content``) as it is, the
+    legacy completions shape (parallel lists) turned into it."""
+    if not isinstance(raw, dict):
+        return []
+    content = raw.get("content")
+    if isinstance(content, list):
+        return [e for e in content if isinstance(e, dict)]
+    tokens, values, tops = raw.get("tokens"), raw.get("token_logprobs"), raw.get("top_logprobs")
+    if not isinstance(tokens, list) or not isinstance(values, list):
+        return []
+    tops = tops if isinstance(tops, list) else []
+    entries = []
+    for index, (token, value) in enumerate(zip(tokens, values, strict=False)):
+        top = tops[index] if index < len(tops) and isinstance(tops[index], dict) else {}
+        entries.append({"token": str(token), "logprob": value, "bytes": list(str(token).encode()),
+                        "top_logprobs": [{"token": t, "logprob": v, "bytes": list(str(t).encode())}
+                                         for t, v in top.items()]})
+    return entries
 
 
 def _image_url(part: ImagePart) -> dict[str, Any]:

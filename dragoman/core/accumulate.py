@@ -7,9 +7,11 @@ unstreamed answer to the same request can never disagree.
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from typing import Any
 
 from dragoman.core.events import (
     Event,
+    Logprobs,
     MessageEnd,
     MessageStart,
     PartDelta,
@@ -32,7 +34,7 @@ from dragoman.errors import ErrorKind, GatewayError
 class Accumulator:
     """Folds events into a :class:`ChatResponse`, one event at a time."""
 
-    __slots__ = ("_buffers", "_end", "_kinds", "_parts", "_start")
+    __slots__ = ("_buffers", "_end", "_kinds", "_logprobs", "_parts", "_start")
 
     def __init__(self) -> None:
         self._start: MessageStart | None = None
@@ -40,6 +42,7 @@ class Accumulator:
         self._parts: list[Part] = []
         self._kinds: list[PartStart] = []
         self._buffers: list[list[str]] = []
+        self._logprobs: list[dict[str, Any]] | None = None
 
     def add(self, event: Event) -> None:
         if isinstance(event, PartDelta):
@@ -55,6 +58,10 @@ class Accumulator:
             self._start = event
         elif isinstance(event, MessageEnd):
             self._end = event
+        elif isinstance(event, Logprobs):
+            if self._logprobs is None:
+                self._logprobs = []
+            self._logprobs += event.entries
         elif isinstance(event, StreamError):
             raise event.error
 
@@ -83,6 +90,7 @@ class Accumulator:
             usage=end.usage,
             stop_sequence=end.stop_sequence,
             context=end.context,
+            logprobs=self._logprobs,
         )
 
 
@@ -113,6 +121,8 @@ def replay_events(response: ChatResponse) -> Iterator[Event]:
             if part.arguments:
                 yield PartDelta(index, part.arguments)
             yield PartEnd(index)
+    if response.logprobs is not None:
+        yield Logprobs(response.logprobs)
     yield MessageEnd(response.finish_reason, response.usage, response.stop_sequence, response.context)
 
 

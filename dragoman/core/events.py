@@ -14,7 +14,7 @@ in ``ChatResponse.parts``. OpenAI's encoder flattens, Ollama's buffers tool call
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from dragoman.core.types import FinishReason, Usage
 from dragoman.errors import GatewayError
@@ -64,8 +64,18 @@ class MessageEnd:
 
 
 @dataclass(slots=True)
+class Logprobs:
+    """Log probabilities of answer tokens, in generation order, as OpenAI's chat API shapes each:
+    ``{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob", "bytes"}]}``. Only in
+    answers to requests that asked for them (``ChatRequest.logprobs``); dialects without
+    logprobs ignore them."""
+
+    entries: list[dict[str, Any]]
+
+
+@dataclass(slots=True)
 class StreamError:
     error: GatewayError
 
 
-Event = MessageStart | PartStart | PartDelta | PartEnd | MessageEnd | StreamError
+Event = MessageStart | PartStart | PartDelta | PartEnd | MessageEnd | Logprobs | StreamError

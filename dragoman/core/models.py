@@ -18,6 +18,7 @@ class Capabilities:
     json_schema: bool = True
     embeddings: bool = False
     hosted_tools: bool = False  # runs the Responses API's hosted tools (web_search...) upstream
+    logprobs: bool = False  # can report each answer token's log probability
 
     def names(self) -> list[str]:
         """Ollama-style capability names (``/api/show``)."""

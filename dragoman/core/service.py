@@ -12,7 +12,7 @@ from typing import Protocol
 
 from dragoman.core.events import Event
 from dragoman.core.models import ModelEntry
-from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse
+from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Tokenized
 
 
 @dataclass(slots=True)
@@ -62,3 +62,8 @@ class GatewayService(Protocol):
         """The entry for a client-facing name; ``GatewayError(NOT_FOUND)`` listing close matches."""
 
     async def count_tokens(self, request: ChatRequest, ctx: CallContext) -> TokenCount: ...
+
+    async def tokenize(self, request: ChatRequest, ctx: CallContext, *, add_special: bool) -> Tokenized:
+        """Exact token ids from the model's backend; ``GatewayError`` when it has no tokenizer."""
+
+    async def detokenize(self, model: str, tokens: list[int], ctx: CallContext) -> str: ...

@@ -169,6 +169,13 @@ class Sampling:
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repeat_penalty: float | None = None
+    # Beyond OpenAI's: what llama.cpp, vLLM and text-generation-webui accept.
+    typical_p: float | None = None
+    mirostat: int | None = None  # 0 off, 1 Mirostat, 2 Mirostat 2.0
+    mirostat_tau: float | None = None
+    mirostat_eta: float | None = None
+    logit_bias: dict[int, float] | None = None  # token id -> bias added to its logit
+    grammar: str | None = None  # GBNF the answer must match
 
 
 @dataclass(slots=True)
@@ -198,6 +205,7 @@ class ChatRequest:
     user: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     extensions: dict[str, Any] = field(default_factory=dict)
+    logprobs: int | None = None  # None: none; k >= 0: each answer token's, with its k likeliest alternatives
 
     @property
     def system_text(self) -> str:
@@ -249,6 +257,7 @@ class ChatResponse:
     usage: Usage
     stop_sequence: str | None = None
     context: list[int] | None = None  # token ids of prompt and answer (``MessageEnd.context``)
+    logprobs: list[dict[str, Any]] | None = None  # ``Logprobs`` entries, when the request asked
 
     @property
     def text(self) -> str:
@@ -261,6 +270,17 @@ class ChatResponse:
     @property
     def tool_calls(self) -> list[ToolCallPart]:
         return [p for p in self.parts if isinstance(p, ToolCallPart)]
+
+
+# ---------------------------------------------------------------------------------- tokenizing
+
+
+@dataclass(slots=True)
+class Tokenized:
+    """A prompt as the model's token ids (``POST /tokenize``)."""
+
+    tokens: list[int]
+    max_model_len: int | None = None
 
 
 # ---------------------------------------------------------------------------------- embeddings

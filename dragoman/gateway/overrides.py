@@ -17,7 +17,8 @@ from dragoman.core.types import ChatRequest, Reasoning, Sampling
 
 SAMPLING_FIELDS = frozenset(f.name for f in fields(Sampling))
 # Friendly spellings used by other dialects, mapped to sampling fields.
-ALIASES = {"num_predict": "max_tokens", "stop_sequences": "stop", "max_completion_tokens": "max_tokens"}
+ALIASES = {"num_predict": "max_tokens", "stop_sequences": "stop", "max_completion_tokens": "max_tokens",
+           "repetition_penalty": "repeat_penalty", "mirostat_mode": "mirostat"}
 
 
 def matching(overrides: dict[str, OverrideConfig], *names: str) -> list[OverrideConfig]:
@@ -37,6 +38,16 @@ def request_timeout(overrides: dict[str, OverrideConfig], name: str) -> tuple[fl
     pattern, seconds = max(found, key=lambda item: len(item[0]))
     assert seconds is not None
     return seconds, f"overrides[{pattern!r}].request_timeout"
+
+
+def tools_policy(overrides: list[OverrideConfig]) -> str:
+    """What to do with tools for a model without tool support: ``error`` (default) or ``drop``."""
+    return next((o.tools for o in reversed(overrides) if o.tools is not None), "error")
+
+
+def context_policy(overrides: list[OverrideConfig]) -> str:
+    """What to do with a prompt longer than the window: ``error`` (default) or ``truncate_oldest``."""
+    return next((o.context for o in reversed(overrides) if o.context is not None), "error")
 
 
 def apply(request: ChatRequest, overrides: list[OverrideConfig]) -> ChatRequest:
@@ -78,7 +89,7 @@ def _with_sampling(request: ChatRequest, sampling: Sampling) -> ChatRequest:
         model=r.model, messages=r.messages, stream=r.stream, sampling=sampling, defaults=r.defaults, tools=r.tools,
         tool_choice=r.tool_choice, response_format=r.response_format, reasoning=r.reasoning,
         include_usage=r.include_usage, prompt=r.prompt, suffix=r.suffix, user=r.user, options=r.options,
-        extensions=r.extensions,
+        extensions=r.extensions, logprobs=r.logprobs,
     )
 
 
@@ -96,6 +107,12 @@ def _with_defaults(s: Sampling, d: Sampling) -> Sampling:
         presence_penalty=d.presence_penalty if s.presence_penalty is None else s.presence_penalty,
         frequency_penalty=d.frequency_penalty if s.frequency_penalty is None else s.frequency_penalty,
         repeat_penalty=d.repeat_penalty if s.repeat_penalty is None else s.repeat_penalty,
+        typical_p=d.typical_p if s.typical_p is None else s.typical_p,
+        mirostat=d.mirostat if s.mirostat is None else s.mirostat,
+        mirostat_tau=d.mirostat_tau if s.mirostat_tau is None else s.mirostat_tau,
+        mirostat_eta=d.mirostat_eta if s.mirostat_eta is None else s.mirostat_eta,
+        logit_bias=d.logit_bias if s.logit_bias is None else s.logit_bias,
+        grammar=d.grammar if s.grammar is None else s.grammar,
     )
 
 

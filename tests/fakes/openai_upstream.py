@@ -24,6 +24,9 @@ The model name picks the behaviour:
   otherwise a call of the first offered tool named in ``FakeOpenAI.agent_calls`` (with those
   arguments), else of the first offered tool with ``{}``, else plain text.
 
+With ``tokenizer=True`` it also serves vLLM's ``/tokenize`` and ``/detokenize`` at its root (a
+token per character: the id is the character's code point; chat messages as ``role: content`` lines).
+
 Every request is recorded (path, headers, JSON body); streams record whether the client
 went away before the end, and how many answers were in progress at once (``peak_streams``).
 """
@@ -69,6 +72,8 @@ class FakeOpenAI:
     giant_line_bytes: int = 64 << 20
     # gpt-agent: tool name -> the JSON arguments it calls that tool with.
     agent_calls: dict[str, str] = field(default_factory=lambda: {"get_weather": '{"city": "Paris"}'})
+    tokenizer: bool = False  # serve vLLM's /tokenize and /detokenize
+    max_model_len: int = 2048
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def last(self, path_suffix: str = "/chat/completions") -> Recorded:
@@ -80,7 +85,22 @@ class FakeOpenAI:
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+            *([Route("/tokenize", self.tokenize, methods=["POST"]),
+               Route("/detokenize", self.detokenize, methods=["POST"])] if self.tokenizer else []),
         ])
+
+    async def tokenize(self, request: Request) -> Response:
+        body = await self._record(request)
+        if "prompt" in body:
+            text = ("\x01" if body.get("add_special_tokens", True) else "") + body["prompt"]
+        else:
+            text = "".join(f"{m['role']}: {m['content']}\n" for m in body["messages"])
+        tokens = [ord(c) for c in text]
+        return JSONResponse({"count": len(tokens), "max_model_len": self.max_model_len, "tokens": tokens})
+
+    async def detokenize(self, request: Request) -> Response:
+        body = await self._record(request)
+        return JSONResponse({"prompt": "".join(chr(t) for t in body["tokens"])})
 
     async def _record(self, request: Request) -> Any:
         body = orjson.loads(await request.body()) if request.method == "POST" else None
@@ -162,7 +182,15 @@ class FakeOpenAI:
         base = {"id": "chatcmpl-up123", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+            logprobs = None
+            if body.get("logprobs") and delta.get("content"):  # a made-up logprob per chunk, alternatives as asked
+                token = delta["content"]
+                logprobs = {"content": [{"token": token, "logprob": -0.25, "bytes": list(token.encode()),
+                                         "top_logprobs": [{"token": token, "logprob": -0.25 - i,
+                                                           "bytes": list(token.encode())}
+                                                          for i in range(body.get("top_logprobs") or 0)]}],
+                            "refusal": None}
+            return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
                                               "finish_reason": finish}]})
 
         out = [chunk({"role": "assistant", "content": ""})]
@@ -306,10 +334,12 @@ def whole_answer(frames: list[bytes]) -> dict[str, Any]:
     chunks = [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: {")]
     content, reasoning, finish, usage = "", "", None, None
     calls: dict[int, dict[str, Any]] = {}
+    logprobs: list[Any] = []
     for chunk in chunks:
         usage = chunk.get("usage") or usage
         for choice in chunk["choices"]:
             delta = choice["delta"]
+            logprobs += (choice.get("logprobs") or {}).get("content") or []
             content += delta.get("content") or ""
             reasoning += delta.get("reasoning_content") or ""
             for call in delta.get("tool_calls") or []:
@@ -325,7 +355,9 @@ def whole_answer(frames: list[bytes]) -> dict[str, Any]:
         message["tool_calls"] = [calls[i] for i in sorted(calls)]
     first = chunks[0]
     return {"id": first["id"], "object": "chat.completion", "created": first["created"], "model": first["model"],
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish or "stop"}],
+            "choices": [{"index": 0, "message": message,
+                         "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
+                         "finish_reason": finish or "stop"}],
             "usage": usage}
 
 

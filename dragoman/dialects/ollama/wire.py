@@ -49,6 +49,7 @@ SAMPLING_OPTIONS: dict[str, str] = {
     "top_k": "top_k",
     "top_p": "top_p",
     "min_p": "min_p",
+    "typical_p": "typical_p",
     "seed": "seed",
     "stop": "stop",
     "repeat_penalty": "repeat_penalty",

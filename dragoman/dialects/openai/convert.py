@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -26,6 +27,7 @@ from dragoman.core.types import (
     ToolCallPart,
     ToolChoice,
     ToolResultPart,
+    Usage,
 )
 from dragoman.dialects.openai import wire
 from dragoman.dialects.validation import validated
@@ -71,12 +73,39 @@ def error_body(error: GatewayError) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- requests
 
 
-def parse_chat(body: Any) -> ChatRequest:
+@dataclass(slots=True)
+class Choices:
+    """The generations one OpenAI request asks for, in choice-index order: ``n`` per prompt (a
+    completion may send several prompts). Each runs as its own request, one after another."""
+
+    requests: list[ChatRequest]
+    n: int = 1
+
+    @property
+    def first(self) -> ChatRequest:
+        return self.requests[0]
+
+
+def _choices(requests: list[ChatRequest], n: int) -> Choices:
+    """``n`` generations of each request; with a ``seed``, choice ``j`` uses ``seed + j`` so the
+    choices differ yet stay reproducible."""
+    if len(requests) * n > wire.MAX_CHOICES:
+        raise GatewayError(ErrorKind.INVALID_REQUEST,
+                           f"{len(requests)} prompts times n={n} is more than the {wire.MAX_CHOICES} generations "
+                           "one request may ask for", param="n")
+    out = []
+    for request in requests:
+        for j in range(n):
+            seed = request.sampling.seed
+            out.append(request if j == 0 or seed is None else
+                       replace(request, sampling=replace(request.sampling, seed=seed + j)))
+    return Choices(out, n)
+
+
+def parse_chat(body: Any) -> Choices:
     req = validated(wire.ChatCompletionRequest, body)
-    if req.n not in (None, 1):
-        raise GatewayError(ErrorKind.INVALID_REQUEST, "only n=1 is supported", param="n")
-    if req.logprobs:
-        raise GatewayError(ErrorKind.INVALID_REQUEST, "logprobs are not supported", param="logprobs")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "top_logprobs needs logprobs: true", param="top_logprobs")
     if req.stream_options is not None and not req.stream:
         raise GatewayError(ErrorKind.INVALID_REQUEST, "stream_options is only allowed when stream is true",
                            param="stream_options")
@@ -86,12 +115,13 @@ def parse_chat(body: Any) -> ChatRequest:
     if len(stop) > 4:
         raise GatewayError(ErrorKind.INVALID_REQUEST, "stop may hold at most 4 sequences", param="stop")
     check_stop_sequences(stop, "stop")
-    sampling = Sampling(
-        temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, min_p=req.min_p,
-        max_tokens=req.max_completion_tokens or req.max_tokens, stop=stop, seed=req.seed,
-        presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
-        repeat_penalty=req.repetition_penalty,
-    )
+    sampling = _extra_sampling(req, Sampling(
+        temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_completion_tokens or req.max_tokens,
+        stop=stop, seed=req.seed, presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+    ), req.logit_bias)
+    if sampling.grammar is not None and req.response_format is not None and req.response_format.type != "text":
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "give either grammar or response_format, not both",
+                           param="grammar")
     tools = [Tool(t.function.name, t.function.description, t.function.parameters, t.function.strict)
              for t in req.tools or []]
     tool_choice: ToolChoice | None = None
@@ -109,7 +139,7 @@ def parse_chat(body: Any) -> ChatRequest:
     if tool_choice is not None and tool_choice.mode in ("required", "tool") and not tools:
         raise GatewayError(ErrorKind.INVALID_REQUEST, "tool_choice requires tools", param="tool_choice")
 
-    return ChatRequest(
+    chat = ChatRequest(
         model=req.model,
         messages=messages,
         stream=bool(req.stream),
@@ -121,11 +151,35 @@ def parse_chat(body: Any) -> ChatRequest:
         reasoning=_reasoning(req),
         include_usage=bool(req.stream and req.stream_options and req.stream_options.include_usage),
         user=req.user,
+        logprobs=(req.top_logprobs or 0) if req.logprobs else None,
     )
+    return _choices([chat], req.n or 1)
+
+
+def _extra_sampling(req: wire.ExtraSampling, sampling: Sampling, logit_bias: dict[str, float] | None) -> Sampling:
+    """``sampling`` with the fields beyond OpenAI's and ``logit_bias`` (token ids as strings on the wire)."""
+    sampling.top_k, sampling.min_p, sampling.repeat_penalty = req.top_k, req.min_p, req.repetition_penalty
+    sampling.typical_p, sampling.grammar = req.typical_p, req.grammar
+    sampling.mirostat = req.mirostat if req.mirostat is not None else req.mirostat_mode
+    sampling.mirostat_tau, sampling.mirostat_eta = req.mirostat_tau, req.mirostat_eta
+    if logit_bias is not None:
+        bias: dict[int, float] = {}
+        for key, value in logit_bias.items():
+            if not key.lstrip("-").isdigit() or int(key) < 0 or not -100 <= value <= 100:
+                raise GatewayError(ErrorKind.INVALID_REQUEST,
+                                   f"logit_bias maps token ids to values from -100 to 100; {key!r}: {value} "
+                                   "is not that",
+                                   param="logit_bias")
+            bias[int(key)] = value
+        sampling.logit_bias = bias
+    return sampling
 
 
 def _reasoning(req: wire.ChatCompletionRequest) -> Reasoning:
     reasoning = Reasoning()
+    if req.think is not None:  # Ollama's ``think``: true/false, or an effort
+        reasoning.enabled = req.think is not False
+        reasoning.effort = req.think if isinstance(req.think, str) else None
     if req.reasoning_effort is not None:
         reasoning.effort = req.reasoning_effort
         reasoning.enabled = req.reasoning_effort != "none"
@@ -245,33 +299,47 @@ def _parts(content: str | list[Any] | None, param: str, *, allow_images: bool) -
     return parts
 
 
-def parse_completion(body: Any) -> ChatRequest:
+def parse_completion(body: Any) -> Choices:
     req = validated(wire.CompletionRequest, body)
-    if isinstance(req.prompt, list):
-        if len(req.prompt) != 1:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "prompt must be one string (batches are not supported)",
-                               param="prompt")
-        prompt = req.prompt[0]
-    else:
-        prompt = req.prompt
-    for name, value in (("n", req.n), ("best_of", req.best_of)):
-        if value not in (None, 1):
-            raise GatewayError(ErrorKind.INVALID_REQUEST, f"only {name}=1 is supported", param=name)
+    prompts = req.prompt if isinstance(req.prompt, list) else [req.prompt]
+    if not prompts:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "prompt must not be an empty list", param="prompt")
+    if req.best_of not in (None, 1, req.n or 1):
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "best_of other than n is not supported", param="best_of")
     if req.echo:
         raise GatewayError(ErrorKind.INVALID_REQUEST, "echo is not supported", param="echo")
-    if req.logprobs:
-        raise GatewayError(ErrorKind.INVALID_REQUEST, "logprobs are not supported", param="logprobs")
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
     check_stop_sequences(stop, "stop")
-    return ChatRequest(
+    requests = [ChatRequest(
         model=req.model, messages=[], prompt=prompt, suffix=req.suffix, stream=bool(req.stream),
-        sampling=Sampling(temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens, stop=stop,
-                          seed=req.seed, presence_penalty=req.presence_penalty,
-                          frequency_penalty=req.frequency_penalty),
+        sampling=_extra_sampling(req, Sampling(
+            temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens, stop=stop, seed=req.seed,
+            presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty), req.logit_bias),
         defaults=COMPLETION_DEFAULTS,
         include_usage=bool(req.stream and req.stream_options and req.stream_options.include_usage),
         user=req.user,
-    )
+        logprobs=req.logprobs,
+    ) for prompt in prompts]
+    return _choices(requests, req.n or 1)
+
+
+def parse_tokenize(body: Any) -> tuple[ChatRequest, bool]:
+    """The text to tokenize as a request (``prompt`` raw, or ``messages`` through the chat
+    template) and whether to add special tokens (default: yes for a prompt, as vLLM; a chat
+    template writes its own)."""
+    req = validated(wire.TokenizeRequest, body)
+    prompt = req.prompt if req.prompt is not None else req.content
+    if (prompt is None) == (req.messages is None):
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "give exactly one of 'prompt' or 'messages'", param="prompt")
+    add_special = req.add_special if req.add_special is not None else req.add_special_tokens
+    if prompt is not None:
+        return ChatRequest(model=req.model, messages=[], prompt=prompt), add_special is not False
+    return ChatRequest(model=req.model, messages=_messages(req.messages or [])), bool(add_special)
+
+
+def parse_detokenize(body: Any) -> tuple[str, list[int]]:
+    req = validated(wire.DetokenizeRequest, body)
+    return req.model, req.tokens
 
 
 def parse_embeddings(body: Any) -> tuple[EmbeddingRequest, str]:
@@ -313,6 +381,33 @@ def reasoning_detail(part: ReasoningPart, index: int) -> dict[str, Any]:
     return {"type": "reasoning.text", "text": part.text, "signature": part.signature, "index": index}
 
 
+def chat_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"content": entries, "refusal": None}
+
+
+def completion_logprobs(entries: list[dict[str, Any]], offset: int = 0) -> dict[str, Any]:
+    """The legacy completions shape: parallel lists, ``top_logprobs`` as token -> logprob maps,
+    ``text_offset`` each token's position in prompt + completion."""
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry["token"])
+    return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+            "text_offset": offsets}
+
+
+def choice_usage(responses: list[ChatResponse], n: int) -> dict[str, Any]:
+    """Usage of all choices: each prompt read once (as OpenAI counts ``n``), every answer."""
+    total = Usage(
+        prompt_tokens=sum(r.usage.prompt_tokens for i, r in enumerate(responses) if i % n == 0),
+        completion_tokens=sum(r.usage.completion_tokens for r in responses),
+        reasoning_tokens=sum(r.usage.reasoning_tokens for r in responses),
+        cached_tokens=sum(r.usage.cached_tokens for i, r in enumerate(responses) if i % n == 0),
+    )
+    return usage_body(total)
+
+
 def render_chat(response: ChatResponse, model: str) -> dict[str, Any]:
     calls = response.tool_calls
     text = response.text
@@ -331,19 +426,32 @@ def render_chat(response: ChatResponse, model: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": response.created,
         "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
+        "choices": [{"index": 0, "message": message,
+                     "logprobs": None if response.logprobs is None else chat_logprobs(response.logprobs),
                      "finish_reason": FINISH_REASONS[response.finish_reason]}],
         "usage": usage_body(response.usage),
     }
 
 
-def render_completion(response: ChatResponse, model: str) -> dict[str, Any]:
+def render_completion(response: ChatResponse, model: str, prompt: str = "") -> dict[str, Any]:
+    logprobs = None if response.logprobs is None else completion_logprobs(response.logprobs, len(prompt))
     return {
         "id": "cmpl-" + response.id.removeprefix("chatcmpl-"),
         "object": "text_completion",
         "created": response.created,
         "model": model,
-        "choices": [{"text": response.text, "index": 0, "logprobs": None,
+        "choices": [{"text": response.text, "index": 0, "logprobs": logprobs,
                      "finish_reason": FINISH_REASONS[response.finish_reason]}],
         "usage": usage_body(response.usage),
     }
+
+
+def render_choices(responses: list[ChatResponse], choices: Choices, model: str, *, completion: bool
+                   ) -> dict[str, Any]:
+    """One body for several generations: the first's id, every choice with its index."""
+    bodies = [render_completion(r, model, c.prompt or "") if completion else render_chat(r, model)
+              for r, c in zip(responses, choices.requests, strict=True)]
+    body = bodies[0]
+    body["choices"] = [{**b["choices"][0], "index": i} for i, b in enumerate(bodies)]
+    body["usage"] = choice_usage(responses, choices.n)
+    return body

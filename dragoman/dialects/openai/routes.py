@@ -16,7 +16,7 @@ from starlette.routing import BaseRoute, Route
 from dragoman.core.accumulate import accumulate
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, GatewayService
-from dragoman.core.types import ChatRequest
+from dragoman.core.types import ChatResponse
 from dragoman.dialects.bulk import built, json_bytes_response, object_with_list
 from dragoman.dialects.common import (
     FrameStreamResponse,
@@ -27,7 +27,7 @@ from dragoman.dialects.common import (
     until_disconnect,
 )
 from dragoman.dialects.openai import convert
-from dragoman.dialects.openai.stream import ChunkEncoder, sse_frames
+from dragoman.dialects.openai.stream import ChunkEncoder, choice_frames, sse_frames
 from dragoman.errors import GatewayError
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -62,6 +62,8 @@ class OpenAIDialect:
             ("/embeddings", self.embeddings, ["POST"]),
             ("/models", self.list_models, ["GET"]),
             ("/models/{model_id:path}", self.retrieve_model, ["GET"]),
+            ("/tokenize", self.tokenize, ["POST"]),
+            ("/detokenize", self.detokenize, ["POST"]),
         ]
         routes: list[BaseRoute] = []
         for prefix in ("/v1", ""):
@@ -83,28 +85,43 @@ class OpenAIDialect:
         try:
             ctx = await self._context(request)
             body = await read_json(request)
-            chat = convert.parse_completion(body) if completion else convert.parse_chat(body)
+            choices = convert.parse_completion(body) if completion else convert.parse_chat(body)
+            chat = choices.first
             # A client that leaves stops the routing and, for a whole answer, the generation too.
             if not chat.stream:
-                return await until_disconnect(request, self._whole(chat, ctx, completion=completion))
+                return await until_disconnect(request, self._whole(choices, ctx, completion=completion))
             stream = await until_disconnect(request, self.service.chat(chat, ctx))
         except GatewayError as exc:
             return error_response(exc)
-        encoder = ChunkEncoder(chat.model, include_usage=chat.include_usage, completion=completion)
-        return FrameStreamResponse(sse_frames(stream, encoder), media_type="text/event-stream",
-                                   headers=stream.headers)
+        if len(choices.requests) > 1:
+            frames = choice_frames(stream, choices, lambda r: self.service.chat(r, ctx), completion=completion)
+        else:
+            frames = sse_frames(stream, ChunkEncoder(chat.model, include_usage=chat.include_usage,
+                                                     completion=completion, prompt_chars=len(chat.prompt or "")))
+        return FrameStreamResponse(frames, media_type="text/event-stream", headers=stream.headers)
 
-    async def _whole(self, chat: ChatRequest, ctx: CallContext, *, completion: bool) -> Response:
-        """The whole answer; a failure after routing keeps the headers naming the deployment that failed."""
-        stream = await self.service.chat(chat, ctx)
-        try:
-            response = await accumulate(stream)
-        except GatewayError as exc:
-            return error_response(exc, stream.headers)
-        finally:
-            await stream.aclose()
-        render = convert.render_completion if completion else convert.render_chat
-        return json_response(render(response, chat.model), headers=stream.headers)
+    async def _whole(self, choices: convert.Choices, ctx: CallContext, *, completion: bool) -> Response:
+        """The whole answer (every choice, one after another); a failure after routing keeps the
+        headers naming the deployment that failed."""
+        responses: list[ChatResponse] = []
+        headers: dict[str, str] | None = None
+        for chat in choices.requests:
+            stream = await self.service.chat(chat, ctx)
+            headers = headers or stream.headers
+            try:
+                responses.append(await accumulate(stream))
+            except GatewayError as exc:
+                return error_response(exc, stream.headers)
+            finally:
+                await stream.aclose()
+        first = choices.first
+        if len(responses) > 1:
+            body = convert.render_choices(responses, choices, first.model, completion=completion)
+        elif completion:
+            body = convert.render_completion(responses[0], first.model, first.prompt or "")
+        else:
+            body = convert.render_chat(responses[0], first.model)
+        return json_response(body, headers=headers)
 
     async def embeddings(self, request: Request) -> Response:
         try:
@@ -124,6 +141,26 @@ class OpenAIDialect:
 
         size = sum(len(vector) for vector in result.vectors)
         return json_bytes_response(await built(size, body))
+
+    async def tokenize(self, request: Request) -> Response:
+        """vLLM's and llama.cpp server's ``/tokenize``: exact ids from the model's own tokenizer."""
+        try:
+            ctx = await self._context(request)
+            chat, add_special = convert.parse_tokenize(await read_json(request))
+            result = await until_disconnect(request, self.service.tokenize(chat, ctx, add_special=add_special))
+        except GatewayError as exc:
+            return error_response(exc)
+        return json_response({"tokens": result.tokens, "count": len(result.tokens),
+                              "max_model_len": result.max_model_len})
+
+    async def detokenize(self, request: Request) -> Response:
+        try:
+            ctx = await self._context(request)
+            model, tokens = convert.parse_detokenize(await read_json(request))
+            text = await until_disconnect(request, self.service.detokenize(model, tokens, ctx))
+        except GatewayError as exc:
+            return error_response(exc)
+        return json_response({"prompt": text})
 
     async def list_models(self, request: Request) -> Response:
         try:

@@ -10,16 +10,34 @@ when present, and dragoman has no backend fingerprint to give.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
 
-from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, PartEnd, PartStart, StreamError
+from dragoman.core.events import (
+    Event,
+    Logprobs,
+    MessageEnd,
+    MessageStart,
+    PartDelta,
+    PartEnd,
+    PartStart,
+    StreamError,
+)
 from dragoman.core.service import ChatStream
-from dragoman.core.types import ReasoningPart
-from dragoman.dialects.openai.convert import FINISH_REASONS, error_body, reasoning_detail, usage_body
+from dragoman.core.types import ChatRequest, ReasoningPart, Usage
+from dragoman.dialects.openai.convert import (
+    FINISH_REASONS,
+    Choices,
+    chat_logprobs,
+    completion_logprobs,
+    error_body,
+    reasoning_detail,
+    usage_body,
+)
 from dragoman.dialects.streaming import encoded
+from dragoman.errors import GatewayError
 
 DONE = b"data: [DONE]\n\n"
 
@@ -27,10 +45,15 @@ DONE = b"data: [DONE]\n\n"
 class ChunkEncoder:
     """One per response; ``object`` is ``chat.completion.chunk`` or ``text_completion``."""
 
-    def __init__(self, model: str, *, include_usage: bool, completion: bool = False) -> None:
+    def __init__(self, model: str, *, include_usage: bool, completion: bool = False, index: int = 0,
+                 usage_chunk: bool = True, prompt_chars: int = 0) -> None:
         self.model = model
         self.include_usage = include_usage
+        self.usage_chunk = usage_chunk and include_usage  # False: the caller sends one for all choices
         self.completion = completion
+        self._index = str(index).encode()
+        self._logprobs: list[dict[str, Any]] = []  # entries waiting for the next text chunk
+        self._offset = prompt_chars  # a completion's text_offset: where the next token starts
         self._prefix = b""
         self._suffix = b',"usage":null}' if include_usage else b"}"
         self._kinds: dict[int, str] = {}
@@ -90,30 +113,94 @@ class ChunkEncoder:
                             + b',"object":"' + obj.encode() + b'","created":' + str(event.created).encode()
                             + b',"model":' + orjson.dumps(self.model) + b',"choices":')
             return b""
+        if isinstance(event, Logprobs):
+            self._logprobs += event.entries
+            return b""
         if isinstance(event, MessageEnd):
             reason = orjson.dumps(FINISH_REASONS[event.finish_reason])
             if self.completion:
-                out = self._frame(b'[{"text":"","index":0,"logprobs":null,"finish_reason":' + reason + b"}]")
+                out = self._frame(b'[{"text":"","index":' + self._index + b',"logprobs":' + self._pending()
+                                  + b',"finish_reason":' + reason + b"}]")
             else:
-                out = self._frame(b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":' + reason + b"}]")
-            if self.include_usage:
-                out += (b"data: " + self._prefix + b'[],"usage":' + orjson.dumps(usage_body(event.usage))
-                        + b"}\n\n")
+                out = self._frame(b'[{"index":' + self._index + b',"delta":{},"logprobs":' + self._pending()
+                                  + b',"finish_reason":' + reason + b"}]")
+            if self.usage_chunk:
+                out += self.usage_frame(event.usage)
             return out
         if isinstance(event, StreamError):
             return b"data: " + orjson.dumps(error_body(event.error)) + b"\n\n"
         return b""
 
+    def usage_frame(self, usage: Usage) -> bytes:
+        """The last chunk of ``include_usage``: no choices, the usage."""
+        return b"data: " + self._prefix + b'[],"usage":' + orjson.dumps(usage_body(usage)) + b"}\n\n"
+
     def _frame(self, choices: bytes) -> bytes:
         return b"data: " + self._prefix + choices + self._suffix + b"\n\n"
 
+    def _pending(self, take: bool = True) -> bytes:
+        """The waiting logprob entries in this endpoint's shape (``null`` when none), handed out once."""
+        if not take or not self._logprobs:
+            return b"null"
+        entries, self._logprobs = self._logprobs, []
+        if not self.completion:
+            return orjson.dumps(chat_logprobs(entries))
+        body = completion_logprobs(entries, self._offset)
+        self._offset += sum(len(e["token"]) for e in entries)
+        return orjson.dumps(body)
+
     def _delta(self, delta: dict[str, Any]) -> bytes:
-        return self._frame(b'[{"index":0,"delta":' + orjson.dumps(delta)
-                           + b',"logprobs":null,"finish_reason":null}]')
+        return self._frame(b'[{"index":' + self._index + b',"delta":' + orjson.dumps(delta) + b',"logprobs":'
+                           + self._pending("content" in delta) + b',"finish_reason":null}]')
 
     def _text(self, text: str) -> bytes:
-        return self._frame(b'[{"text":' + orjson.dumps(text) + b',"index":0,"logprobs":null,"finish_reason":null}]')
+        return self._frame(b'[{"text":' + orjson.dumps(text) + b',"index":' + self._index + b',"logprobs":'
+                           + self._pending() + b',"finish_reason":null}]')
 
 
 def sse_frames(events: ChatStream, encoder: ChunkEncoder) -> AsyncIterator[bytes]:
     return encoded(events, encoder.encode, tail=DONE)
+
+
+async def choice_frames(first: ChatStream, choices: Choices, start: Callable[[ChatRequest], Awaitable[ChatStream]],
+                        *, completion: bool) -> AsyncIterator[bytes]:
+    """Several generations (``n``, or a completion's prompts) as one stream: each choice's chunks
+    in turn, with its index; one usage chunk for all at the end. ``first`` has started; each
+    next one starts when the one before ends, and a failure there ends the stream with an error."""
+    model, include_usage = choices.first.model, choices.first.include_usage
+    usages: list[Usage] = []
+    failed = False
+    encoder: ChunkEncoder | None = None
+
+    def watch(encode: Callable[[Event], bytes]) -> Callable[[Event], bytes]:
+        def observe(event: Event) -> bytes:
+            nonlocal failed
+            if isinstance(event, MessageEnd):
+                usages.append(event.usage)
+            elif isinstance(event, StreamError):
+                failed = True
+            return encode(event)
+        return observe
+
+    for index, request in enumerate(choices.requests):
+        if index:
+            try:
+                stream = await start(request)
+            except GatewayError as exc:
+                yield b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
+                return
+        else:
+            stream = first
+        encoder = ChunkEncoder(model, include_usage=include_usage, completion=completion, index=index,
+                               usage_chunk=False, prompt_chars=len(request.prompt or ""))
+        async for frame in encoded(stream, watch(encoder.encode)):
+            yield frame
+        if failed:
+            return
+    if include_usage and encoder is not None:
+        prompts = [u for i, u in enumerate(usages) if i % choices.n == 0]
+        yield encoder.usage_frame(Usage(prompt_tokens=sum(u.prompt_tokens for u in prompts),
+                                        completion_tokens=sum(u.completion_tokens for u in usages),
+                                        reasoning_tokens=sum(u.reasoning_tokens for u in usages),
+                                        cached_tokens=sum(u.cached_tokens for u in prompts)))
+    yield DONE

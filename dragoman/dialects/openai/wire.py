@@ -12,6 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from dragoman.core.limits import MAX_EMBEDDING_DIMENSIONS
 
+# The most generations one request may ask for (``n``, times the prompts of a completion): they
+# run one after another, so this bounds what one request can hold a model for.
+MAX_CHOICES = 16
+
 
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -119,14 +123,28 @@ class ReasoningConfig(WireModel):
 Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
-class ChatCompletionRequest(WireModel):
+class ExtraSampling(WireModel):
+    """Sampling fields beyond OpenAI's, as llama.cpp's server, vLLM and text-generation-webui name them."""
+
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0)
+    typical_p: float | None = Field(None, gt=0, le=1)
+    mirostat: int | None = Field(None, ge=0, le=2)
+    mirostat_mode: int | None = Field(None, ge=0, le=2)
+    mirostat_tau: float | None = Field(None, gt=0)
+    mirostat_eta: float | None = Field(None, gt=0)
+    grammar: str | None = Field(None, min_length=1)
+
+
+class ChatCompletionRequest(ExtraSampling):
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
     stop: str | list[str] | None = None
     seed: int | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -141,13 +159,12 @@ class ChatCompletionRequest(WireModel):
     reasoning: ReasoningConfig | None = None
     user: str | None = None
     logprobs: bool | None = None
-    # Common non-OpenAI sampling extras (vLLM, llama.cpp server).
-    top_k: int | None = Field(None, ge=0)
-    min_p: float | None = Field(None, ge=0, le=1)
-    repetition_penalty: float | None = Field(None, gt=0)
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    think: bool | Literal["low", "medium", "high"] | None = None  # Ollama's spelling, as some clients send it
+    logit_bias: dict[str, float] | None = None
 
 
-class CompletionRequest(WireModel):
+class CompletionRequest(ExtraSampling):
     model: str = Field(min_length=1)
     prompt: str | list[str]
     suffix: str | None = None
@@ -156,13 +173,14 @@ class CompletionRequest(WireModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
     stop: str | list[str] | None = None
     seed: int | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     echo: bool | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=5)
+    logit_bias: dict[str, float] | None = None
     best_of: int | None = Field(None, ge=1)
     user: str | None = None
 
@@ -173,3 +191,20 @@ class EmbeddingRequest(WireModel):
     encoding_format: str = "float"
     dimensions: int | None = Field(None, ge=1, le=MAX_EMBEDDING_DIMENSIONS)
     user: str | None = None
+
+
+class TokenizeRequest(WireModel):
+    """``POST /tokenize`` as vLLM and llama.cpp's server take it (``content`` is llama.cpp's name for
+    ``prompt``; ``add_special_tokens`` vLLM's for ``add_special``)."""
+
+    model: str = Field(min_length=1)
+    prompt: str | None = None
+    content: str | None = None
+    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    add_special: bool | None = None
+    add_special_tokens: bool | None = None
+
+
+class DetokenizeRequest(WireModel):
+    model: str = Field(min_length=1)
+    tokens: list[int]
