@@ -29,6 +29,7 @@ from dragoman.backends.base import BackendDeps
 from dragoman.backends.model import ModelBackend, Output, Thinking, Usage
 from dragoman.config import Config
 from dragoman.core.types import ChatRequest
+from dragoman.errors import ErrorKind, GatewayError
 from tests.servers import ServerThread, dragoman_server
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom-backend"
@@ -263,9 +264,12 @@ class Endless(ModelBackend):
 
 
 class Faulty(ModelBackend):
-    """A model with a bug: it fails at once, or after a first word when asked for "late"."""
+    """A model with a bug: it fails at once, or after a first word when asked for "late"; "huh?" is
+    a request it refuses on purpose."""
 
     async def generate(self, request: ChatRequest) -> AsyncIterator[Output]:
+        if request.messages[-1].text == "huh?":
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "a question mark is not a prompt", param="messages")
         if request.messages[-1].text == "late":
             yield "first "
         raise ValueError("a detail of the prompt that must not reach the client")
@@ -312,6 +316,8 @@ def test_a_bug_in_the_model_is_a_500_without_details(embedded: ServerThread) -> 
         text = response.read().decode()
     assert response.status_code == 200 and '"first "' in text  # the stream had begun: the error comes in it
     assert "failed (ValueError)" in text and "prompt" not in text
+    with pytest.raises(openai.BadRequestError, match="a question mark is not a prompt"):
+        client.chat.completions.create(model="faulty", messages=[{"role": "user", "content": "huh?"}])
 
 
 def test_client_leaving_stops_a_blocking_model(embedded: ServerThread) -> None:
