@@ -99,7 +99,13 @@ class ModelBackend(Backend):
 
     async def stream(self, request: ChatRequest, model: str, options: CallOptions) -> AsyncIterator[Event]:
         answer = _Answer(request)
-        async with aclosing(self._outputs(replace(request, model=model))) as outputs:
+        try:
+            produced = self._outputs(replace(request, model=model))
+        except GatewayError:
+            raise
+        except Exception as exc:
+            raise self._failed(exc, model) from exc
+        async with aclosing(produced) as outputs:
             item = await self._next(outputs, options, model)  # first: a failure here is an error status
             yield MessageStart(id=completion_id(), model=model, created=now())
             while item is not None:
@@ -131,9 +137,13 @@ class ModelBackend(Backend):
         except GatewayError:
             raise
         except Exception as exc:
-            log.error("model %s of backend %s failed", model, self.name, exc_info=exc)
-            raise GatewayError(ErrorKind.INTERNAL, f"model {model!r} of backend {self.name!r} failed "
-                               f"({type(exc).__name__}); see the server log") from exc
+            raise self._failed(exc, model) from exc
+
+    def _failed(self, exc: Exception, model: str) -> GatewayError:
+        """A bug in the model's code: logged with its traceback; the client gets a 500 without details."""
+        log.error("model %s of backend %s failed", model, self.name, exc_info=exc)
+        return GatewayError(ErrorKind.INTERNAL, f"model {model!r} of backend {self.name!r} failed "
+                            f"({type(exc).__name__}); see the server log")
 
     def _threads(self) -> ThreadPoolExecutor:
         if self._pool is None:

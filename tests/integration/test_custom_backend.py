@@ -29,6 +29,7 @@ from dragoman.backends.base import BackendDeps
 from dragoman.backends.model import ModelBackend, Output, Thinking, Usage
 from dragoman.config import Config
 from dragoman.core.types import ChatRequest
+from dragoman.errors import ErrorKind, GatewayError
 from tests.servers import ServerThread, dragoman_server
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom-backend"
@@ -262,12 +263,25 @@ class Endless(ModelBackend):
             Endless.stopped.set()
 
 
+class Faulty(ModelBackend):
+    """A model with a bug: it fails at once, or after a first word when asked for "late"; "huh?" is
+    a request it refuses on purpose."""
+
+    async def generate(self, request: ChatRequest) -> AsyncIterator[Output]:
+        if request.messages[-1].text == "huh?":
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "a question mark is not a prompt", param="messages")
+        if request.messages[-1].text == "late":
+            yield "first "
+        raise ValueError("a detail of the prompt that must not reach the client")
+
+
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]:
     config = Config.model_validate({"backends": [{"name": "echoed", "type": "mine", "prefix": "> "}],
                                      "auth": {"admin_password": ADMIN["authorization"].removeprefix("Bearer ")},
                                      "data_dir": str(tmp_path_factory.mktemp("embedded"))})
-    app = create_app(config, backends=[Endless("endless", Endless.Settings(), BackendDeps())],
+    app = create_app(config, backends=[Endless("endless", Endless.Settings(), BackendDeps()),
+                                       Faulty("faulty", Faulty.Settings(), BackendDeps())],
                      backend_types={"mine": Thoughtful})
     with ServerThread(app) as server:
         yield server
@@ -289,6 +303,21 @@ def test_backends_given_in_code_are_not_the_admins(embedded: ServerThread) -> No
         assert "endless" in {b["name"] for b in admin.get("/admin/api/backends").json()["backends"]}
         refused = admin.delete("/admin/api/backends/endless")
         assert refused.status_code == 400 and "built by the program that runs dragoman" in refused.text
+
+
+def test_a_bug_in_the_model_is_a_500_without_details(embedded: ServerThread) -> None:
+    client = openai.OpenAI(base_url=embedded.url + "/v1", api_key="unused", max_retries=0, timeout=10)
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="faulty", messages=[{"role": "user", "content": "now"}])
+    assert "model 'faulty' of backend 'faulty' failed (ValueError)" in str(info.value)
+    assert "prompt" not in str(info.value)
+    body = {"model": "faulty", "messages": [{"role": "user", "content": "late"}], "stream": True}
+    with httpx.stream("POST", embedded.url + "/v1/chat/completions", json=body, timeout=10) as response:
+        text = response.read().decode()
+    assert response.status_code == 200 and '"first "' in text  # the stream had begun: the error comes in it
+    assert "failed (ValueError)" in text and "prompt" not in text
+    with pytest.raises(openai.BadRequestError, match="a question mark is not a prompt"):
+        client.chat.completions.create(model="faulty", messages=[{"role": "user", "content": "huh?"}])
 
 
 def test_client_leaving_stops_a_blocking_model(embedded: ServerThread) -> None:
