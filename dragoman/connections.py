@@ -33,6 +33,10 @@ from dragoman.gateway.logutil import ThrottledLog
 log = logging.getLogger("dragoman.connections")
 
 OVER_CAPACITY = "Too many connections to this gateway; try again shortly."
+# A graceful shutdown (SIGTERM, a worker replaced on SIGHUP) gives a connection accepted moments before
+# it, whose first request has not arrived yet, this long to send it (then answers it and closes)
+# instead of cutting it: its client saw the port listening. uvicorn alone closes it at once.
+SHUTDOWN_GRACE = 1.0
 
 
 def dialect_error(scope: Scope, error: GatewayError, headers: dict[str, str]) -> Response:
@@ -73,6 +77,7 @@ class _Guarded(asyncio.Protocol):
 
     _head_timer: asyncio.TimerHandle | None = None
     _partial_head = False
+    _shutting_down = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -88,6 +93,8 @@ class _Guarded(asyncio.Protocol):
         super().data_received(data)
         if self.cycle is not cycle:  # a request head is complete: uvicorn started its cycle
             self._head_arrived()
+            if self._shutting_down:
+                self.cycle.keep_alive = False  # answered, then closed
         elif self._between_requests():
             self._partial_head = True
             if self._head_timer is None:  # the next request is arriving (uvicorn's keep-alive timer is off)
@@ -96,6 +103,18 @@ class _Guarded(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_arrived()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown, with :data:`SHUTDOWN_GRACE` for a connection's first request."""
+        if self.cycle is None and not self.transport.is_closing():
+            self._shutting_down = True
+            asyncio.get_running_loop().call_later(SHUTDOWN_GRACE, self._shutdown_grace_over)
+            return
+        super().shutdown()  # type: ignore[misc]  # uvicorn's protocol, after this class in the MRO
+
+    def _shutdown_grace_over(self) -> None:
+        if self.cycle is None and not self.transport.is_closing():
+            self.transport.close()
 
     def _between_requests(self) -> bool:
         return self.cycle is None or bool(self.cycle.response_complete)
