@@ -150,13 +150,13 @@ class Tracing:
                 span.set_status(self._trace.StatusCode.ERROR, exc.message)
                 raise
 
-    def upstream(self, operation: str, provider: str, model: str, request_model: str | None = None) -> Span:
-        """The upstream call's client span (a child of the current attempt); the caller ends it."""
+    def upstream(self, operation: str, provider: str, model: str) -> Span:
+        """The upstream call's client span (a child of the current attempt); the caller ends it.
+        ``gen_ai.system`` is the older name of ``gen_ai.provider.name``, for tools that read that one."""
         return self.tracer.start_span(
             f"{operation} {model}", kind=self._trace.SpanKind.CLIENT,
             attributes={"gen_ai.operation.name": operation, "gen_ai.provider.name": provider,
-                        "gen_ai.system": provider, "gen_ai.request.model": model,
-                        **({"dragoman.request.model": request_model} if request_model else {})})
+                        "gen_ai.system": provider, "gen_ai.request.model": model})
 
     def failed(self, span: Span, error: BaseException) -> None:
         """Ends an upstream span that failed (a ``GatewayError`` names its kind)."""
