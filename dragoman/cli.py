@@ -16,8 +16,9 @@ import socket
 import sys
 from collections.abc import Mapping, Sequence
 
-from dragoman import __version__
+from dragoman import __version__, cli_remote
 from dragoman.app import AppServices, create_app
+from dragoman.cli_remote import add_remote_options
 from dragoman.config import Config, ConfigError, load_config
 from dragoman.connections import guarded_protocol
 
@@ -205,9 +206,27 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                          help="log messages from this level up (default info; $DRAGOMAN_LOG_LEVEL)")
     p_serve.set_defaults(func=serve)
-    p_models = sub.add_parser("models", help="print the models the config resolves to")
+    p_models = sub.add_parser("models", help="print the models the config resolves to; load or unload one "
+                                             "in a running dragoman")
     p_models.add_argument("--config", help=CONFIG_HELP)
     p_models.set_defaults(func=models)
+    models_sub = p_models.add_subparsers(dest="models_command", metavar="COMMAND")
+    p_load = models_sub.add_parser("load", help="load a local model now (admin password in $DRAGOMAN_ADMIN_PASSWORD)")
+    p_load.add_argument("name", help="the model as clients name it, e.g. local/gemma3:270m")
+    p_load.add_argument("--n-ctx", dest="n_ctx", type=int, help="context window to load with")
+    p_load.add_argument("--threads", dest="n_threads", type=int, help="CPU threads")
+    p_load.add_argument("--keep-alive", dest="keep_alive", help="idle time before unloading ('10m', -1: never)")
+    add_remote_options(p_load)
+    p_load.set_defaults(func=cli_remote.models_load)
+    p_unload = models_sub.add_parser("unload", help="free a local model now")
+    p_unload.add_argument("name")
+    add_remote_options(p_unload)
+    p_unload.set_defaults(func=cli_remote.models_unload)
+    p_pull = sub.add_parser("pull", help="download a model into a running dragoman (hf.co/ORG/REPO:QUANT), "
+                                         "with a progress bar")
+    p_pull.add_argument("name")
+    add_remote_options(p_pull)
+    p_pull.set_defaults(func=cli_remote.pull)
     p_check = sub.add_parser("check", help="validate the config and ask every backend (exit 0 ok, 1 a backend "
                                            "failed, 2 config error)")
     p_check.add_argument("--config", help=CONFIG_HELP)

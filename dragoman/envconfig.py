@@ -178,7 +178,8 @@ def _auth(data: dict[str, Any], overlay: _Overlay) -> None:
             keys = auth["keys"] = []
         if not isinstance(keys, list):
             raise ConfigError("DRAGOMAN_API_KEY: cannot apply it: 'auth.keys' in the config file is not a list")
-        keys.append({"name": DEFAULT_KEY_NAME, "key": key})
+        # The one key of a single-user setup: it may also manage models (pull, create, delete).
+        keys.append({"name": DEFAULT_KEY_NAME, "key": key, "metadata": {"admin": True}})
 
 
 def _backend(spec: _BackendVariables, overlay: _Overlay) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from typing import Protocol
 from dragoman.backends.base import CallOptions, Timeouts
 from dragoman.config import OverrideConfig
 from dragoman.core.events import Event, MessageEnd, PartDelta, PartEnd, PartStart, StreamError
+from dragoman.core.management import LoadOptions, LoadsModels
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, TokenCount
 from dragoman.core.tokens import estimate_prompt_tokens
@@ -54,6 +55,10 @@ class AccessPolicy(Protocol):
 
     def may_use(self, ctx: CallContext, *names: str) -> bool: ...
 
+    def may_manage(self, ctx: CallContext) -> bool:
+        """May pull, create, copy and delete models."""
+        ...
+
     async def acquire(self, ctx: CallContext, model: str, request: ChatRequest | None = None) -> Lease | None:
         """Admit a call of ``model`` (``<backend>/<model>``) or raise; a chat passes its
         ``request``, from which a budget reserves what it may spend until the lease is released."""
@@ -67,6 +72,9 @@ class OpenAccess:
         return None
 
     def may_use(self, ctx: CallContext, *names: str) -> bool:
+        return True
+
+    def may_manage(self, ctx: CallContext) -> bool:
         return True
 
     async def acquire(self, ctx: CallContext, model: str, request: ChatRequest | None = None) -> Lease | None:
@@ -122,9 +130,22 @@ class Gateway:
         return [e for e in self.registry.entries() if self.access.may_use(ctx, e.id, *_alias(e))]
 
     async def get_model(self, name: str, ctx: CallContext) -> ModelEntry:
-        first = (await self._route(name, ctx)).first_target
-        return ModelEntry(id=name, backend=first.backend.name, info=first.info,
-                          alias_of=first.id if first.id != name else None)
+        return _entry(name, (await self._route(name, ctx)).first_target)
+
+    async def load_model(self, name: str, ctx: CallContext, options: LoadOptions) -> ModelEntry:
+        """Load the first target of ``name``'s route; ``expires_at`` says until when."""
+        target = (await self._route(name, ctx)).first_target
+        entry = _entry(name, target)
+        if isinstance(target.backend, LoadsModels):
+            entry.expires_at = await target.backend.load_model(target.model, options)
+            entry.loaded = True
+        return entry
+
+    async def unload_model(self, name: str, ctx: CallContext) -> ModelEntry:
+        target = (await self._route(name, ctx)).first_target
+        if isinstance(target.backend, LoadsModels):
+            await target.backend.unload_model(target.model)
+        return _entry(name, target)
 
     async def count_tokens(self, request: ChatRequest, ctx: CallContext) -> TokenCount:
         target = (await self._route(request.model, ctx)).first_target
@@ -272,6 +293,11 @@ class Gateway:
                 observer(outcome)
             except Exception:
                 log.exception("usage observer failed")
+
+
+def _entry(name: str, first: Target) -> ModelEntry:
+    return ModelEntry(id=name, backend=first.backend.name, info=first.info,
+                      alias_of=first.id if first.id != name else None)
 
 
 def _cancelled(outcome: CallOutcome) -> None:

@@ -48,11 +48,13 @@ from dragoman.backends.llamacpp_engine import (
     prepare,
     prompt_tokens,
 )
-from dragoman.backends.llamacpp_models import BUILTIN_PREFIX, LlamaCppSettings, parse_duration
+from dragoman.backends.llamacpp_models import BUILTIN_PREFIX, LlamaCppSettings
 from dragoman.backends.llamacpp_slots import FifoGate, ModelSlot
 from dragoman.backends.llamacpp_templates import ParsedCall
+from dragoman.core.duration import parse_duration
 from dragoman.core.events import Event, MessageEnd
 from dragoman.core.ids import completion_id, now
+from dragoman.core.management import LoadOptions
 from dragoman.core.models import ModelInfo
 from dragoman.core.parts import PartTracker
 from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Usage
@@ -129,12 +131,36 @@ class LlamaCppBackend(Backend):
 
     def loaded_models(self) -> dict[str, float]:
         """Loaded model name -> unix time it unloads if left idle (Ollama ``/api/ps``)."""
-        out: dict[str, float] = {}
-        for name, slot in self._slots.items():
-            times = [t for r, t in ((slot.chat, slot.chat_expires), (slot.embedder, slot.embed_expires)) if r]
-            if times:
-                out[name] = max(times)
-        return out
+        current = time.time()
+        return {name: until for name, slot in self._slots.items()
+                if (until := slot.loaded_until(current)) is not None}
+
+    async def load_model(self, model: str, options: LoadOptions) -> float:
+        """Load the chat runtime now, after any running generation (``/api/generate`` with no
+        prompt, the admin API); different ``n_ctx`` / ``n_threads`` reload it with those."""
+        slot = self._slot(model)
+        await slot.gate.acquire()
+        try:
+            n_ctx = options.n_ctx if options.n_ctx is not None else slot.n_ctx_override
+            n_threads = options.n_threads if options.n_threads is not None else slot.n_threads_override
+            if (n_ctx, n_threads) != (slot.n_ctx_override, slot.n_threads_override):
+                await self._run(partial(slot.unload, embedding=False))
+                slot.n_ctx_override, slot.n_threads_override = n_ctx, n_threads
+            await self._load(slot, model, embedding=False)
+            slot.touch(embedding=False, keep_alive=options.keep_alive)
+            return slot.chat_expires
+        finally:
+            slot.gate.release()
+
+    async def unload_model(self, model: str) -> None:
+        """Free the model's runtimes now, each after the request using it (``keep_alive: 0``)."""
+        slot = self._slot(model)
+        for embedding, gate in ((False, slot.gate), (True, slot.embed_gate)):
+            await gate.acquire()
+            try:
+                await self._run(partial(slot.unload, embedding=embedding))
+            finally:
+                gate.release()
 
     async def _reap_forever(self) -> None:
         while True:

@@ -115,6 +115,9 @@ class ModelSlot:
         self.embed_expires = 0.0
         self._resolved: tuple[Path, str | None] | None = None
         self._file: ModelFile | None = None
+        # ``n_ctx`` / ``n_threads`` chosen by an explicit load (admin API, CLI), over the config's.
+        self.n_ctx_override: int | None = None
+        self.n_threads_override: int | None = None
 
     # ------------------------------------------------------------------ blocking (worker thread)
 
@@ -140,7 +143,12 @@ class ModelSlot:
         return self._file
 
     def n_ctx(self, file: ModelFile | None) -> int:
+        if self.n_ctx_override is not None:
+            return self.n_ctx_override
         return context_size(self.config, self.settings, file.info if file else None)
+
+    def n_threads(self) -> int | None:
+        return self.n_threads_override or self.config.n_threads or self.settings.n_threads
 
     def _load(self, *, embedding: bool) -> Runtime:
         file = self.file(download=True)
@@ -149,7 +157,7 @@ class ModelSlot:
         if self.settings.check_memory:
             check_memory(self.config.name, file, n_ctx)
         llama = load_llama(self.config.name, file.path, n_ctx=n_ctx,
-                           n_threads=self.config.n_threads or self.settings.n_threads,
+                           n_threads=self.n_threads(),
                            n_batch=self.config.n_batch, embedding=embedding,
                            repack_weights=self.settings.repack_weights)
         template = resolve_template(self.config.name, file.info.chat_template, self.config.chat_template,
@@ -190,6 +198,13 @@ class ModelSlot:
             self.embed_expires = expires
         else:
             self.chat_expires = expires
+
+    def loaded_until(self, now: float) -> float | None:
+        """When the loaded runtimes expire; None when none is loaded or all have expired (a
+        ``keep_alive: 0`` answer: the reaper frees it within a second, clients see it gone now)."""
+        times = [t for r, t in ((self.chat, self.chat_expires), (self.embedder, self.embed_expires))
+                 if r is not None and t > now]
+        return max(times) if times else None
 
     def info(self, file: ModelFile | None, error: str | None = None) -> ModelInfo:
         """What /api/tags and /api/show say, from the header only."""

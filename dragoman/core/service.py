@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dragoman.core.events import Event
+from dragoman.core.management import LoadOptions
 from dragoman.core.models import ModelEntry
 from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse
 
@@ -59,3 +60,9 @@ class GatewayService(Protocol):
         """The entry for a client-facing name; ``GatewayError(NOT_FOUND)`` listing close matches."""
 
     async def count_tokens(self, request: ChatRequest, ctx: CallContext) -> TokenCount: ...
+
+    async def load_model(self, name: str, ctx: CallContext, options: LoadOptions) -> ModelEntry:
+        """Load the model behind ``name`` now (a no-op for backends that do not load models)."""
+
+    async def unload_model(self, name: str, ctx: CallContext) -> ModelEntry:
+        """Free the model behind ``name`` now."""

@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from dragoman.core.accumulate import Accumulator
+from dragoman.core.management import LoadOptions
 from dragoman.core.service import CallContext, ChatStream, GatewayService
 from dragoman.core.types import ChatResponse
 from dragoman.dialects.bulk import built, json_bytes_response, object_with_list
@@ -140,7 +141,11 @@ class OllamaDialect:
             parsed = convert.parse_generate(body) if generate else convert.parse_chat(body)
             chat = parsed.request
             if parsed.load:
-                await self.service.get_model(chat.model, ctx)
+                if parsed.unload:
+                    await self.service.unload_model(chat.model, ctx)
+                else:
+                    keep_alive = convert.keep_alive_seconds(chat.options.get("keep_alive"))
+                    await self.service.load_model(chat.model, ctx, LoadOptions(keep_alive=keep_alive))
                 return json_response(self._load_body(chat.model, "unload" if parsed.unload else "load",
                                                      generate=generate))
             stream = await until_disconnect(request, self.service.chat(chat, ctx))  # a client leaving stops routing

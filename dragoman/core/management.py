@@ -1,0 +1,57 @@
+"""Model management between dialects, gateway and backends: load, unload, pull, delete.
+
+Backends that hold models in memory or fetch them implement the protocols here; the gateway
+asks ``isinstance(backend, LoadsModels)`` (they are runtime-checkable), so a backend without a
+notion of loading (a hosted API) needs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(slots=True, frozen=True)
+class LoadOptions:
+    """How to load a model. ``keep_alive``: seconds to stay loaded when idle (``inf``: until
+    unloaded; None: the backend's setting). ``n_ctx`` / ``n_threads``: None keeps the model's
+    configured value; a different value reloads a loaded model with it."""
+
+    keep_alive: float | None = None
+    n_ctx: int | None = None
+    n_threads: int | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class PullProgress:
+    """One progress line of a pull, as Ollama reports it (``digest`` / ``total`` / ``completed``
+    only while downloading a file)."""
+
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+
+@runtime_checkable
+class LoadsModels(Protocol):
+    async def load_model(self, model: str, options: LoadOptions) -> float:
+        """Load ``model`` now (waiting for a running generation); the unix time it unloads if idle."""
+        ...
+
+    async def unload_model(self, model: str) -> None:
+        """Free ``model`` now (after a running generation); nothing if it is not loaded."""
+        ...
+
+
+@runtime_checkable
+class PullsModels(Protocol):
+    def pull_model(self, name: str) -> AsyncIterator[PullProgress]:
+        """Fetch ``name`` and make it a model of this backend, reporting progress; raises
+        ``GatewayError`` for a name it cannot fetch (before or during the transfer)."""
+        ...
+
+    async def delete_model(self, name: str) -> None:
+        """Remove a model this backend fetched (``GatewayError(NOT_FOUND)`` for others)."""
+        ...
