@@ -439,6 +439,15 @@ class ImageFetchConfig(BaseModel):
     allow_private: bool = False  # only for trusted networks and tests
 
 
+class PullConfig(BaseModel):
+    """``POST /api/pull``: ``backend`` receives names without a ``<backend>/`` prefix (unset:
+    ``hf.co/...`` names go to the first llamacpp backend, others to the first ollama backend)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str | None = None
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -461,6 +470,7 @@ class Config(BaseModel):
     prices: dict[str, dict[str, float]] = Field(default_factory=dict)
     images: ImageFetchConfig = Field(default_factory=ImageFetchConfig)
     model_refresh_seconds: float = Field(60.0, gt=0)
+    pull: PullConfig = Field(default_factory=PullConfig)
     data_dir: Path | None = None  # writable state; see resolve_data_dir
 
     # Where the file was; relative paths (database, GGUF files) resolve against its folder.

@@ -20,13 +20,14 @@ from typing import Protocol
 from dragoman.backends.base import CallOptions, Timeouts
 from dragoman.config import OverrideConfig
 from dragoman.core.events import Event, MessageEnd, PartDelta, PartEnd, PartStart, StreamError
-from dragoman.core.management import LoadOptions, LoadsModels
+from dragoman.core.management import LoadOptions, LoadsModels, PullProgress
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, TokenCount
 from dragoman.core.tokens import estimate_prompt_tokens
 from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Reasoning, Usage
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway import overrides as override_rules
+from dragoman.gateway.catalog import ModelCatalog
 from dragoman.gateway.registry import ModelRegistry, Target
 from dragoman.gateway.route import Route, Step
 from dragoman.gateway.router import Router
@@ -109,7 +110,7 @@ class Gateway:
     def __init__(self, registry: ModelRegistry, *, router: Router | None = None,
                  access: AccessPolicy | None = None, overrides: dict[str, OverrideConfig] | None = None,
                  timeouts: Timeouts | None = None, forward_keys: bool = False,
-                 observers: Sequence[Observer] = ()) -> None:
+                 observers: Sequence[Observer] = (), pull_backend: str | None = None) -> None:
         self.registry = registry
         self.router = router or Router()
         self.access: AccessPolicy = access or OpenAccess()
@@ -119,6 +120,7 @@ class Gateway:
         self.observers: list[Observer] = list(observers)
         self.metrics: StreamGauge | None = None
         self.prices: Pricing | None = None
+        self.catalog = ModelCatalog(registry, pull_backend=pull_backend)
 
     # ------------------------------------------------------------ service API
 
@@ -146,6 +148,22 @@ class Gateway:
         if isinstance(target.backend, LoadsModels):
             await target.backend.unload_model(target.model)
         return _entry(name, target)
+
+    def check_manage(self, ctx: CallContext) -> None:
+        if not self.access.may_manage(ctx):
+            raise GatewayError(ErrorKind.PERMISSION, "this key may not manage models (pull, create, copy, delete "
+                                                     "need a key whose metadata has \"admin\": true)",
+                               code="admin_required")
+
+    async def pull_model(self, name: str, ctx: CallContext) -> AsyncIterator[PullProgress]:
+        """Refuses (before any progress) callers that may not manage models and names no backend pulls."""
+        self.check_manage(ctx)
+        self.catalog.target(name)
+        return self.catalog.pull(name)
+
+    async def delete_model(self, name: str, ctx: CallContext) -> None:
+        self.check_manage(ctx)
+        await self.catalog.delete(name)
 
     async def count_tokens(self, request: ChatRequest, ctx: CallContext) -> TokenCount:
         target = (await self._route(request.model, ctx)).first_target

@@ -48,13 +48,23 @@ from dragoman.backends.llamacpp_engine import (
     prepare,
     prompt_tokens,
 )
-from dragoman.backends.llamacpp_models import BUILTIN_PREFIX, LlamaCppSettings
+from dragoman.backends.llamacpp_models import BUILTIN_PREFIX, LlamaCppSettings, ModelConfig
+from dragoman.backends.llamacpp_pull import (
+    download,
+    hub_files,
+    incomplete_blob,
+    parse_hub_name,
+    pick_file,
+    remove_download,
+    remove_incomplete,
+    verify,
+)
 from dragoman.backends.llamacpp_slots import FifoGate, ModelSlot
 from dragoman.backends.llamacpp_templates import ParsedCall
 from dragoman.core.duration import parse_duration
 from dragoman.core.events import Event, MessageEnd
 from dragoman.core.ids import completion_id, now
-from dragoman.core.management import LoadOptions
+from dragoman.core.management import LoadOptions, PullProgress
 from dragoman.core.models import ModelInfo
 from dragoman.core.parts import PartTracker
 from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Usage
@@ -66,6 +76,7 @@ __all__ = ["FifoGate", "LlamaCppBackend", "ModelSlot"]
 
 T = TypeVar("T")
 _DONE = object()
+PROGRESS_INTERVAL = 0.25  # seconds between two progress lines of a download
 
 
 class LlamaCppBackend(Backend):
@@ -77,6 +88,7 @@ class LlamaCppBackend(Backend):
                  reap_interval: float = 1.0) -> None:
         super().__init__(name)
         self.settings = settings
+        self.deps = deps
         self._slots = {m.name: ModelSlot(m, settings, deps) for m in settings.models}
         self._executor = ThreadPoolExecutor(max_workers=2 * len(self._slots) + 4,
                                             thread_name_prefix=f"llamacpp-{name}")
@@ -85,6 +97,7 @@ class LlamaCppBackend(Backend):
         self._reaper: asyncio.Task[None] | None = None
         self._active: set[threading.Event] = set()
         self._closed = False
+        self._pulled: set[str] = set()  # models added by ``pull_model``
 
     @classmethod
     def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> LlamaCppBackend:
@@ -151,6 +164,76 @@ class LlamaCppBackend(Backend):
             return slot.chat_expires
         finally:
             slot.gate.release()
+
+    # ---------------------------------------------------------------------------------- pull
+
+    def pulled_models(self) -> dict[str, dict[str, str]]:
+        return {name: {"hf": self._slots[name].config.hf or "", "file": self._slots[name].config.file or ""}
+                for name in self._pulled if name in self._slots}
+
+    def restore_models(self, pulled: dict[str, dict[str, str]]) -> None:
+        for name, source in pulled.items():
+            if name not in self._slots and source.get("hf") and source.get("file"):
+                self._add_hub_model(name, source["hf"], source["file"])
+
+    def _add_hub_model(self, name: str, repo: str, filename: str) -> None:
+        config = ModelConfig(name=name, hf=repo, file=filename)
+        self._slots[name] = ModelSlot(config, self.settings, self.deps)
+        self._pulled.add(name)
+
+    async def pull_model(self, name: str) -> AsyncIterator[PullProgress]:
+        """``hf.co/{org}/{repo}:{quant|file.gguf}`` into the Hugging Face cache, then served."""
+        hub_name = parse_hub_name(name)
+        if hub_name is None:
+            raise GatewayError(ErrorKind.INVALID_REQUEST,
+                               f"backend {self.name!r} pulls Hugging Face GGUFs: hf.co/{{org}}/{{repo}}:{{quant}} "
+                               f"or hf.co/{{org}}/{{repo}}:{{file}}.gguf, not {name!r}", param="model")
+        if importlib.util.find_spec("huggingface_hub") is None:
+            raise GatewayError(ErrorKind.UPSTREAM_UNAVAILABLE, "pulling from Hugging Face needs the package "
+                                                               "huggingface-hub (pip install 'dragoman[local]')")
+        endpoint, cache = self.settings.hf_endpoint, self.settings.hf_cache_dir
+        yield PullProgress("pulling manifest")
+        files = await self._run(partial(hub_files, hub_name.repo, endpoint=endpoint))
+        file = pick_file(hub_name, files)
+        digest = f"sha256:{file.sha256}"
+        status = f"pulling {file.sha256[:12]}"
+        yield PullProgress(status, digest, file.size, 0)
+        incomplete = incomplete_blob(file, cache)
+        download_job = asyncio.ensure_future(self._run(partial(download, file, endpoint=endpoint, cache_dir=cache)))
+        try:
+            while not download_job.done():
+                await asyncio.wait({download_job}, timeout=PROGRESS_INTERVAL)
+                with contextlib.suppress(OSError):
+                    yield PullProgress(status, digest, file.size, min(incomplete.stat().st_size, file.size))
+            path = download_job.result()
+        except GatewayError as exc:
+            if exc.status in (500, 507):  # a write failed (disk full): leave no partial file behind
+                await self._run(partial(remove_incomplete, file, cache))
+            raise
+        finally:
+            if not download_job.done():  # the client left: the thread finishes (or fails) on its own
+                download_job.add_done_callback(_retrieve)
+        yield PullProgress(status, digest, file.size, file.size)
+        yield PullProgress("verifying sha256 digest")
+        await self._run(partial(verify, path, file))
+        yield PullProgress("writing manifest")
+        self._slots.pop(hub_name.model_name, None)
+        self._add_hub_model(hub_name.model_name, file.repo, file.filename)
+        yield PullProgress("success")
+
+    async def delete_model(self, name: str) -> None:
+        """Forget a pulled model and remove its file from the cache."""
+        if name not in self._pulled:
+            raise not_found(f"model {name!r} was not pulled into backend {self.name!r}; only pulled models "
+                            "can be deleted (configured ones are removed from the config)")
+        slot = self._slots[name]
+        await self.unload_model(name)
+        file = await self._run(partial(slot.file, download=False))
+        self._slots.pop(name, None)
+        self._pulled.discard(name)
+        others = {s.config.hf + "/" + (s.config.file or "") for s in self._slots.values() if s.config.hf}
+        if file is not None and f"{slot.config.hf}/{slot.config.file}" not in others:
+            await self._run(partial(remove_download, file.path))
 
     async def unload_model(self, model: str) -> None:
         """Free the model's runtimes now, each after the request using it (``keep_alive: 0``)."""
@@ -336,6 +419,11 @@ class LlamaCppBackend(Backend):
                     raise _job_error(future, model)
         finally:
             cancel.set()
+
+
+def _retrieve(job: asyncio.Future[Any]) -> None:
+    if not job.cancelled():
+        job.exception()
 
 
 def _job_error(future: asyncio.Future[None], model: str) -> GatewayError:

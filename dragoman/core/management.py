@@ -55,3 +55,11 @@ class PullsModels(Protocol):
     async def delete_model(self, name: str) -> None:
         """Remove a model this backend fetched (``GatewayError(NOT_FOUND)`` for others)."""
         ...
+
+    def pulled_models(self) -> dict[str, dict[str, str]]:
+        """The models pulled so far, name -> where from (JSON, kept in the database)."""
+        ...
+
+    def restore_models(self, pulled: dict[str, dict[str, str]]) -> None:
+        """Serve again the models a previous run pulled (``pulled_models`` of that run)."""
+        ...

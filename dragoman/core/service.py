@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dragoman.core.events import Event
-from dragoman.core.management import LoadOptions
+from dragoman.core.management import LoadOptions, PullProgress
 from dragoman.core.models import ModelEntry
 from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse
 
@@ -66,3 +66,8 @@ class GatewayService(Protocol):
 
     async def unload_model(self, name: str, ctx: CallContext) -> ModelEntry:
         """Free the model behind ``name`` now."""
+
+    async def pull_model(self, name: str, ctx: CallContext) -> AsyncIterator[PullProgress]:
+        """Check the caller may, then the pull's progress; the last item says ``success``."""
+
+    async def delete_model(self, name: str, ctx: CallContext) -> None: ...

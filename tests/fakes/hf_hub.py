@@ -17,6 +17,7 @@ import asyncio
 import hashlib
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
@@ -25,14 +26,21 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-CHUNK = 64 << 10
+CHUNK = 1 << 20
 
 
 @dataclass
 class HubFile:
-    data: bytes
+    source: bytes | Path  # the bytes, or a file read as it is sent (a real model is too big to copy)
+    size: int
     sha256: str
-    corrupt: bool = False
+
+    def read(self, start: int, end: int) -> bytes:
+        if isinstance(self.source, bytes):
+            return self.source[start:end]
+        with self.source.open("rb") as handle:
+            handle.seek(start)
+            return handle.read(end - start)
 
 
 @dataclass
@@ -49,11 +57,16 @@ class FakeHub:
     drop_after: int | None = None
 
     def add(self, repo: str, filename: str, data: bytes, *, corrupt: bool = False) -> str:
-        """Serve ``data`` as ``repo``'s ``filename``; returns the advertised sha256."""
+        """Serve ``data`` as ``repo``'s ``filename``; returns the advertised sha256 (with ``corrupt``,
+        that of ``data``, while one byte of what is served differs)."""
         digest = hashlib.sha256(data).hexdigest()
-        served = bytes([data[0] ^ 0xFF]) + data[1:] if corrupt else data
-        self.repos.setdefault(repo, HubRepo()).files[filename] = HubFile(served, digest, corrupt)
+        served = data[:-1] + bytes([data[-1] ^ 0xFF]) if corrupt else data
+        self.repos.setdefault(repo, HubRepo()).files[filename] = HubFile(served, len(data), digest)
         return digest
+
+    def add_path(self, repo: str, filename: str, path: Path, sha256: str) -> None:
+        """Serve the file at ``path`` (whose sha256 the caller knows) as ``repo``'s ``filename``."""
+        self.repos.setdefault(repo, HubRepo()).files[filename] = HubFile(path, path.stat().st_size, sha256)
 
     def app(self) -> Starlette:
         return Starlette(routes=[
@@ -74,8 +87,8 @@ class FakeHub:
                                 headers={"x-error-code": "RepoNotFound"})
         p = request.path_params
         siblings: list[dict[str, Any]] = [
-            {"rfilename": name, "size": len(f.data), "blobId": f.sha256[:40],
-             "lfs": {"size": len(f.data), "sha256": f.sha256, "pointerSize": 134}}
+            {"rfilename": name, "size": f.size, "blobId": f.sha256[:40],
+             "lfs": {"size": f.size, "sha256": f.sha256, "pointerSize": 134}}
             for name, f in repo.files.items()]
         siblings.append({"rfilename": "README.md", "size": 10, "blobId": "b" * 40})
         return JSONResponse({"_id": "x", "id": f"{p['org']}/{p['repo']}", "modelId": f"{p['org']}/{p['repo']}",
@@ -89,24 +102,24 @@ class FakeHub:
         if hub_file is None:
             return JSONResponse({"error": "Entry not found"}, status_code=404,
                                 headers={"x-error-code": "EntryNotFound"})
-        data = hub_file.data
+        size = hub_file.size
         headers = {"x-repo-commit": COMMIT, "x-linked-etag": f'"{hub_file.sha256}"',
-                   "x-linked-size": str(len(data)), "etag": f'"{hub_file.sha256}"', "accept-ranges": "bytes",
+                   "x-linked-size": str(size), "etag": f'"{hub_file.sha256}"', "accept-ranges": "bytes",
                    "content-type": "application/octet-stream"}
         if request.method == "HEAD":
-            return Response(headers={**headers, "content-length": str(len(data))})
+            return Response(headers={**headers, "content-length": str(size)})
         start, status = 0, 200
         ranged = request.headers.get("range", "")
         if ranged.startswith("bytes="):
             start = int(ranged.removeprefix("bytes=").split("-")[0])
             status = 206
-            headers["content-range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        headers["content-length"] = str(len(data) - start)
-        return StreamingResponse(self._body(data, start), status_code=status, headers=headers)
+            headers["content-range"] = f"bytes {start}-{size - 1}/{size}"
+        headers["content-length"] = str(size - start)
+        return StreamingResponse(self._body(hub_file, start), status_code=status, headers=headers)
 
-    async def _body(self, data: bytes, start: int) -> Any:
-        position = start
-        while position < len(data):
+    async def _body(self, hub_file: HubFile, start: int) -> Any:
+        position, size = start, hub_file.size
+        while position < size:
             if self.drop_after is not None and position >= self.drop_after:
                 self.drop_after = None
                 raise ConnectionResetError("fake hub drops the connection")
@@ -114,7 +127,7 @@ class FakeHub:
                 while not self.release.is_set():
                     await asyncio.sleep(0.02)
                 self.stall_after = None
-            end = min(position + CHUNK, len(data))
-            yield data[position:end]
+            end = min(position + CHUNK, size)
+            yield hub_file.read(position, end)
             position = end
             await asyncio.sleep(0)

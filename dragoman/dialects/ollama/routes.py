@@ -31,6 +31,7 @@ from dragoman.dialects.common import (
     until_disconnect,
 )
 from dragoman.dialects.ollama import convert
+from dragoman.dialects.ollama.manage import ModelManagement
 from dragoman.dialects.ollama.stream import LineEncoder, Timing, final_body, ndjson_lines
 from dragoman.dialects.ollama.wire import OLLAMA_VERSION
 from dragoman.errors import ErrorKind, GatewayError
@@ -76,8 +77,8 @@ class OllamaDialect:
             ("/api/embeddings", self.embeddings, ["POST"]),
         ]
         routes: list[BaseRoute] = [Route(path, handler, methods=methods) for path, handler, methods in table]
-        for path, methods in (("/api/pull", ["POST"]), ("/api/push", ["POST"]), ("/api/create", ["POST"]),
-                              ("/api/copy", ["POST"]), ("/api/delete", ["DELETE"]),
+        routes += ModelManagement(self.service, self.name).routes()
+        for path, methods in (("/api/create", ["POST"]), ("/api/copy", ["POST"]),
                               ("/api/blobs/{digest}", ["HEAD", "POST"])):
             routes.append(Route(path, self.unsupported, methods=methods))
         return routes
