@@ -51,8 +51,8 @@ from dragoman.backends.llamacpp_engine import (
 from dragoman.backends.llamacpp_models import BUILTIN_PREFIX, LlamaCppSettings, ModelConfig
 from dragoman.backends.llamacpp_pull import (
     download,
+    downloaded_bytes,
     hub_files,
-    incomplete_blob,
     parse_hub_name,
     pick_file,
     remove_download,
@@ -198,13 +198,13 @@ class LlamaCppBackend(Backend):
         digest = f"sha256:{file.sha256}"
         status = f"pulling {file.sha256[:12]}"
         yield PullProgress(status, digest, file.size, 0)
-        incomplete = incomplete_blob(file, cache)
         download_job = asyncio.ensure_future(self._run(partial(download, file, endpoint=endpoint, cache_dir=cache)))
         try:
             while not download_job.done():
                 await asyncio.wait({download_job}, timeout=PROGRESS_INTERVAL)
-                with contextlib.suppress(OSError):
-                    yield PullProgress(status, digest, file.size, min(incomplete.stat().st_size, file.size))
+                done = downloaded_bytes(file, cache)
+                if done is not None:
+                    yield PullProgress(status, digest, file.size, min(done, file.size))
             path = download_job.result()
         except GatewayError as exc:
             if exc.status in (500, 507):  # a write failed (disk full): leave no partial file behind

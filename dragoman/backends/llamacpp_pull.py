@@ -3,8 +3,10 @@
 ``hf.co/{org}/{repo}:{quant}`` picks the repository's GGUF whose name carries that quantisation
 (case-insensitive; ``Q4_K_M`` when the tag is missing or ``latest``, as the hub does for Ollama);
 ``hf.co/{org}/{repo}:{file}.gguf`` names the file. The download itself is ``hf_hub_download``:
-resumable (a ``.incomplete`` blob is continued), into the usual cache, from ``hf_endpoint`` or
-``HF_ENDPOINT``. Progress is the growing ``.incomplete`` blob's size; the finished blob is checked
+into the usual cache, from ``hf_endpoint`` or
+``HF_ENDPOINT``; huggingface_hub retries a broken transfer itself, continuing where it broke
+(versions before 1.x also continue an earlier pull's ``.incomplete`` file; newer ones start
+over). Progress is the growing ``.incomplete`` blob's size; the finished blob is checked
 against the sha256 the hub lists before the model is offered. Everything here blocks: the backend
 runs it on its thread pool.
 """
@@ -96,13 +98,24 @@ def hub_files(repo: str, *, endpoint: str | None) -> list[HubFile]:
     return files
 
 
-def incomplete_blob(file: HubFile, cache_dir: str | None) -> Path:
-    """Where ``hf_hub_download`` writes the file while it downloads (named by its sha256 etag)."""
+def blobs_folder(file: HubFile, cache_dir: str | None) -> Path:
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
     root = Path(cache_dir or constants.HF_HUB_CACHE)
-    return root / repo_folder_name(repo_id=file.repo, repo_type="model") / "blobs" / f"{file.sha256}.incomplete"
+    return root / repo_folder_name(repo_id=file.repo, repo_type="model") / "blobs"
+
+
+def downloaded_bytes(file: HubFile, cache_dir: str | None) -> int | None:
+    """How much of ``file`` is on disk while ``hf_hub_download`` writes it: the blob named by its
+    sha256 etag with ``.incomplete`` (older versions, which resume it) or ``.<id>.incomplete``."""
+    sizes = []
+    for partial in blobs_folder(file, cache_dir).glob(f"{file.sha256}*.incomplete"):
+        try:
+            sizes.append(partial.stat().st_size)
+        except OSError:
+            continue
+    return max(sizes) if sizes else None
 
 
 def download(file: HubFile, *, endpoint: str | None, cache_dir: str | None) -> Path:
@@ -141,10 +154,11 @@ def remove_download(path: Path) -> None:
 
 
 def remove_incomplete(file: HubFile, cache_dir: str | None) -> None:
-    try:
-        incomplete_blob(file, cache_dir).unlink()
-    except FileNotFoundError:
-        pass
+    for partial in blobs_folder(file, cache_dir).glob(f"{file.sha256}*.incomplete"):
+        try:
+            partial.unlink()
+        except FileNotFoundError:
+            pass
 
 
 def hub_error(exc: BaseException, what: str, endpoint: str | None) -> GatewayError:

@@ -8,7 +8,8 @@
 
 Repositories are added with :meth:`FakeHub.add`; ``corrupt`` serves different bytes than the
 advertised sha256, ``stall_after`` stops sending after that many bytes (until ``release``),
-``drop_after`` closes the connection mid-file once (for resuming). Every request is recorded.
+``drop_after`` closes the connection that many bytes into a response, ``drops`` times (for
+resuming). Every request is recorded.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class FakeHub:
     stall_after: int | None = None
     release: threading.Event = field(default_factory=threading.Event)
     drop_after: int | None = None
+    drops: int = 1  # how many responses ``drop_after`` breaks
 
     def add(self, repo: str, filename: str, data: bytes, *, corrupt: bool = False) -> str:
         """Serve ``data`` as ``repo``'s ``filename``; returns the advertised sha256 (with ``corrupt``,
@@ -120,8 +122,10 @@ class FakeHub:
     async def _body(self, hub_file: HubFile, start: int) -> Any:
         position, size = start, hub_file.size
         while position < size:
-            if self.drop_after is not None and position >= self.drop_after:
-                self.drop_after = None
+            if self.drop_after is not None and position - start >= self.drop_after:
+                self.drops -= 1
+                if self.drops <= 0:
+                    self.drop_after = None
                 raise ConnectionResetError("fake hub drops the connection")
             if self.stall_after is not None and position >= self.stall_after:
                 while not self.release.is_set():

