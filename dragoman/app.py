@@ -229,7 +229,8 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None) -> Starlett
     timeouts = global_timeouts(config)
     router, cooldowns = build_routing(config)
     gateway = Gateway(registry, router=router, overrides=config.overrides, timeouts=timeouts,
-                      forward_keys=config.auth.mode != "keys", pull_backend=config.pull.backend)
+                      forward_keys=config.auth.mode != "keys", pull_backend=config.pull.backend,
+                      blob_root=lambda: config.writable_data_dir() / "blobs")
     health_monitor = HealthMonitor(backends, interval=config.routing.health_interval,
                                    model_count=registry.model_count)
     services = AppServices(config=config, backends=backends, registry=registry, gateway=gateway,

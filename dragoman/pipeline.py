@@ -15,12 +15,13 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Protocol
 
 from dragoman.backends.base import CallOptions, Timeouts
 from dragoman.config import OverrideConfig
 from dragoman.core.events import Event, MessageEnd, PartDelta, PartEnd, PartStart, StreamError
-from dragoman.core.management import LoadOptions, LoadsModels, PullProgress
+from dragoman.core.management import LoadOptions, LoadsModels, ModelRecipe, PullProgress
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, TokenCount
 from dragoman.core.tokens import estimate_prompt_tokens
@@ -28,6 +29,7 @@ from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway import overrides as override_rules
 from dragoman.gateway.catalog import ModelCatalog
+from dragoman.gateway.recipes import described, with_recipe
 from dragoman.gateway.registry import ModelRegistry, Target
 from dragoman.gateway.route import Route, Step
 from dragoman.gateway.router import Router
@@ -110,7 +112,8 @@ class Gateway:
     def __init__(self, registry: ModelRegistry, *, router: Router | None = None,
                  access: AccessPolicy | None = None, overrides: dict[str, OverrideConfig] | None = None,
                  timeouts: Timeouts | None = None, forward_keys: bool = False,
-                 observers: Sequence[Observer] = (), pull_backend: str | None = None) -> None:
+                 observers: Sequence[Observer] = (), pull_backend: str | None = None,
+                 blob_root: Callable[[], Path] | None = None) -> None:
         self.registry = registry
         self.router = router or Router()
         self.access: AccessPolicy = access or OpenAccess()
@@ -120,7 +123,7 @@ class Gateway:
         self.observers: list[Observer] = list(observers)
         self.metrics: StreamGauge | None = None
         self.prices: Pricing | None = None
-        self.catalog = ModelCatalog(registry, pull_backend=pull_backend)
+        self.catalog = ModelCatalog(registry, pull_backend=pull_backend, blob_root=blob_root)
 
     # ------------------------------------------------------------ service API
 
@@ -132,7 +135,11 @@ class Gateway:
         return [e for e in self.registry.entries() if self.access.may_use(ctx, e.id, *_alias(e))]
 
     async def get_model(self, name: str, ctx: CallContext) -> ModelEntry:
-        return _entry(name, (await self._route(name, ctx)).first_target)
+        entry = _entry(name, (await self._route(name, ctx)).first_target)
+        recipe = self.catalog.recipes.recipes.get(name)
+        if recipe is not None:
+            entry.info = described(entry.info, recipe)
+        return entry
 
     async def load_model(self, name: str, ctx: CallContext, options: LoadOptions) -> ModelEntry:
         """Load the first target of ``name``'s route; ``expires_at`` says until when."""
@@ -164,6 +171,22 @@ class Gateway:
     async def delete_model(self, name: str, ctx: CallContext) -> None:
         self.check_manage(ctx)
         await self.catalog.delete(name)
+
+    async def create_model(self, recipe: ModelRecipe, ctx: CallContext) -> list[PullProgress]:
+        self.check_manage(ctx)
+        return await self.catalog.create(recipe)
+
+    async def copy_model(self, source: str, destination: str, ctx: CallContext) -> None:
+        self.check_manage(ctx)
+        await self.catalog.copy(source, destination)
+
+    async def has_blob(self, digest: str, ctx: CallContext) -> bool:
+        self.check_manage(ctx)
+        return self.catalog.blob_path(digest).is_file()
+
+    async def save_blob(self, digest: str, chunks: AsyncIterator[bytes], ctx: CallContext) -> bool:
+        self.check_manage(ctx)
+        return await self.catalog.save_blob(digest, chunks)
 
     async def count_tokens(self, request: ChatRequest, ctx: CallContext) -> TokenCount:
         target = (await self._route(request.model, ctx)).first_target
@@ -271,6 +294,10 @@ class Gateway:
 
     def _plan(self, request: ChatRequest, target: Target) -> ChatRequest:
         rules = override_rules.matching(self.overrides, target.id, request.model)
+        recipe = self.catalog.recipes.recipes.get(request.model)
+        if recipe is not None:  # a created model: its parameters win over the overrides of what it is made from
+            rules.append(OverrideConfig(**dict(recipe.parameters)))
+            request = with_recipe(request, recipe)
         planned = override_rules.apply(request, rules)
         caps = target.info.capabilities
         if planned.prompt is None and not caps.chat:

@@ -168,18 +168,33 @@ class LlamaCppBackend(Backend):
     # ---------------------------------------------------------------------------------- pull
 
     def pulled_models(self) -> dict[str, dict[str, str]]:
-        return {name: {"hf": self._slots[name].config.hf or "", "file": self._slots[name].config.file or ""}
-                for name in self._pulled if name in self._slots}
+        out = {}
+        for name in self._pulled:
+            config = self._slots[name].config
+            out[name] = {"path": config.path} if config.path else {"hf": config.hf or "", "file": config.file or ""}
+        return out
 
     def restore_models(self, pulled: dict[str, dict[str, str]]) -> None:
+        """Serve models pulled or created earlier: ``{"hf", "file"}`` from the hub cache, ``{"path"}`` a file."""
         for name, source in pulled.items():
-            if name not in self._slots and source.get("hf") and source.get("file"):
-                self._add_hub_model(name, source["hf"], source["file"])
+            try:
+                if source.get("path"):
+                    self._add_model(ModelConfig(name=name, path=source["path"]))
+                elif source.get("hf") and source.get("file"):
+                    self._add_model(ModelConfig(name=name, hf=source["hf"], file=source["file"]))
+            except GatewayError as exc:
+                log.warning("not serving pulled model %s again: %s", name, exc.message)
 
-    def _add_hub_model(self, name: str, repo: str, filename: str) -> None:
-        config = ModelConfig(name=name, hf=repo, file=filename)
-        self._slots[name] = ModelSlot(config, self.settings, self.deps)
-        self._pulled.add(name)
+    def _add_model(self, config: ModelConfig) -> None:
+        old = self._slots.get(config.name)
+        if old is not None and config.name not in self._pulled:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {config.name!r} is configured on backend "
+                                                          f"{self.name!r}; choose another name", param="model")
+        if old is not None:
+            old.unload(embedding=False)
+            old.unload(embedding=True)
+        self._slots[config.name] = ModelSlot(config, self.settings, self.deps)
+        self._pulled.add(config.name)
 
     async def pull_model(self, name: str) -> AsyncIterator[PullProgress]:
         """``hf.co/{org}/{repo}:{quant|file.gguf}`` into the Hugging Face cache, then served."""
@@ -217,8 +232,7 @@ class LlamaCppBackend(Backend):
         yield PullProgress("verifying sha256 digest")
         await self._run(partial(verify, path, file))
         yield PullProgress("writing manifest")
-        self._slots.pop(hub_name.model_name, None)
-        self._add_hub_model(hub_name.model_name, file.repo, file.filename)
+        self._add_model(ModelConfig(name=hub_name.model_name, hf=file.repo, file=file.filename))
         yield PullProgress("success")
 
     async def delete_model(self, name: str) -> None:
@@ -232,8 +246,8 @@ class LlamaCppBackend(Backend):
         self._slots.pop(name, None)
         self._pulled.discard(name)
         others = {s.config.hf + "/" + (s.config.file or "") for s in self._slots.values() if s.config.hf}
-        if file is not None and f"{slot.config.hf}/{slot.config.file}" not in others:
-            await self._run(partial(remove_download, file.path))
+        if file is not None and slot.config.hf and f"{slot.config.hf}/{slot.config.file}" not in others:
+            await self._run(partial(remove_download, file.path))  # created models keep their blob
 
     async def unload_model(self, model: str) -> None:
         """Free the model's runtimes now, each after the request using it (``keep_alive: 0``)."""

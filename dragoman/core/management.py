@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(slots=True, frozen=True)
@@ -63,3 +63,29 @@ class PullsModels(Protocol):
     def restore_models(self, pulled: dict[str, dict[str, str]]) -> None:
         """Serve again the models a previous run pulled (``pulled_models`` of that run)."""
         ...
+
+
+@dataclass(slots=True, frozen=True)
+class ModelRecipe:
+    """``POST /api/create``: a model made ``from`` another with its own system prompt, template,
+    parameters, licence and leading messages; or from uploaded GGUF ``files`` (name -> sha256)."""
+
+    name: str
+    source: str | None = None
+    files: tuple[tuple[str, str], ...] = ()
+    system: str | None = None
+    template: str | None = None
+    parameters: tuple[tuple[str, Any], ...] = ()
+    license: str | None = None
+    messages: tuple[tuple[str, str], ...] = ()  # (role, content)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"from": self.source, "system": self.system, "template": self.template,
+                "parameters": dict(self.parameters), "license": self.license,
+                "messages": [{"role": r, "content": c} for r, c in self.messages]}
+
+    @classmethod
+    def from_json(cls, name: str, data: dict[str, Any]) -> ModelRecipe:
+        return cls(name=name, source=data.get("from"), system=data.get("system"), template=data.get("template"),
+                   parameters=tuple((data.get("parameters") or {}).items()), license=data.get("license"),
+                   messages=tuple((m["role"], m["content"]) for m in data.get("messages") or ()))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dragoman.core.events import Event
-from dragoman.core.management import LoadOptions, PullProgress
+from dragoman.core.management import LoadOptions, ModelRecipe, PullProgress
 from dragoman.core.models import ModelEntry
 from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse
 
@@ -71,3 +71,12 @@ class GatewayService(Protocol):
         """Check the caller may, then the pull's progress; the last item says ``success``."""
 
     async def delete_model(self, name: str, ctx: CallContext) -> None: ...
+
+    async def create_model(self, recipe: ModelRecipe, ctx: CallContext) -> list[PullProgress]: ...
+
+    async def copy_model(self, source: str, destination: str, ctx: CallContext) -> None: ...
+
+    async def has_blob(self, digest: str, ctx: CallContext) -> bool: ...
+
+    async def save_blob(self, digest: str, chunks: AsyncIterator[bytes], ctx: CallContext) -> bool:
+        """Store an upload whose sha256 must be ``digest``; False when the blob already existed."""

@@ -8,14 +8,19 @@ ollama backend (which forwards the pull).
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import hashlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
-from dragoman.core.management import PullProgress, PullsModels
+from dragoman.core.management import ModelRecipe, PullProgress, PullsModels
 from dragoman.errors import ErrorKind, GatewayError
 
 if TYPE_CHECKING:
@@ -42,15 +47,19 @@ class RunningPull:
 
 
 class ModelCatalog:
-    def __init__(self, registry: ModelRegistry, *, pull_backend: str | None = None) -> None:
+    def __init__(self, registry: ModelRegistry, *, pull_backend: str | None = None,
+                 blob_root: Callable[[], Path] | None = None) -> None:
         self.registry = registry
         self.pull_backend = pull_backend
         self.settings: SettingsStore | None = None  # set once the database is open
         self.running: dict[str, RunningPull] = {}
+        self.recipes = Recipes(registry)
+        self._blob_root = blob_root
 
     async def restore(self, settings: SettingsStore) -> None:
-        """Serve again what earlier runs pulled (called once the database is open)."""
+        """Serve again what earlier runs pulled and created (called once the database is open)."""
         self.settings = settings
+        await self.recipes.restore(settings)
         for backend in self.registry.backends.values():
             if isinstance(backend, PullsModels):
                 pulled = await settings.get(PULLED_SETTING + backend.name, {}) or {}
@@ -104,12 +113,168 @@ class ModelCatalog:
                 del self.running[key]
 
     async def delete(self, name: str) -> None:
+        if await self.recipes.remove(name):
+            await self.registry.refresh(force=True)
+            return
         backend, model = self.target(name)
         assert isinstance(backend, PullsModels)
         await backend.delete_model(model)
         await self._save(backend)
         await self.registry.refresh(force=True)
 
+    # ------------------------------------------------------------------ create and copy
+
+    async def create(self, recipe: ModelRecipe) -> list[PullProgress]:
+        """A model from uploaded GGUF blobs (served by a llamacpp backend) or from another model."""
+        if recipe.files:
+            return await self._create_from_files(recipe)
+        if not recipe.source:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "neither 'from' or 'files' was specified", param="from")
+        if recipe.source == recipe.name:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} cannot be made from itself",
+                               param="from")
+        await self.registry.resolve_route(recipe.source)  # a 404 naming close matches if it is unknown
+        await self.recipes.put(recipe)
+        await self.registry.refresh(force=True)
+        return [PullProgress("using existing layer"), PullProgress("writing manifest"), PullProgress("success")]
+
+    async def _create_from_files(self, recipe: ModelRecipe) -> list[PullProgress]:
+        ggufs = [(name, digest) for name, digest in recipe.files if name.lower().endswith(".gguf")]
+        if len(ggufs) != 1:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "files must name exactly one .gguf file (split GGUFs and "
+                                                          "safetensors are not supported)", param="files")
+        filename, digest = ggufs[0]
+        path = self.blob_path(digest)
+        if not path.is_file():
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"blob {digest} for {filename} not found: upload it "
+                                                          f"first with POST /api/blobs/{digest}", param="files")
+        backend, model = self._file_backend(recipe.name)
+        assert isinstance(backend, PullsModels)
+        backend.restore_models({model: {"path": str(path)}})
+        await self._save(backend)
+        await self.registry.refresh(force=True)
+        return [PullProgress("parsing GGUF"), PullProgress(f"using existing layer {digest}"),
+                PullProgress("writing manifest"), PullProgress("success")]
+
+    def _file_backend(self, name: str) -> tuple[Backend, str]:
+        backends = self.registry.backends
+        prefix, sep, rest = name.partition("/")
+        if sep and prefix in backends and backends[prefix].type == "llamacpp":
+            return backends[prefix], rest
+        for backend in backends.values():
+            if backend.type == "llamacpp" and isinstance(backend, PullsModels):
+                return backend, name
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "a model from GGUF files needs a llamacpp backend",
+                           param="files")
+
+    async def copy(self, source: str, destination: str) -> None:
+        if not destination or not source:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "source and destination are required", param="destination")
+        recipe = self.recipes.recipes.get(source)
+        if recipe is None:
+            await self.registry.resolve_route(source)
+            recipe = ModelRecipe(name=destination, source=source)
+        await self.recipes.put(dataclasses.replace(recipe, name=destination))
+        await self.registry.refresh(force=True)
+
+    # -------------------------------------------------------------------------- blobs
+
+    def blob_path(self, digest: str) -> Path:
+        if self._blob_root is None:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "this gateway keeps no blobs")
+        return self._blob_root() / blob_name(digest)
+
+    async def save_blob(self, digest: str, chunks: AsyncIterator[bytes]) -> bool:
+        """Store an uploaded blob if its sha256 is ``digest``; False when it was already there."""
+        path = self.blob_path(digest)
+        if path.is_file():
+            async for _ in chunks:  # drain the upload
+                pass
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.partial")
+        hasher = hashlib.sha256()
+
+        def write(handle: BinaryIO, chunk: bytes) -> None:
+            handle.write(chunk)
+            hasher.update(chunk)
+
+        try:
+            with partial.open("wb") as handle:
+                async for chunk in chunks:
+                    await asyncio.to_thread(write, handle, chunk)
+            actual = f"sha256:{hasher.hexdigest()}"
+            if actual != f"sha256:{path.name.removeprefix('sha256-')}":
+                raise GatewayError(ErrorKind.INVALID_REQUEST,
+                                   f'digest mismatch, expected "{digest}", got "{actual}"', param="digest")
+            partial.replace(path)
+        except OSError as exc:
+            raise GatewayError(ErrorKind.INTERNAL, f"storing blob {digest} failed: {exc.strerror or exc}",
+                               status=507 if exc.errno == 28 else 500) from exc
+        finally:
+            partial.unlink(missing_ok=True)
+        return True
+
     async def _save(self, backend: PullsModels) -> None:
         if self.settings is not None and hasattr(backend, "name"):
             await self.settings.set(PULLED_SETTING + str(backend.name), backend.pulled_models())
+
+
+DERIVED_SETTING = "models:derived"
+DIGEST = re.compile(r"sha256[:-]([0-9a-f]{64})")
+
+
+def blob_name(digest: str) -> str:
+    """``sha256:<hex>`` as a blob file name; a 400 for anything else."""
+    match = DIGEST.fullmatch(digest)
+    if match is None:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, f"invalid digest {digest!r}: expected sha256:<64 hex digits>",
+                           param="digest")
+    return f"sha256-{match.group(1)}"
+
+
+class Recipes:
+    """Models made from others (``/api/create`` with ``from``, ``/api/copy``), kept in the settings
+    table and served as aliases with their own system prompt and parameters."""
+
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+        self.settings: SettingsStore | None = None
+        self.recipes: dict[str, ModelRecipe] = {}
+
+    async def restore(self, settings: SettingsStore) -> None:
+        self.settings = settings
+        stored = await settings.get(DERIVED_SETTING, {}) or {}
+        self.recipes = {name: ModelRecipe.from_json(name, data) for name, data in stored.items()
+                        if isinstance(data, dict)}
+        self._apply()
+
+    def _apply(self) -> None:
+        self.registry.set_derived({name: r.source for name, r in self.recipes.items() if r.source})
+
+    async def _save(self) -> None:
+        self._apply()
+        if self.settings is not None:
+            await self.settings.set(DERIVED_SETTING, {name: r.to_json() for name, r in self.recipes.items()})
+
+    async def put(self, recipe: ModelRecipe) -> None:
+        if recipe.source == recipe.name or (recipe.source and self._reaches(recipe.source, recipe.name)):
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} cannot be made from itself",
+                               param="from")
+        self.recipes[recipe.name] = recipe
+        await self._save()
+
+    def _reaches(self, start: str, target: str) -> bool:
+        seen, name = set(), start
+        while name in self.recipes and name not in seen:
+            seen.add(name)
+            name = self.recipes[name].source or ""
+            if name == target:
+                return True
+        return False
+
+    async def remove(self, name: str) -> bool:
+        if self.recipes.pop(name, None) is None:
+            return False
+        await self._save()
+        return True

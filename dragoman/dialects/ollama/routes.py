@@ -1,8 +1,7 @@
 """The Ollama HTTP surface (``/api/...``), for Ollama clients (ollama-python, Enchanted, Open WebUI ...).
 
 ``/api/ps`` lists the models a backend reports as loaded (``ModelEntry.loaded``); remote
-backends report none. Model management (pull, push, create, copy, delete, blobs) belongs to the
-servers behind dragoman and answers 501 with an Ollama-shaped error.
+backends report none. Model management (pull, create, copy, delete, blobs) is in ``manage``.
 """
 
 from __future__ import annotations
@@ -78,9 +77,6 @@ class OllamaDialect:
         ]
         routes: list[BaseRoute] = [Route(path, handler, methods=methods) for path, handler, methods in table]
         routes += ModelManagement(self.service, self.name).routes()
-        for path, methods in (("/api/create", ["POST"]), ("/api/copy", ["POST"]),
-                              ("/api/blobs/{digest}", ["HEAD", "POST"])):
-            routes.append(Route(path, self.unsupported, methods=methods))
         return routes
 
     async def _context(self, request: Request) -> CallContext:
@@ -122,10 +118,6 @@ class OllamaDialect:
         except GatewayError as exc:
             return error_response(exc)
         return json_response(convert.show_body(entry, verbose=verbose, fallback_time=self.started))
-
-    async def unsupported(self, request: Request) -> Response:
-        return json_response({"error": f"{request.url.path} is not supported by dragoman: manage models on the "
-                                       "servers behind it"}, status=501)
 
     # ------------------------------------------------------------- generation
 
