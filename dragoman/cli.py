@@ -106,6 +106,10 @@ def serve(args: argparse.Namespace) -> int:
     from dragoman.tls import check_tls, uvicorn_tls_options
 
     config = _load(args.config, _flag_environment(args))
+    if getattr(args, "model", None):
+        from dragoman.serve_model import serve_one_model
+
+        config = serve_one_model(config, args.model)
     tls = config.server.tls
     if tls is not None:
         check_tls(tls)
@@ -203,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--forwarded-allow-ips", metavar="IPS",
                          help="comma-separated addresses or networks of reverse proxies whose X-Forwarded-For/"
                               "-Proto are believed ('*' for any); $DRAGOMAN_FORWARDED_ALLOW_IPS")
+    p_serve.add_argument("--model", metavar="PATH_OR_HF_NAME",
+                         help="serve this one GGUF (a file, or hf.co/ORG/REPO:QUANT downloaded on first use) "
+                              "instead of the configured backends")
     p_serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                          help="log messages from this level up (default info; $DRAGOMAN_LOG_LEVEL)")
     p_serve.set_defaults(func=serve)

@@ -34,6 +34,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 from dragoman.backends.base import Backend, BackendDeps, CallOptions, Requirement, within_deadline
@@ -116,8 +117,19 @@ class LlamaCppBackend(Backend):
     # ------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        await asyncio.to_thread(self._warn_missing_files)
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._reap_forever(), name=f"llamacpp-{self.name}-keep-alive")
+
+    def _warn_missing_files(self) -> None:
+        """A missing file is told at start, not at the first request for it."""
+        for model in self.settings.models:
+            if model.path is not None and not model.path.startswith(BUILTIN_PREFIX):
+                path = Path(model.path).expanduser()
+                path = path if path.is_absolute() else self.deps.config_dir / path
+                if not path.is_file():
+                    log.warning("model %s of backend %s: GGUF file not found: %s (the gateway starts; requests "
+                                "for this model answer 503 until the file is there)", model.name, self.name, path)
 
     async def aclose(self) -> None:
         self._closed = True
