@@ -23,6 +23,7 @@ from dragoman.admin.live import LiveSettings
 from dragoman.admin.masking import mask
 from dragoman.admin.queries import RANGES, UsageFilter, distinct_models, iter_usage, series, usage_page
 from dragoman.backends.registry import BACKEND_TYPES
+from dragoman.core.management import PullsModels
 from dragoman.dialects.common import json_response
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.keys import KeyInfo, KeyService
@@ -329,7 +330,17 @@ class AdminAPI:
             })
         resolved = {e.id: e.alias_of for e in entries if e.alias_of is not None}
         health = {h["name"]: h for h in self.backend_health()}
+        catalog = self.services.gateway.catalog
+        pulled = {f"{b.name}/{n}" for b in registry.backends.values() if isinstance(b, PullsModels)
+                  for n in b.pulled_models()}
+        for models in by_backend.values():
+            for model in models:
+                model["pulled"] = model["id"] in pulled
         return {
+            "created": [{"name": name, "from": r.source, "system": r.system, "parameters": dict(r.parameters),
+                         "resolves_to": resolved.get(name)} for name, r in catalog.recipes.recipes.items()],
+            "pulls": [{"name": p.name, "backend": p.backend, "status": p.status, "total": p.total,
+                       "completed": p.completed} for p in catalog.running.values()],
             "backends": [{**health[name], "models": models} for name, models in by_backend.items()],
             "aliases": [{"name": a, "targets": t, "resolves_to": resolved.get(a)} for a, t in aliases.items()],
             "overrides": overrides,

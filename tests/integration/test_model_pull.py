@@ -207,3 +207,40 @@ def test_a_pulled_real_gguf_generates_after_a_broken_transfer(olla: ollama.Clien
     assert partway, "no progress line while the file was downloading"
     answer = olla.generate(model=f"local/{name}:Q4_K_M", prompt="Hello", options={"num_predict": 3, "temperature": 0})
     assert answer.done and answer.eval_count == 3
+
+
+def test_the_admin_models_page_data_shows_a_running_pull_and_pulled_models(
+        tmp_path: Path, hub: tuple[FakeHub, ServerThread]) -> None:
+    import threading
+
+    password = "admin-password-for-pull-progress"
+    fake, hub_server = hub
+    settings = config(tmp_path, hub_server.url, auth={"mode": "none", "admin_password": password})
+    # huggingface_hub writes 10 MiB pieces: stalled 12 MiB in, one is on disk.
+    fake.add("acme/slow-GGUF", "slow-Q4_K_M.gguf", tiny_gguf("slow", padding=24 << 20))
+    fake.release.clear()
+    fake.stall_after = 12 << 20
+    auth = {"authorization": f"Bearer {password}"}
+    with dragoman_server(settings, workdir=tmp_path) as s:
+        result: list[str] = []
+        pulling = threading.Thread(target=lambda: result.append(ollama.Client(host=s.url).pull(
+            "hf.co/acme/slow-GGUF:Q4_K_M").status or ""))
+        pulling.start()
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                pulls = httpx.get(s.url + "/admin/api/models", headers=auth).json()["pulls"]
+                if pulls and (pulls[0].get("completed") or 0) > 0:
+                    break
+                assert time.monotonic() < deadline, "the running pull never showed progress"
+                time.sleep(0.1)
+            assert pulls[0]["name"] == "hf.co/acme/slow-GGUF:Q4_K_M" and pulls[0]["backend"] == "local"
+            assert pulls[0]["total"] == len(tiny_gguf("slow", padding=24 << 20)) > pulls[0]["completed"]
+        finally:
+            fake.release.set()
+            pulling.join(timeout=30)
+        assert result == ["success"]
+        body = httpx.get(s.url + "/admin/api/models", headers=auth).json()
+        assert body["pulls"] == []
+        [local] = [b for b in body["backends"] if b["name"] == "local"]
+        assert [(m["name"], m["pulled"]) for m in local["models"]] == [("hf.co/acme/slow-GGUF:Q4_K_M", True)]
