@@ -147,3 +147,45 @@ def test_a_missing_gguf_is_a_start_up_warning_and_the_server_starts(
     warnings = [r.getMessage() for r in caplog.records if "GGUF file not found" in r.getMessage()]
     assert warnings and "model gone of backend local" in warnings[0]
     assert str(tmp_path / "models" / "gone.gguf") in warnings[0]
+
+
+def test_a_full_disk_stops_the_pull_clearly_and_leaves_no_half_file(
+        tmp_path: Path, hub: tuple[FakeHub, ServerThread]) -> None:
+    """The Hugging Face cache on a 2 MiB tmpfs, mounted in a user and mount namespace (no root
+    needed where unprivileged user namespaces are allowed; skipped where they are not)."""
+    if subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("unprivileged user namespaces are not available here (unshare -Urm)")
+    small = tmp_path / "small"
+    small.mkdir()
+    config = tmp_path / "dragoman.yaml"
+    config.write_text(
+        "backends:\n"
+        f"  - {{name: local, type: llamacpp, hf_endpoint: '{hub[1].url}', hf_cache_dir: '{small}', models: []}}\n"
+        f"database: 'sqlite:///{tmp_path / 'db.sqlite'}'\n", encoding="utf-8")
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("DRAGOMAN_", "HF_"))}
+    script = (f"mount -t tmpfs -o size=2m tmpfs {small} && exec {sys.executable} -m dragoman serve "
+              f"--config {config} --port {port}")
+    with (tmp_path / "stderr.log").open("wb") as errors:
+        proc = subprocess.Popen(["unshare", "-Urm", "sh", "-c", script], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                                stderr=errors, text=True, env={**environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("dragoman is listening on "):
+                break
+        else:
+            raise AssertionError((tmp_path / "stderr.log").read_text())
+        url = f"http://127.0.0.1:{port}"
+        client = ollama.Client(host=url, timeout=60)
+        with pytest.raises(ollama.ResponseError) as failed:
+            client.pull("hf.co/acme/tiny-GGUF:Q4_K_M")
+        assert "No space left on device" in failed.value.error
+        assert "partial download was removed" in failed.value.error
+        assert [m.model for m in client.list().models] == []
+        listing = subprocess.run(["nsenter", "-t", str(proc.pid), "-U", "-m", "--preserve-credentials",
+                                  "find", str(small), "-type", "f"], capture_output=True, text=True)
+        if listing.returncode == 0:  # inside the namespace: no blob, whole or partial, is left
+            assert not [f for f in listing.stdout.split() if "/blobs/" in f], listing.stdout
+    finally:
+        stop(proc)
