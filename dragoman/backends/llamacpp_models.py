@@ -144,8 +144,11 @@ def hf_path(config: ModelConfig, settings: LlamaCppSettings, *, download: bool) 
     except LocalEntryNotFoundError:
         if not download:
             return None
-        raise unavailable(config.name, f"{config.hf}/{config.file} is not cached and the hub cannot be reached"
-                          ) from None
+        from huggingface_hub import constants
+
+        where = settings.hf_endpoint or constants.ENDPOINT
+        raise unavailable(config.name, f"{config.hf}/{config.file} is not cached and the hub at {where} cannot be "
+                                       "reached") from None
     except (HfHubHTTPError, OSError) as exc:
         raise unavailable(config.name, f"downloading {config.hf}/{config.file} failed: {exc}") from exc
     return Path(local)

@@ -244,3 +244,18 @@ def test_the_admin_models_page_data_shows_a_running_pull_and_pulled_models(
         assert body["pulls"] == []
         [local] = [b for b in body["backends"] if b["name"] == "local"]
         assert [(m["name"], m["pulled"]) for m in local["models"]] == [("hf.co/acme/slow-GGUF:Q4_K_M", True)]
+
+
+def test_a_configured_hub_model_with_the_hub_unreachable_is_a_fast_503(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed")
+    settings = config(tmp_path, "http://127.0.0.1:9")
+    settings["backends"][0]["models"] = [{"name": "m", "hf": "acme/x-GGUF", "file": "x.gguf"}]
+    settings["routing"] = {"retries": 0}
+    with dragoman_server(settings, workdir=tmp_path) as s:
+        started = time.monotonic()
+        response = httpx.post(s.url + "/api/generate", json={"model": "local/m", "prompt": "hi", "stream": False},
+                              timeout=60)
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert "is not cached and the hub at http://127.0.0.1:9 cannot be reached" in response.json()["error"]
+    assert elapsed < 5
