@@ -156,9 +156,7 @@ class LlamaCppBackend(Backend):
 
     def loaded_models(self) -> dict[str, float]:
         """Loaded model name -> unix time it unloads if left idle (Ollama ``/api/ps``)."""
-        current = time.time()
-        return {name: until for name, slot in self._slots.items()
-                if (until := slot.loaded_until(current)) is not None}
+        return {name: until for name, slot in self._slots.items() if (until := slot.loaded_until()) is not None}
 
     async def load_model(self, model: str, options: LoadOptions) -> float:
         """Load the chat runtime now, after any running generation (``/api/generate`` with no

@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -27,6 +27,7 @@ log = logging.getLogger("dragoman.llamacpp")
 BUILTIN_PREFIX = "builtin:"
 BUILTIN_GEMMA = "gemma3-270m"
 DEFAULT_N_CTX = 8192
+HUB_PROBE_TIMEOUT = 10.0  # seconds for the hub to answer before an uncached download is given up
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -130,25 +131,32 @@ def builtin_path(name: str, model: str) -> tuple[Path, str]:
 
 def hf_path(config: ModelConfig, settings: LlamaCppSettings, *, download: bool) -> Path | None:
     """The file from the Hugging Face cache, downloaded (with its progress bar) when ``download``;
-    None when it is not cached and ``download`` is False."""
+    None when it is not cached and ``download`` is False. A hub that cannot be reached fails at
+    once (one metadata request), not after huggingface_hub's retries (tens of seconds)."""
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     except ImportError as exc:
         raise unavailable(config.name, f"'hf' models need the package huggingface-hub ({exc})") from exc
     assert config.hf is not None and config.file is not None
+    where = settings.hf_endpoint or constants.ENDPOINT
+    common: dict[str, Any] = {"revision": config.revision, "cache_dir": settings.hf_cache_dir,
+                              "endpoint": settings.hf_endpoint}
     try:
-        local = hf_hub_download(config.hf, config.file, revision=config.revision,
-                                cache_dir=settings.hf_cache_dir, endpoint=settings.hf_endpoint,
-                                local_files_only=not download)
+        return Path(hf_hub_download(config.hf, config.file, local_files_only=True, **common))
     except LocalEntryNotFoundError:
         if not download:
             return None
-        from huggingface_hub import constants
-
-        where = settings.hf_endpoint or constants.ENDPOINT
+    try:
+        url = hf_hub_url(config.hf, config.file, revision=config.revision, endpoint=settings.hf_endpoint)
+        get_hf_file_metadata(url, timeout=HUB_PROBE_TIMEOUT, endpoint=settings.hf_endpoint)
+    except HfHubHTTPError as exc:
+        raise unavailable(config.name, f"downloading {config.hf}/{config.file} from {where} failed: {exc}") from exc
+    except Exception as exc:  # connection refused, DNS, TLS, timeout: whatever the HTTP client raises
         raise unavailable(config.name, f"{config.hf}/{config.file} is not cached and the hub at {where} cannot be "
-                                       "reached") from None
+                                       f"reached ({type(exc).__name__})") from exc
+    try:
+        local = hf_hub_download(config.hf, config.file, **common)
     except (HfHubHTTPError, OSError) as exc:
         raise unavailable(config.name, f"downloading {config.hf}/{config.file} failed: {exc}") from exc
     return Path(local)

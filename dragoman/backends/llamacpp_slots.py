@@ -113,6 +113,7 @@ class ModelSlot:
         self.embedder: Runtime | None = None
         self.chat_expires = 0.0
         self.embed_expires = 0.0
+        self.chat_released = False  # the last request said keep_alive 0: gone for clients, freed soon
         self._resolved: tuple[Path, str | None] | None = None
         self._file: ModelFile | None = None
         # ``n_ctx`` / ``n_threads`` chosen by an explicit load (admin API, CLI), over the config's.
@@ -170,6 +171,7 @@ class ModelSlot:
         if self.chat is None:
             self.chat = self._load(embedding=False)
             self.chat_expires = time.time() + min(self.keep_alive, FOREVER)
+            self.chat_released = False
         return self.chat
 
     def embed_runtime(self) -> Runtime:
@@ -198,12 +200,13 @@ class ModelSlot:
             self.embed_expires = expires
         else:
             self.chat_expires = expires
+            self.chat_released = keep_alive == 0
 
-    def loaded_until(self, now: float) -> float | None:
-        """When the loaded runtimes expire; None when none is loaded or all have expired (a
-        ``keep_alive: 0`` answer: the reaper frees it within a second, clients see it gone now)."""
+    def loaded_until(self) -> float | None:
+        """When the loaded runtimes expire; None when none is loaded, or the chat runtime alone is and
+        a request said ``keep_alive: 0`` (the reaper frees it within a second; clients see it gone now)."""
         times = [t for r, t in ((self.chat, self.chat_expires), (self.embedder, self.embed_expires))
-                 if r is not None and t > now]
+                 if r is not None and not (r is self.chat and self.chat_released)]
         return max(times) if times else None
 
     def info(self, file: ModelFile | None, error: str | None = None) -> ModelInfo:
