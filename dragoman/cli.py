@@ -226,12 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_remote_options(p_load)
     p_load.set_defaults(func=cli_remote.models_load)
     p_unload = models_sub.add_parser("unload", help="free a local model now")
-    p_unload.add_argument("name")
+    p_unload.add_argument("name", help="the model as clients name it")
     add_remote_options(p_unload)
     p_unload.set_defaults(func=cli_remote.models_unload)
     p_pull = sub.add_parser("pull", help="download a model into a running dragoman (hf.co/ORG/REPO:QUANT), "
                                          "with a progress bar")
-    p_pull.add_argument("name")
+    p_pull.add_argument("name", help="hf.co/ORG/REPO:QUANT or hf.co/ORG/REPO:FILE.gguf for a llamacpp backend, "
+                                      "an Ollama name for an ollama backend; BACKEND/NAME picks the backend")
     add_remote_options(p_pull)
     p_pull.set_defaults(func=cli_remote.pull)
     p_check = sub.add_parser("check", help="validate the config and ask every backend (exit 0 ok, 1 a backend "

@@ -258,6 +258,9 @@ class Recipes:
             await self.settings.set(DERIVED_SETTING, {name: r.to_json() for name, r in self.recipes.items()})
 
     async def put(self, recipe: ModelRecipe) -> None:
+        if recipe.name not in self.recipes and self.registry.is_taken(recipe.name):
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} already exists; choose another name",
+                               param="model")
         if recipe.source == recipe.name or (recipe.source and self._reaches(recipe.source, recipe.name)):
             raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} cannot be made from itself",
                                param="from")

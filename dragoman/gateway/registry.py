@@ -65,6 +65,10 @@ class ModelRegistry:
         self.derived = dict(derived)
         self._routes = {}
 
+    def is_taken(self, name: str) -> bool:
+        """A ``models:`` entry, alias or backend model already answers to ``name``."""
+        return name in self.models or name in self.aliases or self._concrete(name) is not None
+
     def set_models(self, models: Iterable[ModelSpec]) -> None:
         self.models = {spec.name: spec for spec in models}
         self._routes = {}

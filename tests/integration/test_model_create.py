@@ -149,3 +149,12 @@ def test_created_models_survive_a_restart(tmp_path: Path, upstream: tuple[FakeOl
         client = ollama.Client(host=s.url)
         assert {"kept", "local/kept-file"} <= names(client)
         assert client.generate(model="kept", prompt="a b c").response == "a "
+
+
+def test_a_created_model_cannot_take_the_name_of_a_served_one(server: ServerThread) -> None:
+    for name, source in (("echo/echo", "up/llama3:latest"), ("up/llama3:latest", "echo/echo"),
+                         ("llama3:latest", "echo/echo")):
+        response = httpx.post(server.url + "/api/create", json={"model": name, "from": source, "stream": False})
+        assert response.status_code == 400 and "already exists" in response.json()["error"], name
+    response = httpx.post(server.url + "/api/copy", json={"source": "up/llama3:latest", "destination": "echo/echo"})
+    assert response.status_code == 400 and "already exists" in response.json()["error"]
