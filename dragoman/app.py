@@ -252,7 +252,8 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: S
     timeouts = global_timeouts(config)
     router, cooldowns = build_routing(config, tracing)
     gateway = Gateway(registry, router=router, overrides=config.overrides, timeouts=timeouts,
-                      forward_keys=config.auth.mode != "keys")
+                      forward_keys=config.auth.mode != "keys", pull_backend=config.pull.backend,
+                      blob_root=lambda: config.writable_data_dir() / "blobs")
     health_monitor = HealthMonitor(backends, interval=config.routing.health_interval,
                                    model_count=registry.model_count)
     services = AppServices(config=config, backends=backends, registry=registry, gateway=gateway,
@@ -271,6 +272,7 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: S
         gateway.prices = control.prices
         gateway.observers.append(make_observer(control.recorder, metrics))
         services.readiness_checks.append(control.store.check)
+        await gateway.catalog.restore(control.settings)
 
     async def close_control() -> None:
         if services.control is not None:

@@ -19,9 +19,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from dragoman import __version__
+from dragoman import __version__, cli_remote
 from dragoman.app import AppServices, create_app
 from dragoman.backends.base import Requirement
+from dragoman.cli_remote import add_remote_options
 from dragoman.config import Config, ConfigError, load_config
 from dragoman.connections import guarded_protocol
 from dragoman.extras import require
@@ -137,7 +138,7 @@ def serve(args: argparse.Namespace) -> int:
     from dragoman.tls import check_tls, uvicorn_tls_options
 
     flags = _flag_environment(args)
-    config = _load(args.config, flags)
+    config = _load_served(args.config, flags, getattr(args, "model", None))
     tls = config.server.tls
     if tls is not None:
         check_tls(tls)
@@ -166,7 +167,7 @@ def serve(args: argparse.Namespace) -> int:
 
         prepare_shared_state(config)
         shown = multiprocessing.get_context("spawn").Value("b", 0)  # the first worker ready prints the banner
-        factory = functools.partial(_worker_app, args.config, flags, url, shown)
+        factory = functools.partial(_worker_app, args.config, flags, getattr(args, "model", None), url, shown)
         run_workers(workers, factory, sockets, http=_http_name(), **options)
         return 0
 
@@ -190,11 +191,21 @@ def _http_name() -> str:
     return "httptools" if importlib.util.find_spec("httptools") else "h11"
 
 
-def _worker_app(path: str | None, flags: Mapping[str, str], url: str,
+def _load_served(path: str | None, flags: Mapping[str, str], model: str | None) -> Config:
+    """The config ``serve`` runs: the file and environment, or one GGUF with ``--model``."""
+    config = _load(path, flags)
+    if model:
+        from dragoman.serve_model import serve_one_model
+
+        config = serve_one_model(config, model)
+    return config
+
+
+def _worker_app(path: str | None, flags: Mapping[str, str], model: str | None, url: str,
                 shown: Any) -> tuple[Starlette, type[asyncio.Protocol]]:
     """One worker's app (see dragoman.workers), built in the worker from the config file read anew;
     each worker has its own tracer provider (the SDK's exporter threads do not cross processes)."""
-    config = _load(path, flags)
+    config = _load_served(path, flags, model)
     configure_logging(config.server.log_level, config.server.log_format)
 
     async def on_ready(services: AppServices) -> None:
@@ -296,15 +307,37 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--workers", metavar="N",
                          help="worker processes sharing the port: a number, or 'auto' for one per core "
                               "(default 1; $DRAGOMAN_WORKERS); see the README on what they share")
+    p_serve.add_argument("--model", metavar="PATH_OR_HF_NAME",
+                         help="serve this one GGUF (a file, or hf.co/ORG/REPO:QUANT downloaded on first use) "
+                              "instead of the configured backends")
     p_serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                          help="log messages from this level up (default info; $DRAGOMAN_LOG_LEVEL)")
     p_serve.add_argument("--log-format", choices=("text", "json"),
                          help="console log format: text, or json with one object a line (default text; "
                               "$DRAGOMAN_LOG_FORMAT)")
     p_serve.set_defaults(func=serve)
-    p_models = sub.add_parser("models", help="print the models the config resolves to")
+    p_models = sub.add_parser("models", help="print the models the config resolves to; load or unload one "
+                                             "in a running dragoman")
     p_models.add_argument("--config", help=CONFIG_HELP)
     p_models.set_defaults(func=models)
+    models_sub = p_models.add_subparsers(dest="models_command", metavar="COMMAND")
+    p_load = models_sub.add_parser("load", help="load a local model now (admin password in $DRAGOMAN_ADMIN_PASSWORD)")
+    p_load.add_argument("name", help="the model as clients name it, e.g. local/gemma3:270m")
+    p_load.add_argument("--n-ctx", dest="n_ctx", type=int, help="context window to load with")
+    p_load.add_argument("--threads", dest="n_threads", type=int, help="CPU threads")
+    p_load.add_argument("--keep-alive", dest="keep_alive", help="idle time before unloading ('10m', -1: never)")
+    add_remote_options(p_load)
+    p_load.set_defaults(func=cli_remote.models_load)
+    p_unload = models_sub.add_parser("unload", help="free a local model now")
+    p_unload.add_argument("name", help="the model as clients name it")
+    add_remote_options(p_unload)
+    p_unload.set_defaults(func=cli_remote.models_unload)
+    p_pull = sub.add_parser("pull", help="download a model into a running dragoman (hf.co/ORG/REPO:QUANT), "
+                                         "with a progress bar")
+    p_pull.add_argument("name", help="hf.co/ORG/REPO:QUANT or hf.co/ORG/REPO:FILE.gguf for a llamacpp backend, "
+                                      "an Ollama name for an ollama backend; BACKEND/NAME picks the backend")
+    add_remote_options(p_pull)
+    p_pull.set_defaults(func=cli_remote.pull)
     p_check = sub.add_parser("check", help="validate the config and ask every backend (exit 0 ok, 1 a backend "
                                            "failed, 2 config error)")
     p_check.add_argument("--config", help=CONFIG_HELP)

@@ -482,6 +482,15 @@ class ResponsesConfig(BaseModel):
     store_bytes: int = Field(64 << 20, ge=0)
 
 
+class PullConfig(BaseModel):
+    """``POST /api/pull``: ``backend`` receives names without a ``<backend>/`` prefix (unset:
+    ``hf.co/...`` names go to the first llamacpp backend, others to the first ollama backend)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str | None = None
+
+
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -505,6 +514,7 @@ class Config(BaseModel):
     images: ImageFetchConfig = Field(default_factory=ImageFetchConfig)
     responses: ResponsesConfig = Field(default_factory=ResponsesConfig)
     model_refresh_seconds: float = Field(60.0, gt=0)
+    pull: PullConfig = Field(default_factory=PullConfig)
     data_dir: Path | None = None  # writable state; see resolve_data_dir
 
     # Where the file was; relative paths (database, GGUF files) resolve against its folder.

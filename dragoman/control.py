@@ -90,7 +90,8 @@ async def open_control_plane(config: Config, metrics: Metrics) -> ControlPlane:
     # LiveSettings.load, their one owner, right after this.
 
     # Without keys, only per-model limits could apply, and none are configured: skip the limiter.
-    access: AccessPolicy = KeyAccess(keys, limiter) if config.auth.mode == "keys" else AnonymousAccess(None)
+    access: AccessPolicy = (KeyAccess(keys, limiter) if config.auth.mode == "keys"
+                            else AnonymousAccess(None, manage_models=config.auth.mode == "none"))
     return ControlPlane(store=store, keys=keys, usage_store=usage_store, recorder=recorder, pruner=pruner,
                         settings=settings, limiter=limiter, access=access, prices=prices, redis=redis)
 

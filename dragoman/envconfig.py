@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dragoman.config import ConfigError, static_key_problem
+from dragoman.core.duration import parse_duration
 
 DEFAULT_KEY_NAME = "default"  # the static key made from DRAGOMAN_API_KEY / --api-key
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -46,6 +47,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("DRAGOMAN_FORWARDED_ALLOW_IPS", "server.forwarded_allow_ips, comma-separated (--forwarded-allow-ips)"),
     Variable("DRAGOMAN_API_KEY", "a static key named 'default' for every model; turns on auth.mode: keys (--api-key)"),
     Variable("DRAGOMAN_ADMIN_PASSWORD", "auth.admin_password"),
+    Variable("DRAGOMAN_KEEP_ALIVE", "keep_alive of every llamacpp backend: idle time before a local model is "
+                                    "unloaded ('5m', '1h', seconds; -1 never), as OLLAMA_KEEP_ALIVE"),
     Variable("DRAGOMAN_DATABASE_URL", "database"),
     Variable("DRAGOMAN_REDIS_URL", "redis"),
     Variable("DRAGOMAN_OPENAI_BASE_URL", "backend 'openai' (type openai): base_url, with /v1"),
@@ -119,7 +122,21 @@ def apply_environment(data: dict[str, Any] | None, env: Mapping[str, str], *,
         if data is None:
             out["backends"] = []  # no file: the environment's backends replace the built-in ones
         _merge_backends(out, backends)
+    _keep_alive(out, overlay)
     return out, list(dict.fromkeys(overlay.used))
+
+
+def _keep_alive(data: dict[str, Any], overlay: _Overlay) -> None:
+    value = overlay.value("DRAGOMAN_KEEP_ALIVE")
+    if value is None:
+        return
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(f"DRAGOMAN_KEEP_ALIVE: {exc}") from exc
+    for backend in data.get("backends") or []:
+        if isinstance(backend, dict) and backend.get("type") == "llamacpp":
+            backend["keep_alive"] = value
 
 
 def _section(data: dict[str, Any], key: str, variable: str) -> dict[str, Any]:
@@ -191,7 +208,8 @@ def _auth(data: dict[str, Any], overlay: _Overlay) -> None:
             keys = auth["keys"] = []
         if not isinstance(keys, list):
             raise ConfigError("DRAGOMAN_API_KEY: cannot apply it: 'auth.keys' in the config file is not a list")
-        keys.append({"name": DEFAULT_KEY_NAME, "key": key})
+        # The one key of a single-user setup: it may also manage models (pull, create, delete).
+        keys.append({"name": DEFAULT_KEY_NAME, "key": key, "metadata": {"admin": True}})
 
 
 def _backend(spec: _BackendVariables, overlay: _Overlay) -> dict[str, Any] | None:

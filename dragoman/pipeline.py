@@ -15,18 +15,22 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Protocol
 
 from dragoman.backends.base import CallOptions, Timeouts
 from dragoman.config import OverrideConfig
 from dragoman.core.events import Event, MessageEnd, PartDelta, PartEnd, PartStart, StreamError
 from dragoman.core.fit import estimate_request_tokens, truncate_oldest
+from dragoman.core.management import LoadOptions, LoadsModels, ModelRecipe, PullProgress
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, TokenCount
 from dragoman.core.tokens import estimate_prompt_tokens
 from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Reasoning, Tokenized, Usage
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway import overrides as override_rules
+from dragoman.gateway.catalog import ModelCatalog
+from dragoman.gateway.recipes import described, with_recipe
 from dragoman.gateway.registry import ModelRegistry, Target
 from dragoman.gateway.route import Route, Step
 from dragoman.gateway.router import Router
@@ -55,6 +59,10 @@ class AccessPolicy(Protocol):
 
     def may_use(self, ctx: CallContext, *names: str) -> bool: ...
 
+    def may_manage(self, ctx: CallContext) -> bool:
+        """May pull, create, copy and delete models."""
+        ...
+
     async def acquire(self, ctx: CallContext, model: str, request: ChatRequest | None = None) -> Lease | None:
         """Admit a call of ``model`` (``<backend>/<model>``) or raise; a chat passes its
         ``request``, from which a budget reserves what it may spend until the lease is released."""
@@ -68,6 +76,9 @@ class OpenAccess:
         return None
 
     def may_use(self, ctx: CallContext, *names: str) -> bool:
+        return True
+
+    def may_manage(self, ctx: CallContext) -> bool:
         return True
 
     async def acquire(self, ctx: CallContext, model: str, request: ChatRequest | None = None) -> Lease | None:
@@ -103,7 +114,8 @@ class Gateway:
     def __init__(self, registry: ModelRegistry, *, router: Router | None = None,
                  access: AccessPolicy | None = None, overrides: dict[str, OverrideConfig] | None = None,
                  timeouts: Timeouts | None = None, forward_keys: bool = False,
-                 observers: Sequence[Observer] = ()) -> None:
+                 observers: Sequence[Observer] = (), pull_backend: str | None = None,
+                 blob_root: Callable[[], Path] | None = None) -> None:
         self.registry = registry
         self.router = router or Router()
         self.access: AccessPolicy = access or OpenAccess()
@@ -113,6 +125,7 @@ class Gateway:
         self.observers: list[Observer] = list(observers)
         self.metrics: StreamGauge | None = None
         self.prices: Pricing | None = None
+        self.catalog = ModelCatalog(registry, pull_backend=pull_backend, blob_root=blob_root)
 
     # ------------------------------------------------------------ service API
 
@@ -124,9 +137,58 @@ class Gateway:
         return [e for e in self.registry.entries() if self.access.may_use(ctx, e.id, *_alias(e))]
 
     async def get_model(self, name: str, ctx: CallContext) -> ModelEntry:
-        first = (await self._route(name, ctx)).first_target
-        return ModelEntry(id=name, backend=first.backend.name, info=first.info,
-                          alias_of=first.id if first.id != name else None)
+        entry = _entry(name, (await self._route(name, ctx)).first_target)
+        recipe = self.catalog.recipes.recipes.get(name)
+        if recipe is not None:
+            entry.info = described(entry.info, recipe)
+        return entry
+
+    async def load_model(self, name: str, ctx: CallContext, options: LoadOptions) -> ModelEntry:
+        """Load the first target of ``name``'s route; ``expires_at`` says until when."""
+        target = (await self._route(name, ctx)).first_target
+        entry = _entry(name, target)
+        if isinstance(target.backend, LoadsModels):
+            entry.expires_at = await target.backend.load_model(target.model, options)
+            entry.loaded = True
+        return entry
+
+    async def unload_model(self, name: str, ctx: CallContext) -> ModelEntry:
+        target = (await self._route(name, ctx)).first_target
+        if isinstance(target.backend, LoadsModels):
+            await target.backend.unload_model(target.model)
+        return _entry(name, target)
+
+    def check_manage(self, ctx: CallContext) -> None:
+        if not self.access.may_manage(ctx):
+            raise GatewayError(ErrorKind.PERMISSION, "this key may not manage models (pull, create, copy, delete "
+                                                     "need a key whose metadata has \"admin\": true)",
+                               code="admin_required")
+
+    async def pull_model(self, name: str, ctx: CallContext) -> AsyncIterator[PullProgress]:
+        """Refuses (before any progress) callers that may not manage models and names no backend pulls."""
+        self.check_manage(ctx)
+        self.catalog.target(name)
+        return self.catalog.pull(name)
+
+    async def delete_model(self, name: str, ctx: CallContext) -> None:
+        self.check_manage(ctx)
+        await self.catalog.delete(name)
+
+    async def create_model(self, recipe: ModelRecipe, ctx: CallContext) -> list[PullProgress]:
+        self.check_manage(ctx)
+        return await self.catalog.create(recipe)
+
+    async def copy_model(self, source: str, destination: str, ctx: CallContext) -> None:
+        self.check_manage(ctx)
+        await self.catalog.copy(source, destination)
+
+    async def has_blob(self, digest: str, ctx: CallContext) -> bool:
+        self.check_manage(ctx)
+        return self.catalog.blob_path(digest).is_file()
+
+    async def save_blob(self, digest: str, chunks: AsyncIterator[bytes], ctx: CallContext) -> bool:
+        self.check_manage(ctx)
+        return await self.catalog.save_blob(digest, chunks)
 
     async def count_tokens(self, request: ChatRequest, ctx: CallContext) -> TokenCount:
         target = (await self._route(request.model, ctx)).first_target
@@ -255,6 +317,10 @@ class Gateway:
 
     def _plan(self, request: ChatRequest, target: Target) -> ChatRequest:
         rules = override_rules.matching(self.overrides, target.id, request.model)
+        recipe = self.catalog.recipes.recipes.get(request.model)
+        if recipe is not None:  # a created model: its parameters win over the overrides of what it is made from
+            rules.append(OverrideConfig(**dict(recipe.parameters)))
+            request = with_recipe(request, recipe)
         planned = override_rules.apply(request, rules)
         caps = target.info.capabilities
         if planned.prompt is None and not caps.chat:
@@ -331,6 +397,11 @@ def _no_tokenizer(target: Target) -> GatewayError:
                         "dragoman can ask (local models and upstreams with a /tokenize endpoint, such as vLLM, "
                         "have one)",
                         param="model", code="tokenize_unsupported")
+
+
+def _entry(name: str, first: Target) -> ModelEntry:
+    return ModelEntry(id=name, backend=first.backend.name, info=first.info,
+                      alias_of=first.id if first.id != name else None)
 
 
 def _cancelled(outcome: CallOutcome) -> None:

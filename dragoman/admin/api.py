@@ -18,9 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dragoman import __version__
+from dragoman.admin import model_load
 from dragoman.admin.live import LiveSettings
 from dragoman.admin.masking import mask
 from dragoman.admin.queries import RANGES, UsageFilter, distinct_models, iter_usage, series, usage_page
+from dragoman.core.management import PullsModels
 from dragoman.dialects.common import json_response
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.keys import KeyInfo, KeyService
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 Handler = Callable[[Request], Awaitable[Response]]
 
 MAX_BODY = 1 << 20
+FOREVER = 50 * 365 * 86400.0  # an expiry further away than this is "until unloaded"
 KEY_FIELDS = ("name", "models", "expires_at", "rpm", "tpm", "max_parallel", "budget_tokens", "budget_cost",
               "budget_period", "enabled", "metadata")
 
@@ -173,6 +176,8 @@ class AdminAPI:
             ("/keys/{key_id}/usage", self.key_usage, ["GET"]),
             ("/models", self.models, ["GET"]),
             ("/models/refresh", self.refresh_models, ["POST"]),
+            ("/models/load", self.load_model, ["POST"]),
+            ("/models/unload", self.unload_model, ["POST"]),
             ("/aliases/{name:path}", self.put_alias, ["PUT"]),
             ("/aliases/{name:path}", self.delete_alias, ["DELETE"]),
             ("/overrides/{pattern:path}", self.put_override, ["PUT"]),
@@ -324,12 +329,36 @@ class AdminAPI:
             })
         resolved = {e.id: e.alias_of for e in entries if e.alias_of is not None}
         health = {h["name"]: h for h in self.backend_health()}
+        catalog = self.services.gateway.catalog
+        pulled = {f"{b.name}/{n}" for b in registry.backends.values() if isinstance(b, PullsModels)
+                  for n in b.pulled_models()}
+        for models in by_backend.values():
+            for model in models:
+                model["pulled"] = model["id"] in pulled
         return {
+            "created": [{"name": name, "from": r.source, "system": r.system, "parameters": dict(r.parameters),
+                         "resolves_to": resolved.get(name)} for name, r in catalog.recipes.recipes.items()],
+            "pulls": [{"name": p.name, "backend": p.backend, "status": p.status, "total": p.total,
+                       "completed": p.completed} for p in catalog.running.values()],
             "backends": [{**health[name], "models": models} for name, models in by_backend.items()],
             "aliases": [{"name": a, "targets": t, "resolves_to": resolved.get(a)} for a, t in aliases.items()],
             "overrides": overrides,
             "refresh_seconds": registry.refresh_seconds,
         }
+
+    async def load_model(self, request: Request) -> Response:
+        data = await read_object(request)
+        name, options = model_load.model_name(data), model_load.load_options(data)
+        entry = await self.services.gateway.load_model(name, model_load.admin_context(), options)
+        expires = entry.expires_at
+        return json_response({"model": name, "target": entry.alias_of or name, "loaded": True,
+                              "expires_at": None if expires is None or expires > time.time() + FOREVER else expires,
+                              "context_length": entry.info.context_length})
+
+    async def unload_model(self, request: Request) -> Response:
+        name = model_load.model_name(await read_object(request))
+        entry = await self.services.gateway.unload_model(name, model_load.admin_context())
+        return json_response({"model": name, "target": entry.alias_of or name, "loaded": False})
 
     async def put_alias(self, request: Request) -> Response:
         data = await read_object(request)

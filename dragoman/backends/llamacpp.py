@@ -34,7 +34,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from dragoman.backends.base import Backend, BackendDeps, CallOptions, Requirement, within_deadline
 from dragoman.backends.llamacpp_compute import ComputeThread, once
@@ -50,11 +51,23 @@ from dragoman.backends.llamacpp_engine import (
     prompt_tokens,
     tokenize_request,
 )
-from dragoman.backends.llamacpp_models import BUILTIN_PREFIX, LlamaCppSettings, parse_duration
+from dragoman.backends.llamacpp_models import BUILTIN_PREFIX, LlamaCppSettings, ModelConfig
+from dragoman.backends.llamacpp_pull import (
+    download,
+    downloaded_bytes,
+    hub_files,
+    parse_hub_name,
+    pick_file,
+    remove_download,
+    remove_incomplete,
+    verify,
+)
 from dragoman.backends.llamacpp_slots import FifoGate, ModelSlot
 from dragoman.backends.llamacpp_templates import ParsedCall
+from dragoman.core.duration import parse_duration
 from dragoman.core.events import Event, Logprobs, MessageEnd
 from dragoman.core.ids import completion_id, now
+from dragoman.core.management import LoadOptions, PullProgress
 from dragoman.core.models import ModelInfo
 from dragoman.core.parts import PartTracker
 from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Tokenized, Usage
@@ -66,6 +79,7 @@ __all__ = ["FifoGate", "LlamaCppBackend", "ModelSlot"]
 
 T = TypeVar("T")
 _DONE = object()
+PROGRESS_INTERVAL = 0.25  # seconds between two progress lines of a download
 
 
 class LlamaCppBackend(Backend):
@@ -78,6 +92,7 @@ class LlamaCppBackend(Backend):
                  reap_interval: float = 1.0) -> None:
         super().__init__(name, settings, deps)
         self.settings = settings
+        self.deps = deps
         self._slots = {m.name: ModelSlot(m, settings, deps) for m in settings.models}
         self._executor = ThreadPoolExecutor(max_workers=2 * len(self._slots) + 4,
                                             thread_name_prefix=f"llamacpp-{name}")
@@ -86,6 +101,7 @@ class LlamaCppBackend(Backend):
         self._reaper: asyncio.Task[None] | None = None
         self._active: set[threading.Event] = set()
         self._closed = False
+        self._pulled: set[str] = set()  # models added by ``pull_model``
 
     def requirements(self) -> list[Requirement]:
         """llama-cpp-python always; the built-in model's package and the hub client when used."""
@@ -100,8 +116,19 @@ class LlamaCppBackend(Backend):
     # ------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        await asyncio.to_thread(self._warn_missing_files)
         if self._reaper is None:
             self._reaper = asyncio.create_task(self._reap_forever(), name=f"llamacpp-{self.name}-keep-alive")
+
+    def _warn_missing_files(self) -> None:
+        """A missing file is told at start, not at the first request for it."""
+        for model in self.settings.models:
+            if model.path is not None and not model.path.startswith(BUILTIN_PREFIX):
+                path = Path(model.path).expanduser()
+                path = path if path.is_absolute() else self.deps.config_dir / path
+                if not path.is_file():
+                    log.warning("model %s of backend %s: GGUF file not found: %s (the gateway starts; requests "
+                                "for this model answer 503 until the file is there)", model.name, self.name, path)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -128,12 +155,118 @@ class LlamaCppBackend(Backend):
 
     def loaded_models(self) -> dict[str, float]:
         """Loaded model name -> unix time it unloads if left idle (Ollama ``/api/ps``)."""
-        out: dict[str, float] = {}
-        for name, slot in self._slots.items():
-            times = [t for r, t in ((slot.chat, slot.chat_expires), (slot.embedder, slot.embed_expires)) if r]
-            if times:
-                out[name] = max(times)
+        return {name: until for name, slot in self._slots.items() if (until := slot.loaded_until()) is not None}
+
+    async def load_model(self, model: str, options: LoadOptions) -> float:
+        """Load the chat runtime now, after any running generation (``/api/generate`` with no
+        prompt, the admin API); different ``n_ctx`` / ``n_threads`` reload it with those."""
+        slot = self._slot(model)
+        await slot.gate.acquire()
+        try:
+            n_ctx = options.n_ctx if options.n_ctx is not None else slot.n_ctx_override
+            n_threads = options.n_threads if options.n_threads is not None else slot.n_threads_override
+            if (n_ctx, n_threads) != (slot.n_ctx_override, slot.n_threads_override):
+                await self._run(partial(slot.unload, embedding=False))
+                slot.n_ctx_override, slot.n_threads_override = n_ctx, n_threads
+            await self._load(slot, model, embedding=False)
+            slot.touch(embedding=False, keep_alive=options.keep_alive)
+            return slot.chat_expires
+        finally:
+            slot.gate.release()
+
+    # ---------------------------------------------------------------------------------- pull
+
+    def pulled_models(self) -> dict[str, dict[str, str]]:
+        out = {}
+        for name in self._pulled:
+            config = self._slots[name].config
+            out[name] = {"path": config.path} if config.path else {"hf": config.hf or "", "file": config.file or ""}
         return out
+
+    def restore_models(self, pulled: dict[str, dict[str, str]]) -> None:
+        """Serve models pulled or created earlier: ``{"hf", "file"}`` from the hub cache, ``{"path"}`` a file."""
+        for name, source in pulled.items():
+            try:
+                if source.get("path"):
+                    self._add_model(ModelConfig(name=name, path=source["path"]))
+                elif source.get("hf") and source.get("file"):
+                    self._add_model(ModelConfig(name=name, hf=source["hf"], file=source["file"]))
+            except GatewayError as exc:
+                log.warning("not serving pulled model %s again: %s", name, exc.message)
+
+    def _add_model(self, config: ModelConfig) -> None:
+        old = self._slots.get(config.name)
+        if old is not None and config.name not in self._pulled:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {config.name!r} is configured on backend "
+                                                          f"{self.name!r}; choose another name", param="model")
+        if old is not None:
+            old.unload(embedding=False)
+            old.unload(embedding=True)
+        self._slots[config.name] = ModelSlot(config, self.settings, self.deps)
+        self._pulled.add(config.name)
+
+    async def pull_model(self, name: str) -> AsyncIterator[PullProgress]:
+        """``hf.co/{org}/{repo}:{quant|file.gguf}`` into the Hugging Face cache, then served."""
+        hub_name = parse_hub_name(name)
+        if hub_name is None:
+            raise GatewayError(ErrorKind.INVALID_REQUEST,
+                               f"backend {self.name!r} pulls Hugging Face GGUFs: hf.co/{{org}}/{{repo}}:{{quant}} "
+                               f"or hf.co/{{org}}/{{repo}}:{{file}}.gguf, not {name!r}", param="model")
+        if importlib.util.find_spec("huggingface_hub") is None:
+            raise GatewayError(ErrorKind.UPSTREAM_UNAVAILABLE, "pulling from Hugging Face needs the package "
+                                                               "huggingface-hub (pip install 'dragoman[local]')")
+        endpoint, cache = self.settings.hf_endpoint, self.settings.hf_cache_dir
+        yield PullProgress("pulling manifest")
+        files = await self._run(partial(hub_files, hub_name.repo, endpoint=endpoint))
+        file = pick_file(hub_name, files)
+        digest = f"sha256:{file.sha256}"
+        status = f"pulling {file.sha256[:12]}"
+        yield PullProgress(status, digest, file.size, 0)
+        download_job = asyncio.ensure_future(self._run(partial(download, file, endpoint=endpoint, cache_dir=cache)))
+        try:
+            while not download_job.done():
+                await asyncio.wait({download_job}, timeout=PROGRESS_INTERVAL)
+                done = downloaded_bytes(file, cache)
+                if done is not None:
+                    yield PullProgress(status, digest, file.size, min(done, file.size))
+            path = download_job.result()
+        except GatewayError as exc:
+            if exc.status in (500, 507):  # a write failed (disk full): leave no partial file behind
+                await self._run(partial(remove_incomplete, file, cache))
+            raise
+        finally:
+            if not download_job.done():  # the client left: the thread finishes (or fails) on its own
+                download_job.add_done_callback(_retrieve)
+        yield PullProgress(status, digest, file.size, file.size)
+        yield PullProgress("verifying sha256 digest")
+        await self._run(partial(verify, path, file))
+        yield PullProgress("writing manifest")
+        self._add_model(ModelConfig(name=hub_name.model_name, hf=file.repo, file=file.filename))
+        yield PullProgress("success")
+
+    async def delete_model(self, name: str) -> None:
+        """Forget a pulled model and remove its file from the cache."""
+        if name not in self._pulled:
+            raise not_found(f"model {name!r} was not pulled into backend {self.name!r}; only pulled models "
+                            "can be deleted (configured ones are removed from the config)")
+        slot = self._slots[name]
+        await self.unload_model(name)
+        file = await self._run(partial(slot.file, download=False))
+        self._slots.pop(name, None)
+        self._pulled.discard(name)
+        others = {s.config.hf + "/" + (s.config.file or "") for s in self._slots.values() if s.config.hf}
+        if file is not None and slot.config.hf and f"{slot.config.hf}/{slot.config.file}" not in others:
+            await self._run(partial(remove_download, file.path))  # created models keep their blob
+
+    async def unload_model(self, model: str) -> None:
+        """Free the model's runtimes now, each after the request using it (``keep_alive: 0``)."""
+        slot = self._slot(model)
+        for embedding, gate in ((False, slot.gate), (True, slot.embed_gate)):
+            await gate.acquire()
+            try:
+                await self._run(partial(slot.unload, embedding=embedding))
+            finally:
+                gate.release()
 
     async def _reap_forever(self) -> None:
         while True:
@@ -330,6 +463,11 @@ class LlamaCppBackend(Backend):
                     raise _job_error(future, model)
         finally:
             cancel.set()
+
+
+def _retrieve(job: asyncio.Future[Any]) -> None:
+    if not job.cancelled():
+        job.exception()
 
 
 def _job_error(future: asyncio.Future[None], model: str) -> GatewayError:

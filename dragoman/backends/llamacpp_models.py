@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from dragoman.backends.llamacpp_gguf import GGUFError, GGUFInfo, read_gguf
+from dragoman.core.duration import parse_duration as parse_duration  # re-exported
 from dragoman.errors import ErrorKind, GatewayError
 
 log = logging.getLogger("dragoman.llamacpp")
@@ -27,33 +28,7 @@ BUILTIN_PREFIX = "builtin:"
 BUILTIN_GEMMA = "gemma3-270m"
 DEFAULT_N_CTX = 8192
 BASE_MODEL_MAX_TOKENS = 512  # default answer length of a model without a chat template
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a Go-style string (``"5m"``, ``"1h30m"``, ``"90s"``).
-    A negative value means "forever" and is returned as ``inf``."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like '5m'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str):
-        text = value.strip().lower()
-        try:
-            seconds = float(text)
-        except ValueError:
-            sign = -1.0 if text.startswith("-") else 1.0
-            body = text.lstrip("+-")
-            matches = list(_DURATION.finditer(body))
-            if not body or "".join(m.group(0) for m in matches).replace(" ", "") != body.replace(" ", ""):
-                raise ValueError(f"invalid duration {value!r}: use seconds or e.g. '30s', '5m', '1h'") from None
-            seconds = sign * sum(float(m.group(1)) * _UNITS[m.group(2)] for m in matches)
-    else:
-        raise ValueError("a duration is a number of seconds or a string like '5m'")
-    return float("inf") if seconds < 0 else seconds
-
+HUB_PROBE_TIMEOUT = 10.0  # seconds for the hub to answer before an uncached download is given up
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -159,22 +134,32 @@ def builtin_path(name: str, model: str) -> tuple[Path, str]:
 
 def hf_path(config: ModelConfig, settings: LlamaCppSettings, *, download: bool) -> Path | None:
     """The file from the Hugging Face cache, downloaded (with its progress bar) when ``download``;
-    None when it is not cached and ``download`` is False."""
+    None when it is not cached and ``download`` is False. A hub that cannot be reached fails at
+    once (one metadata request), not after huggingface_hub's retries (tens of seconds)."""
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     except ImportError as exc:
         raise unavailable(config.name, f"'hf' models need the package huggingface-hub ({exc})") from exc
     assert config.hf is not None and config.file is not None
+    where = settings.hf_endpoint or constants.ENDPOINT
+    common: dict[str, Any] = {"revision": config.revision, "cache_dir": settings.hf_cache_dir,
+                              "endpoint": settings.hf_endpoint}
     try:
-        local = hf_hub_download(config.hf, config.file, revision=config.revision,
-                                cache_dir=settings.hf_cache_dir, endpoint=settings.hf_endpoint,
-                                local_files_only=not download)
+        return Path(hf_hub_download(config.hf, config.file, local_files_only=True, **common))
     except LocalEntryNotFoundError:
         if not download:
             return None
-        raise unavailable(config.name, f"{config.hf}/{config.file} is not cached and the hub cannot be reached"
-                          ) from None
+    try:
+        url = hf_hub_url(config.hf, config.file, revision=config.revision, endpoint=settings.hf_endpoint)
+        get_hf_file_metadata(url, timeout=HUB_PROBE_TIMEOUT, endpoint=settings.hf_endpoint)
+    except HfHubHTTPError as exc:
+        raise unavailable(config.name, f"downloading {config.hf}/{config.file} from {where} failed: {exc}") from exc
+    except Exception as exc:  # connection refused, DNS, TLS, timeout: whatever the HTTP client raises
+        raise unavailable(config.name, f"{config.hf}/{config.file} is not cached and the hub at {where} cannot be "
+                                       f"reached ({type(exc).__name__})") from exc
+    try:
+        local = hf_hub_download(config.hf, config.file, **common)
     except (HfHubHTTPError, OSError) as exc:
         raise unavailable(config.name, f"downloading {config.hf}/{config.file} failed: {exc}") from exc
     return Path(local)

@@ -114,8 +114,12 @@ class ModelSlot:
         self.embedder: Runtime | None = None
         self.chat_expires = 0.0
         self.embed_expires = 0.0
+        self.chat_released = False  # the last request said keep_alive 0: gone for clients, freed soon
         self._resolved: tuple[Path, str | None] | None = None
         self._file: ModelFile | None = None
+        # ``n_ctx`` / ``n_threads`` chosen by an explicit load (admin API, CLI), over the config's.
+        self.n_ctx_override: int | None = None
+        self.n_threads_override: int | None = None
 
     # ------------------------------------------------------------------ blocking (worker thread)
 
@@ -141,7 +145,12 @@ class ModelSlot:
         return self._file
 
     def n_ctx(self, file: ModelFile | None) -> int:
+        if self.n_ctx_override is not None:
+            return self.n_ctx_override
         return context_size(self.config, self.settings, file.info if file else None)
+
+    def n_threads(self) -> int | None:
+        return self.n_threads_override or self.config.n_threads or self.settings.n_threads
 
     def _load(self, *, embedding: bool) -> Runtime:
         file = self.file(download=True)
@@ -150,7 +159,7 @@ class ModelSlot:
         if self.settings.check_memory:
             check_memory(self.config.name, file, n_ctx)
         llama = load_llama(self.config.name, file.path, n_ctx=n_ctx,
-                           n_threads=self.config.n_threads or self.settings.n_threads,
+                           n_threads=self.n_threads(),
                            n_batch=self.config.n_batch, embedding=embedding,
                            repack_weights=self.settings.repack_weights)
         template = resolve_template(self.config.name, file.info.chat_template, self.config.chat_template,
@@ -164,6 +173,7 @@ class ModelSlot:
         if self.chat is None:
             self.chat = self._load(embedding=False)
             self.chat_expires = time.time() + min(self.keep_alive, FOREVER)
+            self.chat_released = False
         return self.chat
 
     def embed_runtime(self) -> Runtime:
@@ -192,6 +202,14 @@ class ModelSlot:
             self.embed_expires = expires
         else:
             self.chat_expires = expires
+            self.chat_released = keep_alive == 0
+
+    def loaded_until(self) -> float | None:
+        """When the loaded runtimes expire; None when none is loaded, or the chat runtime alone is and
+        a request said ``keep_alive: 0`` (the reaper frees it within a second; clients see it gone now)."""
+        times = [t for r, t in ((self.chat, self.chat_expires), (self.embedder, self.embed_expires))
+                 if r is not None and not (r is self.chat and self.chat_released)]
+        return max(times) if times else None
 
     def info(self, file: ModelFile | None, error: str | None = None) -> ModelInfo:
         """What /api/tags and /api/show say, from the header only."""

@@ -17,6 +17,7 @@ import asyncio
 import fnmatch
 import functools
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,11 +27,12 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from dragoman.backends.base import BackendDeps, CallOptions, ImageFetcher
-from dragoman.backends.http import ErrorFields, HTTPBackend, StreamCall, tracked_end
+from dragoman.backends.http import ErrorFields, HTTPBackend, StreamCall, read_error, tracked_end
 from dragoman.core.events import Event
 from dragoman.core.ids import completion_id, now, tool_call_id
 from dragoman.core.images import encode_base64
 from dragoman.core.jsonprefix import to_object
+from dragoman.core.management import PullProgress
 from dragoman.core.models import Capabilities, ModelDetails, ModelInfo
 from dragoman.core.parts import PartTracker
 from dragoman.core.sse import DEFAULT_MAX_FRAME, NDJSONDecoder
@@ -65,6 +67,7 @@ THINK_LEVELS: dict[str, str] = {"minimal": "low", "low": "low", "medium": "mediu
                                 "xhigh": "max", "max": "max"}
 
 SHOW_CONCURRENCY = 4
+PULL_IDLE_TIMEOUT = 300.0  # seconds a forwarded pull may go without a progress line
 
 
 class OllamaSettings(BaseModel):
@@ -162,6 +165,48 @@ class OllamaBackend(HTTPBackend):
 
     async def health(self) -> str | None:
         return self.last_error
+
+    # ------------------------------------------------------- model management
+
+    async def pull_model(self, name: str) -> AsyncIterator[PullProgress]:
+        """Forward the pull and relay the upstream's progress lines."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.discovery_timeout,
+                                        sock_read=PULL_IDLE_TIMEOUT)
+        try:
+            async with self.session.post(self.base_url + "/api/pull", headers=self.headers(None), timeout=timeout,
+                                         data=orjson.dumps({"model": name, "stream": True})) as response:
+                if response.status != 200:
+                    raise self.status_error(response, await read_error(response, self.error_fields))
+                async for raw in response.content:
+                    line = orjson.loads(raw) if raw.strip() else None
+                    if not isinstance(line, dict):
+                        continue
+                    if isinstance(line.get("error"), str):
+                        raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r}: {line['error']}")
+                    yield PullProgress(str(line.get("status", "")), line.get("digest") or None,
+                                       line.get("total") or None, line.get("completed") or None)
+        except (aiohttp.ClientError, OSError, orjson.JSONDecodeError) as exc:
+            raise GatewayError(ErrorKind.UPSTREAM_UNAVAILABLE, f"pulling {name!r} from {self.name!r} failed: {exc}"
+                               ) from exc
+        except TimeoutError as exc:
+            raise GatewayError(ErrorKind.TIMEOUT, f"upstream {self.name!r} sent no pull progress for "
+                                                  f"{PULL_IDLE_TIMEOUT:g}s") from exc
+
+    async def delete_model(self, name: str) -> None:
+        try:
+            async with self.session.delete(self.base_url + "/api/delete", headers=self.headers(None),
+                                           data=orjson.dumps({"model": name})) as response:
+                if response.status != 200:
+                    raise self.status_error(response, await read_error(response, self.error_fields))
+        except (aiohttp.ClientError, OSError) as exc:
+            raise GatewayError(ErrorKind.UPSTREAM_UNAVAILABLE, f"upstream {self.name!r} is unreachable: {exc}"
+                               ) from exc
+
+    def pulled_models(self) -> dict[str, dict[str, str]]:
+        return {}  # the Ollama server keeps its own models
+
+    def restore_models(self, pulled: dict[str, dict[str, str]]) -> None:
+        return None
 
     # -------------------------------------------------------------------- chat
 

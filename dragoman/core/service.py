@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dragoman.core.events import Event
+from dragoman.core.management import LoadOptions, ModelRecipe, PullProgress
 from dragoman.core.models import ModelEntry
 from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Tokenized
 
@@ -67,3 +68,23 @@ class GatewayService(Protocol):
         """Exact token ids from the model's backend; ``GatewayError`` when it has no tokenizer."""
 
     async def detokenize(self, model: str, tokens: list[int], ctx: CallContext) -> str: ...
+
+    async def load_model(self, name: str, ctx: CallContext, options: LoadOptions) -> ModelEntry:
+        """Load the model behind ``name`` now (a no-op for backends that do not load models)."""
+
+    async def unload_model(self, name: str, ctx: CallContext) -> ModelEntry:
+        """Free the model behind ``name`` now."""
+
+    async def pull_model(self, name: str, ctx: CallContext) -> AsyncIterator[PullProgress]:
+        """Check the caller may, then the pull's progress; the last item says ``success``."""
+
+    async def delete_model(self, name: str, ctx: CallContext) -> None: ...
+
+    async def create_model(self, recipe: ModelRecipe, ctx: CallContext) -> list[PullProgress]: ...
+
+    async def copy_model(self, source: str, destination: str, ctx: CallContext) -> None: ...
+
+    async def has_blob(self, digest: str, ctx: CallContext) -> bool: ...
+
+    async def save_blob(self, digest: str, chunks: AsyncIterator[bytes], ctx: CallContext) -> bool:
+        """Store an upload whose sha256 must be ``digest``; False when the blob already existed."""

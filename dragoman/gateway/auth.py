@@ -43,6 +43,10 @@ class KeyAccess:
         principal = ctx.principal
         return isinstance(principal, Principal) and principal.may_use(*names)
 
+    def may_manage(self, ctx: CallContext) -> bool:
+        principal = ctx.principal
+        return isinstance(principal, Principal) and principal.may_manage_models()
+
     async def acquire(self, ctx: CallContext, model: str, request: ChatRequest | None = None) -> Lease | None:
         principal = ctx.principal
         if not isinstance(principal, Principal):  # the pipeline authenticates first; be safe anyway
@@ -51,10 +55,16 @@ class KeyAccess:
 
 
 class AnonymousAccess:
-    """``auth.mode: none`` or ``forward``: everyone, every model; only per-model limits apply."""
+    """``auth.mode: none`` or ``forward``: everyone, every model; only per-model limits apply.
+    ``manage_models``: whether anyone may pull, create and delete models (``none``: yes, as with
+    a local Ollama; ``forward``: no, callers are not known to the gateway)."""
 
-    def __init__(self, limiter: Limiter | None = None) -> None:
+    def __init__(self, limiter: Limiter | None = None, *, manage_models: bool = True) -> None:
         self.limiter = limiter
+        self.manage_models = manage_models
+
+    def may_manage(self, ctx: CallContext) -> bool:
+        return self.manage_models
 
     async def authenticate(self, ctx: CallContext) -> None:
         ctx.principal = _ANONYMOUS

@@ -44,6 +44,10 @@ class Principal:
                     return True
         return False
 
+    def may_manage_models(self) -> bool:
+        """Pull, create, copy and delete models: keys whose metadata says ``admin: true``."""
+        return self.metadata.get("admin") is True
+
     def is_expired(self, now: datetime) -> bool:
         return self.expires_at is not None and self.expires_at <= now
 

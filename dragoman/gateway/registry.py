@@ -45,6 +45,7 @@ class ModelRegistry:
         self.backends: dict[str, Backend] = {b.name: b for b in backends}
         self.aliases: dict[str, list[str]] = {}
         self.models: dict[str, ModelSpec] = {}
+        self.derived: dict[str, str] = {}  # models created with /api/create or /api/copy -> their source
         self.set_aliases(aliases or {})
         self.set_models(models)
         self.refresh_seconds = refresh_seconds
@@ -58,6 +59,15 @@ class ModelRegistry:
     def set_aliases(self, aliases: dict[str, str | list[str]]) -> None:
         self.aliases = {name: [t] if isinstance(t, str) else list(t) for name, t in aliases.items()}
         self._routes = {}
+
+    def set_derived(self, derived: dict[str, str]) -> None:
+        """Models made from another (``/api/create`` with ``from``): resolved as an alias of it."""
+        self.derived = dict(derived)
+        self._routes = {}
+
+    def is_taken(self, name: str) -> bool:
+        """A ``models:`` entry, alias or backend model already answers to ``name``."""
+        return name in self.models or name in self.aliases or self._concrete(name) is not None
 
     def set_models(self, models: Iterable[ModelSpec]) -> None:
         self.models = {spec.name: spec for spec in models}
@@ -119,6 +129,7 @@ class ModelRegistry:
                           expires_at=loaded[backend].get(name))
                for backend, models in self._models.items() for name, info in models.items()]
         names = list(self.models) + [a for a in self.aliases if not _is_glob(a) and a not in self.models]
+        names += [d for d in self.derived if d not in self.models and d not in self.aliases]
         for name in names:
             route = self._route(name)
             if route is not None:
@@ -170,6 +181,8 @@ class ModelRegistry:
                 self._steps(fallback, out, seen)
             return
         alias = self.aliases.get(name)
+        if alias is None and name in self.derived:
+            alias = [self.derived[name]]
         if alias is None and top:  # globs match requested names, not names inside a route
             alias = next((t for pattern, t in self.aliases.items() if _is_glob(pattern)
                           and fnmatch.fnmatchcase(name, pattern)), None)

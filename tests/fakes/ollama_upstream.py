@@ -103,7 +103,44 @@ class FakeOllama:
             Route("/api/generate", self.generate, methods=["POST"]),
             Route("/api/embed", self.embed, methods=["POST"]),
             Route("/img.png", self.image, methods=["GET"]),
+            Route("/api/pull", self.pull, methods=["POST"]),
+            Route("/api/delete", self.delete, methods=["DELETE"]),
         ])
+
+    async def pull(self, request: Request) -> Response:
+        """Ollama's pull: progress lines, then the model is listed; ``missing*`` names fail after the
+        first line, as a name the registry does not have."""
+        body = await self._record(request)
+        name = str(body.get("model") or body.get("name"))
+        name = name if ":" in name else f"{name}:latest"
+        digest = "sha256:" + hashlib.sha256(name.encode()).hexdigest()
+        lines: list[dict[str, Any]] = [{"status": "pulling manifest"}]
+        if name.startswith("missing"):
+            lines.append({"error": "pull model manifest: file does not exist"})
+        else:
+            lines += [{"status": f"pulling {digest[7:19]}", "digest": digest, "total": 3000, "completed": done}
+                      for done in (1000, 2000, 3000)]
+            lines += [{"status": "verifying sha256 digest"}, {"status": "writing manifest"}, {"status": "success"}]
+            self.add_model(name, ["completion"])
+        if body.get("stream") is False:
+            last = lines[-1]
+            return JSONResponse(last, status_code=500 if "error" in last else 200)
+
+        async def stream() -> Any:
+            for line in lines:
+                yield orjson.dumps(line) + b"\n"
+                await asyncio.sleep(0.01)
+
+        return StreamingResponse(stream(), media_type="application/x-ndjson")
+
+    async def delete(self, request: Request) -> Response:
+        body = await self._record(request)
+        name = str(body.get("model") or body.get("name"))
+        with self.lock:
+            removed = self.models.pop(name, None) or self.models.pop(f"{name}:latest", None)
+        if removed is None:
+            return JSONResponse({"error": f"model '{name}' not found"}, status_code=404)
+        return Response(status_code=200)
 
     async def _record(self, request: Request) -> Any:
         raw = await request.body()

@@ -371,6 +371,8 @@ def test_midstream_error_via_the_client(client: ollama.Client) -> None:
         list(client.chat(model="up/gpt-midstream-error", messages=USER, stream=True))
 
 
-def test_model_management_is_not_supported(gateway: ServerThread) -> None:
+def test_model_management_without_a_backend_that_pulls(gateway: ServerThread) -> None:
     response = httpx.post(gateway.url + "/api/pull", json={"model": "llama3"})
-    assert response.status_code == 501 and "not supported" in response.json()["error"]
+    assert response.status_code == 400 and "no backend can pull 'llama3'" in response.json()["error"]
+    response = httpx.post(gateway.url + "/api/push", json={"model": "llama3"})
+    assert response.status_code == 501 and "cannot push" in response.json()["error"]

@@ -5,6 +5,7 @@
   const CAPS = [['vision', 'vision'], ['tools', 'tools'], ['reasoning', 'reasoning'], ['json_schema', 'json schema'], ['embeddings', 'embeddings']];
   let state = null;
   let refreshedAt = null;
+  let pullTimer = null;
 
   function capabilityBadges(caps) {
     const shown = CAPS.filter(([key]) => caps[key]).map(([, label]) => badge(label, 'accent'));
@@ -20,7 +21,7 @@
       el('span', { class: 'muted', text: fmt.int(b.model_count) + (b.model_count === 1 ? ' model' : ' models') }),
       b.last_error ? el('div', { class: 'error', text: b.last_error }) : null);
     const rows = b.models.map((m) => el('tr', {},
-      el('td', { class: 'key-name' }, el('div', {}, el('div', { class: 'break' }, el('b', { text: m.name })), el('div', { class: 'muted mono break', text: m.id }))),
+      el('td', { class: 'key-name' }, el('div', {}, el('div', { class: 'break' }, el('b', { text: m.name }), m.pulled ? badge('pulled', 'accent') : null), el('div', { class: 'muted mono break', text: m.id }))),
       el('td', {}, capabilityBadges(m.capabilities)),
       el('td', { class: 'num hide-sm', text: m.context_length ? fmt.compact(m.context_length) : '—' }),
       el('td', {}, el('div', { class: 'badges' }, m.aliases.length ? m.aliases.map((a) => el('span', { class: 'chip', text: a })) : el('span', { class: 'muted', text: '—' }))),
@@ -54,6 +55,21 @@
         el('button', { type: 'button', class: 'small', text: 'Edit', onclick: () => editOverride(pattern) }),
         el('button', { type: 'button', class: 'small danger', text: 'Delete', onclick: (e) => deleteOverride(pattern, e.currentTarget) })))));
     fill(document.getElementById('overrides'), overrides.length ? overrides : emptyRow(3, 'No overrides.'));
+    const created = (data.created || []).map((c) => el('tr', {},
+      el('td', {}, el('b', { class: 'break', text: c.name })),
+      el('td', {}, el('span', { class: 'chip', text: c.from || '—' }),
+        el('div', { class: 'muted', text: c.resolves_to ? '→ now ' + c.resolves_to : 'resolves to nothing yet' })),
+      el('td', {}, c.system ? el('div', { class: 'break', text: c.system }) : null,
+        Object.keys(c.parameters).length ? el('pre', { class: 'json', text: JSON.stringify(c.parameters) }) : null)));
+    const pulls = (data.pulls || []).map((p) => el('tr', {},
+      el('td', {}, el('b', { class: 'break', text: p.backend + '/' + p.name })),
+      el('td', {}, el('span', { text: p.status }),
+        p.total ? el('progress', { max: String(p.total), value: String(p.completed || 0) }) : null),
+      el('td', { class: 'num', text: p.total ? Math.floor(100 * (p.completed || 0) / p.total) + '%' : '' })));
+    fill(document.getElementById('created'), created.concat(pulls).length ? created.concat(pulls)
+      : emptyRow(3, 'No created models and no pull running. Create with POST /api/create, pull with dragoman pull.'));
+    clearTimeout(pullTimer);  // while a pull runs, its progress is read again every second
+    if (pulls.length) pullTimer = setTimeout(() => api('GET', '/models').then(render).catch(() => {}), 1000);
     tick();
   }
 

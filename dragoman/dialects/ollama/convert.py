@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from dragoman.core.duration import parse_duration
 from dragoman.core.images import decode_base64, parse_data_url, sniff_media_type
 from dragoman.core.jsonprefix import to_object
 from dragoman.core.limits import check_embedding_inputs, check_stop_sequences
@@ -161,6 +162,16 @@ def is_zero_duration(value: float | str | None) -> bool:
     if isinstance(value, (int, float)):
         return value == 0
     return isinstance(value, str) and value.strip().rstrip("hms").strip() in ("0", "0.0")
+
+
+def keep_alive_seconds(value: float | str | None) -> float | None:
+    """``keep_alive`` in seconds (``inf`` for a negative one: stay loaded); None when not sent."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise invalid(str(exc), "keep_alive") from exc
 
 
 def _backend_options(extra: dict[str, Any], keep_alive: float | str | None) -> dict[str, Any]:

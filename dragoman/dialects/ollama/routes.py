@@ -1,8 +1,7 @@
 """The Ollama HTTP surface (``/api/...``), for Ollama clients (ollama-python, Enchanted, Open WebUI ...).
 
 ``/api/ps`` lists the models a backend reports as loaded (``ModelEntry.loaded``); remote
-backends report none. Model management (pull, push, create, copy, delete, blobs) belongs to the
-servers behind dragoman and answers 501 with an Ollama-shaped error.
+backends report none. Model management (pull, create, copy, delete, blobs) is in ``manage``.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from dragoman.core.accumulate import Accumulator
+from dragoman.core.management import LoadOptions
 from dragoman.core.service import CallContext, ChatStream, GatewayService
 from dragoman.core.types import ChatResponse
 from dragoman.dialects.bulk import built, json_bytes_response, object_with_list
@@ -30,6 +30,7 @@ from dragoman.dialects.common import (
     until_disconnect,
 )
 from dragoman.dialects.ollama import convert
+from dragoman.dialects.ollama.manage import ModelManagement
 from dragoman.dialects.ollama.stream import LineEncoder, Timing, final_body, ndjson_lines
 from dragoman.dialects.ollama.wire import OLLAMA_VERSION
 from dragoman.errors import ErrorKind, GatewayError
@@ -75,10 +76,7 @@ class OllamaDialect:
             ("/api/embeddings", self.embeddings, ["POST"]),
         ]
         routes: list[BaseRoute] = [Route(path, handler, methods=methods) for path, handler, methods in table]
-        for path, methods in (("/api/pull", ["POST"]), ("/api/push", ["POST"]), ("/api/create", ["POST"]),
-                              ("/api/copy", ["POST"]), ("/api/delete", ["DELETE"]),
-                              ("/api/blobs/{digest}", ["HEAD", "POST"])):
-            routes.append(Route(path, self.unsupported, methods=methods))
+        routes += ModelManagement(self.service, self.name).routes()
         return routes
 
     async def _context(self, request: Request) -> CallContext:
@@ -121,10 +119,6 @@ class OllamaDialect:
             return error_response(exc)
         return json_response(convert.show_body(entry, verbose=verbose, fallback_time=self.started))
 
-    async def unsupported(self, request: Request) -> Response:
-        return json_response({"error": f"{request.url.path} is not supported by dragoman: manage models on the "
-                                       "servers behind it"}, status=501)
-
     # ------------------------------------------------------------- generation
 
     async def chat(self, request: Request) -> Response:
@@ -140,7 +134,11 @@ class OllamaDialect:
             parsed = convert.parse_generate(body) if generate else convert.parse_chat(body)
             chat = parsed.request
             if parsed.load:
-                await self.service.get_model(chat.model, ctx)
+                if parsed.unload:
+                    await self.service.unload_model(chat.model, ctx)
+                else:
+                    keep_alive = convert.keep_alive_seconds(chat.options.get("keep_alive"))
+                    await self.service.load_model(chat.model, ctx, LoadOptions(keep_alive=keep_alive))
                 return json_response(self._load_body(chat.model, "unload" if parsed.unload else "load",
                                                      generate=generate))
             stream = await until_disconnect(request, self.service.chat(chat, ctx))  # a client leaving stops routing

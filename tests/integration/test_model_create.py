@@ -1,0 +1,160 @@
+"""``/api/create``, ``/api/copy``, ``/api/blobs`` and ``/api/delete`` with the official ``ollama``
+SDK over real HTTP: models made from others (system prompt, parameters, messages, kept in the
+database across restarts) and from uploaded GGUF blobs served by the llamacpp backend."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'dragoman[local]')")
+
+import httpx
+import ollama
+
+from tests.fakes.ollama_upstream import FakeOllama
+from tests.integration.test_model_pull import tiny_gguf
+from tests.servers import ServerThread, dragoman_server
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[tuple[FakeOllama, ServerThread]]:
+    fake = FakeOllama()
+    with ServerThread(fake.app()) as server:
+        yield fake, server
+
+
+def config(workdir: Path, upstream_url: str) -> dict[str, Any]:
+    return {
+        "backends": [
+            {"name": "local", "type": "llamacpp", "models": []},
+            {"name": "up", "type": "ollama", "base_url": upstream_url},
+            {"name": "echo", "type": "echo", "models": ["echo"]},
+        ],
+        "database": f"sqlite:///{workdir / 'db.sqlite'}",
+        "data_dir": str(workdir / "data"),
+    }
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("create")
+
+
+@pytest.fixture(scope="module")
+def server(workdir: Path, upstream: tuple[FakeOllama, ServerThread]) -> Iterator[ServerThread]:
+    with dragoman_server(config(workdir, upstream[1].url), workdir=workdir) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def olla(server: ServerThread) -> ollama.Client:
+    return ollama.Client(host=server.url, timeout=60)
+
+
+def names(client: ollama.Client) -> set[str]:
+    return {m.model for m in client.list().models if m.model}
+
+
+def test_a_created_model_brings_its_system_prompt_messages_and_parameters(
+        olla: ollama.Client, upstream: tuple[FakeOllama, ServerThread]) -> None:
+    statuses = [p.status for p in olla.create(
+        model="pirate", from_="up/llama3:latest", system="You are a pirate.", stream=True,
+        parameters={"temperature": 0.2, "num_ctx": 4096, "stop": ["<end>"]},
+        messages=[{"role": "user", "content": "Ahoy?"}, {"role": "assistant", "content": "Arr!"}],
+        license="MIT", template="{{ .Prompt }}")]
+    assert statuses[-1] == "success"
+    assert "pirate" in names(olla)
+    olla.chat(model="pirate", messages=[{"role": "user", "content": "Hello"}], stream=False)
+    sent = upstream[0].last("/api/chat").body
+    assert [(m["role"], m["content"]) for m in sent["messages"]] == [
+        ("system", "You are a pirate."), ("user", "Ahoy?"), ("assistant", "Arr!"), ("user", "Hello")]
+    assert sent["options"]["temperature"] == 0.2 and sent["options"]["num_ctx"] == 4096
+    assert sent["options"]["stop"] == ["<end>"]
+    # The client's own values still win over the model's defaults, and its own system prompt stays alone.
+    olla.chat(model="pirate", messages=[{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}],
+              options={"temperature": 0.9})
+    sent = upstream[0].last("/api/chat").body
+    assert sent["messages"][0] == {"role": "system", "content": "Be kind."} and sent["options"]["temperature"] == 0.9
+    shown = olla.show("pirate")
+    assert shown.license == "MIT" and shown.template == "{{ .Prompt }}"
+    assert shown.parameters is not None and "temperature 0.2" in shown.parameters
+
+
+def test_copy_and_delete(olla: ollama.Client) -> None:
+    olla.create(model="terse", from_="echo/echo", parameters={"num_predict": 2})
+    assert olla.generate(model="terse", prompt="one two three four").response == "one two "
+    olla.copy("terse", "terse-copy")
+    assert olla.generate(model="terse-copy", prompt="one two three four").response == "one two "
+    olla.copy("echo/echo", "plain-echo")
+    assert olla.generate(model="plain-echo", prompt="one two three").response == "one two three"
+    olla.delete("terse")
+    assert "terse" not in names(olla) and "terse-copy" in names(olla)
+    with pytest.raises(ollama.ResponseError) as missing:
+        olla.copy("no-such-model", "x")
+    assert missing.value.status_code == 404 and missing.value.error == 'model "no-such-model" not found'
+    with pytest.raises(ollama.ResponseError) as missing:
+        olla.delete("terse")
+    assert missing.value.status_code == 404
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"model": "x"}, "neither 'from' or 'files' was specified"),
+    ({"model": "x", "from": "nope/nothing"}, "not found"),
+    ({"model": "x", "from": "echo/echo", "quantize": "q4_K_M"}, "quantize is not supported"),
+    ({"model": "x", "from": "echo/echo", "parameters": {"temperature": "hot"}}, '"temperature" must be of type float'),
+    ({"model": "x", "files": {"m.gguf": "sha256:" + "0" * 64}}, "not found: upload it first"),
+    ({"model": "x", "files": {"m.gguf": "md5:abc"}}, "invalid digest"),
+    ({"model": "x", "from": "x"}, "cannot be made from itself"),
+])
+def test_bad_creates_are_ollama_errors(server: ServerThread, body: dict[str, Any], message: str) -> None:
+    response = httpx.post(server.url + "/api/create", json={**body, "stream": False})
+    assert response.status_code in (400, 404) and message in response.json()["error"], response.text
+
+
+def test_blobs_then_create_from_files(olla: ollama.Client, server: ServerThread, tmp_path: Path) -> None:
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(tiny_gguf("uploaded", padding=1 << 20))
+    digest = "sha256:" + hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert httpx.head(f"{server.url}/api/blobs/{digest}").status_code == 404
+    assert olla.create_blob(gguf) == digest  # HEAD, then POST of the file
+    assert httpx.head(f"{server.url}/api/blobs/{digest}").status_code == 200
+    again = httpx.post(f"{server.url}/api/blobs/{digest}", content=gguf.read_bytes())
+    assert again.status_code == 200  # already there
+    wrong = httpx.post(f"{server.url}/api/blobs/sha256:{'1' * 64}", content=b"other bytes")
+    assert wrong.status_code == 400 and "digest mismatch" in wrong.json()["error"]
+    assert httpx.head(f"{server.url}/api/blobs/sha256:{'1' * 64}").status_code == 404
+    assert httpx.head(f"{server.url}/api/blobs/not-a-digest").status_code == 400
+    result = olla.create(model="uploaded", files={"tiny.gguf": digest})
+    assert result.status == "success"
+    assert "local/uploaded" in names(olla)
+    shown = olla.show("local/uploaded")
+    assert shown.details is not None and shown.details.format == "gguf"
+
+
+def test_created_models_survive_a_restart(tmp_path: Path, upstream: tuple[FakeOllama, ServerThread]) -> None:
+    settings = config(tmp_path, upstream[1].url)
+    gguf = tiny_gguf("kept", padding=1 << 16)
+    digest = "sha256:" + hashlib.sha256(gguf).hexdigest()
+    with dragoman_server(settings, workdir=tmp_path) as s:
+        client = ollama.Client(host=s.url)
+        client.create(model="kept", from_="echo/echo", system="s", parameters={"num_predict": 1})
+        assert httpx.post(f"{s.url}/api/blobs/{digest}", content=gguf).status_code == 201
+        client.create(model="kept-file", files={"kept.gguf": digest})
+    with dragoman_server(settings, workdir=tmp_path) as s:
+        client = ollama.Client(host=s.url)
+        assert {"kept", "local/kept-file"} <= names(client)
+        assert client.generate(model="kept", prompt="a b c").response == "a "
+
+
+def test_a_created_model_cannot_take_the_name_of_a_served_one(server: ServerThread) -> None:
+    for name, source in (("echo/echo", "up/llama3:latest"), ("up/llama3:latest", "echo/echo"),
+                         ("llama3:latest", "echo/echo")):
+        response = httpx.post(server.url + "/api/create", json={"model": name, "from": source, "stream": False})
+        assert response.status_code == 400 and "already exists" in response.json()["error"], name
+    response = httpx.post(server.url + "/api/copy", json={"source": "up/llama3:latest", "destination": "echo/echo"})
+    assert response.status_code == 400 and "already exists" in response.json()["error"]
