@@ -17,7 +17,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from dragoman import __version__
-from dragoman.app import AppServices, create_app
+from dragoman.app import AppServices, create_app, model_specs
 from dragoman.config import Config, ConfigError, load_config
 from dragoman.connections import guarded_protocol
 
@@ -134,26 +134,24 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def models(args: argparse.Namespace) -> int:
+    from dragoman.gateway.catalog import Catalog, LiveCatalog
+    from dragoman.gateway.registry import ModelRegistry
+
     config = _load(args.config)
-    app = create_app(config)
-    services: AppServices = app.state.services
+    app = create_app(config)  # checks the config and builds its backends
 
     async def run() -> None:
-        for backend in services.backends:
-            await backend.start()
-        try:
-            await services.registry.refresh(force=True)
-            for entry in services.registry.entries():
+        async with LiveCatalog.running(Catalog.of(app.backends, config.aliases, config.overrides)) as live:
+            registry = ModelRegistry(live, models=model_specs(config))
+            await registry.refresh(force=True)
+            for entry in registry.entries():
                 caps = ",".join(entry.info.capabilities.names())
                 target = f" -> {entry.alias_of}" if entry.alias_of else ""
                 print(f"{entry.id}{target}\t{caps}")
-            for backend in services.backends:
-                error = services.registry.backend_error(backend.name)
+            for backend in app.backends:
+                error = registry.backend_error(backend.name)
                 if error:
                     print(f"# backend {backend.name}: {error}", file=sys.stderr)
-        finally:
-            for backend in services.backends:
-                await backend.aclose()
 
     asyncio.run(run())
     return 0

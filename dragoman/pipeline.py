@@ -18,7 +18,6 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from dragoman.backends.base import CallOptions, Timeouts
-from dragoman.config import OverrideConfig
 from dragoman.core.events import Event, MessageEnd, PartDelta, PartEnd, PartStart, StreamError
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, TokenCount
@@ -26,6 +25,7 @@ from dragoman.core.tokens import estimate_prompt_tokens
 from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Reasoning, Usage
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway import overrides as override_rules
+from dragoman.gateway.catalog import Catalog
 from dragoman.gateway.registry import ModelRegistry, Target
 from dragoman.gateway.route import Route, Step
 from dragoman.gateway.router import Router
@@ -96,21 +96,25 @@ Observer = Callable[[CallOutcome], None]
 
 
 class Gateway:
-    """Implements ``dragoman.core.service.GatewayService``."""
+    """Implements ``dragoman.core.service.GatewayService``.
+
+    Everything it needs comes in here, built before the first request (see ``dragoman.app``).
+    Each call pins the registry's current catalog (backends, aliases, overrides) and uses that
+    one to its end, so a live edit never changes a request half way."""
 
     def __init__(self, registry: ModelRegistry, *, router: Router | None = None,
-                 access: AccessPolicy | None = None, overrides: dict[str, OverrideConfig] | None = None,
-                 timeouts: Timeouts | None = None, forward_keys: bool = False,
-                 observers: Sequence[Observer] = ()) -> None:
+                 access: AccessPolicy | None = None, timeouts: Timeouts | None = None, forward_keys: bool = False,
+                 observers: Sequence[Observer] = (), metrics: StreamGauge | None = None,
+                 prices: Pricing | None = None) -> None:
         self.registry = registry
+        self.live = registry.live
         self.router = router or Router()
         self.access: AccessPolicy = access or OpenAccess()
-        self.overrides = overrides or {}
         self.timeouts = timeouts or Timeouts()
         self.forward_keys = forward_keys
         self.observers: list[Observer] = list(observers)
-        self.metrics: StreamGauge | None = None
-        self.prices: Pricing | None = None
+        self.metrics = metrics
+        self.prices = prices
 
     # ------------------------------------------------------------ service API
 
@@ -122,25 +126,29 @@ class Gateway:
         return [e for e in self.registry.entries() if self.access.may_use(ctx, e.id, *_alias(e))]
 
     async def get_model(self, name: str, ctx: CallContext) -> ModelEntry:
-        first = (await self._route(name, ctx)).first_target
+        with self.live.pinned() as catalog:
+            first = (await self._route(name, ctx, catalog)).first_target
         return ModelEntry(id=name, backend=first.backend.name, info=first.info,
                           alias_of=first.id if first.id != name else None)
 
     async def count_tokens(self, request: ChatRequest, ctx: CallContext) -> TokenCount:
-        target = (await self._route(request.model, ctx)).first_target
-        exact = await target.backend.count_tokens(request, target.model)
+        with self.live.pinned() as catalog:
+            target = (await self._route(request.model, ctx, catalog)).first_target
+            exact = await target.backend.count_tokens(request, target.model)
         if exact is not None:
             return TokenCount(exact, True)
         return TokenCount(estimate_prompt_tokens(request), False)
 
     async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse:
         outcome = CallOutcome(ctx, "embeddings", request.model, False)
+        pin = self.live.pin()
         try:
-            route = await self._route(request.model, ctx)
+            catalog = pin.catalog
+            route = await self._route(request.model, ctx, catalog)
             lease = await self.access.acquire(ctx, route.first_target.id)
             try:
                 response, target, attempts = await self.router.embed(
-                    route, request, lambda step, t: self._call_options(ctx, t, step))
+                    route, request, lambda step, t: self._call_options(ctx, t, catalog, step))
             finally:
                 if lease is not None:
                     await lease.release(0)
@@ -154,30 +162,38 @@ class Gateway:
             _cancelled(outcome)
             raise
         finally:
+            self.live.release(pin)
             outcome.latency = time.perf_counter() - ctx.started_at
             self._notify(outcome)
 
     async def chat(self, request: ChatRequest, ctx: CallContext) -> GatewayChatStream:
         outcome = CallOutcome(ctx, "chat", request.model, request.stream)
+        pin = self.live.pin()  # released when the stream closes
         try:
-            route = await self._route(request.model, ctx)
+            catalog = pin.catalog
+            route = await self._route(request.model, ctx, catalog)
             lease = await self.access.acquire(ctx, route.first_target.id, request)
             try:
-                started = await self.router.start(route, lambda step, t: self._prepare(request, ctx, step, t),
-                                                  started_at=ctx.started_at)
+                started = await self.router.start(
+                    route, lambda step, t: self._prepare(request, ctx, catalog, step, t), started_at=ctx.started_at)
             except BaseException:
                 if lease is not None:
                     await lease.release(0)
                 raise
         except GatewayError as exc:
+            self.live.release(pin)
             outcome.status, outcome.error_kind = exc.status, exc.kind.value
             outcome.latency = time.perf_counter() - ctx.started_at
             self._notify(outcome)
             raise
         except asyncio.CancelledError:  # the client left before the answer started
+            self.live.release(pin)
             _cancelled(outcome)
             outcome.latency = time.perf_counter() - ctx.started_at
             self._notify(outcome)
+            raise
+        except BaseException:
+            self.live.release(pin)
             raise
         outcome.target, outcome.backend = started.target.id, started.target.backend.name
         outcome.attempts = started.attempts
@@ -191,10 +207,13 @@ class Gateway:
             self.metrics.stream_started()
 
         async def closed(outcome: CallOutcome) -> None:
-            if lease is not None:
-                cost = self.prices.cost(outcome.usage.prompt_tokens, outcome.usage.completion_tokens,
-                                        outcome.target, outcome.requested_model) if self.prices else None
-                await lease.release(outcome.usage.total_tokens, cost or 0.0)
+            try:
+                if lease is not None:
+                    cost = self.prices.cost(outcome.usage.prompt_tokens, outcome.usage.completion_tokens,
+                                            outcome.target, outcome.requested_model) if self.prices else None
+                    await lease.release(outcome.usage.total_tokens, cost or 0.0)
+            finally:
+                self.live.release(pin)
             if request.stream and self.metrics is not None:
                 self.metrics.stream_ended()
             self._notify(outcome)
@@ -205,14 +224,14 @@ class Gateway:
 
     # ---------------------------------------------------------------- routing
 
-    async def _route(self, name: str, ctx: CallContext) -> Route:
+    async def _route(self, name: str, ctx: CallContext, catalog: Catalog) -> Route:
         """The route for a requested name, with what this key may not use left out.
 
         A key allowed the requested name may use every deployment and fallback the operator put
         behind it (as with aliases); otherwise each step or target must be allowed itself."""
         if not name:
             raise GatewayError(ErrorKind.INVALID_REQUEST, "model is required", param="model")
-        route = await self.registry.resolve_route(name)
+        route = await self.registry.resolve_route(name, catalog)
         if self.access.may_use(ctx, name):
             return route
         steps = []
@@ -225,13 +244,13 @@ class Gateway:
                                code="model_not_allowed", param="model")
         return Route(route.name, tuple(steps))
 
-    def _prepare(self, request: ChatRequest, ctx: CallContext, step: Step,
+    def _prepare(self, request: ChatRequest, ctx: CallContext, catalog: Catalog, step: Step,
                  target: Target) -> tuple[ChatRequest, CallOptions]:
         """The request as one target gets it (the router calls this per attempted target)."""
-        return self._plan(request, target), self._call_options(ctx, target, step)
+        return self._plan(request, target, catalog), self._call_options(ctx, target, catalog, step)
 
-    def _plan(self, request: ChatRequest, target: Target) -> ChatRequest:
-        rules = override_rules.matching(self.overrides, target.id, request.model)
+    def _plan(self, request: ChatRequest, target: Target, catalog: Catalog) -> ChatRequest:
+        rules = override_rules.matching(catalog.overrides, target.id, request.model)
         planned = override_rules.apply(request, rules)
         caps = target.info.capabilities
         if planned.prompt is None and not caps.chat:
@@ -253,12 +272,13 @@ class Gateway:
             planned = replace(planned, reasoning=Reasoning(exclude=planned.reasoning.exclude))
         return planned
 
-    def _call_options(self, ctx: CallContext, target: Target, step: Step | None = None) -> CallOptions:
+    def _call_options(self, ctx: CallContext, target: Target, catalog: Catalog,
+                      step: Step | None = None) -> CallOptions:
         """Timeouts: the step's (a ``models:`` entry's, merged with the global ones), else the
         global ones; an override's ``request_timeout`` is then the total. The deadline is that
         total after the request arrived (so routing, retries and the answer all count)."""
         timeouts = step.timeouts if step is not None and step.timeouts is not None else self.timeouts
-        override = override_rules.request_timeout(self.overrides, target.id)
+        override = override_rules.request_timeout(catalog.overrides, target.id)
         if override is not None:
             timeouts = timeouts.with_limit("total", *override)
         elapsed = time.perf_counter() - ctx.started_at

@@ -30,7 +30,7 @@ from dragoman.gateway.timeutil import as_utc, utcnow
 from dragoman.gateway.usage_store import UsageStore, UsageSummary
 
 if TYPE_CHECKING:
-    from dragoman.app import AppServices
+    from dragoman.services import AppServices
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -150,17 +150,11 @@ class AdminAPI:
 
     @property
     def store(self) -> Store:
-        store = self.services.store
-        if store is None:
-            raise GatewayError(ErrorKind.INTERNAL, "the database is not open yet", status=503)
-        return store
+        return self.services.store
 
     @property
     def keys(self) -> KeyService:
-        keys = self.services.keys
-        if keys is None:
-            raise GatewayError(ErrorKind.INTERNAL, "the key service is not running", status=503)
-        return keys
+        return self.services.keys
 
     def routes(self) -> list[tuple[str, Handler, list[str]]]:
         return [
