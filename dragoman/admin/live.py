@@ -241,7 +241,7 @@ class LiveSettings:
         parsed = parse_alias_targets(targets)
         async with self._lock:
             admin = await self._admin()
-            admin.aliases[name] = parsed
+            _put(admin.aliases, self._file.aliases, name, parsed)
             await self._apply(admin, "aliases")
 
     async def delete_alias(self, name: str) -> None:
@@ -257,7 +257,7 @@ class LiveSettings:
         parse_override(pattern, value)
         async with self._lock:
             admin = await self._admin()
-            admin.overrides[pattern] = value
+            _put(admin.overrides, self._file.overrides, pattern, value)
             await self._apply(admin, "overrides")
 
     async def delete_override(self, pattern: str) -> None:
@@ -324,10 +324,7 @@ class LiveSettings:
                                    status=409, param="name")
             if not create and name not in running and name not in self._live.current.backends:
                 raise GatewayError(ErrorKind.NOT_FOUND, f"no backend named {name!r}")
-            if entry == self._file.backends.get(name):
-                admin.backends.pop(name, None)  # as the file says: nothing of the admin's left
-            else:
-                admin.backends[name] = seal(entry, self.box)
+            _put(admin.backends, self._file.backends, name, entry, seal(entry, self.box))
             await self._apply(admin, "backends")
 
     async def delete_backend(self, name: str) -> None:
@@ -359,6 +356,15 @@ class LiveSettings:
         if problem:
             return {"ok": False, "error": problem, "models": models}
         return {"ok": True, "error": None, "models": models}
+
+
+def _put(admin: dict[str, Any], file: Mapping[str, Any], name: str, value: Any, stored: Any = None) -> None:
+    """Save ``value`` as the admin's entry; one that says what the file says is no admin entry
+    at all (the file's runs again, and follows the file's changes)."""
+    if value == file.get(name):
+        admin.pop(name, None)
+    else:
+        admin[name] = value if stored is None else stored
 
 
 def _layered_kind(file: AdminEntries, admin: AdminEntries, kind: str) -> dict[str, Any]:
