@@ -19,9 +19,9 @@ from dragoman.core.models import ModelInfo
 from dragoman.core.types import ChatRequest, FinishReason, Message, Role, TextPart, Usage
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.balance import Balancer
+from dragoman.gateway.catalog import Catalog, LiveCatalog
 from dragoman.gateway.cooldown import CooldownSettings, MemoryCooldownStore, RedisCooldownStore, State
 from dragoman.gateway.redis_client import connect_redis
-from dragoman.gateway.catalog import Catalog, LiveCatalog
 from dragoman.gateway.registry import ModelRegistry
 from dragoman.gateway.route import Deployment, DeploymentSpec, ModelSpec, Route, Step, Target
 from dragoman.gateway.router import Router, RoutingSettings
