@@ -189,9 +189,8 @@ class LiveSettings:
             except GatewayError as exc:
                 log.error("backend %s saved in the admin settings cannot be built (%s); fix it on the Settings page",
                           name, exc.message)
-                if name in built:
+                if name in built:  # the file's runs meanwhile (an edit of the entry is tried anew)
                     backends.append(built[name])
-                    entries[name] = file.backends[name]
         return Catalog.of(backends, _aliases(file, admin), _overrides(file, admin)), entries
 
     async def _admin(self) -> AdminEntries:
