@@ -10,6 +10,7 @@ process; tasks on the server's own event loop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,8 +129,18 @@ def _live_config(tmp_path: Path, upstream: ServerThread) -> dict[str, Any]:
 
 
 def unclosed(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """What asyncio reported of sessions and connectors dropped without being closed."""
+    """What asyncio reported of sessions and connectors dropped without being closed (collected
+    now, so that none is left for later)."""
+    gc.collect()
     return [r.getMessage() for r in caplog.records if "Unclosed" in r.getMessage()]
+
+
+@pytest.fixture
+def caplog(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Reports of what earlier tests left to the garbage collector are theirs: collected first."""
+    gc.collect()
+    caplog.clear()
+    return caplog
 
 
 def test_backend_edits_close_what_they_replaced(tmp_path: Path, upstream: ServerThread,
