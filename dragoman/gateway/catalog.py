@@ -69,7 +69,6 @@ class LiveCatalog:
         self._current = Pin(catalog)
         self._retired: list[Pin] = []
         self._closing: set[asyncio.Task[None]] = set()
-        self._closed: set[int] = set()  # id() of backends closed (or being closed)
 
     @property
     def current(self) -> Catalog:
@@ -106,18 +105,19 @@ class LiveCatalog:
         seen: dict[int, Backend] = {}
         for pin in (self._current, *self._retired):
             for backend in pin.catalog.backends.values():
-                if id(backend) not in self._closed:
-                    seen.setdefault(id(backend), backend)
+                seen.setdefault(id(backend), backend)
         return list(seen.values())
 
     def _reap(self) -> None:
+        """Close the backends only unused retired catalogs hold, and forget those catalogs. (A
+        backend closed here is in no catalog left, so no later call sees it again.)"""
         held = {id(b) for pin in (self._current, *self._retired) if pin.users or pin is self._current
                 for b in pin.catalog.backends.values()}
         for pin in [p for p in self._retired if not p.users]:
             self._retired.remove(pin)
             for backend in pin.catalog.backends.values():
-                if id(backend) not in held and id(backend) not in self._closed:
-                    self._closed.add(id(backend))
+                if id(backend) not in held:
+                    held.add(id(backend))  # once, though several of these catalogs hold it
                     task = asyncio.get_running_loop().create_task(_close(backend), name=f"close-{backend.name}")
                     self._closing.add(task)
                     task.add_done_callback(self._closing.discard)
@@ -148,10 +148,10 @@ class LiveCatalog:
 
     async def aclose(self) -> None:
         await self.drained()
-        for backend in reversed(self.in_use()):
-            self._closed.add(id(backend))
-            await _close(backend)
+        backends = self.in_use()
         self._retired.clear()
+        for backend in reversed(backends):
+            await _close(backend)
 
 
 async def _close(backend: Backend) -> None:
