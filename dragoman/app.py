@@ -1,19 +1,21 @@
-"""Assembly: build every part from the config, wire them together, start and stop them.
+"""Assembly: check the config, build every part in the app's lifespan, serve the routes over them.
 
-Nothing is global: ``create_app`` builds the backends, the registry, the gateway and the
-dialects and hands each its dependencies, so a test can build as many apps as it likes.
+Nothing is global: ``create_app`` builds the backends and checks what needs no I/O; the lifespan
+builds everything else (:mod:`dragoman.services`) and hands each part its dependencies, so a
+test can build as many apps as it likes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
+from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -24,67 +26,39 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from dragoman.admin.probe_access import ProbeAccess
-from dragoman.admin.routes import AdminSite
-from dragoman.backends.base import TIMEOUT_NAMES, Backend, BackendDeps, Timeouts
+from dragoman.admin.routes import AdminSite, admin_auth
+from dragoman.admin.secret_key import SecretKeySource
+from dragoman.admin.security import AdminAuth
+from dragoman.backends.base import Backend, BackendDeps
 from dragoman.backends.fetch import SafeImageFetcher
 from dragoman.backends.registry import BackendTypes, EntryError
 from dragoman.config import Config, ConfigError
-from dragoman.control import ControlPlane, make_observer, open_control_plane
+from dragoman.core.ids import random_id
 from dragoman.dialects.anthropic.routes import AnthropicDialect
+from dragoman.dialects.anthropic.routes import error_response as anthropic_error
 from dragoman.dialects.common import json_response
 from dragoman.dialects.ollama.routes import OllamaDialect
+from dragoman.dialects.ollama.routes import error_response as ollama_error
 from dragoman.dialects.openai.routes import OpenAIDialect
+from dragoman.dialects.openai.routes import error_response as openai_error
 from dragoman.dialects.responses.routes import ResponsesDialect
 from dragoman.dialects.responses.store import ResponseStore
+from dragoman.errors import ErrorKind, GatewayError
 from dragoman.extras import config_requirements, require
-from dragoman.gateway.balance import Balancer
-from dragoman.gateway.cooldown import CooldownSettings, CooldownStore, cooldown_store
-from dragoman.gateway.health import BackendHealth, HealthMonitor, ReadinessCheck, readiness
-from dragoman.gateway.keys import KeyService
-from dragoman.gateway.metrics import Metrics
-from dragoman.gateway.registry import ModelRegistry
-from dragoman.gateway.route import DeploymentSpec, ModelSpec
-from dragoman.gateway.router import Router, RoutingSettings
-from dragoman.gateway.store import Store
-from dragoman.pipeline import Gateway
+from dragoman.gateway.health import readiness
 from dragoman.request_log import RequestLog
+from dragoman.services import AppServices, build_routing, global_timeouts, model_specs, open_services
 from dragoman.tracing import Tracing
+
+__all__ = ["AppServices", "DragomanApp", "build_backends", "build_routing", "create_app", "global_timeouts",
+           "model_specs"]
 
 log = logging.getLogger("dragoman")
 
 HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/api/chat", "/api/generate", "/v1/completions",
                        "/v1/embeddings", "/api/embed", "/v1/responses"})
 
-ReadyHook = Callable[["AppServices"], Awaitable[None]]
-
-
-@dataclass(slots=True)
-class AppServices:
-    """Everything one app instance owns; reachable as ``app.state.services``."""
-
-    config: Config
-    backends: list[Backend]
-    registry: ModelRegistry
-    gateway: Gateway
-    ready: bool = False
-    startup_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    shutdown_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    # Routing and health (see build_routing).
-    router: Router | None = None
-    cooldowns: CooldownStore | None = None
-    health: HealthMonitor | None = None
-    # Latest background health check per backend (the monitor's own dict, kept up to date).
-    backend_health: dict[str, BackendHealth] = field(default_factory=dict)
-    # ``GET /health/ready`` runs these; each returns an error string, or None when fine.
-    readiness_checks: list[ReadinessCheck] = field(default_factory=list)
-    # Control plane (opened at start-up: the database is async).
-    deps: BackendDeps | None = None
-    backend_types: BackendTypes = field(default_factory=BackendTypes)
-    given_backends: tuple[str, ...] = ()  # names of the backends built in code (create_app(backends=))
-    store: Store | None = None
-    keys: KeyService | None = None
-    control: ControlPlane | None = None
-    metrics: Metrics | None = None
+ReadyHook = Callable[[AppServices], Awaitable[None]]
 
 
 def build_backends(config: Config, deps: BackendDeps, types: BackendTypes | None = None) -> list[Backend]:
@@ -119,40 +93,6 @@ def _given(backends: Sequence[Backend], config: Config) -> list[Backend]:
 
 def _source(config: Config) -> str:
     return str(config.source) if config.source else "(built-in config)"
-
-
-def model_specs(config: Config) -> list[ModelSpec]:
-    """``models:`` entries as the registry takes them, timeouts merged with the global ones."""
-    base = global_timeouts(config)
-    specs = []
-    for model in config.models:
-        timeouts = None
-        if model.timeouts is not None:
-            timeouts = base
-            for name in TIMEOUT_NAMES:
-                seconds = getattr(model.timeouts, name)
-                if seconds is not None:
-                    timeouts = timeouts.with_limit(name, seconds, f"models[{model.name!r}].timeouts.{name}")
-        specs.append(ModelSpec(
-            name=model.name,
-            deployments=tuple(DeploymentSpec(d.target, d.weight, d.priority) for d in model.deployments),
-            strategy=model.strategy, fallbacks=tuple(model.fallbacks), timeouts=timeouts, retries=model.retries))
-    return specs
-
-
-def global_timeouts(config: Config) -> Timeouts:
-    t = config.timeouts
-    return Timeouts(t.connect, t.first_byte, t.idle, t.total)
-
-
-def build_routing(config: Config, tracing: Tracing | None = None) -> tuple[Router, CooldownStore]:
-    """The router and its cooldown store (shared through Redis when ``redis:`` is set)."""
-    r = config.routing
-    cooldowns = cooldown_store(CooldownSettings(r.cooldown.failures, r.cooldown.window, r.cooldown.period),
-                               config.redis, prefix=r.cooldown.key_prefix)
-    settings = RoutingSettings(strategy=r.strategy, retries=r.retries, backoff=r.backoff,
-                               backoff_max=r.backoff_max, max_retry_after=r.max_retry_after)
-    return Router(settings, cooldowns=cooldowns, balancer=Balancer(), tracing=tracing), cooldowns
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -232,12 +172,14 @@ class GatewayApp(Starlette):
 
 
 def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: Sequence[Backend] = (),
-               backend_types: Mapping[str, type[Backend]] | None = None, tracer_provider: Any = None) -> Starlette:
-    """The gateway for ``config``. A program that embeds dragoman passes its own ``backends``
-    (built as ``cls(name, settings, deps)``; served beside the config's) and ``backend_types``
-    (classes that ``type:`` may name in the config and the admin UI, beside the installed ones).
-    With ``tracer_provider`` (an OpenTelemetry one, see :mod:`dragoman.tracing`) it makes spans for
-    every request, routing attempt and upstream call."""
+               backend_types: Mapping[str, type[Backend]] | None = None, tracer_provider: Any = None) -> DragomanApp:
+    """The app for ``config``; what can be checked without I/O is checked here (a ``ConfigError``),
+    everything else is built by its lifespan (see :class:`DragomanApp`). A program that embeds
+    dragoman passes its own ``backends`` (built as ``cls(name, settings, deps)``; served beside the
+    config's, not editable in the admin UI) and ``backend_types`` (classes that ``type:`` may name in
+    the config and the admin UI, beside the installed ones). With ``tracer_provider`` (an
+    OpenTelemetry one, see :mod:`dragoman.tracing`) it makes spans for every request, routing
+    attempt and upstream call."""
     require(config_requirements(config), where=f"{_source(config)}: ")  # before anything imports them
     tracing = Tracing(tracer_provider) if tracer_provider is not None else None
     images = config.images
@@ -246,90 +188,111 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: S
     deps = BackendDeps(config_dir=config.config_dir, image_fetcher=fetcher)
     types = BackendTypes(backend_types)
     given = _given(backends, config)
-    backends = [*build_backends(config, deps, types), *given]
-    registry = ModelRegistry(backends, config.aliases, refresh_seconds=config.model_refresh_seconds,
-                             models=model_specs(config))
-    timeouts = global_timeouts(config)
-    router, cooldowns = build_routing(config, tracing)
-    gateway = Gateway(registry, router=router, overrides=config.overrides, timeouts=timeouts,
-                      forward_keys=config.auth.mode != "keys", pull_backend=config.pull.backend,
-                      blob_root=lambda: config.writable_data_dir() / "blobs")
-    health_monitor = HealthMonitor(backends, interval=config.routing.health_interval,
-                                   model_count=registry.model_count)
-    services = AppServices(config=config, backends=backends, registry=registry, gateway=gateway,
-                           router=router, cooldowns=cooldowns, health=health_monitor,
-                           backend_health=health_monitor.results, deps=deps, backend_types=types,
-                           given_backends=tuple(b.name for b in given))
+    built = build_backends(config, deps, types)
+    secret_key = SecretKeySource(config)  # a bad DRAGOMAN_SECRET_KEY stops the start here
+    return DragomanApp(config, backends=built, deps=deps, secret_key=secret_key, auth=admin_auth(config),
+                       on_ready=on_ready, types=types, given=given, tracing=tracing)
 
-    metrics = Metrics()
-    services.metrics = metrics
-    gateway.metrics = metrics
 
-    async def open_control() -> None:
-        control = await open_control_plane(config, metrics)
-        services.control, services.store, services.keys = control, control.store, control.keys
-        gateway.access = control.access
-        gateway.prices = control.prices
-        gateway.observers.append(make_observer(control.recorder, metrics))
-        services.readiness_checks.append(control.store.check)
-        await gateway.catalog.restore(control.settings)
+class DragomanApp:
+    """The ASGI app: one lifespan builds every service (:func:`dragoman.services.open_services`, on
+    one ``AsyncExitStack``) and the routes over them, and only then serves.
 
-    async def close_control() -> None:
-        if services.control is not None:
-            await services.control.aclose()
+    Before start-up completes (or when run without a lifespan) and once shutdown begins, every
+    request is answered 503 with ``Retry-After`` in its client's dialect: nothing is served
+    half-built, so no request passes before the key check exists. One app serves one lifespan
+    (its backends, built here, are closed at its end).
+    """
 
-    services.startup_hooks.append(open_control)
-    services.shutdown_hooks.append(close_control)
+    def __init__(self, config: Config, *, backends: list[Backend], deps: BackendDeps, secret_key: SecretKeySource,
+                 auth: AdminAuth, on_ready: ReadyHook | None = None, types: BackendTypes | None = None,
+                 given: Sequence[Backend] = (), tracing: Tracing | None = None) -> None:
+        self.config = config
+        self.backends = backends  # the config file's (the running ones: app.state.services.backends)
+        self._deps = deps
+        self._secret_key = secret_key
+        self._auth = auth
+        self._on_ready = on_ready
+        self._types = types or BackendTypes()
+        self._given = list(given)  # built in code (create_app(backends=)), served beside the file's
+        self._tracing = tracing
+        self.state = State()  # ``services`` while running
+        self._serving: GatewayApp | None = None
+        self._phase = "starting"
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        started: list[Backend] = []
+    @property
+    def routes(self) -> list[BaseRoute]:
+        """The routes being served (none before start-up completes)."""
+        return self._serving.routes if self._serving is not None else []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        serving = self._serving
+        if serving is not None and scope["type"] != "lifespan":
+            await serving(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+        elif scope["type"] == "http":
+            await _not_serving(scope, self._phase)(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
         try:
-            for backend in backends:
-                await backend.start()
-                started.append(backend)
-            for hook in services.startup_hooks:
-                await hook()
-            await cooldowns.start()
-            await registry.refresh(force=True)
-            await health_monitor.check_all()
-            health_monitor.start()
-            services.ready = True
-            if on_ready is not None:
-                await on_ready(services)
-            yield
-        finally:
-            services.ready = False
-            await health_monitor.aclose()
-            try:
-                await cooldowns.aclose()
-            except Exception:
-                log.exception("closing the cooldown store failed")
-            for hook in reversed(services.shutdown_hooks):
+            async with contextlib.AsyncExitStack() as stack:
                 try:
-                    await hook()
-                except Exception:
-                    log.exception("shutdown hook failed")
-            for backend in reversed(started):
+                    services = await open_services(stack, self.config, self.backends, self._deps,
+                                                   self._secret_key, self._auth, types=self._types,
+                                                   given=self._given, tracing=self._tracing)
+                    self._serving = serving_app(services)
+                    self.state.services = services
+                    self._phase = "running"
+                    if self._on_ready is not None:
+                        await self._on_ready(services)
+                except BaseException:
+                    self._serving, self._phase = None, "starting"
+                    await send({"type": "lifespan.startup.failed", "message": traceback.format_exc()})
+                    raise
+                await send({"type": "lifespan.startup.complete"})
                 try:
-                    await backend.aclose()
-                except Exception:
-                    log.exception("closing backend %s failed", backend.name)
+                    await receive()  # lifespan.shutdown
+                finally:
+                    self._serving, self._phase = None, "stopping"
+        except BaseException:
+            if self._phase == "stopping":
+                await send({"type": "lifespan.shutdown.failed", "message": traceback.format_exc()})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+def _not_serving(scope: Scope, phase: str) -> Response:
+    """The answer while not serving: 503 in the dialect the path belongs to."""
+    path: str = scope.get("path", "")
+    if path in ("/health", "/health/ready"):
+        return json_response({"status": phase}, status=503, headers={"retry-after": "1"})
+    error = GatewayError(ErrorKind.OVERLOADED, f"dragoman is {phase}; try again in a moment", status=503,
+                         retry_after=1)
+    if path.startswith("/api/"):
+        return ollama_error(error)
+    if path.startswith("/v1/messages"):
+        return anthropic_error(error, random_id("req_", 20))
+    return openai_error(error)
+
+
+def serving_app(services: AppServices) -> GatewayApp:
+    """The routes over the running ``services``, behind their middleware."""
+    config, gateway, metrics, health_monitor = services.config, services.gateway, services.metrics, services.health
 
     async def root(request: Request) -> Response:
         # Ollama clients probe HEAD / and check this exact body.
         return PlainTextResponse("Ollama is running")
 
     async def health(request: Request) -> Response:
-        if not services.ready:
-            return json_response({"status": "starting"}, status=503)
         return json_response({"status": "ok"})
 
     async def metrics_route(request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def health_ready(request: Request) -> Response:
-        ok, body = await readiness(services.ready, health_monitor, services.readiness_checks)
+        ok, body = await readiness(True, health_monitor, services.readiness_checks)
         return json_response(body, status=200 if ok else 503)
 
     admin = AdminSite(services)
@@ -368,11 +331,10 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: S
                    expose_headers=["x-dragoman-backend", "x-dragoman-attempts", "x-dragoman-overhead-ms",
                                    "x-request-id", "x-dragoman-dropped-tools"]),
     ]
-    app = GatewayApp(hot_endpoints=hot, trusted_proxies=config.server.trusted_proxies, tracing=tracing, routes=routes,
-                     middleware=middleware, lifespan=lifespan,
+    app = GatewayApp(hot_endpoints=hot, trusted_proxies=config.server.trusted_proxies, tracing=services.tracing,
+                     routes=routes, middleware=middleware,
                      exception_handlers={HTTPException: _http_exception,  # type: ignore[dict-item]
                                          Exception: _internal_error})
-    app.state.services = services
     app.state.max_body_bytes = config.server.max_body_bytes
     app.state.body_timeout = config.server.body_timeout
     return app

@@ -17,10 +17,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from starlette.applications import Starlette
-
 from dragoman import __version__, cli_remote
-from dragoman.app import AppServices, create_app
+from dragoman.app import AppServices, DragomanApp, create_app, model_specs
 from dragoman.backends.base import Requirement
 from dragoman.cli_remote import add_remote_options
 from dragoman.config import Config, ConfigError, load_config
@@ -202,7 +200,7 @@ def _load_served(path: str | None, flags: Mapping[str, str], model: str | None) 
 
 
 def _worker_app(path: str | None, flags: Mapping[str, str], model: str | None, url: str,
-                shown: Any) -> tuple[Starlette, type[asyncio.Protocol]]:
+                shown: Any) -> tuple[DragomanApp, type[asyncio.Protocol]]:
     """One worker's app (see dragoman.workers), built in the worker from the config file read anew;
     each worker has its own tracer provider (the SDK's exporter threads do not cross processes)."""
     config = _load_served(path, flags, model)
@@ -236,26 +234,24 @@ def _tracer_provider() -> Any:
 
 
 def models(args: argparse.Namespace) -> int:
+    from dragoman.gateway.catalog import Catalog, LiveCatalog
+    from dragoman.gateway.registry import ModelRegistry
+
     config = _load(args.config)
-    app = create_app(config)
-    services: AppServices = app.state.services
+    app = create_app(config)  # checks the config and builds its backends
 
     async def run() -> None:
-        for backend in services.backends:
-            await backend.start()
-        try:
-            await services.registry.refresh(force=True)
-            for entry in services.registry.entries():
+        async with LiveCatalog.running(Catalog.of(app.backends, config.aliases, config.overrides)) as live:
+            registry = ModelRegistry(live, models=model_specs(config))
+            await registry.refresh(force=True)
+            for entry in registry.entries():
                 caps = ",".join(entry.info.capabilities.names())
                 target = f" -> {entry.alias_of}" if entry.alias_of else ""
                 print(f"{entry.id}{target}\t{caps}")
-            for backend in services.backends:
-                error = services.registry.backend_error(backend.name)
+            for backend in app.backends:
+                error = registry.backend_error(backend.name)
                 if error:
                     print(f"# backend {backend.name}: {error}", file=sys.stderr)
-        finally:
-            for backend in services.backends:
-                await backend.aclose()
 
     asyncio.run(run())
     return 0

@@ -86,8 +86,8 @@ async def open_control_plane(config: Config, metrics: Metrics) -> ControlPlane:
     await keys.start()
     await recorder.start()
     await pruner.start()
-    # Aliases, overrides and backends saved in the database are seeded and applied by the admin's
-    # LiveSettings.load, their one owner, right after this.
+    # Aliases, overrides and backends made in the admin UI are read by dragoman.admin.live right
+    # after this (their one owner while the app runs).
 
     # Without keys, only per-model limits could apply, and none are configured: skip the limiter.
     access: AccessPolicy = (KeyAccess(keys, limiter) if config.auth.mode == "keys"

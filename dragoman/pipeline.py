@@ -29,7 +29,8 @@ from dragoman.core.tokens import estimate_prompt_tokens
 from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Reasoning, Tokenized, Usage
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway import overrides as override_rules
-from dragoman.gateway.catalog import ModelCatalog
+from dragoman.gateway.catalog import Catalog
+from dragoman.gateway.model_store import ModelStore
 from dragoman.gateway.recipes import described, with_recipe
 from dragoman.gateway.registry import ModelRegistry, Target
 from dragoman.gateway.route import Route, Step
@@ -109,23 +110,27 @@ Observer = Callable[[CallOutcome], None]
 
 
 class Gateway:
-    """Implements ``dragoman.core.service.GatewayService``."""
+    """Implements ``dragoman.core.service.GatewayService``.
+
+    Everything it needs comes in here, built before the first request (see ``dragoman.app``).
+    Each call pins the registry's current catalog (backends, aliases, overrides) and uses that
+    one to its end, so a live edit never changes a request half way."""
 
     def __init__(self, registry: ModelRegistry, *, router: Router | None = None,
-                 access: AccessPolicy | None = None, overrides: dict[str, OverrideConfig] | None = None,
-                 timeouts: Timeouts | None = None, forward_keys: bool = False,
-                 observers: Sequence[Observer] = (), pull_backend: str | None = None,
+                 access: AccessPolicy | None = None, timeouts: Timeouts | None = None, forward_keys: bool = False,
+                 observers: Sequence[Observer] = (), metrics: StreamGauge | None = None,
+                 prices: Pricing | None = None, pull_backend: str | None = None,
                  blob_root: Callable[[], Path] | None = None) -> None:
         self.registry = registry
+        self.live = registry.live
         self.router = router or Router()
         self.access: AccessPolicy = access or OpenAccess()
-        self.overrides = overrides or {}
         self.timeouts = timeouts or Timeouts()
         self.forward_keys = forward_keys
         self.observers: list[Observer] = list(observers)
-        self.metrics: StreamGauge | None = None
-        self.prices: Pricing | None = None
-        self.catalog = ModelCatalog(registry, pull_backend=pull_backend, blob_root=blob_root)
+        self.metrics = metrics
+        self.prices = prices
+        self.model_store = ModelStore(registry, pull_backend=pull_backend, blob_root=blob_root)
 
     # ------------------------------------------------------------ service API
 
@@ -137,25 +142,28 @@ class Gateway:
         return [e for e in self.registry.entries() if self.access.may_use(ctx, e.id, *_alias(e))]
 
     async def get_model(self, name: str, ctx: CallContext) -> ModelEntry:
-        entry = _entry(name, (await self._route(name, ctx)).first_target)
-        recipe = self.catalog.recipes.recipes.get(name)
+        with self.live.pinned() as catalog:
+            entry = _entry(name, (await self._route(name, ctx, catalog)).first_target)
+        recipe = self.model_store.recipes.recipes.get(name)
         if recipe is not None:
             entry.info = described(entry.info, recipe)
         return entry
 
     async def load_model(self, name: str, ctx: CallContext, options: LoadOptions) -> ModelEntry:
         """Load the first target of ``name``'s route; ``expires_at`` says until when."""
-        target = (await self._route(name, ctx)).first_target
-        entry = _entry(name, target)
-        if isinstance(target.backend, LoadsModels):
-            entry.expires_at = await target.backend.load_model(target.model, options)
-            entry.loaded = True
+        with self.live.pinned() as catalog:
+            target = (await self._route(name, ctx, catalog)).first_target
+            entry = _entry(name, target)
+            if isinstance(target.backend, LoadsModels):
+                entry.expires_at = await target.backend.load_model(target.model, options)
+                entry.loaded = True
         return entry
 
     async def unload_model(self, name: str, ctx: CallContext) -> ModelEntry:
-        target = (await self._route(name, ctx)).first_target
-        if isinstance(target.backend, LoadsModels):
-            await target.backend.unload_model(target.model)
+        with self.live.pinned() as catalog:
+            target = (await self._route(name, ctx, catalog)).first_target
+            if isinstance(target.backend, LoadsModels):
+                await target.backend.unload_model(target.model)
         return _entry(name, target)
 
     def check_manage(self, ctx: CallContext) -> None:
@@ -167,39 +175,41 @@ class Gateway:
     async def pull_model(self, name: str, ctx: CallContext) -> AsyncIterator[PullProgress]:
         """Refuses (before any progress) callers that may not manage models and names no backend pulls."""
         self.check_manage(ctx)
-        self.catalog.target(name)
-        return self.catalog.pull(name)
+        self.model_store.target(name)
+        return self.model_store.pull(name)
 
     async def delete_model(self, name: str, ctx: CallContext) -> None:
         self.check_manage(ctx)
-        await self.catalog.delete(name)
+        await self.model_store.delete(name)
 
     async def create_model(self, recipe: ModelRecipe, ctx: CallContext) -> list[PullProgress]:
         self.check_manage(ctx)
-        return await self.catalog.create(recipe)
+        return await self.model_store.create(recipe)
 
     async def copy_model(self, source: str, destination: str, ctx: CallContext) -> None:
         self.check_manage(ctx)
-        await self.catalog.copy(source, destination)
+        await self.model_store.copy(source, destination)
 
     async def has_blob(self, digest: str, ctx: CallContext) -> bool:
         self.check_manage(ctx)
-        return self.catalog.blob_path(digest).is_file()
+        return self.model_store.blob_path(digest).is_file()
 
     async def save_blob(self, digest: str, chunks: AsyncIterator[bytes], ctx: CallContext) -> bool:
         self.check_manage(ctx)
-        return await self.catalog.save_blob(digest, chunks)
+        return await self.model_store.save_blob(digest, chunks)
 
     async def count_tokens(self, request: ChatRequest, ctx: CallContext) -> TokenCount:
-        target = (await self._route(request.model, ctx)).first_target
-        exact = await target.backend.count_tokens(request, target.model)
+        with self.live.pinned() as catalog:
+            target = (await self._route(request.model, ctx, catalog)).first_target
+            exact = await target.backend.count_tokens(request, target.model)
         if exact is not None:
             return TokenCount(exact, True)
         return TokenCount(estimate_prompt_tokens(request), False)
 
     async def tokenize(self, request: ChatRequest, ctx: CallContext, *, add_special: bool) -> Tokenized:
-        target = (await self._route(request.model, ctx)).first_target
-        result = await target.backend.tokenize(request, target.model, add_special=add_special)
+        with self.live.pinned() as catalog:
+            target = (await self._route(request.model, ctx, catalog)).first_target
+            result = await target.backend.tokenize(request, target.model, add_special=add_special)
         if result is None:
             raise _no_tokenizer(target)
         if result.max_model_len is None:
@@ -207,20 +217,23 @@ class Gateway:
         return result
 
     async def detokenize(self, model: str, tokens: list[int], ctx: CallContext) -> str:
-        target = (await self._route(model, ctx)).first_target
-        text = await target.backend.detokenize(tokens, target.model)
+        with self.live.pinned() as catalog:
+            target = (await self._route(model, ctx, catalog)).first_target
+            text = await target.backend.detokenize(tokens, target.model)
         if text is None:
             raise _no_tokenizer(target)
         return text
 
     async def embed(self, request: EmbeddingRequest, ctx: CallContext) -> EmbeddingResponse:
         outcome = ctx.outcome = CallOutcome(ctx, "embeddings", request.model, False)
+        pin = self.live.pin()
         try:
-            route = await self._route(request.model, ctx)
+            catalog = pin.catalog
+            route = await self._route(request.model, ctx, catalog)
             lease = await self.access.acquire(ctx, route.first_target.id)
             try:
                 response, target, attempts = await self.router.embed(
-                    route, request, lambda step, t: self._call_options(ctx, t, step))
+                    route, request, lambda step, t: self._call_options(ctx, t, catalog, step))
             finally:
                 if lease is not None:
                     await lease.release(0)
@@ -234,31 +247,39 @@ class Gateway:
             _cancelled(outcome)
             raise
         finally:
+            self.live.release(pin)
             outcome.latency = time.perf_counter() - ctx.started_at
             self._notify(outcome)
 
     async def chat(self, request: ChatRequest, ctx: CallContext) -> GatewayChatStream:
         outcome = ctx.outcome = CallOutcome(ctx, "chat", request.model, request.stream)
+        pin = self.live.pin()  # released when the stream closes
         try:
-            route = await self._route(request.model, ctx)
-            request, truncated = await self._fit_context(request, route.first_target)
+            catalog = pin.catalog
+            route = await self._route(request.model, ctx, catalog)
+            request, truncated = await self._fit_context(request, route.first_target, catalog)
             lease = await self.access.acquire(ctx, route.first_target.id, request)
             try:
-                started = await self.router.start(route, lambda step, t: self._prepare(request, ctx, step, t),
-                                                  started_at=ctx.started_at)
+                started = await self.router.start(
+                    route, lambda step, t: self._prepare(request, ctx, catalog, step, t), started_at=ctx.started_at)
             except BaseException:
                 if lease is not None:
                     await lease.release(0)
                 raise
         except GatewayError as exc:
+            self.live.release(pin)
             outcome.status, outcome.error_kind = exc.status, exc.kind.value
             outcome.latency = time.perf_counter() - ctx.started_at
             self._notify(outcome)
             raise
         except asyncio.CancelledError:  # the client left before the answer started
+            self.live.release(pin)
             _cancelled(outcome)
             outcome.latency = time.perf_counter() - ctx.started_at
             self._notify(outcome)
+            raise
+        except BaseException:
+            self.live.release(pin)
             raise
         outcome.target, outcome.backend = started.target.id, started.target.backend.name
         outcome.attempts = started.attempts
@@ -276,10 +297,13 @@ class Gateway:
             self.metrics.stream_started()
 
         async def closed(outcome: CallOutcome) -> None:
-            if lease is not None:
-                cost = self.prices.cost(outcome.usage.prompt_tokens, outcome.usage.completion_tokens,
-                                        outcome.target, outcome.requested_model) if self.prices else None
-                await lease.release(outcome.usage.total_tokens, cost or 0.0)
+            try:
+                if lease is not None:
+                    cost = self.prices.cost(outcome.usage.prompt_tokens, outcome.usage.completion_tokens,
+                                            outcome.target, outcome.requested_model) if self.prices else None
+                    await lease.release(outcome.usage.total_tokens, cost or 0.0)
+            finally:
+                self.live.release(pin)
             if request.stream and self.metrics is not None:
                 self.metrics.stream_ended()
             self._notify(outcome)
@@ -290,14 +314,14 @@ class Gateway:
 
     # ---------------------------------------------------------------- routing
 
-    async def _route(self, name: str, ctx: CallContext) -> Route:
+    async def _route(self, name: str, ctx: CallContext, catalog: Catalog) -> Route:
         """The route for a requested name, with what this key may not use left out.
 
         A key allowed the requested name may use every deployment and fallback the operator put
         behind it (as with aliases); otherwise each step or target must be allowed itself."""
         if not name:
             raise GatewayError(ErrorKind.INVALID_REQUEST, "model is required", param="model")
-        route = await self.registry.resolve_route(name)
+        route = await self.registry.resolve_route(name, catalog)
         if self.access.may_use(ctx, name):
             return route
         steps = []
@@ -310,14 +334,14 @@ class Gateway:
                                code="model_not_allowed", param="model")
         return Route(route.name, tuple(steps))
 
-    def _prepare(self, request: ChatRequest, ctx: CallContext, step: Step,
+    def _prepare(self, request: ChatRequest, ctx: CallContext, catalog: Catalog, step: Step,
                  target: Target) -> tuple[ChatRequest, CallOptions]:
         """The request as one target gets it (the router calls this per attempted target)."""
-        return self._plan(request, target), self._call_options(ctx, target, step)
+        return self._plan(request, target, catalog), self._call_options(ctx, target, catalog, step)
 
-    def _plan(self, request: ChatRequest, target: Target) -> ChatRequest:
-        rules = override_rules.matching(self.overrides, target.id, request.model)
-        recipe = self.catalog.recipes.recipes.get(request.model)
+    def _plan(self, request: ChatRequest, target: Target, catalog: Catalog) -> ChatRequest:
+        rules = override_rules.matching(catalog.overrides, target.id, request.model)
+        recipe = self.model_store.recipes.recipes.get(request.model)
         if recipe is not None:  # a created model: its parameters win over the overrides of what it is made from
             rules.append(OverrideConfig(**dict(recipe.parameters)))
             request = with_recipe(request, recipe)
@@ -348,18 +372,19 @@ class Gateway:
             planned = replace(planned, reasoning=Reasoning(exclude=planned.reasoning.exclude))
         return planned
 
-    async def _fit_context(self, request: ChatRequest, target: Target) -> tuple[ChatRequest, int]:
+    async def _fit_context(self, request: ChatRequest, target: Target,
+                           catalog: Catalog) -> tuple[ChatRequest, int]:
         """``context: truncate_oldest``: the request without the oldest messages that would not fit
         the first target's window (counted exactly where the backend has a tokenizer), and how
         many were left out."""
-        if not self.overrides:  # the common case: nothing to fit
+        if not catalog.overrides:  # the common case: nothing to fit
             return request, 0
-        rules = override_rules.matching(self.overrides, target.id, request.model)
+        rules = override_rules.matching(catalog.overrides, target.id, request.model)
         window = target.info.context_length
         if override_rules.context_policy(rules) != "truncate_oldest" or not window or request.prompt is not None:
             return request, 0
         try:
-            planned = self._plan(request, target)  # counted as the target will get it (tools dropped ...)
+            planned = self._plan(request, target, catalog)  # counted as the target will get it (tools dropped ...)
         except GatewayError:
             return request, 0  # the router reports it
 
@@ -370,12 +395,13 @@ class Gateway:
         fitted, dropped = await truncate_oldest(planned, count, window)
         return (replace(request, messages=fitted.messages), dropped) if dropped else (request, 0)
 
-    def _call_options(self, ctx: CallContext, target: Target, step: Step | None = None) -> CallOptions:
+    def _call_options(self, ctx: CallContext, target: Target, catalog: Catalog,
+                      step: Step | None = None) -> CallOptions:
         """Timeouts: the step's (a ``models:`` entry's, merged with the global ones), else the
         global ones; an override's ``request_timeout`` is then the total. The deadline is that
         total after the request arrived (so routing, retries and the answer all count)."""
         timeouts = step.timeouts if step is not None and step.timeouts is not None else self.timeouts
-        override = override_rules.request_timeout(self.overrides, target.id)
+        override = override_rules.request_timeout(catalog.overrides, target.id)
         if override is not None:
             timeouts = timeouts.with_limit("total", *override)
         elapsed = time.perf_counter() - ctx.started_at

@@ -31,7 +31,7 @@ from dragoman.gateway.timeutil import as_utc, utcnow
 from dragoman.gateway.usage_store import UsageStore, UsageSummary
 
 if TYPE_CHECKING:
-    from dragoman.app import AppServices
+    from dragoman.services import AppServices
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -152,17 +152,11 @@ class AdminAPI:
 
     @property
     def store(self) -> Store:
-        store = self.services.store
-        if store is None:
-            raise GatewayError(ErrorKind.INTERNAL, "the database is not open yet", status=503)
-        return store
+        return self.services.store
 
     @property
     def keys(self) -> KeyService:
-        keys = self.services.keys
-        if keys is None:
-            raise GatewayError(ErrorKind.INTERNAL, "the key service is not running", status=503)
-        return keys
+        return self.services.keys
 
     def routes(self) -> list[tuple[str, Handler, list[str]]]:
         return [
@@ -329,7 +323,7 @@ class AdminAPI:
             })
         resolved = {e.id: e.alias_of for e in entries if e.alias_of is not None}
         health = {h["name"]: h for h in self.backend_health()}
-        catalog = self.services.gateway.catalog
+        store = self.services.gateway.model_store
         pulled = {f"{b.name}/{n}" for b in registry.backends.values() if isinstance(b, PullsModels)
                   for n in b.pulled_models()}
         for models in by_backend.values():
@@ -337,9 +331,9 @@ class AdminAPI:
                 model["pulled"] = model["id"] in pulled
         return {
             "created": [{"name": name, "from": r.source, "system": r.system, "parameters": dict(r.parameters),
-                         "resolves_to": resolved.get(name)} for name, r in catalog.recipes.recipes.items()],
+                         "resolves_to": resolved.get(name)} for name, r in store.recipes.recipes.items()],
             "pulls": [{"name": p.name, "backend": p.backend, "status": p.status, "total": p.total,
-                       "completed": p.completed} for p in catalog.running.values()],
+                       "completed": p.completed} for p in store.running.values()],
             "backends": [{**health[name], "models": models} for name, models in by_backend.items()],
             "aliases": [{"name": a, "targets": t, "resolves_to": resolved.get(a)} for a, t in aliases.items()],
             "overrides": overrides,

@@ -24,17 +24,14 @@ from starlette.staticfiles import StaticFiles
 
 from dragoman import __version__
 from dragoman.admin.api import AdminAPI, Handler, error_body, read_object
-from dragoman.admin.live import LiveSettings
-from dragoman.admin.secret_key import SecretKeySource
 from dragoman.admin.security import ADMIN_ACCOUNT, COOKIE_NAME, SESSION_MAX_AGE, AdminAuth, Session
-from dragoman.backends.base import BackendDeps
+from dragoman.config import Config
 from dragoman.dialects.common import json_response
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.keys import looks_like_key
 
 if TYPE_CHECKING:
-    from dragoman.app import AppServices
-    from dragoman.gateway.store import Store
+    from dragoman.services import AppServices
 
 log = logging.getLogger("dragoman.admin")
 
@@ -91,43 +88,23 @@ def api_error(exc: GatewayError) -> Response:
     return json_response(error_body(exc), status=exc.status, headers=headers)
 
 
+def admin_auth(config: Config) -> AdminAuth:
+    """The admin password check, built with the app (it is set up at start, from the database)."""
+    return AdminAuth(password=config.auth.admin_password, session_secret=config.auth.session_secret,
+                     announce=announce_password)
+
+
 class AdminSite:
+    """Built once the services run: the admin settings are loaded, the password is set up."""
+
     def __init__(self, services: AppServices) -> None:
         self.services = services
-        config = services.config
-        self.auth = AdminAuth(password=config.auth.admin_password,
-                              session_secret=config.auth.session_secret, announce=announce_password)
-        self.secret_key = SecretKeySource(config)  # a bad DRAGOMAN_SECRET_KEY stops the start here
-        self.live = LiveSettings(config=config, registry=services.registry, gateway=services.gateway,
-                                 backends=services.backends,
-                                 deps=services.deps or BackendDeps(config_dir=config.config_dir),
-                                 store=self._store, health=services.health, types=services.backend_types,
-                                 given=services.given_backends)
+        self.auth = services.admin_auth
+        self.live = services.settings
         self.api = AdminAPI(services, self.live)
         self.templates = Environment(loader=FileSystemLoader(HERE / "templates"),
                                      autoescape=select_autoescape(default=True, default_for_string=True),
                                      trim_blocks=True, lstrip_blocks=True)
-        services.startup_hooks.append(self.start)
-        services.shutdown_hooks.append(self.live.aclose)
-
-    def _store(self) -> Store:
-        store = self.services.store
-        if store is None:
-            raise GatewayError(ErrorKind.INTERNAL, "the database is not open", status=503)
-        return store
-
-    async def start(self) -> None:
-        from dragoman.gateway.settings import SettingsStore
-
-        box = await self.secret_key.open()
-        resealed = await self.auth.setup(SettingsStore(self._store()), box)
-        if await self.live.load(box) or resealed:
-            # The clear values are gone from the rows, not yet from the database file's free pages.
-            await self._store().compact()
-        server = self.services.config.server
-        refresh = server.settings_refresh or (2.0 if server.worker_count > 1 else None)
-        if refresh is not None:
-            self.live.watch(refresh)
 
     # -- authorisation ------------------------------------------------------------------------
 
@@ -321,5 +298,5 @@ class AdminSite:
 
 
 def admin_routes(services: AppServices) -> list[BaseRoute]:
-    """The admin site's routes; registers its start-up (password, saved settings) on ``services``."""
+    """The admin site's routes."""
     return AdminSite(services).routes()

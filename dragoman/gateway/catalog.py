@@ -1,283 +1,161 @@
-"""Models added at run time: pulled into a backend (``/api/pull``), deleted again, kept across
-restarts in the settings table, and the progress of running pulls for the admin page.
+"""What the gateway serves right now (backends, aliases, overrides), and its one owner.
 
-Which backend pulls a name: ``<backend>/<name>`` names it; otherwise ``pull.backend`` from the
-config, else ``hf.co/...`` names go to the first llamacpp backend and other names to the first
-ollama backend (which forwards the pull).
+A :class:`Catalog` is never changed: a live edit (the admin UI) builds a new one and
+:meth:`LiveCatalog.replace` swaps it in at once. A request *pins* the catalog current when it
+starts and uses that one to the end, so it keeps the backend it started with; a backend that no
+catalog in use still holds is closed once the last request pinning an older catalog ends (each
+backend owns a connection pool: an edit must not leak one).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import hashlib
+import contextlib
 import logging
-import re
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from types import MappingProxyType
+from typing import TypeVar
 
-from dragoman.core.management import ModelRecipe, PullProgress, PullsModels
-from dragoman.errors import ErrorKind, GatewayError
+from dragoman.backends.base import Backend
+from dragoman.config import OverrideConfig
 
-if TYPE_CHECKING:
-    from dragoman.backends.base import Backend
-    from dragoman.gateway.registry import ModelRegistry
-    from dragoman.gateway.settings import SettingsStore
-
-log = logging.getLogger("dragoman.models")
-
-HUB_NAME = re.compile(r"(?:https?://)?(?:hf\.co|huggingface\.co)/", re.IGNORECASE)
-PULLED_SETTING = "pulled:"  # + backend name -> that backend's pulled_models()
+log = logging.getLogger("dragoman.catalog")
 
 
-@dataclass(slots=True)
-class RunningPull:
-    """A pull in progress, as the admin Models page shows it."""
-
-    name: str
-    backend: str
-    status: str = "starting"
-    total: int | None = None
-    completed: int | None = None
-    started_at: float = field(default_factory=time.time)
+K = TypeVar("K")
+V = TypeVar("V")
 
 
-class ModelCatalog:
-    def __init__(self, registry: ModelRegistry, *, pull_backend: str | None = None,
-                 blob_root: Callable[[], Path] | None = None) -> None:
-        self.registry = registry
-        self.pull_backend = pull_backend
-        self.settings: SettingsStore | None = None  # set once the database is open
-        self.running: dict[str, RunningPull] = {}
-        self.recipes = Recipes(registry)
-        self._blob_root = blob_root
+def _frozen(items: Mapping[K, V]) -> Mapping[K, V]:
+    return MappingProxyType(dict(items))
 
-    async def restore(self, settings: SettingsStore) -> None:
-        """Serve again what earlier runs pulled and created (called once the database is open)."""
-        self.settings = settings
-        await self.recipes.restore(settings)
-        for backend in self.registry.backends.values():
-            if isinstance(backend, PullsModels):
-                pulled = await settings.get(PULLED_SETTING + backend.name, {}) or {}
-                if isinstance(pulled, dict) and pulled:
-                    backend.restore_models(pulled)
-                    log.info("backend %s serves %d pulled model(s) again", backend.name, len(pulled))
 
-    def target(self, name: str) -> tuple[Backend, str]:
-        """The backend that pulls (or deletes) ``name``, and the name as that backend knows it."""
-        if not name or not name.strip():
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "model is required", param="model")
-        backends = self.registry.backends
-        prefix, sep, rest = name.partition("/")
-        if sep and prefix in backends:
-            return self._puller(backends[prefix], rest), rest
-        if self.pull_backend is not None:
-            backend = backends.get(self.pull_backend)
-            if backend is None:
-                raise GatewayError(ErrorKind.INVALID_REQUEST, f"pull.backend names {self.pull_backend!r}, "
-                                                              "which is not a backend", param="model")
-            return self._puller(backend, name), name
-        kind = "llamacpp" if HUB_NAME.match(name) else "ollama"
-        for backend in backends.values():
-            if backend.type == kind and isinstance(backend, PullsModels):
-                return backend, name
-        raise GatewayError(ErrorKind.INVALID_REQUEST,
-                           f"no backend can pull {name!r}: add a {kind} backend, name one as <backend>/{name}, "
-                           "or set pull.backend", param="model")
+@dataclass(frozen=True, slots=True)
+class Catalog:
+    """Backends by name, aliases (name or glob -> targets, in matching order), overrides (glob -> rule)."""
 
-    def _puller(self, backend: Backend, name: str) -> Backend:
-        if not isinstance(backend, PullsModels):
-            raise GatewayError(ErrorKind.INVALID_REQUEST, f"backend {backend.name!r} ({backend.type}) cannot pull "
-                                                          f"or delete models ({name!r})", param="model")
-        return backend
+    backends: Mapping[str, Backend] = field(default_factory=dict)
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    overrides: Mapping[str, OverrideConfig] = field(default_factory=dict)
 
-    async def pull(self, name: str) -> AsyncIterator[PullProgress]:
-        """Pull ``name`` with progress; the model is listed (and kept) once ``success`` is sent."""
-        backend, model = self.target(name)
-        assert isinstance(backend, PullsModels)
-        key = f"{backend.name}/{model}"
-        running = self.running.setdefault(key, RunningPull(model, backend.name))
+    @classmethod
+    def of(cls, backends: Iterable[Backend], aliases: Mapping[str, str | Iterable[str]] | None = None,
+           overrides: Mapping[str, OverrideConfig] | None = None) -> Catalog:
+        return cls(_frozen({b.name: b for b in backends}),
+                   _frozen({name: (t,) if isinstance(t, str) else tuple(t) for name, t in (aliases or {}).items()}),
+                   _frozen(overrides or {}))
+
+
+class Pin:
+    """One user of one catalog (a request, a model listing, a health check)."""
+
+    __slots__ = ("catalog", "users")
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.users = 0
+
+
+class LiveCatalog:
+    """The one owner of the current :class:`Catalog` and of every backend it has ever held.
+
+    Backends of the first catalog are started by :meth:`running`; a caller of :meth:`replace` has
+    started the new ones. Every backend is closed exactly once: when it leaves the catalog and no
+    request still uses it, or at shutdown.
+    """
+
+    def __init__(self, catalog: Catalog) -> None:
+        self._current = Pin(catalog)
+        self._retired: list[Pin] = []
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @property
+    def current(self) -> Catalog:
+        return self._current.catalog
+
+    def pin(self) -> Pin:
+        """The current catalog, held until :meth:`release`: its backends stay open until then."""
+        pin = self._current
+        pin.users += 1
+        return pin
+
+    def release(self, pin: Pin) -> None:
+        pin.users -= 1
+        if pin.users == 0 and pin is not self._current:
+            self._reap()
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[Catalog]:
+        pin = self.pin()
         try:
-            async for progress in backend.pull_model(model):
-                running.status, running.total, running.completed = progress.status, progress.total, progress.completed
-                if progress.status == "success":
-                    await self._save(backend)
-                    await self.registry.refresh(force=True)
-                yield progress
+            yield pin.catalog
         finally:
-            if self.running.get(key) is running:
-                del self.running[key]
+            self.release(pin)
 
-    async def delete(self, name: str) -> None:
-        if await self.recipes.remove(name):
-            await self.registry.refresh(force=True)
-            return
-        backend, model = self.target(name)
-        assert isinstance(backend, PullsModels)
-        await backend.delete_model(model)
-        await self._save(backend)
-        await self.registry.refresh(force=True)
+    def replace(self, catalog: Catalog) -> None:
+        """Serve ``catalog`` from now on (its new backends already started); backends it drops are
+        closed once the requests still using them end."""
+        old, self._current = self._current, Pin(catalog)
+        self._retired.append(old)
+        self._reap()
 
-    # ------------------------------------------------------------------ create and copy
+    def in_use(self) -> list[Backend]:
+        """Every backend not closed yet: the current ones and those old requests still hold."""
+        seen: dict[int, Backend] = {}
+        for pin in (self._current, *self._retired):
+            for backend in pin.catalog.backends.values():
+                seen.setdefault(id(backend), backend)
+        return list(seen.values())
 
-    async def create(self, recipe: ModelRecipe) -> list[PullProgress]:
-        """A model from uploaded GGUF blobs (served by a llamacpp backend) or from another model."""
-        if recipe.files:
-            return await self._create_from_files(recipe)
-        if not recipe.source:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "neither 'from' or 'files' was specified", param="from")
-        if recipe.source == recipe.name:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} cannot be made from itself",
-                               param="from")
-        await self.registry.resolve_route(recipe.source)  # a 404 naming close matches if it is unknown
-        await self.recipes.put(recipe)
-        await self.registry.refresh(force=True)
-        return [PullProgress("using existing layer"), PullProgress("writing manifest"), PullProgress("success")]
+    def _reap(self) -> None:
+        """Close the backends only unused retired catalogs hold, and forget those catalogs. (A
+        backend closed here is in no catalog left, so no later call sees it again.)"""
+        held = {id(b) for pin in (self._current, *self._retired) if pin.users or pin is self._current
+                for b in pin.catalog.backends.values()}
+        for pin in [p for p in self._retired if not p.users]:
+            self._retired.remove(pin)
+            for backend in pin.catalog.backends.values():
+                if id(backend) not in held:
+                    held.add(id(backend))  # once, though several of these catalogs hold it
+                    task = asyncio.get_running_loop().create_task(_close(backend), name=f"close-{backend.name}")
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
 
-    async def _create_from_files(self, recipe: ModelRecipe) -> list[PullProgress]:
-        ggufs = [(name, digest) for name, digest in recipe.files if name.lower().endswith(".gguf")]
-        if len(ggufs) != 1:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "files must name exactly one .gguf file (split GGUFs and "
-                                                          "safetensors are not supported)", param="files")
-        filename, digest = ggufs[0]
-        path = self.blob_path(digest)
-        if not path.is_file():
-            raise GatewayError(ErrorKind.INVALID_REQUEST, f"blob {digest} for {filename} not found: upload it "
-                                                          f"first with POST /api/blobs/{digest}", param="files")
-        backend, model = self._file_backend(recipe.name)
-        assert isinstance(backend, PullsModels)
-        backend.restore_models({model: {"path": str(path)}})
-        await self._save(backend)
-        await self.registry.refresh(force=True)
-        return [PullProgress("parsing GGUF"), PullProgress(f"using existing layer {digest}"),
-                PullProgress("writing manifest"), PullProgress("success")]
+    async def drained(self) -> None:
+        """Wait for the closes already scheduled (tests and shutdown)."""
+        while self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
-    def _file_backend(self, name: str) -> tuple[Backend, str]:
-        backends = self.registry.backends
-        prefix, sep, rest = name.partition("/")
-        if sep and prefix in backends and backends[prefix].type == "llamacpp":
-            return backends[prefix], rest
-        for backend in backends.values():
-            if backend.type == "llamacpp" and isinstance(backend, PullsModels):
-                return backend, name
-        raise GatewayError(ErrorKind.INVALID_REQUEST, "a model from GGUF files needs a llamacpp backend",
-                           param="files")
-
-    async def copy(self, source: str, destination: str) -> None:
-        if not destination or not source:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "source and destination are required", param="destination")
-        recipe = self.recipes.recipes.get(source)
-        if recipe is None:
-            await self.registry.resolve_route(source)
-            recipe = ModelRecipe(name=destination, source=source)
-        await self.recipes.put(dataclasses.replace(recipe, name=destination))
-        await self.registry.refresh(force=True)
-
-    # -------------------------------------------------------------------------- blobs
-
-    def blob_path(self, digest: str) -> Path:
-        if self._blob_root is None:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "this gateway keeps no blobs")
-        return self._blob_root() / blob_name(digest)
-
-    async def save_blob(self, digest: str, chunks: AsyncIterator[bytes]) -> bool:
-        """Store an uploaded blob if its sha256 is ``digest``; False when it was already there."""
-        path = self.blob_path(digest)
-        if path.is_file():
-            async for _ in chunks:  # drain the upload
-                pass
-            return False
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.partial")
-        hasher = hashlib.sha256()
-
-        def write(handle: BinaryIO, chunk: bytes) -> None:
-            handle.write(chunk)
-            hasher.update(chunk)
-
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, catalog: Catalog) -> AsyncIterator[LiveCatalog]:
+        """Start the catalog's backends; on exit close every backend still open."""
+        live = cls(catalog)
+        started: list[Backend] = []
         try:
-            with partial.open("wb") as handle:
-                async for chunk in chunks:
-                    await asyncio.to_thread(write, handle, chunk)
-            actual = f"sha256:{hasher.hexdigest()}"
-            if actual != f"sha256:{path.name.removeprefix('sha256-')}":
-                raise GatewayError(ErrorKind.INVALID_REQUEST,
-                                   f'digest mismatch, expected "{digest}", got "{actual}"', param="digest")
-            partial.replace(path)
-        except OSError as exc:
-            raise GatewayError(ErrorKind.INTERNAL, f"storing blob {digest} failed: {exc.strerror or exc}",
-                               status=507 if exc.errno == 28 else 500) from exc
+            for backend in catalog.backends.values():
+                await backend.start()
+                started.append(backend)
+        except BaseException:
+            for backend in reversed(started):
+                await _close(backend)
+            raise
+        try:
+            yield live
         finally:
-            partial.unlink(missing_ok=True)
-        return True
+            await live.aclose()
 
-    async def _save(self, backend: PullsModels) -> None:
-        if self.settings is not None and hasattr(backend, "name"):
-            await self.settings.set(PULLED_SETTING + str(backend.name), backend.pulled_models())
-
-
-DERIVED_SETTING = "models:derived"
-DIGEST = re.compile(r"sha256[:-]([0-9a-f]{64})")
+    async def aclose(self) -> None:
+        await self.drained()
+        backends = self.in_use()
+        self._retired.clear()
+        for backend in reversed(backends):
+            await _close(backend)
 
 
-def blob_name(digest: str) -> str:
-    """``sha256:<hex>`` as a blob file name; a 400 for anything else."""
-    match = DIGEST.fullmatch(digest)
-    if match is None:
-        raise GatewayError(ErrorKind.INVALID_REQUEST, f"invalid digest {digest!r}: expected sha256:<64 hex digits>",
-                           param="digest")
-    return f"sha256-{match.group(1)}"
-
-
-class Recipes:
-    """Models made from others (``/api/create`` with ``from``, ``/api/copy``), kept in the settings
-    table and served as aliases with their own system prompt and parameters."""
-
-    def __init__(self, registry: ModelRegistry) -> None:
-        self.registry = registry
-        self.settings: SettingsStore | None = None
-        self.recipes: dict[str, ModelRecipe] = {}
-
-    async def restore(self, settings: SettingsStore) -> None:
-        self.settings = settings
-        stored = await settings.get(DERIVED_SETTING, {}) or {}
-        self.recipes = {name: ModelRecipe.from_json(name, data) for name, data in stored.items()
-                        if isinstance(data, dict)}
-        self._apply()
-
-    def _apply(self) -> None:
-        self.registry.set_derived({name: r.source for name, r in self.recipes.items() if r.source})
-
-    async def _save(self) -> None:
-        self._apply()
-        if self.settings is not None:
-            await self.settings.set(DERIVED_SETTING, {name: r.to_json() for name, r in self.recipes.items()})
-
-    async def put(self, recipe: ModelRecipe) -> None:
-        if recipe.name not in self.recipes and self.registry.is_taken(recipe.name):
-            raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} already exists; choose another name",
-                               param="model")
-        if recipe.source == recipe.name or (recipe.source and self._reaches(recipe.source, recipe.name)):
-            raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} cannot be made from itself",
-                               param="from")
-        self.recipes[recipe.name] = recipe
-        await self._save()
-
-    def _reaches(self, start: str, target: str) -> bool:
-        seen, name = set(), start
-        while name in self.recipes and name not in seen:
-            seen.add(name)
-            name = self.recipes[name].source or ""
-            if name == target:
-                return True
-        return False
-
-    async def remove(self, name: str) -> bool:
-        if self.recipes.pop(name, None) is None:
-            return False
-        await self._save()
-        return True
+async def _close(backend: Backend) -> None:
+    try:
+        await backend.aclose()
+    except Exception:
+        log.exception("closing backend %s failed", backend.name)

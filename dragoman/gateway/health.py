@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from dragoman.backends.base import Backend
 from dragoman.errors import GatewayError
+from dragoman.gateway.catalog import LiveCatalog
 
 log = logging.getLogger("dragoman.health")
 
@@ -32,9 +33,9 @@ class BackendHealth:
 
 
 class HealthMonitor:
-    def __init__(self, backends: Sequence[Backend], *, interval: float = 30.0, timeout: float = 10.0,
+    def __init__(self, live: LiveCatalog, *, interval: float = 30.0, timeout: float = 10.0,
                  model_count: Callable[[str], int] | None = None) -> None:
-        self.backends = list(backends)
+        self.live = live
         self.interval = interval
         self.timeout = timeout
         self._model_count = model_count or (lambda name: 0)
@@ -42,8 +43,16 @@ class HealthMonitor:
         self._task: asyncio.Task[None] | None = None
 
     async def check_all(self) -> dict[str, BackendHealth]:
-        await asyncio.gather(*(self._check(b) for b in self.backends))
+        """Check every backend of the current catalog (held open meanwhile); forget the others."""
+        with self.live.pinned() as catalog:
+            await asyncio.gather(*(self._check(b) for b in catalog.backends.values()))
+        for name in [n for n in self.results if n not in self.live.current.backends]:
+            del self.results[name]
         return self.results
+
+    def forget(self, name: str) -> None:
+        """The backend named ``name`` was replaced: the next check reports on the new one."""
+        self.results.pop(name, None)
 
     async def _check(self, backend: Backend) -> None:
         try:

@@ -9,6 +9,7 @@ backends that understand them read them.
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import fields, replace
 from typing import Any
 
@@ -21,7 +22,7 @@ ALIASES = {"num_predict": "max_tokens", "stop_sequences": "stop", "max_completio
            "repetition_penalty": "repeat_penalty", "mirostat_mode": "mirostat"}
 
 
-def matching(overrides: dict[str, OverrideConfig], *names: str) -> list[OverrideConfig]:
+def matching(overrides: Mapping[str, OverrideConfig], *names: str) -> list[OverrideConfig]:
     """Overrides whose glob matches any of the names, most specific (longest pattern) last."""
     found = [(pattern, o) for pattern, o in overrides.items()
              if any(fnmatch.fnmatchcase(n, pattern) for n in names)]
@@ -29,7 +30,7 @@ def matching(overrides: dict[str, OverrideConfig], *names: str) -> list[Override
     return [o for _, o in found]
 
 
-def request_timeout(overrides: dict[str, OverrideConfig], name: str) -> tuple[float, str] | None:
+def request_timeout(overrides: Mapping[str, OverrideConfig], name: str) -> tuple[float, str] | None:
     """The ``request_timeout`` of the most specific override matching ``name``, and its setting."""
     found = [(pattern, o.request_timeout) for pattern, o in overrides.items()
              if o.request_timeout is not None and fnmatch.fnmatchcase(name, pattern)]

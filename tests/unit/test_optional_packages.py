@@ -63,7 +63,7 @@ def test_every_module_imports_and_the_default_app_builds_without_optional_packag
         optional = {set(PACKAGES)!r}
         loaded = sorted(name for name in sys.modules if name.partition(".")[0] in optional and sys.modules[name])
         app = create_app(load_config(None, environ={{}}, local_model=has_local_runtime()))
-        print(loaded, has_local_runtime(), [backend.name for backend in app.state.services.backends])
+        print(loaded, has_local_runtime(), [backend.name for backend in app.backends])
     """, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert len(modules) > 70

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Connection
 
 from dragoman.errors import GatewayError
 from dragoman.gateway.keys import KeyService
-from dragoman.gateway.settings import SettingsStore, seed_settings
+from dragoman.gateway.settings import SEEDED_PREFIX, SettingsStore
 from dragoman.gateway.store import Store, normalize_url
 from dragoman.gateway.store.schema import metadata
 from dragoman.gateway.usage import UsageRecord
@@ -169,25 +169,13 @@ async def test_retention_prunes_old_records(store: Store) -> None:
         UsagePruner(usage, retention_days=0)
 
 
-async def test_seed_settings_semantics(store: Store) -> None:
+async def test_settings_rows(store: Store) -> None:
+    # What the config file declares is never written here (see dragoman.admin.live): only rows.
     settings = SettingsStore(store)
-    first = await seed_settings(store, {"fast": "up/a", "smart": "up/b"}, {"up/*": {"temperature": 0.2}})
-    assert sorted(first["aliases"]) == ["fast", "smart"]
-    assert await settings.get("aliases") == {"fast": "up/a", "smart": "up/b"}
-    assert await settings.get("overrides") == {"up/*": {"temperature": 0.2}}
-
-    # The admin UI edits one alias, deletes another and adds its own.
-    await settings.set("aliases", {"fast": "up/edited", "mine": "up/c"})
-    second = await seed_settings(store, {"fast": "up/a", "smart": "up/b"}, {"up/*": {"temperature": 0.2}})
-    assert second == {"aliases": [], "overrides": []}
-    assert await settings.get("aliases") == {"fast": "up/edited", "mine": "up/c"}  # nothing undone
-
-    # The config file changes: new entries arrive; changed ones update only if nobody edited them.
-    third = await seed_settings(store, {"fast": "up/a2", "smart": "up/b2", "new": "up/n"},
-                                {"up/*": {"temperature": 0.5}}, backends={"up": {"type": "openai"}})
-    assert third == {"aliases": ["new"], "overrides": ["up/*"], "backends": ["up"]}
-    assert await settings.get("aliases") == {"fast": "up/edited", "mine": "up/c", "new": "up/n"}
-    assert await settings.get("overrides") == {"up/*": {"temperature": 0.5}}
-    assert set(await settings.all()) == {"aliases", "overrides", "backends"}  # bookkeeping rows hidden
-    assert await settings.delete("backends") and not await settings.delete("backends")
+    await settings.set("aliases", {"fast": "up/a", "smart": None})
+    await settings.set("aliases", {"fast": "up/edited", "mine": "up/c"})  # an upsert
+    await settings.set(SEEDED_PREFIX + "aliases", {"fast": "up/a"})
+    assert await settings.get("aliases") == {"fast": "up/edited", "mine": "up/c"}
+    assert set(await settings.all()) == {"aliases"}  # bookkeeping rows hidden
+    assert await settings.delete("aliases") and not await settings.delete("aliases")
     assert await settings.get("missing", 42) == 42

@@ -19,6 +19,7 @@ from dragoman.core.models import ModelInfo
 from dragoman.core.types import ChatRequest, FinishReason, Message, Role, TextPart, Usage
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.balance import Balancer
+from dragoman.gateway.catalog import Catalog, LiveCatalog
 from dragoman.gateway.cooldown import CooldownSettings, MemoryCooldownStore, RedisCooldownStore, State
 from dragoman.gateway.redis_client import connect_redis
 from dragoman.gateway.registry import ModelRegistry
@@ -306,7 +307,8 @@ async def test_mid_stream_failures_count_toward_the_cooldown() -> None:
 
 async def test_routes_of_models_aliases_and_fallbacks() -> None:
     one, two = Scripted("one", ["a", "b"]), Scripted("two", ["c"])
-    registry = ModelRegistry([one, two], {"chain": ["one/a", "big", "two/c"], "loop": ["loop2"], "loop2": ["loop"]},
+    aliases = {"chain": ["one/a", "big", "two/c"], "loop": ["loop2"], "loop2": ["loop"]}
+    registry = ModelRegistry(LiveCatalog(Catalog.of([one, two], aliases)),
                              models=[ModelSpec("small", (DeploymentSpec("one/a", 2.0), DeploymentSpec("c", 1.0, 1)),
                                                strategy="least_busy", fallbacks=("big", "small")),
                                      ModelSpec("big", (DeploymentSpec("one/b"), DeploymentSpec("gone/x")),
