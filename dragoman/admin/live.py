@@ -293,6 +293,8 @@ class LiveSettings:
                     log.info("applied admin settings changed by another worker or instance")
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 warn(logging.WARNING, "could not read the admin settings from the database (%s); retrying", exc)
+            except GatewayError as exc:  # a stored entry this worker cannot parse: the others stay applied
+                warn(logging.ERROR, "the admin settings saved by another worker cannot be applied: %s", exc.message)
 
     async def aclose(self) -> None:
         """Stop watching (the catalog's owner closes the backends)."""

@@ -158,3 +158,31 @@ def test_a_created_model_cannot_take_the_name_of_a_served_one(server: ServerThre
         assert response.status_code == 400 and "already exists" in response.json()["error"], name
     response = httpx.post(server.url + "/api/copy", json={"source": "up/llama3:latest", "destination": "echo/echo"})
     assert response.status_code == 400 and "already exists" in response.json()["error"]
+
+
+def test_created_models_live_beside_admin_aliases_overrides_and_backend_edits(
+        workdir: Path, upstream: tuple[FakeOllama, ServerThread]) -> None:
+    """A created model resolves through the live catalog: an admin alias may name it, an admin
+    override of its name applies, and it keeps working after its backend is edited (a new catalog)."""
+    settings = config(workdir / "live", upstream[1].url)
+    settings["auth"] = {"mode": "none", "admin_password": "create-pass-123"}
+    (workdir / "live").mkdir()
+    with dragoman_server(settings, workdir=workdir / "live") as s:
+        olla = ollama.Client(host=s.url, timeout=60)
+        olla.create(model="scribe", from_="up/llama3:latest", system="You write.")
+        admin = httpx.Client(base_url=s.url, headers={"authorization": "Bearer create-pass-123"}, timeout=30)
+        assert admin.put("/admin/api/overrides/scribe", json={"max_tokens_cap": 5}).status_code == 200
+        assert admin.put("/admin/api/aliases/writer", json={"targets": ["scribe"]}).status_code == 200
+        olla.chat(model="scribe", messages=[{"role": "user", "content": "Hi"}], options={"num_predict": 100})
+        sent = upstream[0].last("/api/chat").body
+        assert sent["messages"][0] == {"role": "system", "content": "You write."}
+        assert sent["options"]["num_predict"] == 5
+        olla.chat(model="writer", messages=[{"role": "user", "content": "Hi"}])
+        assert upstream[0].last("/api/chat").body["model"] == "llama3:latest"
+        edited = admin.put("/admin/api/backends/up", json={"type": "ollama", "settings": {
+            "base_url": upstream[1].url, "headers": {"x-edited": "yes"}}})
+        assert edited.status_code == 200, edited.text
+        olla.chat(model="scribe", messages=[{"role": "user", "content": "Again"}])
+        again = upstream[0].last("/api/chat")
+        assert again.headers.get("x-edited") == "yes" and again.body["messages"][0]["content"] == "You write."
+        assert {"scribe", "writer"} <= names(olla)
