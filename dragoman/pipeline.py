@@ -290,7 +290,7 @@ class Gateway:
             "x-dragoman-overhead-ms": f"{started.overhead * 1000:.2f}",
         }
         if request.tools and not plan.tools:  # ``tools: drop`` for a model without tool support
-            headers["x-dragoman-dropped-tools"] = str(len(request.tools))
+            headers["x-dragoman-dropped-tools"] = ",".join(tool.name for tool in request.tools)
         if truncated:  # ``context: truncate_oldest``
             headers["x-dragoman-truncated-messages"] = str(truncated)
         if request.stream and self.metrics is not None:

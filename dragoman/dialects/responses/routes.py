@@ -42,6 +42,15 @@ Handler = Callable[[Request], Awaitable[Response]]
 HostedPolicy = Literal["drop", "reject"]
 
 
+def _merged(call: dict[str, str], hosted: dict[str, str]) -> dict[str, str]:
+    """The call's headers plus the hosted tools this dialect dropped: one list when the model's
+    ``tools: drop`` also dropped the function tools."""
+    merged = {**call, **hosted}
+    if DROPPED_HEADER in call and DROPPED_HEADER in hosted:
+        merged[DROPPED_HEADER] = f"{hosted[DROPPED_HEADER]},{call[DROPPED_HEADER]}"
+    return merged
+
+
 def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
     return json_response(output.error_body(error), status=error.status, headers=error_headers(error, headers))
 
@@ -83,7 +92,7 @@ class ResponsesDialect:
             return error_response(exc)
         encoder = ResponseEncoder(req, output.response_id(), now(), on_complete=self._keeper(req, ctx))
         return FrameStreamResponse(sse_frames(stream, encoder), media_type="text/event-stream",
-                                   headers={**stream.headers, **headers})
+                                   headers=_merged(stream.headers, headers))
 
     async def _whole(self, req: ResponsesRequest, ctx: CallContext, headers: dict[str, str]) -> Response:
         """The whole answer, built by the stream's encoder from the accumulated events."""
@@ -101,7 +110,7 @@ class ResponsesDialect:
         keep = self._keeper(req, ctx)
         if keep is not None and encoder.final["status"] != "failed":
             keep(encoder.final, response)
-        return json_response(encoder.final, headers={**stream.headers, **headers})
+        return json_response(encoder.final, headers=_merged(stream.headers, headers))
 
     async def _start(self, req: ResponsesRequest, ctx: CallContext) -> ChatStream:
         """Start the answer; with ``truncation: auto``, a prompt too long for the model loses its
