@@ -34,11 +34,17 @@ def test_core_imports_only_core_and_errors() -> None:
     assert layer_violations("core", ("dragoman.core", "dragoman.errors")) == []
 
 
+def dialect_packages() -> list[str]:
+    """Every dialect package, found rather than listed: a new one is checked from its first commit."""
+    return sorted(path.name for path in (PACKAGE / "dialects").iterdir()
+                  if path.is_dir() and not path.name.startswith("__"))
+
+
 def test_dialects_never_import_backends_or_gateway() -> None:
-    for dialect in ("openai", "ollama", "anthropic", "responses"):
-        if (PACKAGE / "dialects" / dialect).exists():
-            assert layer_violations(f"dialects/{dialect}", (
-                "dragoman.core", "dragoman.errors", *SHARED_DIALECT_MODULES, f"dragoman.dialects.{dialect}")) == []
+    assert {"openai", "ollama", "anthropic", "responses"} <= set(dialect_packages())
+    for dialect in dialect_packages():
+        assert layer_violations(f"dialects/{dialect}", (
+            "dragoman.core", "dragoman.errors", *SHARED_DIALECT_MODULES, f"dragoman.dialects.{dialect}")) == []
 
 
 def test_backends_never_import_dialects_or_gateway() -> None:
@@ -50,3 +56,24 @@ def test_shared_dialect_modules_import_no_dialect() -> None:
         path = PACKAGE / "dialects" / f"{module.rpartition('.')[2]}.py"
         assert {m for m in imports_of(path) if not m.startswith(
             ("dragoman.core", "dragoman.errors", *SHARED_DIALECT_MODULES))} == set(), path
+
+
+def test_gateway_never_imports_dialects_admin_or_assembly() -> None:
+    """Policy is written once against the canonical model: no wire format, no HTTP surface."""
+    assert layer_violations("gateway", ("dragoman.core", "dragoman.errors", "dragoman.backends", "dragoman.config",
+                                        "dragoman.extras", "dragoman.tracing", "dragoman.gateway")) == []
+
+
+def test_admin_never_imports_the_assembly() -> None:
+    """The admin site is built by the assembly (app, services, cli), never the other way round
+    (a type-only import of the services it is handed is allowed)."""
+    problems = []
+    for path in (PACKAGE / "admin").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        type_only = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If)
+                     and getattr(block.test, "id", None) == "TYPE_CHECKING" for node in ast.walk(block)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module and id(node) not in type_only \
+                    and node.module.startswith(("dragoman.app", "dragoman.services", "dragoman.cli")):
+                problems.append(f"{path.relative_to(PACKAGE)} imports {node.module}")
+    assert problems == []
