@@ -412,3 +412,73 @@ def test_truncation_auto_drops_the_oldest_turns(client: openai.OpenAI, fake: Fak
     assert answer.truncation == "auto"
     sent = fake.last().body["messages"]
     assert [m["content"] for m in sent] == ["rules", "last question"]
+
+
+# ------------------------------------------------------------------------------ input tokens
+
+
+def test_input_tokens_are_exact_where_the_backend_counts(client: openai.OpenAI) -> None:
+    raw = client.responses.input_tokens.with_raw_response.count(
+        model="test/echo", input="one two three", instructions="Be brief.")
+    assert raw.headers["x-dragoman-token-count"] == "exact"
+    count = raw.parse()
+    assert count.object == "response.input_tokens"
+    assert count.input_tokens == 5  # echo counts words: instructions and input
+    first = client.responses.create(model="test/echo", input="alpha beta")
+    chained = client.responses.input_tokens.count(model="test/echo", input="gamma", previous_response_id=first.id)
+    assert chained.input_tokens == 5  # the stored turn (asked and answered) and the new input
+
+
+def test_input_tokens_are_estimated_elsewhere_and_errors_are_openai_shaped(client: openai.OpenAI) -> None:
+    raw = client.responses.input_tokens.with_raw_response.count(model="up/gpt-test", input="hello " * 40)
+    assert raw.headers["x-dragoman-token-count"] == "estimated"
+    assert raw.parse().input_tokens > 0
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.input_tokens.count(model="test/echo")
+    assert caught.value.body["param"] == "input"  # type: ignore[index]
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_tokens.count(model="test/echo", input="x", previous_response_id="resp_missing")
+
+
+# ------------------------------------------------------------------------------- input items
+
+
+def test_input_items_of_a_stored_response_page_like_the_api(client: openai.OpenAI, gateway: ServerThread) -> None:
+    first = client.responses.create(model="test/echo", input="first question")
+    turn = [{"role": "user", "content": "second question"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "noted"}]},
+            {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}]
+    second = client.responses.create(model="test/echo", input=turn, previous_response_id=first.id, tools=[WEATHER])
+
+    [only] = client.responses.input_items.list(first.id).data
+    assert only.type == "message" and only.role == "user" and only.id.startswith("msg_")
+    assert [c.text for c in only.content] == ["first question"]  # type: ignore[union-attr]
+
+    listed = client.responses.input_items.list(second.id, order="asc")
+    assert [item.type for item in listed.data] == ["message", "message", "function_call", "function_call_output"]
+    assert listed.data[2].call_id == "call_1" and listed.data[3].output == "sunny"  # type: ignore[union-attr]
+    newest_first = client.responses.input_items.list(second.id)  # desc by default
+    assert [item.id for item in newest_first.data] == [item.id for item in reversed(listed.data)]
+
+    page = client.responses.input_items.list(second.id, order="asc", limit=3)
+    assert page.has_more and len(page.data) == 3
+    assert [item.id for item in page.data] == [item.id for item in listed.data[:3]]
+    rest = client.responses.input_items.list(second.id, order="asc", limit=3, after=page.data[-1].id)
+    assert [item.id for item in rest.data] == [listed.data[3].id] and not rest.has_more
+    assert [item.id for item in client.responses.input_items.list(second.id, order="asc", limit=2)] == \
+        [item.id for item in listed.data]  # the SDK's auto-paging follows last_id
+
+    body = httpx.get(f"{gateway.url}/v1/responses/{second.id}/input_items?limit=1",
+                     headers={"authorization": "Bearer client-key"}, timeout=10).json()
+    assert body["object"] == "list" and body["has_more"] is True
+    assert body["first_id"] == body["last_id"] == listed.data[3].id
+
+    with pytest.raises(openai.BadRequestError):
+        client.responses.input_items.list(second.id, limit=101)
+    with pytest.raises(openai.NotFoundError):  # another key sees nothing
+        openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="other-key", max_retries=0).responses.input_items.list(
+            second.id)
+    client.responses.delete(second.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.input_items.list(second.id)

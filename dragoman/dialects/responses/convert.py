@@ -100,6 +100,7 @@ class ResponsesRequest:
     client_tools: list[dict[str, Any]]  # the tools as sent, for the response object
     include_encrypted: bool
     summary: bool  # reasoning is shown as a summary (``reasoning.summary`` set), else as reasoning text
+    raw_input: Any = None  # ``input`` as sent, kept for ``GET /v1/responses/{id}/input_items``
 
     @property
     def store(self) -> bool:
@@ -162,7 +163,8 @@ def parse_create(body: Any, previous: list[Message] | None = None) -> ResponsesR
         "namespaces": {canonical: list(pair) for canonical, pair in names.namespaced.items()}}
     return ResponsesRequest(chat=chat, body=req, names=names, history=history, hosted_tools=hosted,
                             hosted_choice=hosted_choice, client_tools=client_tools,
-                            include_encrypted="reasoning.encrypted_content" in include, summary=summary)
+                            include_encrypted="reasoning.encrypted_content" in include, summary=summary,
+                            raw_input=body.get("input"))
 
 
 def _check_metadata(metadata: dict[str, str] | None) -> None:

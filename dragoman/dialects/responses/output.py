@@ -57,6 +57,30 @@ def item_id(prefix: str) -> str:
     return random_id(prefix, 32)
 
 
+# Input items' id prefixes, as the API names them.
+INPUT_ID_PREFIXES = {"message": "msg_", "function_call": "fc_", "function_call_output": "fco_",
+                     "custom_tool_call": "ctc_", "custom_tool_call_output": "ctco_", "reasoning": "rs_"}
+
+
+def input_items(raw: Any) -> list[dict[str, Any]]:
+    """A request's ``input`` as ``input_items`` lists it: every item typed and with an id, a
+    message's string content as one text part."""
+    listed = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+    items = []
+    for entry in listed:
+        item = {"type": "message", "role": "user", "content": entry} if isinstance(entry, str) else dict(entry)
+        kind = item.setdefault("type", "message")
+        if kind == "message":
+            if isinstance(item.get("content"), str):
+                text_type = "output_text" if item.get("role") == "assistant" else "input_text"
+                item["content"] = [{"type": text_type, "text": item["content"]}]
+            item.setdefault("status", "completed")
+        if not item.get("id"):
+            item["id"] = item_id(INPUT_ID_PREFIXES.get(str(kind), "item_"))
+        items.append(item)
+    return items
+
+
 def usage_body(usage: Usage) -> dict[str, Any]:
     return {
         "input_tokens": usage.prompt_tokens,

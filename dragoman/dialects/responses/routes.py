@@ -1,4 +1,5 @@
-"""The Responses API HTTP surface: ``POST /v1/responses``, ``GET`` and ``DELETE /v1/responses/{id}``.
+"""The Responses API HTTP surface: ``POST /v1/responses``, ``GET`` and ``DELETE /v1/responses/{id}``,
+``GET /v1/responses/{id}/input_items`` and ``POST /v1/responses/input_tokens``.
 
 Hosted tools (``web_search``, ``file_search``...) reach a model only when its backend speaks the
 Responses API upstream (capability ``hosted_tools``). For any other model they are dropped, named
@@ -31,7 +32,7 @@ from dragoman.dialects.common import (
 )
 from dragoman.dialects.responses import convert, output
 from dragoman.dialects.responses.convert import ResponsesRequest
-from dragoman.dialects.responses.store import ResponseStore
+from dragoman.dialects.responses.store import ResponseStore, StoredResponse
 from dragoman.dialects.responses.stream import Completed, ResponseEncoder, sse_frames
 from dragoman.errors import ErrorKind, GatewayError
 
@@ -66,8 +67,10 @@ class ResponsesDialect:
     def routes(self) -> list[BaseRoute]:
         table: list[tuple[str, Handler, list[str]]] = [
             ("/responses", self.create, ["POST"]),
+            ("/responses/input_tokens", self.input_tokens, ["POST"]),
             ("/responses/{response_id}", self.retrieve, ["GET"]),
             ("/responses/{response_id}", self.delete, ["DELETE"]),
+            ("/responses/{response_id}/input_items", self.list_input_items, ["GET"]),
         ]
         routes: list[BaseRoute] = []
         for prefix in ("/v1", ""):
@@ -149,7 +152,7 @@ class ResponsesDialect:
 
         def keep(body: dict[str, Any], response: ChatResponse) -> None:
             history = [*req.history, Message(Role.ASSISTANT, list(response.parts))]
-            self.store.put(body["id"], ctx.api_key, body, history)
+            self.store.put(body["id"], ctx.api_key, body, history, output.input_items(req.raw_input))
         return keep
 
     async def _hosted(self, req: ResponsesRequest, ctx: CallContext) -> dict[str, str]:
@@ -177,6 +180,21 @@ class ResponsesDialect:
                  ctx.request_id)
         return {DROPPED_HEADER: ",".join(kinds)}
 
+    async def input_tokens(self, request: Request) -> Response:
+        """The prompt's token count: exact when the model's backend has a tokenizer (or its own
+        count), else an estimate, which the ``x-dragoman-token-count`` header says."""
+        try:
+            ctx = await self._context(request)
+            body = await read_json(request)
+            if isinstance(body, dict):
+                body = {**body, "stream": False, "input": body.get("input") or []}
+            req = convert.parse_create(body, self._previous(body, ctx))
+            count = await self.service.count_tokens(req.chat, ctx)
+        except GatewayError as exc:
+            return error_response(exc)
+        return json_response({"object": "response.input_tokens", "input_tokens": count.tokens},
+                             headers={"x-dragoman-token-count": "exact" if count.exact else "estimated"})
+
     async def retrieve(self, request: Request) -> Response:
         try:
             ctx = await self._context(request)
@@ -198,13 +216,51 @@ class ResponsesDialect:
         self.store.delete(response_id, ctx.api_key)
         return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
+    async def list_input_items(self, request: Request) -> Response:
+        """A stored response's input items, a page at a time (``order``, ``after``, ``limit``)."""
+        try:
+            ctx = await self._context(request)
+            stored = self._entry(request, ctx)
+            order, after, limit = _page_params(request)
+        except GatewayError as exc:
+            return error_response(exc)
+        items = stored.input_items if order == "asc" else stored.input_items[::-1]
+        if after is not None:
+            ids = [item["id"] for item in items]
+            if after not in ids:
+                return error_response(GatewayError(ErrorKind.NOT_FOUND, f"No input item found with id '{after}'.",
+                                                   param="after", code="not_found"))
+            items = items[ids.index(after) + 1:]
+        page = items[:limit]
+        return json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                              "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
+
     def _stored(self, request: Request, ctx: CallContext) -> dict[str, Any]:
+        return self._entry(request, ctx).body
+
+    def _entry(self, request: Request, ctx: CallContext) -> StoredResponse:
         response_id = request.path_params["response_id"]
         stored = self.store.get(response_id, ctx.api_key)
         if stored is None:
             raise GatewayError(ErrorKind.NOT_FOUND, f"No response found with id '{response_id}'.",
                                code="not_found")
-        return stored.body
+        return stored
+
+
+def _page_params(request: Request) -> tuple[str, str | None, int]:
+    """``order`` (``desc`` by default, as the API), ``after`` and ``limit`` (1 to 100, 20 by default)."""
+    query = request.query_params
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "order must be 'asc' or 'desc'", param="order")
+    raw_limit = query.get("limit", "20")
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= 100:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, "limit must be an integer from 1 to 100", param="limit")
+    return order, query.get("after"), limit
 
 
 def drop_oldest_turns(chat: ChatRequest) -> bool:

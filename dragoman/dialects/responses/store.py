@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from dragoman.core.types import ImagePart, Message, ReasoningPart, TextPart, ToolCallPart, ToolResultPart
 
@@ -25,6 +27,7 @@ class StoredResponse:
     body: dict[str, Any]  # the response object, as answered
     history: list[Message]  # the conversation through this answer, without ``instructions``
     size: int
+    input_items: list[dict[str, Any]] = field(default_factory=list)  # this request's input, with ids
 
 
 def owner_of(api_key: str | None) -> bytes:
@@ -63,12 +66,14 @@ class ResponseStore:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, response_id: str, api_key: str | None, body: dict[str, Any], history: list[Message]) -> bool:
+    def put(self, response_id: str, api_key: str | None, body: dict[str, Any], history: list[Message],
+            input_items: list[dict[str, Any]] | None = None) -> bool:
         """Keep a response; False when it is too big to keep (or the store is off)."""
-        size = conversation_size(history) + 1024
+        items = input_items or []
+        size = conversation_size(history) + 1024 + (len(orjson.dumps(items)) if items else 0)
         if not self.enabled or size > self.max_bytes:
             return False
-        self._entries[response_id] = StoredResponse(owner_of(api_key), body, history, size)
+        self._entries[response_id] = StoredResponse(owner_of(api_key), body, history, size, items)
         self._bytes += size
         while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
             _, dropped = self._entries.popitem(last=False)
