@@ -388,13 +388,23 @@ def test_upstream_errors_keep_their_status(client: openai.OpenAI) -> None:
         client.responses.create(model="up/no-such-model", input="x")
 
 
-def test_failure_mid_stream_is_response_failed(gateway: ServerThread, client: openai.OpenAI) -> None:
+def test_failure_mid_stream_is_an_error_event_then_response_failed(gateway: ServerThread,
+                                                                   client: openai.OpenAI) -> None:
     events = raw_events(gateway, {"model": "up/gpt-midstream-error", "input": "x"})
     name, data = events[-1]
     assert name == "response.failed"
     assert data["response"]["status"] == "failed"
     assert data["response"]["error"]["code"] == "server_error"
     assert "upstream exploded" in data["response"]["error"]["message"]
+    error_name, error = events[-2]
+    assert error_name == "error"
+    assert error == {"type": "error", "code": "server_error", "message": data["response"]["error"]["message"],
+                     "param": None, "sequence_number": data["sequence_number"] - 1}
+    streamed = list(client.responses.create(model="up/gpt-midstream-error", input="x", stream=True))
+    assert [e.type for e in streamed[-2:]] == ["error", "response.failed"]
+    assert streamed[-2].code == "server_error"  # type: ignore[union-attr]
+    with client.responses.stream(model="up/gpt-midstream-error", input="x") as stream:
+        assert [e.type for e in stream][-2:] == ["error", "response.failed"]
     with pytest.raises(openai.InternalServerError):
         client.responses.create(model="up/gpt-midstream-error", input="x")
 

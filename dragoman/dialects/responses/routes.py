@@ -5,7 +5,8 @@ Hosted tools (``web_search``, ``file_search``...) reach a model only when its ba
 Responses API upstream (capability ``hosted_tools``). For any other model they are dropped, named
 in the ``x-dragoman-dropped-tools`` header and the log, or, with ``responses.hosted_tools:
 reject``, refused with a 400; a ``tool_choice`` that forces a dropped tool is always a 400.
-Errors are OpenAI's ``{"error": {...}}`` before the stream starts, ``response.failed`` after.
+Errors are OpenAI's ``{"error": {...}}`` before the stream starts, an ``error`` event and
+``response.failed`` after.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ One output item per canonical part: text is a ``message`` (its ``output_text`` p
 any delta, as the SDK's accumulator requires), reasoning a ``reasoning`` item (summary or
 reasoning text), a tool call a ``function_call`` or ``custom_tool_call``. Each item is added,
 filled and done before the next opens. The stream ends with ``response.completed``,
-``response.incomplete`` or ``response.failed``, each carrying the whole response. A custom tool's
+``response.incomplete`` or ``response.failed``, each carrying the whole response; a failure
+after the first byte sends the spec's ``error`` event just before ``response.failed``. A custom tool's
 input is sent whole when its part ends: the model writes it as JSON arguments, which are not the
 raw text the client expects in deltas.
 """
@@ -79,8 +80,12 @@ class ResponseEncoder:
                 self.on_complete(self.final, self._accumulator.result())
             return self._frame(f"response.{status}", {"response": self.final})
         if isinstance(event, StreamError):
-            self.final = self._response("failed", error=out.failed_error(event.error))
-            return self._frame("response.failed", {"response": self.final})
+            error = out.failed_error(event.error)
+            self.final = self._response("failed", error=error)
+            # The spec's ``error`` event, then the terminal ``response.failed`` that clients such as
+            # Codex and the SDK's accumulator wait for.
+            return (self._frame("error", {**error, "param": event.error.param})
+                    + self._frame("response.failed", {"response": self.final}))
         return b""
 
     # ------------------------------------------------------------------------------- parts
