@@ -89,6 +89,9 @@ class OpenAISettings(BaseModel):
     max_frame_bytes: int = Field(DEFAULT_MAX_FRAME, ge=1024)  # the longest stream line accepted
     capabilities: dict[str, bool] = Field(default_factory=dict)  # overrides for every model
     context_length: int | None = None
+    # Which upstream API serves chat: Chat Completions, or the Responses API (``/v1/responses``;
+    # ``type: openai-responses`` is the same as ``api: responses``).
+    api: Literal["chat", "responses"] = "chat"
 
     def passes_extra_params(self) -> bool:
         if self.extra_params is not None:
@@ -101,6 +104,14 @@ class OpenAISettings(BaseModel):
 class OpenAIBackend(HTTPBackend):
     type = "openai"
     Settings = OpenAISettings
+
+    def __new__(cls, name: str, settings: OpenAISettings, deps: BackendDeps | None = None) -> OpenAIBackend:
+        """``api: responses`` builds the Responses API backend, which shares these settings."""
+        if cls is OpenAIBackend and settings.api == "responses":
+            from dragoman.backends.openai_responses import OpenAIResponsesBackend
+
+            return super().__new__(OpenAIResponsesBackend)
+        return super().__new__(cls)
 
     def __init__(self, name: str, settings: OpenAISettings, deps: BackendDeps | None = None) -> None:
         super().__init__(name, settings, deps, base_url=settings.base_url.rstrip("/"), api_key=settings.api_key,

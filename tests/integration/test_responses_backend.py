@@ -1,4 +1,5 @@
-"""``type: openai-responses``: a model served upstream only through ``/v1/responses``, reached by
+"""``type: openai-responses`` (or ``type: openai`` with ``api: responses``): a model served upstream
+only through ``/v1/responses``, reached by
 every client dialect (official ``openai``, ``anthropic`` and ``ollama`` SDKs), against the fake
 Responses upstream (tests/fakes/responses_upstream.py), which records what it got."""
 
@@ -11,6 +12,7 @@ import ollama
 import openai
 import pytest
 
+from dragoman.config import ConfigError
 from tests.fakes.responses_upstream import FakeResponsesUpstream
 from tests.servers import ServerThread, dragoman_server
 
@@ -27,6 +29,8 @@ def fake() -> FakeResponsesUpstream:
 def gateway(fake: FakeResponsesUpstream) -> Iterator[ServerThread]:
     with ServerThread(fake.app()) as upstream, dragoman_server({
             "backends": [{"name": "ru", "type": "openai-responses", "base_url": f"{upstream.url}/v1",
+                          "api_key": "upstream-secret", "models": ["resp-*"]},
+                         {"name": "ra", "type": "openai", "api": "responses", "base_url": f"{upstream.url}/v1",
                           "api_key": "upstream-secret", "models": ["resp-*"]}],
             "timeouts": {"connect": 2, "first_byte": 2, "idle": 1}}) as server:
         yield server
@@ -152,3 +156,25 @@ def test_raw_completions_are_refused(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         client.completions.create(model="ru/resp-text", prompt="x")
     assert "no raw text completions" in caught.value.message
+
+
+def test_type_openai_with_api_responses_calls_the_responses_api(client: openai.OpenAI,
+                                                                 fake: FakeResponsesUpstream) -> None:
+    answer = client.chat.completions.create(model="ra/resp-text", messages=[{"role": "user", "content": "hello"}])
+    assert answer.choices[0].message.content == "You said: hello"
+    sent = fake.last()
+    assert sent.path == "/v1/responses"
+    assert (sent.body["store"], sent.body["input"][0]["content"][0]["text"]) == (False, "hello")
+    # hosted tools reach this upstream, as for type: openai-responses
+    raw = client.responses.with_raw_response.create(model="ra/resp-text", input="hi",
+                                                    tools=[{"type": "web_search"}])
+    assert "x-dragoman-dropped-tools" not in raw.headers
+    assert raw.parse().output_text == "You said: hi"
+    assert fake.last().body["tools"] == [{"type": "web_search"}]
+
+
+def test_api_must_be_chat_or_responses() -> None:
+    entry = {"name": "bad", "type": "openai", "api": "completions", "base_url": "http://127.0.0.1:9/v1"}
+    with pytest.raises(ConfigError, match=r"\(bad\)\.api: Input should be 'chat' or 'responses'"), \
+            dragoman_server({"backends": [entry]}):
+        pass
