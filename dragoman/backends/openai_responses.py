@@ -12,11 +12,13 @@ the ``hosted_tools`` capability so the dialect passes them on.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import orjson
 
 from dragoman.backends.base import BackendDeps, CallOptions
@@ -42,6 +44,8 @@ from dragoman.errors import ErrorKind, GatewayError
 
 NAMESPACE_SEPARATOR = "__"
 CUSTOM_INPUT = "input"
+# Create-only fields that the input token count does not take.
+COUNT_DROPS = ("stream", "store", "include", "max_output_tokens", "temperature", "top_p", "user")
 INCOMPLETE_REASONS: dict[str, FinishReason] = {"max_output_tokens": FinishReason.LENGTH,
                                                 "content_filter": FinishReason.CONTENT_FILTER}
 
@@ -57,6 +61,21 @@ class OpenAIResponsesBackend(OpenAIBackend):
         names = await self.discovery.select(self.settings.models)
         caps = Capabilities(**{"vision": True, "reasoning": True, "hosted_tools": True, **self.settings.capabilities})
         return [ModelInfo(name=n, capabilities=caps, context_length=self.settings.context_length) for n in names]
+
+    async def count_tokens(self, request: ChatRequest, model: str) -> int | None:
+        """The upstream's own count (``/v1/responses/input_tokens``); None (an estimate) when it fails."""
+        if self.settings.api_key == "forward":
+            return None  # the client's key is not at hand here
+        body = build_body(request, model)
+        for key in COUNT_DROPS:
+            body.pop(key, None)
+        try:
+            async with asyncio.timeout(10):
+                payload = await self.request_json("POST", "/responses/input_tokens", body=body)
+        except (aiohttp.ClientError, TimeoutError, GatewayError, OSError):
+            return None
+        tokens = payload.get("input_tokens") if isinstance(payload, dict) else None
+        return tokens if isinstance(tokens, int) else None
 
     async def chat_call(self, request: ChatRequest, model: str,
                         options: CallOptions) -> StreamCall[ServerSentEvent] | list[Event]:

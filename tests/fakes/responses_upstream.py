@@ -50,11 +50,19 @@ class FakeResponsesUpstream:
 
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/v1/models", self.models, methods=["GET"]),
-                                 Route("/v1/responses", self.responses, methods=["POST"])])
+                                 Route("/v1/responses", self.responses, methods=["POST"]),
+                                 Route("/v1/responses/input_tokens", self.input_tokens, methods=["POST"])])
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": m, "object": "model", "created": 1700000000,
                                                          "owned_by": "fake"} for m in MODELS]})
+
+    async def input_tokens(self, request: Request) -> Response:
+        """A count that tests can tell from an estimate: 1000 plus the input items."""
+        body = orjson.loads(await request.body())
+        with self.lock:
+            self.requests.append(Recorded(request.url.path, dict(request.headers), body))
+        return JSONResponse({"object": "response.input_tokens", "input_tokens": 1000 + len(body["input"])})
 
     async def responses(self, request: Request) -> Response:
         body = orjson.loads(await request.body())

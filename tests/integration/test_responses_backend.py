@@ -173,6 +173,22 @@ def test_type_openai_with_api_responses_calls_the_responses_api(client: openai.O
     assert fake.last().body["tools"] == [{"type": "web_search"}]
 
 
+def test_input_tokens_are_counted_by_the_upstream(client: openai.OpenAI, fake: FakeResponsesUpstream,
+                                                  gateway: ServerThread) -> None:
+    raw = client.responses.input_tokens.with_raw_response.count(model="ru/resp-text", input="hello",
+                                                                instructions="rules", tools=[WEATHER])
+    assert raw.headers["x-dragoman-token-count"] == "exact"
+    assert raw.parse().input_tokens == 1002  # the fake's count: 1000 + two input items
+    sent = fake.requests[-1]
+    assert sent.path == "/v1/responses/input_tokens"
+    assert sent.headers["authorization"] == "Bearer upstream-secret"
+    assert sent.body["model"] == "resp-text" and sent.body["tools"][0]["name"] == "get_weather"
+    assert not {"stream", "store", "include"} & set(sent.body)
+    sdk = anthropic.Anthropic(base_url=gateway.url, api_key="k", max_retries=0, timeout=10)
+    counted = sdk.messages.count_tokens(model="ra/resp-text", messages=[{"role": "user", "content": "hi"}])
+    assert counted.input_tokens == 1001
+
+
 def test_api_must_be_chat_or_responses() -> None:
     entry = {"name": "bad", "type": "openai", "api": "completions", "base_url": "http://127.0.0.1:9/v1"}
     with pytest.raises(ConfigError, match=r"\(bad\)\.api: Input should be 'chat' or 'responses'"), \
