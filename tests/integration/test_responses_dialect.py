@@ -484,6 +484,11 @@ def test_input_items_of_a_stored_response_page_like_the_api(client: openai.OpenA
     assert body["object"] == "list" and body["has_more"] is True
     assert body["first_id"] == body["last_id"] == listed.data[3].id
 
+    with client.responses.stream(model="test/echo", input=[{"role": "user", "content": "streamed"}]) as stream:
+        streamed_id = stream.get_final_response().id
+    [item] = client.responses.input_items.list(streamed_id).data
+    assert [c.text for c in item.content] == ["streamed"]  # type: ignore[union-attr]
+
     with pytest.raises(openai.BadRequestError):
         client.responses.input_items.list(second.id, limit=101)
     with pytest.raises(openai.NotFoundError):  # another key sees nothing
