@@ -44,7 +44,8 @@ def test_dialects_never_import_backends_or_gateway() -> None:
     assert {"openai", "ollama", "anthropic", "responses"} <= set(dialect_packages())
     for dialect in dialect_packages():
         assert layer_violations(f"dialects/{dialect}", (
-            "dragoman.core", "dragoman.errors", *SHARED_DIALECT_MODULES, f"dragoman.dialects.{dialect}")) == []
+            "dragoman.core", "dragoman.errors", "dragoman.protocols", *SHARED_DIALECT_MODULES,
+            f"dragoman.dialects.{dialect}")) == []
 
 
 def test_backends_never_import_dialects_or_gateway() -> None:
@@ -77,3 +78,8 @@ def test_admin_never_imports_the_assembly() -> None:
                     and node.module.startswith(("dragoman.app", "dragoman.services", "dragoman.cli")):
                 problems.append(f"{path.relative_to(PACKAGE)} imports {node.module}")
     assert problems == []
+
+
+def test_protocols_import_only_core_and_errors() -> None:
+    """Shared protocol knowledge sits below the adapters that share it."""
+    assert layer_violations("protocols", ("dragoman.core", "dragoman.errors", "dragoman.protocols")) == []

@@ -44,7 +44,9 @@ def test_a_long_line_in_small_chunks_costs_linear_time() -> None:
     """Eight times the bytes, about eight times the time (re-scanning the buffer on every chunk,
     as before, made it about sixty-four times: 8 MiB took seconds)."""
     small, large = _feed_seconds(1 << 20), _feed_seconds(8 << 20)
-    assert large / max(small, 1e-4) < 20, f"1 MiB: {small:.4f}s, 8 MiB: {large:.4f}s"
+    # Below a few milliseconds the kernel's page faults for the growing buffer, not the splitter,
+    # set the time (seen: 1 MiB 0.8 ms, 8 MiB 22 ms); the quadratic splitter took seconds.
+    assert large / max(small, 5e-3) < 20, f"1 MiB: {small:.4f}s, 8 MiB: {large:.4f}s"
     assert large < 1.0
 
 

@@ -46,28 +46,6 @@ FINISH_REASONS: dict[FinishReason, str] = {
 CHAT_DEFAULTS = Sampling(temperature=1.0, top_p=1.0, presence_penalty=0.0, frequency_penalty=0.0)
 COMPLETION_DEFAULTS = Sampling(temperature=1.0, top_p=1.0, max_tokens=16)
 
-ERROR_TYPES: dict[ErrorKind, tuple[str, str | None]] = {
-    ErrorKind.INVALID_REQUEST: ("invalid_request_error", None),
-    ErrorKind.CONTEXT_TOO_LONG: ("invalid_request_error", "context_length_exceeded"),
-    ErrorKind.AUTHENTICATION: ("authentication_error", "invalid_api_key"),
-    ErrorKind.PERMISSION: ("permission_error", None),
-    ErrorKind.NOT_FOUND: ("invalid_request_error", "model_not_found"),
-    ErrorKind.REQUEST_TIMEOUT: ("invalid_request_error", "request_timeout"),
-    ErrorKind.PAYLOAD_TOO_LARGE: ("invalid_request_error", "request_too_large"),
-    ErrorKind.RATE_LIMITED: ("rate_limit_error", "rate_limit_exceeded"),
-    ErrorKind.UPSTREAM_ERROR: ("api_error", "upstream_error"),
-    ErrorKind.UPSTREAM_UNAVAILABLE: ("api_error", "upstream_unavailable"),
-    ErrorKind.OVERLOADED: ("overloaded_error", "overloaded"),
-    ErrorKind.TIMEOUT: ("timeout_error", "timeout"),
-    ErrorKind.CANCELLED: ("api_error", "cancelled"),
-    ErrorKind.INTERNAL: ("server_error", None),
-}
-
-
-def error_body(error: GatewayError) -> dict[str, Any]:
-    kind_type, kind_code = ERROR_TYPES[error.kind]
-    return {"error": {"message": error.message, "type": kind_type, "param": error.param,
-                      "code": error.code or kind_code}}
 
 
 # ---------------------------------------------------------------------------------- requests

@@ -29,13 +29,14 @@ from dragoman.dialects.common import (
 from dragoman.dialects.openai import convert
 from dragoman.dialects.openai.stream import ChunkEncoder, choice_frames, sse_frames
 from dragoman.errors import GatewayError
+from dragoman.protocols.openai import error_body
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
 def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
     extra = error_headers(error, headers)
-    return json_response(convert.error_body(error), status=error.status, headers=extra)
+    return json_response(error_body(error), status=error.status, headers=extra)
 
 
 def _base64(vector: list[float]) -> str:

@@ -32,12 +32,12 @@ from dragoman.dialects.openai.convert import (
     Choices,
     chat_logprobs,
     completion_logprobs,
-    error_body,
     reasoning_detail,
     usage_body,
 )
 from dragoman.dialects.streaming import encoded
 from dragoman.errors import GatewayError
+from dragoman.protocols.openai import error_body
 
 DONE = b"data: [DONE]\n\n"
 

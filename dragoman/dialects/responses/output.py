@@ -13,23 +13,7 @@ from dragoman.core.ids import random_id
 from dragoman.core.types import FinishReason, Usage
 from dragoman.dialects.responses.convert import ResponsesRequest, custom_input
 from dragoman.errors import ErrorKind, GatewayError
-
-ERROR_TYPES: dict[ErrorKind, tuple[str, str | None]] = {
-    ErrorKind.INVALID_REQUEST: ("invalid_request_error", None),
-    ErrorKind.CONTEXT_TOO_LONG: ("invalid_request_error", "context_length_exceeded"),
-    ErrorKind.AUTHENTICATION: ("authentication_error", "invalid_api_key"),
-    ErrorKind.PERMISSION: ("permission_error", None),
-    ErrorKind.NOT_FOUND: ("invalid_request_error", "not_found"),
-    ErrorKind.REQUEST_TIMEOUT: ("invalid_request_error", "request_timeout"),
-    ErrorKind.PAYLOAD_TOO_LARGE: ("invalid_request_error", "request_too_large"),
-    ErrorKind.RATE_LIMITED: ("rate_limit_error", "rate_limit_exceeded"),
-    ErrorKind.UPSTREAM_ERROR: ("api_error", "upstream_error"),
-    ErrorKind.UPSTREAM_UNAVAILABLE: ("api_error", "upstream_unavailable"),
-    ErrorKind.OVERLOADED: ("overloaded_error", "overloaded"),
-    ErrorKind.TIMEOUT: ("timeout_error", "timeout"),
-    ErrorKind.CANCELLED: ("api_error", "cancelled"),
-    ErrorKind.INTERNAL: ("server_error", None),
-}
+from dragoman.protocols import openai as openai_protocol
 
 # A failed response's ``error.code``: the spec's codes, and those Codex acts on.
 FAILED_CODES: dict[ErrorKind, str] = {
@@ -40,9 +24,7 @@ FAILED_CODES: dict[ErrorKind, str] = {
 
 
 def error_body(error: GatewayError) -> dict[str, Any]:
-    kind_type, kind_code = ERROR_TYPES[error.kind]
-    return {"error": {"message": error.message, "type": kind_type, "param": error.param,
-                      "code": error.code or kind_code}}
+    return openai_protocol.error_body(error, not_found_code="not_found")
 
 
 def failed_error(error: GatewayError) -> dict[str, Any]:
