@@ -18,7 +18,6 @@ from starlette.applications import Starlette
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -33,10 +32,11 @@ from dragoman.backends.base import Backend, BackendDeps
 from dragoman.backends.fetch import SafeImageFetcher
 from dragoman.backends.registry import BackendTypes, EntryError
 from dragoman.config import Config, ConfigError
+from dragoman.core.dialect import Dialect
 from dragoman.core.ids import random_id
+from dragoman.core.service import GatewayService
 from dragoman.dialects.anthropic.routes import AnthropicDialect
 from dragoman.dialects.anthropic.routes import error_response as anthropic_error
-from dragoman.dialects.common import json_response
 from dragoman.dialects.ollama.routes import OllamaDialect
 from dragoman.dialects.ollama.routes import error_response as ollama_error
 from dragoman.dialects.openai.routes import OpenAIDialect
@@ -48,17 +48,32 @@ from dragoman.extras import config_requirements, require
 from dragoman.gateway.health import readiness
 from dragoman.request_log import RequestLog
 from dragoman.services import AppServices, build_routing, global_timeouts, model_specs, open_services
+from dragoman.serving.answers import internal_error, json_response
+from dragoman.serving.dispatch import CORSWhenOrigin, GenerationRoutes
+from dragoman.serving.endpoints import Endpoint
+from dragoman.serving.handler import GenerationHandler
 from dragoman.tracing import Tracing
 
-__all__ = ["AppServices", "DragomanApp", "build_backends", "build_routing", "create_app", "global_timeouts",
-           "model_specs"]
+__all__ = ["AppServices", "DialectFactory", "DragomanApp", "build_backends", "build_routing", "builtin_dialects",
+           "create_app", "global_timeouts", "model_specs"]
 
 log = logging.getLogger("dragoman")
 
-HOT_PATHS = frozenset({"/v1/chat/completions", "/v1/messages", "/api/chat", "/api/generate", "/v1/completions",
-                       "/v1/embeddings", "/api/embed", "/v1/responses"})
-
 ReadyHook = Callable[[AppServices], Awaitable[None]]
+# A dialect, built over the running gateway (the ``dialects=`` of :func:`create_app`).
+DialectFactory = Callable[[GatewayService], Dialect]
+
+
+def builtin_dialects(config: Config) -> tuple[DialectFactory, ...]:
+    """The dialects dragoman speaks, one line each; a new dialect is its package and a line here."""
+    responses = config.responses
+    store = ResponseStore(responses.store_entries, responses.store_bytes)
+    return (
+        OpenAIDialect,
+        AnthropicDialect,
+        OllamaDialect,
+        lambda service: ResponsesDialect(service, store, hosted_tools=responses.hosted_tools),
+    )
 
 
 def build_backends(config: Config, deps: BackendDeps, types: BackendTypes | None = None) -> list[Backend]:
@@ -95,58 +110,8 @@ def _source(config: Config) -> str:
     return str(config.source) if config.source else "(built-in config)"
 
 
-Endpoint = Callable[[Request], Awaitable[Response]]
-
-
-def _has_origin(scope: Scope) -> bool:
-    """A browser's request (``Origin`` set): the only kind CORS applies to."""
-    return any(name == b"origin" for name, _ in scope["headers"])
-
-
-class HotRoutes:
-    """The generation endpoints, dispatched straight to their handlers, ahead of Starlette.
-
-    They are nearly every request a gateway serves; Starlette's router, error and exception
-    middleware and per-message send wrappers cost more than the handler's own bookkeeping. The
-    handlers already answer every ``GatewayError`` in their dialect; anything else becomes the
-    JSON 500. Every other request (other paths, and browsers' requests, which need CORS) goes
-    through Starlette's whole stack, where the same endpoints are routed as usual.
-    """
-
-    def __init__(self, app: ASGIApp, endpoints: dict[tuple[str, str], Endpoint]) -> None:
-        self.app = app
-        self.endpoints = endpoints
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        endpoint = self.endpoints.get((scope.get("method", ""), scope.get("path", ""))) \
-            if scope["type"] == "http" else None
-        if endpoint is None or _has_origin(scope):
-            await self.app(scope, receive, send)
-            return
-        request = Request(scope, receive, send)
-        try:
-            response = await endpoint(request)
-        except Exception as exc:  # noqa: BLE001 - a bug: logged with its traceback, a JSON 500 to the client
-            response = await _internal_error(request, exc)
-        await response(scope, receive, send)
-
-
-class CORSWhenOrigin:
-    """CORS for requests that carry ``Origin`` (browsers); every other request skips the work."""
-
-    def __init__(self, app: ASGIApp, **options: Any) -> None:
-        self.app = app
-        self.cors = CORSMiddleware(app, **options)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _has_origin(scope):
-            await self.cors(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-
 class GatewayApp(Starlette):
-    """Starlette with :class:`HotRoutes` in front of its middleware stack.
+    """Starlette with :class:`GenerationRoutes` in front of its middleware stack.
 
     With ``trusted_proxies``, uvicorn's proxy-headers middleware goes in front of everything: a
     request from one of those addresses takes its client address (and scheme) from
@@ -154,16 +119,17 @@ class GatewayApp(Starlette):
     ignored. (``dragoman serve`` also tells uvicorn; doing it twice changes nothing.)
     """
 
-    def __init__(self, *, hot_endpoints: dict[tuple[str, str], Endpoint], trusted_proxies: list[str],
-                 tracing: Tracing | None = None, **kwargs: Any) -> None:
-        self.hot_endpoints = hot_endpoints
+    def __init__(self, *, generations: dict[str, GenerationHandler], cors: dict[str, Any],
+                 trusted_proxies: list[str], tracing: Tracing | None = None, **kwargs: Any) -> None:
+        self.generations = generations
+        self.cors = cors
         self.trusted_proxies = trusted_proxies
         self.tracing = tracing
         super().__init__(**kwargs)
 
     def build_middleware_stack(self) -> ASGIApp:
-        # The request log (and x-request-id, and the request's span) wraps every request, hot or not.
-        app: ASGIApp = RequestLog(HotRoutes(super().build_middleware_stack(), self.hot_endpoints),
+        # The request log (and x-request-id, and the request's span) wraps every request.
+        app: ASGIApp = RequestLog(GenerationRoutes(super().build_middleware_stack(), self.generations, **self.cors),
                                   tracing=self.tracing)
         if self.trusted_proxies:
             # uvicorn types scopes as TypedDicts, Starlette as plain mappings: the same ASGI app.
@@ -172,14 +138,16 @@ class GatewayApp(Starlette):
 
 
 def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: Sequence[Backend] = (),
-               backend_types: Mapping[str, type[Backend]] | None = None, tracer_provider: Any = None) -> DragomanApp:
+               backend_types: Mapping[str, type[Backend]] | None = None, tracer_provider: Any = None,
+               dialects: Sequence[DialectFactory] = ()) -> DragomanApp:
     """The app for ``config``; what can be checked without I/O is checked here (a ``ConfigError``),
     everything else is built by its lifespan (see :class:`DragomanApp`). A program that embeds
     dragoman passes its own ``backends`` (built as ``cls(name, settings, deps)``; served beside the
     config's, not editable in the admin UI) and ``backend_types`` (classes that ``type:`` may name in
     the config and the admin UI, beside the installed ones). With ``tracer_provider`` (an
     OpenTelemetry one, see :mod:`dragoman.tracing`) it makes spans for every request, routing
-    attempt and upstream call."""
+    attempt and upstream call. ``dialects`` are served beside the built-in ones
+    (:func:`builtin_dialects`): each builds a :class:`~dragoman.core.dialect.Dialect` over the gateway."""
     require(config_requirements(config), where=f"{_source(config)}: ")  # before anything imports them
     tracing = Tracing(tracer_provider) if tracer_provider is not None else None
     images = config.images
@@ -191,7 +159,8 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: S
     built = build_backends(config, deps, types)
     secret_key = SecretKeySource(config)  # a bad DRAGOMAN_SECRET_KEY stops the start here
     return DragomanApp(config, backends=built, deps=deps, secret_key=secret_key, auth=admin_auth(config),
-                       on_ready=on_ready, types=types, given=given, tracing=tracing)
+                       on_ready=on_ready, types=types, given=given, tracing=tracing,
+                       dialects=(*builtin_dialects(config), *dialects))
 
 
 class DragomanApp:
@@ -206,8 +175,10 @@ class DragomanApp:
 
     def __init__(self, config: Config, *, backends: list[Backend], deps: BackendDeps, secret_key: SecretKeySource,
                  auth: AdminAuth, on_ready: ReadyHook | None = None, types: BackendTypes | None = None,
-                 given: Sequence[Backend] = (), tracing: Tracing | None = None) -> None:
+                 given: Sequence[Backend] = (), tracing: Tracing | None = None,
+                 dialects: Sequence[DialectFactory] | None = None) -> None:
         self.config = config
+        self.dialects = tuple(dialects) if dialects is not None else builtin_dialects(config)
         self.backends = backends  # the config file's (the running ones: app.state.services.backends)
         self._deps = deps
         self._secret_key = secret_key
@@ -242,7 +213,7 @@ class DragomanApp:
                     services = await open_services(stack, self.config, self.backends, self._deps,
                                                    self._secret_key, self._auth, types=self._types,
                                                    given=self._given, tracing=self._tracing)
-                    self._serving = serving_app(services)
+                    self._serving = serving_app(services, self.dialects)
                     self.state.services = services
                     self._phase = "running"
                     if self._on_ready is not None:
@@ -277,7 +248,7 @@ def _not_serving(scope: Scope, phase: str) -> Response:
     return openai_error(error)
 
 
-def serving_app(services: AppServices) -> GatewayApp:
+def serving_app(services: AppServices, dialects: Sequence[DialectFactory]) -> GatewayApp:
     """The routes over the running ``services``, behind their middleware."""
     config, gateway, metrics, health_monitor = services.config, services.gateway, services.metrics, services.health
 
@@ -303,45 +274,55 @@ def serving_app(services: AppServices) -> GatewayApp:
         Route("/health/ready", probes.guard(health_ready), methods=["GET"]),
         Route("/metrics", probes.guard(metrics_route), methods=["GET"]),
     ]
-    openai_dialect, anthropic_dialect = OpenAIDialect(gateway), AnthropicDialect(gateway)
-    routes += anthropic_dialect.routes()
-    # GET /v1/models is both dialects' route: the Anthropic SDK marks its calls with anthropic-version.
-    routes += [
-        Route("/v1/models", _by_header("anthropic-version", anthropic_dialect.list_models,
-                                       openai_dialect.list_models), methods=["GET"]),
-        Route("/v1/models/{model_id:path}", _by_header("anthropic-version", anthropic_dialect.retrieve_model,
-                                                       openai_dialect.retrieve_model), methods=["GET"]),
-    ]
-    routes += openai_dialect.routes()
-    routes += OllamaDialect(gateway).routes()
-    responses = config.responses
-    routes += ResponsesDialect(gateway, ResponseStore(responses.store_entries, responses.store_bytes),
-                               hosted_tools=responses.hosted_tools).routes()
+    server = config.server
+    built = [factory(gateway) for factory in dialects]
+    generations: dict[str, GenerationHandler] = {}
+    for dialect in built:
+        for route in dialect.generation_routes():
+            if route.path in generations:
+                raise ConfigError(f"dialect {dialect.name!r}: POST {route.path} is already served by dialect "
+                                  f"{generations[route.path].dialect.name!r}")
+            generations[route.path] = GenerationHandler(gateway, dialect, route.operation,
+                                                        body_limit=server.max_body_bytes,
+                                                        body_timeout=server.body_timeout)
+    routes += _models_routes(built)
+    for dialect in built:
+        routes += dialect.routes()
+    # Generation requests never reach the router (GenerationRoutes serves them); their routes here
+    # answer other methods with a 405.
+    routes += [Route(path, handler, methods=["POST"]) for path, handler in generations.items()]
     routes += admin.routes()
-    # Routes are matched in order: the generation endpoints, hit on nearly every request, go first.
-    routes.sort(key=lambda route: getattr(route, "path", "") not in HOT_PATHS)
-    hot: dict[tuple[str, str], Endpoint] = {
-        ("POST", route.path): route.endpoint for route in routes
-        if isinstance(route, Route) and route.path in HOT_PATHS and "POST" in (route.methods or ())}
-
-    middleware = [
-        Middleware(CORSWhenOrigin,  # type: ignore[arg-type]  # a plain ASGI wrapper; Starlette's stub is narrow
-                   allow_origins=config.server.cors_origins, allow_methods=["*"], allow_headers=["*"],
-                   allow_credentials=False,
-                   expose_headers=["x-dragoman-backend", "x-dragoman-attempts", "x-dragoman-overhead-ms",
-                                   "x-request-id", "x-dragoman-dropped-tools"]),
-    ]
-    app = GatewayApp(hot_endpoints=hot, trusted_proxies=config.server.trusted_proxies, tracing=services.tracing,
-                     routes=routes, middleware=middleware,
+    cors: dict[str, Any] = {
+        "allow_origins": server.cors_origins, "allow_methods": ["*"], "allow_headers": ["*"],
+        "allow_credentials": False,
+        "expose_headers": ["x-dragoman-backend", "x-dragoman-attempts", "x-dragoman-overhead-ms", "x-request-id",
+                           "x-dragoman-dropped-tools"]}
+    middleware = [Middleware(CORSWhenOrigin, **cors)]  # type: ignore[arg-type]  # a plain ASGI wrapper
+    app = GatewayApp(generations=generations, cors=cors, trusted_proxies=server.trusted_proxies,
+                     tracing=services.tracing, routes=routes, middleware=middleware,
                      exception_handlers={HTTPException: _http_exception,  # type: ignore[dict-item]
                                          Exception: _internal_error})
-    app.state.max_body_bytes = config.server.max_body_bytes
-    app.state.body_timeout = config.server.body_timeout
+    app.state.max_body_bytes = server.max_body_bytes
+    app.state.body_timeout = server.body_timeout
     return app
 
 
-def _by_header(header: str, present: Callable[[Request], Awaitable[Response]],
-               absent: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+def _models_routes(dialects: Sequence[Dialect]) -> list[BaseRoute]:
+    """``GET /v1/models`` is both the OpenAI and the Anthropic dialect's route: the Anthropic SDK
+    marks its calls with ``anthropic-version``."""
+    openai = next((d for d in dialects if isinstance(d, OpenAIDialect)), None)
+    anthropic = next((d for d in dialects if isinstance(d, AnthropicDialect)), None)
+    if openai is None or anthropic is None:
+        return []
+    return [
+        Route("/v1/models", _by_header("anthropic-version", anthropic.endpoint(anthropic.list_models),
+                                       openai.endpoint(openai.list_models)), methods=["GET"]),
+        Route("/v1/models/{model_id:path}", _by_header("anthropic-version", anthropic.endpoint(
+            anthropic.retrieve_model), openai.endpoint(openai.retrieve_model)), methods=["GET"]),
+    ]
+
+
+def _by_header(header: str, present: Endpoint, absent: Endpoint) -> Endpoint:
     """A handler that dispatches on whether the request carries ``header``."""
     async def dispatch(request: Request) -> Response:
         return await (present if header in request.headers else absent)(request)
@@ -350,10 +331,7 @@ def _by_header(header: str, present: Callable[[Request], Awaitable[Response]],
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     """A bug: logged with its traceback, answered as a JSON 500 (no details leak to the client)."""
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    body = {"error": {"message": "internal error in dragoman; see the server log", "type": "server_error",
-                      "param": None, "code": None}}
-    return json_response(body, status=500)
+    return internal_error(request.method, request.url.path, exc)
 
 
 async def _http_exception(request: Request, exc: HTTPException) -> Response:

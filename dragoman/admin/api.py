@@ -23,12 +23,12 @@ from dragoman.admin.live import LiveSettings
 from dragoman.admin.masking import mask
 from dragoman.admin.queries import RANGES, UsageFilter, distinct_models, iter_usage, series, usage_page
 from dragoman.core.management import PullsModels
-from dragoman.dialects.common import json_response
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.keys import KeyInfo, KeyService
 from dragoman.gateway.store import Store
 from dragoman.gateway.timeutil import as_utc, utcnow
 from dragoman.gateway.usage_store import UsageStore, UsageSummary
+from dragoman.serving.answers import json_response
 
 if TYPE_CHECKING:
     from dragoman.services import AppServices

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Literal
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dragoman.dialects.common import credentials
 from dragoman.dialects.openai.routes import error_response
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.keys import AUTH_FAILED, KeyService, looks_like_key
+from dragoman.serving.context import credentials
 
 if TYPE_CHECKING:
     from dragoman.admin.routes import AdminSite

@@ -26,9 +26,9 @@ from dragoman import __version__
 from dragoman.admin.api import AdminAPI, Handler, error_body, read_object
 from dragoman.admin.security import ADMIN_ACCOUNT, COOKIE_NAME, SESSION_MAX_AGE, AdminAuth, Session
 from dragoman.config import Config
-from dragoman.dialects.common import json_response
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.keys import looks_like_key
+from dragoman.serving.answers import json_response
 
 if TYPE_CHECKING:
     from dragoman.services import AppServices

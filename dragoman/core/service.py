@@ -6,8 +6,8 @@ concrete gateway in through each dialect's constructor.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from dragoman.core.events import Event
@@ -18,7 +18,7 @@ from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse
 
 @dataclass(slots=True)
 class CallContext:
-    """Who is calling and how; built by the dialect route from the HTTP request."""
+    """Who is calling; built by the serving layer from the HTTP request."""
 
     dialect: str
     api_key: str | None = None  # the credential the client presented, if any (never logged)
@@ -26,7 +26,6 @@ class CallContext:
     request_id: str = ""
     principal: object | None = None  # set by authentication
     started_at: float = 0.0  # perf_counter when the request arrived
-    headers: Mapping[str, str] = field(default_factory=dict)
     # The gateway's record of the call once routing starts (``pipeline.CallOutcome``): what the
     # request log and the request's trace span report (model served, tokens, time to first token).
     outcome: object | None = None

@@ -35,8 +35,9 @@ from dragoman.core.types import (
     Usage,
 )
 from dragoman.dialects.anthropic.convert import error_body, error_status, render_message
-from dragoman.dialects.anthropic.stream import EventEncoder, keepalive
+from dragoman.dialects.anthropic.stream import EventEncoder
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.serving.keepalive import keepalive
 from tests.fakes.anthropic_upstream import SIGNATURE, THINKING, _events
 
 # ------------------------------------------------------------------------------ jsonprefix

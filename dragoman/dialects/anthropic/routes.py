@@ -9,24 +9,22 @@ HTTP 4xx before any stream byte, so ``messages.create(stream=True)`` raises at o
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from dragoman.core.accumulate import accumulate
-from dragoman.core.service import GatewayService
+from dragoman.core.dialect import Generation, GenerationRoute, WireError
+from dragoman.core.service import CallContext, GatewayService
 from dragoman.dialects.anthropic import convert
 from dragoman.dialects.anthropic.convert import BETA_HEADER
-from dragoman.dialects.anthropic.stream import PING_INTERVAL, EventEncoder, sse_frames
-from dragoman.dialects.common import (
-    FrameStreamResponse,
-    call_context,
-    error_headers,
-    json_response,
-    read_json,
-    until_disconnect,
-)
+from dragoman.dialects.anthropic.stream import PING, PING_INTERVAL, EventEncoder
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.serving.answers import error_headers, json_response
+from dragoman.serving.body import read_json
+from dragoman.serving.endpoints import Endpoint, guarded, routes
 
 MAX_PAGE = 1000
 
@@ -48,55 +46,37 @@ class AnthropicDialect:
         self.service = service
         self.ping_interval = ping_interval
 
+    def generation_routes(self) -> Sequence[GenerationRoute]:
+        return [GenerationRoute("/v1/messages", "messages")]
+
+    async def parse(self, operation: str, body: Any, headers: Mapping[str, str], ctx: CallContext) -> Generation:
+        chat = convert.parse_messages(body, beta=headers.get(BETA_HEADER))
+        return Generation([chat], lambda: EventEncoder(chat.model),
+                          lambda responses: convert.render_message(responses[0], chat.model),
+                          headers={"request-id": ctx.request_id}, ping=PING, ping_interval=self.ping_interval)
+
+    def render_error(self, error: GatewayError, ctx: CallContext) -> WireError:
+        return WireError(convert.error_status(error), convert.error_body(error, ctx.request_id),
+                         {"request-id": ctx.request_id})
+
+    def endpoint(self, handler: Callable[[Request, CallContext], Awaitable[Response]]) -> Endpoint:
+        return guarded(self.name, self.service, self.render_error, handler)
+
     def routes(self) -> list[BaseRoute]:
-        return [
-            Route("/v1/messages", self.messages, methods=["POST"]),
-            Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
-        ]
+        return routes([("/v1/messages/count_tokens", self.endpoint(self.count_tokens), ["POST"])])
 
-    async def messages(self, request: Request) -> Response:
-        ctx = call_context(request, self.name)
-        try:
-            await self.service.authenticate(ctx)
-            chat = convert.parse_messages(await read_json(request), beta=request.headers.get(BETA_HEADER))
-            stream = await until_disconnect(request, self.service.chat(chat, ctx))  # a client leaving stops routing
-        except GatewayError as exc:
-            return error_response(exc, ctx.request_id)
-        headers = {**stream.headers, "request-id": ctx.request_id}
-        if chat.stream:
-            encoder = EventEncoder(chat.model)
-            return FrameStreamResponse(sse_frames(stream, encoder, ping_interval=self.ping_interval),
-                                       media_type="text/event-stream", headers=headers)
-        try:
-            response = await until_disconnect(request, accumulate(stream))
-        except GatewayError as exc:
-            return error_response(exc, ctx.request_id, stream.headers)
-        finally:
-            await stream.aclose()
-        return json_response(convert.render_message(response, chat.model), headers=headers)
-
-    async def count_tokens(self, request: Request) -> Response:
-        ctx = call_context(request, self.name)
-        try:
-            await self.service.authenticate(ctx)
-            chat = convert.parse_count_tokens(await read_json(request), beta=request.headers.get(BETA_HEADER))
-            count = await self.service.count_tokens(chat, ctx)
-        except GatewayError as exc:
-            return error_response(exc, ctx.request_id)
+    async def count_tokens(self, request: Request, ctx: CallContext) -> Response:
+        chat = convert.parse_count_tokens(await read_json(request), beta=request.headers.get(BETA_HEADER))
+        count = await self.service.count_tokens(chat, ctx)
         # Exact when the backend has a tokenizer; otherwise an estimate, and the header says so.
         return json_response({"input_tokens": count.tokens},
                              headers={"request-id": ctx.request_id,
                                       "x-dragoman-token-count": "exact" if count.exact else "estimated"})
 
-    async def list_models(self, request: Request) -> Response:
+    async def list_models(self, request: Request, ctx: CallContext) -> Response:
         """``GET /v1/models`` in Anthropic's shape, paginated by ``after_id``/``before_id``/``limit``."""
-        ctx = call_context(request, self.name)
-        try:
-            await self.service.authenticate(ctx)
-            limit = _limit(request.query_params.get("limit"))
-            entries = await self.service.list_models(ctx)
-        except GatewayError as exc:
-            return error_response(exc, ctx.request_id)
+        limit = _limit(request.query_params.get("limit"))
+        entries = await self.service.list_models(ctx)
         ids = [e.id for e in entries]
         after, before = request.query_params.get("after_id"), request.query_params.get("before_id")
         if after:
@@ -111,13 +91,8 @@ class AnthropicDialect:
                               "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None},
                              headers={"request-id": ctx.request_id})
 
-    async def retrieve_model(self, request: Request) -> Response:
-        ctx = call_context(request, self.name)
-        try:
-            await self.service.authenticate(ctx)
-            entry = await self.service.get_model(request.path_params["model_id"], ctx)
-        except GatewayError as exc:
-            return error_response(exc, ctx.request_id)
+    async def retrieve_model(self, request: Request, ctx: CallContext) -> Response:
+        entry = await self.service.get_model(request.path_params["model_id"], ctx)
         return json_response(convert.model_body(entry), headers={"request-id": ctx.request_id})
 
 

@@ -13,9 +13,6 @@ ping interval, so proxies and clients see a live connection while a model thinks
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import orjson
@@ -23,9 +20,7 @@ import orjson
 from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, PartEnd, PartStart, StreamError
 from dragoman.core.ids import now, random_id
 from dragoman.core.jsonprefix import ObjectPrefix
-from dragoman.core.service import ChatStream
 from dragoman.dialects.anthropic.convert import STOP_REASONS, error_body, message_id, tool_use_id, usage_body
-from dragoman.dialects.streaming import encoded
 
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 PING_INTERVAL = 10.0
@@ -66,6 +61,9 @@ class EventEncoder:
         if isinstance(event, StreamError):
             return out + frame("error", error_body(event.error))
         return out
+
+    def tail(self) -> bytes:
+        return b""
 
     def _message_start(self, event: MessageStart) -> bytes:
         self._started = True
@@ -126,47 +124,3 @@ class EventEncoder:
     @staticmethod
     def _block_delta(index: int, delta: dict[str, Any]) -> bytes:
         return frame("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
-
-
-async def keepalive(events: AsyncIterator[Event], interval: float) -> AsyncGenerator[Event | None, None]:
-    """The events, with ``None`` whenever the next one takes longer than ``interval`` seconds.
-
-    One pump task drains ``events`` into a queue, so the event source (and the backend under it)
-    always runs in a single task, whatever context it holds across its yields; waiting on the
-    queue with a timeout loses nothing. Closing this generator cancels the pump, which closes
-    the source and so the upstream call.
-    """
-    queue: asyncio.Queue[Event | None] = asyncio.Queue()  # None: the source has ended
-
-    async def pump() -> None:
-        try:
-            async for event in events:
-                queue.put_nowait(event)
-        finally:
-            queue.put_nowait(None)
-
-    task = asyncio.ensure_future(pump())
-    try:
-        while True:
-            try:
-                async with asyncio.timeout(interval):
-                    item = await queue.get()
-            except TimeoutError:
-                yield None
-                continue
-            if item is None:
-                await task  # raises what ended the pump, if anything did
-                return
-            yield item
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        elif not task.cancelled():
-            task.exception()  # retrieved: the consumer has stopped and no longer wants it
-
-
-def sse_frames(events: ChatStream, encoder: EventEncoder, *,
-               ping_interval: float = PING_INTERVAL) -> AsyncIterator[bytes]:
-    return encoded(events, encoder.encode, ticks=keepalive(aiter(events), ping_interval), ping=PING)

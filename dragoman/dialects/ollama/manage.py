@@ -17,9 +17,11 @@ from starlette.routing import BaseRoute, Route
 
 from dragoman.core.management import ModelRecipe, PullProgress
 from dragoman.core.service import CallContext, GatewayService
-from dragoman.dialects.common import FrameStreamResponse, call_context, json_response, read_json
 from dragoman.dialects.ollama import convert, wire
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.serving.answers import FrameStreamResponse, json_response
+from dragoman.serving.body import read_json
+from dragoman.serving.context import call_context
 
 NDJSON = "application/x-ndjson"
 
@@ -132,7 +134,7 @@ class ModelManagement:
         ]
 
     async def _context(self, request: Request) -> CallContext:
-        ctx = call_context(request, self.dialect)
+        ctx = call_context(request.scope, self.dialect)
         await self.service.authenticate(ctx)
         return ctx
 

@@ -10,16 +10,13 @@ from there to the first token, ``eval_duration`` from the first token to the end
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
 from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, PartEnd, PartStart, StreamError
-from dragoman.core.service import ChatStream
 from dragoman.core.types import ChatResponse, ToolCallPart, Usage
 from dragoman.dialects.ollama.convert import DONE_REASONS, error_body, timestamp, tool_call_body
-from dragoman.dialects.streaming import encoded
 
 
 class Timing:
@@ -143,6 +140,5 @@ class LineEncoder:
             return orjson.dumps(error_body(event.error)) + b"\n"
         return b""
 
-
-def ndjson_lines(events: ChatStream, encoder: LineEncoder) -> AsyncIterator[bytes]:
-    return encoded(events, encoder.encode)
+    def tail(self) -> bytes:
+        return b""

@@ -1,37 +1,37 @@
-"""The OpenAI-compatible HTTP surface, with and without the ``/v1`` prefix."""
+"""The OpenAI-compatible HTTP surface, with and without the ``/v1`` prefix.
+
+Chat completions and completions are generations, served by the one handler
+(:mod:`dragoman.serving.handler`) through :meth:`OpenAIDialect.parse`; the rest are plain endpoints.
+"""
 
 from __future__ import annotations
 
 import array
 import base64
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from dragoman.core.accumulate import accumulate
+from dragoman.core.dialect import FrameEncoder, Generation, GenerationRoute, WireError
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, GatewayService
 from dragoman.core.types import ChatResponse
 from dragoman.dialects.bulk import built, json_bytes_response, object_with_list
-from dragoman.dialects.common import (
-    FrameStreamResponse,
-    call_context,
-    error_headers,
-    json_response,
-    read_json,
-    until_disconnect,
-)
 from dragoman.dialects.openai import convert
-from dragoman.dialects.openai.stream import ChunkEncoder, choice_frames, sse_frames
+from dragoman.dialects.openai.stream import ChoicesEncoder, ChunkEncoder
 from dragoman.errors import GatewayError
 from dragoman.protocols.openai import error_body
+from dragoman.serving.answers import error_headers, json_response
+from dragoman.serving.body import read_json
+from dragoman.serving.disconnect import until_disconnect
+from dragoman.serving.endpoints import Endpoint, guarded, routes
 
-Handler = Callable[[Request], Awaitable[Response]]
+PREFIXES = ("/v1", "")
 
 
 def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
@@ -50,87 +50,63 @@ def model_body(entry: ModelEntry) -> dict[str, Any]:
     return {"id": entry.id, "object": "model", "created": entry.info.created, "owned_by": entry.backend}
 
 
+def render(responses: list[ChatResponse], choices: convert.Choices, *, completion: bool) -> dict[str, Any]:
+    """The whole answer: every choice, or the one."""
+    first = choices.first
+    if len(responses) > 1:
+        return convert.render_choices(responses, choices, first.model, completion=completion)
+    if completion:
+        return convert.render_completion(responses[0], first.model, first.prompt or "")
+    return convert.render_chat(responses[0], first.model)
+
+
 class OpenAIDialect:
     name = "openai"
 
     def __init__(self, service: GatewayService) -> None:
         self.service = service
 
-    def routes(self) -> list[BaseRoute]:
-        table: list[tuple[str, Handler, list[str]]] = [
-            ("/chat/completions", self.chat_completions, ["POST"]),
-            ("/completions", self.completions, ["POST"]),
-            ("/embeddings", self.embeddings, ["POST"]),
-            ("/models", self.list_models, ["GET"]),
-            ("/models/{model_id:path}", self.retrieve_model, ["GET"]),
-            ("/tokenize", self.tokenize, ["POST"]),
-            ("/detokenize", self.detokenize, ["POST"]),
-        ]
-        routes: list[BaseRoute] = []
-        for prefix in ("/v1", ""):
-            routes += [Route(prefix + path, handler, methods=methods) for path, handler, methods in table]
-        return routes
+    # ------------------------------------------------------------------ generation
 
-    async def _context(self, request: Request) -> CallContext:
-        ctx = call_context(request, self.name)
-        await self.service.authenticate(ctx)
-        return ctx
+    def generation_routes(self) -> Sequence[GenerationRoute]:
+        return [GenerationRoute(prefix + path, operation) for prefix in PREFIXES
+                for path, operation in (("/chat/completions", "chat"), ("/completions", "completion"))]
 
-    async def chat_completions(self, request: Request) -> Response:
-        return await self._generate(request, completion=False)
-
-    async def completions(self, request: Request) -> Response:
-        return await self._generate(request, completion=True)
-
-    async def _generate(self, request: Request, *, completion: bool) -> Response:
-        try:
-            ctx = await self._context(request)
-            body = await read_json(request)
-            choices = convert.parse_completion(body) if completion else convert.parse_chat(body)
-            chat = choices.first
-            # A client that leaves stops the routing and, for a whole answer, the generation too.
-            if not chat.stream:
-                return await until_disconnect(request, self._whole(choices, ctx, completion=completion))
-            stream = await until_disconnect(request, self.service.chat(chat, ctx))
-        except GatewayError as exc:
-            return error_response(exc)
-        if len(choices.requests) > 1:
-            frames = choice_frames(stream, choices, lambda r: self.service.chat(r, ctx), completion=completion)
-        else:
-            frames = sse_frames(stream, ChunkEncoder(chat.model, include_usage=chat.include_usage,
-                                                     completion=completion, prompt_chars=len(chat.prompt or "")))
-        return FrameStreamResponse(frames, media_type="text/event-stream", headers=stream.headers)
-
-    async def _whole(self, choices: convert.Choices, ctx: CallContext, *, completion: bool) -> Response:
-        """The whole answer (every choice, one after another); a failure after routing keeps the
-        headers naming the deployment that failed."""
-        responses: list[ChatResponse] = []
-        headers: dict[str, str] | None = None
-        for chat in choices.requests:
-            stream = await self.service.chat(chat, ctx)
-            headers = headers or stream.headers
-            try:
-                responses.append(await accumulate(stream))
-            except GatewayError as exc:
-                return error_response(exc, stream.headers)
-            finally:
-                await stream.aclose()
+    async def parse(self, operation: str, body: Any, headers: Mapping[str, str], ctx: CallContext) -> Generation:
+        completion = operation == "completion"
+        choices = convert.parse_completion(body) if completion else convert.parse_chat(body)
         first = choices.first
-        if len(responses) > 1:
-            body = convert.render_choices(responses, choices, first.model, completion=completion)
-        elif completion:
-            body = convert.render_completion(responses[0], first.model, first.prompt or "")
-        else:
-            body = convert.render_chat(responses[0], first.model)
-        return json_response(body, headers=headers)
 
-    async def embeddings(self, request: Request) -> Response:
-        try:
-            ctx = await self._context(request)
-            embedding_request, encoding = convert.parse_embeddings(await read_json(request))
-            result = await until_disconnect(request, self.service.embed(embedding_request, ctx))
-        except GatewayError as exc:
-            return error_response(exc)
+        def encoder() -> FrameEncoder:
+            if len(choices.requests) > 1:
+                return ChoicesEncoder(choices, completion=completion)
+            return ChunkEncoder(first.model, include_usage=first.include_usage, completion=completion,
+                                prompt_chars=len(first.prompt or ""))
+
+        return Generation(choices.requests, encoder,
+                          lambda responses: render(responses, choices, completion=completion))
+
+    def render_error(self, error: GatewayError, ctx: CallContext) -> WireError:
+        return WireError(error.status, error_body(error))
+
+    # ------------------------------------------------------------- plain endpoints
+
+    def endpoint(self, handler: Any) -> Endpoint:
+        return guarded(self.name, self.service, self.render_error, handler)
+
+    def routes(self) -> list[BaseRoute]:
+        e = self.endpoint
+        return routes([
+            ("/embeddings", e(self.embeddings), ["POST"]),
+            ("/models", e(self.list_models), ["GET"]),
+            ("/models/{model_id:path}", e(self.retrieve_model), ["GET"]),
+            ("/tokenize", e(self.tokenize), ["POST"]),
+            ("/detokenize", e(self.detokenize), ["POST"]),
+        ], PREFIXES)
+
+    async def embeddings(self, request: Request, ctx: CallContext) -> Response:
+        embedding_request, encoding = convert.parse_embeddings(await read_json(request))
+        result = await until_disconnect(request, self.service.embed(embedding_request, ctx))
         usage = {"prompt_tokens": result.usage.prompt_tokens, "total_tokens": result.usage.prompt_tokens}
 
         def body() -> bytes:
@@ -143,38 +119,22 @@ class OpenAIDialect:
         size = sum(len(vector) for vector in result.vectors)
         return json_bytes_response(await built(size, body))
 
-    async def tokenize(self, request: Request) -> Response:
+    async def tokenize(self, request: Request, ctx: CallContext) -> Response:
         """vLLM's and llama.cpp server's ``/tokenize``: exact ids from the model's own tokenizer."""
-        try:
-            ctx = await self._context(request)
-            chat, add_special = convert.parse_tokenize(await read_json(request))
-            result = await until_disconnect(request, self.service.tokenize(chat, ctx, add_special=add_special))
-        except GatewayError as exc:
-            return error_response(exc)
+        chat, add_special = convert.parse_tokenize(await read_json(request))
+        result = await until_disconnect(request, self.service.tokenize(chat, ctx, add_special=add_special))
         return json_response({"tokens": result.tokens, "count": len(result.tokens),
                               "max_model_len": result.max_model_len})
 
-    async def detokenize(self, request: Request) -> Response:
-        try:
-            ctx = await self._context(request)
-            model, tokens = convert.parse_detokenize(await read_json(request))
-            text = await until_disconnect(request, self.service.detokenize(model, tokens, ctx))
-        except GatewayError as exc:
-            return error_response(exc)
+    async def detokenize(self, request: Request, ctx: CallContext) -> Response:
+        model, tokens = convert.parse_detokenize(await read_json(request))
+        text = await until_disconnect(request, self.service.detokenize(model, tokens, ctx))
         return json_response({"prompt": text})
 
-    async def list_models(self, request: Request) -> Response:
-        try:
-            ctx = await self._context(request)
-            entries = await self.service.list_models(ctx)
-        except GatewayError as exc:
-            return error_response(exc)
+    async def list_models(self, request: Request, ctx: CallContext) -> Response:
+        entries = await self.service.list_models(ctx)
         return json_response({"object": "list", "data": [model_body(e) for e in entries]})
 
-    async def retrieve_model(self, request: Request) -> Response:
-        try:
-            ctx = await self._context(request)
-            entry = await self.service.get_model(request.path_params["model_id"], ctx)
-        except GatewayError as exc:
-            return error_response(exc)
+    async def retrieve_model(self, request: Request, ctx: CallContext) -> Response:
+        entry = await self.service.get_model(request.path_params["model_id"], ctx)
         return json_response(model_body(entry))

@@ -10,7 +10,6 @@ when present, and dragoman has no backend fingerprint to give.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -25,8 +24,7 @@ from dragoman.core.events import (
     PartStart,
     StreamError,
 )
-from dragoman.core.service import ChatStream
-from dragoman.core.types import ChatRequest, ReasoningPart, Usage
+from dragoman.core.types import ReasoningPart, Usage
 from dragoman.dialects.openai.convert import (
     FINISH_REASONS,
     Choices,
@@ -35,8 +33,6 @@ from dragoman.dialects.openai.convert import (
     reasoning_detail,
     usage_body,
 )
-from dragoman.dialects.streaming import encoded
-from dragoman.errors import GatewayError
 from dragoman.protocols.openai import error_body
 
 DONE = b"data: [DONE]\n\n"
@@ -131,6 +127,9 @@ class ChunkEncoder:
             return b"data: " + orjson.dumps(error_body(event.error)) + b"\n\n"
         return b""
 
+    def tail(self) -> bytes:
+        return DONE
+
     def usage_frame(self, usage: Usage) -> bytes:
         """The last chunk of ``include_usage``: no choices, the usage."""
         return b"data: " + self._prefix + b'[],"usage":' + orjson.dumps(usage_body(usage)) + b"}\n\n"
@@ -158,49 +157,42 @@ class ChunkEncoder:
                            + self._pending() + b',"finish_reason":null}]')
 
 
-def sse_frames(events: ChatStream, encoder: ChunkEncoder) -> AsyncIterator[bytes]:
-    return encoded(events, encoder.encode, tail=DONE)
-
-
-async def choice_frames(first: ChatStream, choices: Choices, start: Callable[[ChatRequest], Awaitable[ChatStream]],
-                        *, completion: bool) -> AsyncIterator[bytes]:
+class ChoicesEncoder:
     """Several generations (``n``, or a completion's prompts) as one stream: each choice's chunks
-    in turn, with its index; one usage chunk for all at the end. ``first`` has started; each
-    next one starts when the one before ends, and a failure there ends the stream with an error."""
-    model, include_usage = choices.first.model, choices.first.include_usage
-    usages: list[Usage] = []
-    failed = False
-    encoder: ChunkEncoder | None = None
+    in turn, with its index (a choice starts at its ``MessageStart``); one usage chunk for all at
+    the end. After an error the stream ends there, without ``[DONE]``."""
 
-    def watch(encode: Callable[[Event], bytes]) -> Callable[[Event], bytes]:
-        def observe(event: Event) -> bytes:
-            nonlocal failed
-            if isinstance(event, MessageEnd):
-                usages.append(event.usage)
-            elif isinstance(event, StreamError):
-                failed = True
-            return encode(event)
-        return observe
+    def __init__(self, choices: Choices, *, completion: bool) -> None:
+        self.choices = choices
+        self.completion = completion
+        self._encoder: ChunkEncoder | None = None
+        self._next = 0  # the index of the choice the next MessageStart begins
+        self._usages: list[Usage] = []
+        self._failed = False
 
-    for index, request in enumerate(choices.requests):
-        if index:
-            try:
-                stream = await start(request)
-            except GatewayError as exc:
-                yield b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
-                return
-        else:
-            stream = first
-        encoder = ChunkEncoder(model, include_usage=include_usage, completion=completion, index=index,
-                               usage_chunk=False, prompt_chars=len(request.prompt or ""))
-        async for frame in encoded(stream, watch(encoder.encode)):
-            yield frame
-        if failed:
-            return
-    if include_usage and encoder is not None:
-        prompts = [u for i, u in enumerate(usages) if i % choices.n == 0]
-        yield encoder.usage_frame(Usage(prompt_tokens=sum(u.prompt_tokens for u in prompts),
-                                        completion_tokens=sum(u.completion_tokens for u in usages),
-                                        reasoning_tokens=sum(u.reasoning_tokens for u in usages),
-                                        cached_tokens=sum(u.cached_tokens for u in prompts)))
-    yield DONE
+    def encode(self, event: Event) -> bytes:
+        encoder = self._encoder
+        if encoder is None or isinstance(event, MessageStart):
+            index = min(self._next, len(self.choices.requests) - 1)
+            self._next += 1
+            first = self.choices.first
+            encoder = self._encoder = ChunkEncoder(
+                first.model, include_usage=first.include_usage, completion=self.completion, index=index,
+                usage_chunk=False, prompt_chars=len(self.choices.requests[index].prompt or ""))
+        if isinstance(event, MessageEnd):
+            self._usages.append(event.usage)
+        elif isinstance(event, StreamError):
+            self._failed = True
+        return encoder.encode(event)
+
+    def tail(self) -> bytes:
+        if self._failed:
+            return b""
+        usages, encoder = self._usages, self._encoder
+        if not self.choices.first.include_usage or encoder is None:
+            return DONE
+        prompts = [u for i, u in enumerate(usages) if i % self.choices.n == 0]
+        return encoder.usage_frame(Usage(prompt_tokens=sum(u.prompt_tokens for u in prompts),
+                                         completion_tokens=sum(u.completion_tokens for u in usages),
+                                         reasoning_tokens=sum(u.reasoning_tokens for u in usages),
+                                         cached_tokens=sum(u.cached_tokens for u in prompts))) + DONE

@@ -12,45 +12,33 @@ Errors are OpenAI's ``{"error": {...}}`` before the stream starts, an ``error`` 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from dragoman.core.accumulate import accumulate, replay_events
+from dragoman.core.accumulate import replay_events
+from dragoman.core.dialect import Generation, GenerationRoute, WireError
 from dragoman.core.ids import now
 from dragoman.core.service import CallContext, ChatStream, GatewayService
 from dragoman.core.types import ChatRequest, ChatResponse, Message, Role
-from dragoman.dialects.common import (
-    FrameStreamResponse,
-    call_context,
-    error_headers,
-    json_response,
-    read_json,
-    until_disconnect,
-)
 from dragoman.dialects.responses import convert, output
 from dragoman.dialects.responses.convert import ResponsesRequest
 from dragoman.dialects.responses.store import ResponseStore, StoredResponse
-from dragoman.dialects.responses.stream import Completed, ResponseEncoder, sse_frames
+from dragoman.dialects.responses.stream import Completed, ResponseEncoder
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.serving.answers import error_headers, json_response
+from dragoman.serving.body import read_json
+from dragoman.serving.context import call_context
+from dragoman.serving.endpoints import Endpoint, routes
 
 log = logging.getLogger("dragoman.responses")
 
 DROPPED_HEADER = "x-dragoman-dropped-tools"
-Handler = Callable[[Request], Awaitable[Response]]
+PREFIXES = ("/v1", "")
 HostedPolicy = Literal["drop", "reject"]
-
-
-def _merged(call: dict[str, str], hosted: dict[str, str]) -> dict[str, str]:
-    """The call's headers plus the hosted tools this dialect dropped: one list when the model's
-    ``tools: drop`` also dropped the function tools."""
-    merged = {**call, **hosted}
-    if DROPPED_HEADER in call and DROPPED_HEADER in hosted:
-        merged[DROPPED_HEADER] = f"{hosted[DROPPED_HEADER]},{call[DROPPED_HEADER]}"
-    return merged
 
 
 def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
@@ -66,47 +54,37 @@ class ResponsesDialect:
         self.hosted_tools = hosted_tools
 
     def routes(self) -> list[BaseRoute]:
-        table: list[tuple[str, Handler, list[str]]] = [
-            ("/responses", self.create, ["POST"]),
+        table: list[tuple[str, Endpoint, list[str]]] = [
             ("/responses/input_tokens", self.input_tokens, ["POST"]),
             ("/responses/{response_id}", self.retrieve, ["GET"]),
             ("/responses/{response_id}", self.delete, ["DELETE"]),
             ("/responses/{response_id}/input_items", self.list_input_items, ["GET"]),
         ]
-        routes: list[BaseRoute] = []
-        for prefix in ("/v1", ""):
-            routes += [Route(prefix + path, handler, methods=methods) for path, handler, methods in table]
-        return routes
+        return routes(table, PREFIXES)
 
     async def _context(self, request: Request) -> CallContext:
-        ctx = call_context(request, self.name)
+        ctx = call_context(request.scope, self.name)
         await self.service.authenticate(ctx)
         return ctx
 
-    async def create(self, request: Request) -> Response:
-        try:
-            ctx = await self._context(request)
-            body = await read_json(request)
-            req = convert.parse_create(body, self._previous(body, ctx))
-            headers = await self._hosted(req, ctx)
-            if not req.chat.stream:
-                return await until_disconnect(request, self._whole(req, ctx, headers))
-            stream = await until_disconnect(request, self._start(req, ctx))
-        except GatewayError as exc:
-            return error_response(exc)
-        encoder = ResponseEncoder(req, output.response_id(), now(), on_complete=self._keeper(req, ctx))
-        return FrameStreamResponse(sse_frames(stream, encoder), media_type="text/event-stream",
-                                   headers=_merged(stream.headers, headers))
+    # ------------------------------------------------------------------ generation
 
-    async def _whole(self, req: ResponsesRequest, ctx: CallContext, headers: dict[str, str]) -> Response:
-        """The whole answer, built by the stream's encoder from the accumulated events."""
-        stream = await self._start(req, ctx)
-        try:
-            response = await accumulate(stream)
-        except GatewayError as exc:
-            return error_response(exc, stream.headers)
-        finally:
-            await stream.aclose()
+    def generation_routes(self) -> Sequence[GenerationRoute]:
+        return [GenerationRoute(prefix + "/responses", "create") for prefix in PREFIXES]
+
+    async def parse(self, operation: str, body: Any, headers: Mapping[str, str], ctx: CallContext) -> Generation:
+        req = convert.parse_create(body, self._previous(body, ctx))
+        hosted = await self._hosted(req, ctx)
+        return Generation(
+            [req.chat], lambda: ResponseEncoder(req, output.response_id(), now(), on_complete=self._keeper(req, ctx)),
+            lambda responses: self._render(req, ctx, responses[0]), headers=hosted,
+            start=lambda request, ctx: self._start(req, ctx))
+
+    def render_error(self, error: GatewayError, ctx: CallContext) -> WireError:
+        return WireError(error.status, output.error_body(error))
+
+    def _render(self, req: ResponsesRequest, ctx: CallContext, response: ChatResponse) -> dict[str, Any]:
+        """The whole answer, built by the stream's encoder from the accumulated answer (and kept)."""
         encoder = ResponseEncoder(req, output.response_id(), now(), frames=False)
         for event in replay_events(response):
             encoder.encode(event)
@@ -114,7 +92,7 @@ class ResponsesDialect:
         keep = self._keeper(req, ctx)
         if keep is not None and encoder.final["status"] != "failed":
             keep(encoder.final, response)
-        return json_response(encoder.final, headers=_merged(stream.headers, headers))
+        return encoder.final
 
     async def _start(self, req: ResponsesRequest, ctx: CallContext) -> ChatStream:
         """Start the answer; with ``truncation: auto``, a prompt too long for the model loses its

@@ -12,7 +12,7 @@ raw text the client expects in deltas.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,11 +20,9 @@ import orjson
 
 from dragoman.core.accumulate import Accumulator
 from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, PartEnd, PartStart, StreamError
-from dragoman.core.service import ChatStream
 from dragoman.core.types import ChatResponse
 from dragoman.dialects.responses import output as out
 from dragoman.dialects.responses.convert import ResponsesRequest, custom_input
-from dragoman.dialects.streaming import encoded
 
 Completed = Callable[[dict[str, Any], ChatResponse], None]
 
@@ -86,6 +84,9 @@ class ResponseEncoder:
             # Codex and the SDK's accumulator wait for.
             return (self._frame("error", {**error, "param": event.error.param})
                     + self._frame("response.failed", {"response": self.final}))
+        return b""
+
+    def tail(self) -> bytes:
         return b""
 
     # ------------------------------------------------------------------------------- parts
@@ -185,7 +186,3 @@ class ResponseEncoder:
         data = {"type": kind, **data, "sequence_number": self._seq}
         self._seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
-
-
-def sse_frames(events: ChatStream, encoder: ResponseEncoder) -> AsyncIterator[bytes]:
-    return encoded(events, encoder.encode)
