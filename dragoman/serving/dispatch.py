@@ -40,13 +40,16 @@ class GenerationRoutes:
     def __init__(self, app: ASGIApp, handlers: Mapping[str, ASGIApp], **cors: Any) -> None:
         self.app = app
         self.handlers = dict(handlers)
-        self.browsers = CORSWhenOrigin(self._handle, **cors)
+        self.cors = CORSMiddleware(self._handle, **cors)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.handlers:
-            await self.browsers(scope, receive, send)
-        else:
+        handler = self.handlers.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if handler is None:
             await self.app(scope, receive, send)
+        elif has_origin(scope):
+            await self.cors(scope, receive, send)
+        else:
+            await handler(scope, receive, send)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self.handlers[scope["path"]](scope, receive, send)
