@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +29,11 @@ from dragoman.gateway.store import Store
 from dragoman.gateway.timeutil import as_utc, utcnow
 from dragoman.gateway.usage_store import UsageStore, UsageSummary
 from dragoman.serving.answers import json_response
+from dragoman.serving.endpoints import Endpoint
 
 if TYPE_CHECKING:
     from dragoman.services import AppServices
 
-Handler = Callable[[Request], Awaitable[Response]]
 
 MAX_BODY = 1 << 20
 FOREVER = 50 * 365 * 86400.0  # an expiry further away than this is "until unloaded"
@@ -158,7 +158,7 @@ class AdminAPI:
     def keys(self) -> KeyService:
         return self.services.keys
 
-    def routes(self) -> list[tuple[str, Handler, list[str]]]:
+    def routes(self) -> list[tuple[str, Endpoint, list[str]]]:
         return [
             ("/info", self.info, ["GET"]),
             ("/overview", self.overview, ["GET"]),

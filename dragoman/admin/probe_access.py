@@ -9,7 +9,7 @@ password only. The admin password goes through the admin sign-in throttle like a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
 
 from starlette.requests import Request
@@ -19,11 +19,11 @@ from dragoman.dialects.openai.routes import error_response
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.keys import AUTH_FAILED, KeyService, looks_like_key
 from dragoman.serving.context import credentials
+from dragoman.serving.endpoints import Endpoint
 
 if TYPE_CHECKING:
     from dragoman.admin.routes import AdminSite
 
-Endpoint = Callable[[Request], Awaitable[Response]]
 ProbeAuth = Literal["none", "key", "admin"]
 
 

@@ -23,12 +23,13 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from dragoman import __version__
-from dragoman.admin.api import AdminAPI, Handler, error_body, read_object
+from dragoman.admin.api import AdminAPI, error_body, read_object
 from dragoman.admin.security import ADMIN_ACCOUNT, COOKIE_NAME, SESSION_MAX_AGE, AdminAuth, Session
 from dragoman.config import Config
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.keys import looks_like_key
 from dragoman.serving.answers import json_response
+from dragoman.serving.endpoints import Endpoint
 
 if TYPE_CHECKING:
     from dragoman.services import AppServices
@@ -155,7 +156,7 @@ class AdminSite:
             raise GatewayError(ErrorKind.AUTHENTICATION, wrong)
         self.auth.throttle.succeeded(ADMIN_ACCOUNT, client)
 
-    def guard(self, handler: Handler) -> Handler:
+    def guard(self, handler: Endpoint) -> Endpoint:
         async def guarded(request: Request) -> Response:
             try:
                 await self.authorize(request)
@@ -220,7 +221,7 @@ class AdminSite:
                                **context)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
-    def page(self, name: str, title: str) -> Handler:
+    def page(self, name: str, title: str) -> Endpoint:
         async def handler(request: Request) -> Response:
             session = self.session(request)
             if session is None or not session.signed_in:

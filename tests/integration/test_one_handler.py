@@ -29,7 +29,8 @@ from tests.servers import ServerThread
 ORIGIN = "http://browser.test"
 # Values that differ between any two answers (ids, clocks, the request's own id and timings).
 VOLATILE = {"id", "created", "created_at", "total_duration", "load_duration", "prompt_eval_duration",
-            "eval_duration", "completed_at", "item_id", "request_id", "x-request-id", "x-dragoman-overhead-ms", "request-id", "date"}
+            "eval_duration", "completed_at", "item_id", "request_id", "x-request-id", "x-dragoman-overhead-ms",
+            "request-id", "date"}
 
 
 class PlainEncoder:
