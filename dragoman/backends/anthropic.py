@@ -65,41 +65,19 @@ from dragoman.core.types import (
     Usage,
 )
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.protocols.anthropic import (
+    BETA_HEADER,
+    ERROR_KINDS,
+    ERROR_TYPE_STATUS,
+    EXTENSION,
+    OUTPUT_EFFORTS,
+    UPSTREAM_STOP_REASONS,
+)
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-EXTENSION = "anthropic"  # where an Anthropic client's extra data (cache_control marks ...) rides
-BETA_HEADER = "anthropic-beta"
-OUTPUT_EFFORTS = frozenset({"low", "medium", "high", "xhigh", "max"})  # ``output_config.effort`` levels
 DEFAULT_VERSION = "2023-06-01"
 MIN_THINKING_BUDGET = 1024
 DISCOVERY_TTL = 60.0
-
-STOP_REASONS: dict[str, FinishReason] = {
-    "end_turn": FinishReason.STOP,
-    "pause_turn": FinishReason.STOP,
-    "stop_sequence": FinishReason.STOP_SEQUENCE,
-    "max_tokens": FinishReason.LENGTH,
-    "model_context_window_exceeded": FinishReason.LENGTH,
-    "tool_use": FinishReason.TOOL_CALLS,
-    "refusal": FinishReason.CONTENT_FILTER,
-}
-
-# Anthropic's structured ``error.type`` refines the HTTP status table (and is all a mid-stream error has).
-ERROR_TYPES: dict[str, ErrorKind] = {
-    "invalid_request_error": ErrorKind.INVALID_REQUEST,
-    "authentication_error": ErrorKind.AUTHENTICATION,
-    "permission_error": ErrorKind.PERMISSION,
-    "billing_error": ErrorKind.RATE_LIMITED,
-    "not_found_error": ErrorKind.NOT_FOUND,
-    "request_too_large": ErrorKind.PAYLOAD_TOO_LARGE,
-    "rate_limit_error": ErrorKind.RATE_LIMITED,
-    "api_error": ErrorKind.UPSTREAM_ERROR,
-    "overloaded_error": ErrorKind.OVERLOADED,
-    "timeout_error": ErrorKind.TIMEOUT,
-}
-# The status an error type stands for, when it arrives mid-stream without one.
-ERROR_TYPE_STATUS: dict[str, int] = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500,
-                                     "timeout_error": 504}
 
 
 class AnthropicSettings(BaseModel):
@@ -138,7 +116,7 @@ class AnthropicBackend(HTTPBackend):
         error = body.get("error") if isinstance(body, dict) else None
         if isinstance(error, dict):
             kind_name = str(error.get("type") or "") or None
-            return ErrorFields(str(error.get("message") or ""), kind_name, ERROR_TYPES.get(kind_name or ""))
+            return ErrorFields(str(error.get("message") or ""), kind_name, ERROR_KINDS.get(kind_name or ""))
         return None
 
     # ------------------------------------------------------------------ models
@@ -307,7 +285,7 @@ class StreamDecoder:
         delta = data.get("delta") or {}
         reason = delta.get("stop_reason")
         if reason:
-            self.finish_reason = STOP_REASONS.get(str(reason), FinishReason.STOP)
+            self.finish_reason = UPSTREAM_STOP_REASONS.get(str(reason), FinishReason.STOP)
             sequence = delta.get("stop_sequence")
             self.stop_sequence = str(sequence) if sequence is not None else None
         self._usage(data.get("usage") or {})
@@ -354,7 +332,7 @@ def _stream_error(backend: str, error: Any) -> GatewayError:
     error = error if isinstance(error, dict) else {}
     kind_name = str(error.get("type") or "api_error")
     message = str(error.get("message") or f"upstream {backend!r} failed mid-stream")
-    return GatewayError(ERROR_TYPES.get(kind_name, ErrorKind.UPSTREAM_ERROR), message,
+    return GatewayError(ERROR_KINDS.get(kind_name, ErrorKind.UPSTREAM_ERROR), message,
                         upstream_status=ERROR_TYPE_STATUS.get(kind_name), code=kind_name)
 
 

@@ -52,6 +52,7 @@ from dragoman.core.types import (
     Usage,
 )
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.protocols.ollama import THINK_LEVELS, UPSTREAM_DONE_REASONS
 
 # Options Ollama understands (api/types.go Options + Runner); other request.options keys stay here.
 OPTION_NAMES = frozenset({
@@ -59,12 +60,6 @@ OPTION_NAMES = frozenset({
     "temperature", "repeat_penalty", "presence_penalty", "frequency_penalty", "stop", "num_ctx",
     "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "draft_num_predict",
 })
-
-DONE_REASONS: dict[str, FinishReason] = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
-
-# Canonical effort -> Ollama ``think`` level.
-THINK_LEVELS: dict[str, str] = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
-                                "xhigh": "max", "max": "max"}
 
 SHOW_CONCURRENCY = 4
 PULL_IDLE_TIMEOUT = 300.0  # seconds a forwarded pull may go without a progress line
@@ -254,7 +249,7 @@ class OllamaBackend(HTTPBackend):
             events += tracker.tool_call(object(), id=call.get("id") or tool_call_id(),
                                         name=str(function.get("name") or ""), arguments=text)
         if chunk.get("done"):
-            tracker.finish(DONE_REASONS.get(str(chunk.get("done_reason") or "stop"), FinishReason.STOP))
+            tracker.finish(UPSTREAM_DONE_REASONS.get(str(chunk.get("done_reason") or "stop"), FinishReason.STOP))
             tracker.usage(Usage(prompt_tokens=int(chunk.get("prompt_eval_count") or 0),
                                 completion_tokens=int(chunk.get("eval_count") or 0)))
         return events

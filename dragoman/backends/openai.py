@@ -51,22 +51,7 @@ from dragoman.core.types import (
     Usage,
 )
 from dragoman.errors import ErrorKind, GatewayError
-
-FINISH_REASONS: dict[str, FinishReason] = {
-    "stop": FinishReason.STOP,
-    "length": FinishReason.LENGTH,
-    "tool_calls": FinishReason.TOOL_CALLS,
-    "function_call": FinishReason.TOOL_CALLS,
-    "content_filter": FinishReason.CONTENT_FILTER,
-}
-
-# Structured error codes that refine the status table.
-ERROR_CODES: dict[str, ErrorKind] = {
-    "context_length_exceeded": ErrorKind.CONTEXT_TOO_LONG,
-    "model_not_found": ErrorKind.NOT_FOUND,
-    "rate_limit_exceeded": ErrorKind.RATE_LIMITED,
-    "insufficient_quota": ErrorKind.RATE_LIMITED,
-}
+from dragoman.protocols.openai import UPSTREAM_ERROR_CODES, UPSTREAM_FINISH_REASONS
 
 DISCOVERY_TTL = 60.0
 TOKENIZE_TIMEOUT = 30.0  # seconds for an upstream /tokenize or /detokenize
@@ -146,7 +131,7 @@ class OpenAIBackend(HTTPBackend):
         if isinstance(error, dict):
             code = str(error["code"]) if error.get("code") else None
             param = error.get("param")
-            return ErrorFields(str(error.get("message") or ""), code, ERROR_CODES.get(code or ""),
+            return ErrorFields(str(error.get("message") or ""), code, UPSTREAM_ERROR_CODES.get(code or ""),
                                str(param) if param else None)
         if isinstance(error, str):
             return ErrorFields(error)
@@ -202,7 +187,7 @@ class OpenAIBackend(HTTPBackend):
                     arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
                 events += tracker.tool_call(index, id=call.get("id"), name=function.get("name"), arguments=arguments)
         reason = choice.get("finish_reason")
-        tracker.finish(FINISH_REASONS.get(reason, FinishReason.STOP) if reason else None)
+        tracker.finish(UPSTREAM_FINISH_REASONS.get(reason, FinishReason.STOP) if reason else None)
         if isinstance(payload.get("usage"), dict):
             tracker.usage(_usage(payload["usage"]))
         return events + tracker.end()
@@ -257,7 +242,7 @@ class OpenAIBackend(HTTPBackend):
                 )
             reason = choice.get("finish_reason")
             if reason:
-                tracker.finish(FINISH_REASONS.get(reason, FinishReason.STOP))
+                tracker.finish(UPSTREAM_FINISH_REASONS.get(reason, FinishReason.STOP))
         return events
 
     # -------------------------------------------------------------- tokenizing

@@ -1,10 +1,39 @@
-"""OpenAI's error shape, shared by the Chat Completions and the Responses dialects."""
+"""OpenAI's wire tables and error shape, shared by the Chat Completions and Responses dialects
+and the OpenAI backend."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from dragoman.core.types import FinishReason
 from dragoman.errors import ErrorKind, GatewayError
+
+# Canonical reason -> ``finish_reason`` (what a dialect writes).
+FINISH_REASONS: dict[FinishReason, str] = {
+    FinishReason.STOP: "stop",
+    FinishReason.STOP_SEQUENCE: "stop",
+    FinishReason.LENGTH: "length",
+    FinishReason.TOOL_CALLS: "tool_calls",
+    FinishReason.CONTENT_FILTER: "content_filter",
+    FinishReason.ERROR: "stop",
+}
+
+# ``finish_reason`` -> canonical reason (what a backend reads); an unknown one is a stop.
+UPSTREAM_FINISH_REASONS: dict[str, FinishReason] = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,
+    "content_filter": FinishReason.CONTENT_FILTER,
+}
+
+# Structured ``error.code`` values from an upstream that refine its HTTP status.
+UPSTREAM_ERROR_CODES: dict[str, ErrorKind] = {
+    "context_length_exceeded": ErrorKind.CONTEXT_TOO_LONG,
+    "model_not_found": ErrorKind.NOT_FOUND,
+    "rate_limit_exceeded": ErrorKind.RATE_LIMITED,
+    "insufficient_quota": ErrorKind.RATE_LIMITED,
+}
 
 # Each kind's ``type`` and default ``code`` in an OpenAI error body.
 ERROR_TYPES: dict[ErrorKind, tuple[str, str | None]] = {

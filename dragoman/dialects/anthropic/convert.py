@@ -60,18 +60,8 @@ from dragoman.core.types import (
 from dragoman.dialects.anthropic import wire
 from dragoman.dialects.validation import validated
 from dragoman.errors import ErrorKind, GatewayError
-
-STOP_REASONS: dict[FinishReason, str] = {
-    FinishReason.STOP: "end_turn",
-    FinishReason.STOP_SEQUENCE: "stop_sequence",
-    FinishReason.LENGTH: "max_tokens",
-    FinishReason.TOOL_CALLS: "tool_use",
-    FinishReason.CONTENT_FILTER: "refusal",
-    FinishReason.ERROR: "end_turn",
-}
-
-EXTENSION = "anthropic"  # key of this dialect's data in ``extensions``
-BETA_HEADER = "anthropic-beta"
+from dragoman.protocols.anthropic import BETA_HEADER as BETA_HEADER
+from dragoman.protocols.anthropic import ERROR_KINDS, EXTENSION, STOP_REASONS
 
 # Anthropic's documented default; top_p and top_k have none (the model decides).
 DEFAULTS = Sampling(temperature=1.0)
@@ -102,7 +92,6 @@ KIND_ERROR_TYPES: dict[ErrorKind, str] = {
     ErrorKind.INVALID_REQUEST: "invalid_request_error",
     ErrorKind.CONTEXT_TOO_LONG: "invalid_request_error",
 }
-ERROR_TYPES = frozenset(STATUS_ERROR_TYPES.values())
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -115,7 +104,7 @@ def error_status(error: GatewayError) -> int:
 
 def error_type(error: GatewayError) -> str:
     """Anthropic's ``error.type``: the upstream's own when it was Anthropic, else by kind and status."""
-    if error.code in ERROR_TYPES:
+    if error.code in ERROR_KINDS:
         return str(error.code)
     status = error_status(error)
     if error.kind in KIND_ERROR_TYPES:

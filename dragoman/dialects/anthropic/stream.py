@@ -24,8 +24,9 @@ from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, Par
 from dragoman.core.ids import now, random_id
 from dragoman.core.jsonprefix import ObjectPrefix
 from dragoman.core.service import ChatStream
-from dragoman.dialects.anthropic.convert import STOP_REASONS, error_body, message_id, tool_use_id, usage_body
+from dragoman.dialects.anthropic.convert import error_body, message_id, tool_use_id, usage_body
 from dragoman.dialects.streaming import encoded
+from dragoman.protocols.anthropic import STOP_REASONS
 
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 PING_INTERVAL = 10.0

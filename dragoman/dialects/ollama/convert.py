@@ -39,7 +39,6 @@ from dragoman.core.models import ModelEntry, ModelInfo
 from dragoman.core.types import (
     ChatRequest,
     EmbeddingRequest,
-    FinishReason,
     ImagePart,
     Message,
     Part,
@@ -60,16 +59,6 @@ from dragoman.errors import ErrorKind, GatewayError
 # Ollama's documented defaults (api/types.go DefaultOptions; docs/modelfile.mdx).
 DEFAULTS = Sampling(temperature=0.8, top_p=0.9, top_k=40, min_p=0.0, repeat_penalty=1.0,
                     presence_penalty=0.0, frequency_penalty=0.0)
-
-DONE_REASONS: dict[FinishReason, str] = {
-    FinishReason.STOP: "stop",
-    FinishReason.STOP_SEQUENCE: "stop",
-    FinishReason.TOOL_CALLS: "stop",  # Ollama never says tool_calls
-    FinishReason.LENGTH: "length",
-    FinishReason.CONTENT_FILTER: "stop",
-    FinishReason.ERROR: "stop",
-}
-
 
 def invalid(message: str, param: str | None = None) -> GatewayError:
     return GatewayError(ErrorKind.INVALID_REQUEST, message, param=param)

@@ -28,7 +28,6 @@ from dragoman.core.events import (
 from dragoman.core.service import ChatStream
 from dragoman.core.types import ChatRequest, ReasoningPart, Usage
 from dragoman.dialects.openai.convert import (
-    FINISH_REASONS,
     Choices,
     chat_logprobs,
     completion_logprobs,
@@ -37,7 +36,7 @@ from dragoman.dialects.openai.convert import (
 )
 from dragoman.dialects.streaming import encoded
 from dragoman.errors import GatewayError
-from dragoman.protocols.openai import error_body
+from dragoman.protocols.openai import FINISH_REASONS, error_body
 
 DONE = b"data: [DONE]\n\n"
 
