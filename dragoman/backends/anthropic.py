@@ -21,10 +21,10 @@ canonical events: no :class:`PartTracker` needed. Decisions worth knowing:
   refuse the request).
 * ``json_object`` has no Anthropic equivalent and is not sent; ``json_schema`` becomes
   ``output_config.format``.
-* What an Anthropic client sent that needs no translation (``extensions["anthropic"]``, see the
-  Anthropic dialect) goes on as sent, so a same-protocol hop loses nothing: prompt-caching marks
-  on the same blocks and tools; top-level fields dragoman does not model (``context_management``,
-  ``cache_control``, ``service_tier`` ...); its ``thinking`` when the canonical setting still
+* What an Anthropic client sent that needs no translation (``extensions["anthropic"]``, typed
+  in :mod:`dragoman.protocols.anthropic`) goes on as sent, so a same-protocol hop loses nothing:
+  prompt-caching marks on the same blocks and tools; top-level fields dragoman does not model
+  (``context_management``, ``cache_control``, ``service_tier`` ...); its ``thinking`` when the canonical setting still
   says the same (a budget-less mode such as ``adaptive``, which would otherwise become a budget;
   newer keys such as ``display``); its ``output_config`` (``effort`` follows the canonical effort
   if an override changed it); and its ``anthropic-beta`` header, after the configured ``beta``.
@@ -69,9 +69,10 @@ from dragoman.protocols.anthropic import (
     BETA_HEADER,
     ERROR_KINDS,
     ERROR_TYPE_STATUS,
-    EXTENSION,
     OUTPUT_EFFORTS,
     UPSTREAM_STOP_REASONS,
+    message_extension,
+    request_extension,
 )
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -350,7 +351,7 @@ def _unix(value: Any) -> int:
 
 def beta_headers(request: ChatRequest, settings: AnthropicSettings) -> dict[str, str]:
     """An Anthropic client's ``anthropic-beta`` header: as sent, or after the configured betas."""
-    sent = (request.extensions.get(EXTENSION) or {}).get("beta")
+    sent = request_extension(request).beta
     if not sent:
         return {}
     if not settings.beta:
@@ -369,8 +370,8 @@ def build_body(request: ChatRequest, model: str, settings: AnthropicSettings) ->
         body["system"] = system[0]["text"] if len(system) == 1 and "cache_control" not in system[0] else system
     body["messages"] = wire_messages(request.messages)
 
-    marks = request.extensions.get(EXTENSION) or {}
-    sent_thinking = marks.get("thinking") or {}  # an Anthropic client's own, as sent
+    sent = request_extension(request)
+    sent_thinking = sent.thinking or {}  # an Anthropic client's own, as sent
     budget = _thinking_budget(request)
     if budget is not None and _unsigned_tool_turn(body["messages"]):
         budget = None  # Anthropic refuses thinking when the tool turn it continues has no thinking block
@@ -400,7 +401,6 @@ def build_body(request: ChatRequest, model: str, settings: AnthropicSettings) ->
 
     if request.tools:
         tools = []
-        tool_marks = marks.get("tool_cache_control") or {}
         for i, tool in enumerate(request.tools):
             definition: dict[str, Any] = {"name": tool.name,
                                           "input_schema": tool.parameters or {"type": "object", "properties": {}}}
@@ -408,8 +408,8 @@ def build_body(request: ChatRequest, model: str, settings: AnthropicSettings) ->
                 definition["description"] = tool.description
             if tool.strict is not None:
                 definition["strict"] = tool.strict
-            if i in tool_marks:
-                definition["cache_control"] = tool_marks[i]
+            if i in sent.tool_cache_control:
+                definition["cache_control"] = sent.tool_cache_control[i]
             tools.append(definition)
         body["tools"] = tools
     choice = request.tool_choice
@@ -421,12 +421,12 @@ def build_body(request: ChatRequest, model: str, settings: AnthropicSettings) ->
         if not choice.parallel and mode != "none":
             wire["disable_parallel_tool_use"] = True
         body["tool_choice"] = wire
-    output = _output_config(request, marks.get("output_config") or {})
+    output = _output_config(request, sent.output_config or {})
     if output:
         body["output_config"] = output
     if request.user:
         body["metadata"] = {"user_id": request.user}
-    body.update(marks.get("fields") or {})  # fields dragoman does not model, as the client sent them
+    body.update(sent.fields)  # fields dragoman does not model, as the client sent them
     body["stream"] = True
     return body
 
@@ -489,9 +489,10 @@ def wire_messages(messages: list[Message]) -> list[dict[str, Any]]:
 
 def _marked(block: dict[str, Any], message: Message, index: int) -> dict[str, Any]:
     """``block`` with the ``cache_control`` mark its part carried from an Anthropic client, if any."""
-    marks = (message.extensions.get(EXTENSION) or {}).get("cache_control") or {}
-    if index in marks:
-        block["cache_control"] = marks[index]
+    extension = message_extension(message)
+    mark = extension.cache_control(index) if extension is not None else None
+    if mark is not None:
+        block["cache_control"] = mark
     return block
 
 

@@ -1,8 +1,12 @@
-"""Anthropic's Messages wire tables, shared by the Anthropic dialect and the Anthropic backend."""
+"""Anthropic's Messages wire tables, shared by the Anthropic dialect and the Anthropic backend,
+and the typed data an Anthropic client's request carries for an Anthropic backend (``extensions``)."""
 
 from __future__ import annotations
 
-from dragoman.core.types import FinishReason
+from dataclasses import dataclass, field
+from typing import Any
+
+from dragoman.core.types import ChatRequest, FinishReason, Message
 from dragoman.errors import ErrorKind
 
 EXTENSION = "anthropic"  # key of an Anthropic client's data in ``extensions``
@@ -48,3 +52,47 @@ ERROR_KINDS: dict[str, ErrorKind] = {
 ERROR_TYPE_STATUS: dict[str, int] = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500,
                                      "timeout_error": 504}
 
+
+# ------------------------------------------------------------------------------ extensions
+# What an Anthropic client sent that the canonical model does not hold, so that a same-protocol
+# hop (Anthropic dialect -> Anthropic backend) loses nothing; other backends ignore it.
+
+
+@dataclass(slots=True)
+class PartExtension:
+    """What one content block carried beside its canonical part."""
+
+    cache_control: dict[str, Any] | None = None  # the prompt-caching mark, as sent
+
+
+@dataclass(slots=True)
+class MessageExtension:
+    """``Message.extensions[EXTENSION]``: per part, by its index in ``Message.parts``."""
+
+    parts: dict[int, PartExtension] = field(default_factory=dict)
+
+    def cache_control(self, index: int) -> dict[str, Any] | None:
+        part = self.parts.get(index)
+        return part.cache_control if part is not None else None
+
+
+@dataclass(slots=True)
+class RequestExtension:
+    """``ChatRequest.extensions[EXTENSION]``: the request-level fields, as sent."""
+
+    tool_cache_control: dict[int, dict[str, Any]] = field(default_factory=dict)  # by tool index
+    fields: dict[str, Any] = field(default_factory=dict)  # top-level fields the wire model does not know
+    thinking: dict[str, Any] | None = None
+    output_config: dict[str, Any] | None = None
+    beta: str | None = None  # the ``anthropic-beta`` header
+
+
+def request_extension(request: ChatRequest) -> RequestExtension:
+    """The request's Anthropic data; an empty one when it came from another dialect."""
+    extension = request.extensions.get(EXTENSION)
+    return extension if isinstance(extension, RequestExtension) else RequestExtension()
+
+
+def message_extension(message: Message) -> MessageExtension | None:
+    extension = message.extensions.get(EXTENSION)
+    return extension if isinstance(extension, MessageExtension) else None
