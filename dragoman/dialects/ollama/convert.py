@@ -51,6 +51,7 @@ from dragoman.core.types import (
     Tool,
     ToolCallPart,
     ToolResultPart,
+    effort_level,
 )
 from dragoman.dialects.ollama import wire
 from dragoman.dialects.validation import validated
@@ -127,9 +128,9 @@ def parse_think(value: bool | str | None) -> Reasoning:
     if isinstance(value, bool):
         return Reasoning(enabled=value)
     if value in wire.THINK_LEVELS:
-        return Reasoning(enabled=True, effort=value)
+        return Reasoning(enabled=True, effort=effort_level(value))
     raise invalid_request(f'invalid think value: "{value}" (must be "low", "medium", "high", "max", true, or false)',
-                  "think")
+                          "think")
 
 
 def parse_format(value: str | dict[str, Any] | None) -> ResponseFormat | None:
