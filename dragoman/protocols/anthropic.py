@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from dragoman.core.types import ChatRequest, FinishReason, Message
 from dragoman.errors import ErrorKind
 
@@ -96,3 +98,58 @@ def request_extension(request: ChatRequest) -> RequestExtension:
 def message_extension(message: Message) -> MessageExtension | None:
     extension = message.extensions.get(EXTENSION)
     return extension if isinstance(extension, MessageExtension) else None
+
+
+# ------------------------------------------------------------------------------ upstream stream
+# One ``data:`` payload of a Messages stream, decoded straight into typed structs (fields
+# dragoman does not read are skipped). One flat shape serves every event type, so an event type
+# or block type dragoman does not know decodes too and is then ignored.
+
+
+class Usage(msgspec.Struct):
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+
+
+class MessageInfo(msgspec.Struct):
+    id: str | None = None
+    model: str | None = None
+    usage: Usage | None = None
+
+
+class ContentBlock(msgspec.Struct):
+    type: str | None = None
+    text: str | None = None
+    thinking: str | None = None
+    signature: str | None = None
+    data: str | None = None  # redacted_thinking
+    id: str | None = None
+    name: str | None = None
+    input: Any = None  # tool_use: the whole input when it came at the start
+
+
+class Delta(msgspec.Struct):
+    """A ``content_block_delta``'s or a ``message_delta``'s ``delta``."""
+
+    type: str | None = None
+    text: str | None = None
+    thinking: str | None = None
+    partial_json: str | None = None
+    signature: str | None = None
+    stop_reason: str | None = None
+    stop_sequence: str | None = None
+
+
+class StreamEvent(msgspec.Struct):
+    type: str | None = None
+    index: int | None = None
+    message: MessageInfo | None = None
+    content_block: ContentBlock | None = None
+    delta: Delta | None = None
+    usage: Usage | None = None
+    error: Any = None  # ``{"type", "message"}``
+
+
+STREAM_EVENT = msgspec.json.Decoder(StreamEvent)
