@@ -2,9 +2,10 @@
 
 A streaming client's chat streams from the upstream; a client that wants a whole answer gets the
 upstream's whole answer (one JSON body instead of dozens of frames), turned into the events its
-stream would have given. Both go through one ``PartTracker``, which makes block events of the
-upstream's flat deltas; reasoning is read from ``reasoning_content`` or ``reasoning``, whichever
-the upstream sends.
+stream would have given. Both are decoded into the typed structs of
+:mod:`dragoman.protocols.openai` and go through one ``PartTracker``, which makes block events of
+the upstream's flat deltas; reasoning is read from ``reasoning_content`` or ``reasoning``,
+whichever the upstream sends.
 """
 
 from __future__ import annotations
