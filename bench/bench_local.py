@@ -2,7 +2,7 @@
 
 - **direct**: llama-cpp-python in this process, a plain ``Llama.generate`` loop, run on the
   backend's compute thread: llama.cpp's OpenMP build slows every computation by ~40% once two
-  threads of a process have computed (see ``dragoman.backends.llamacpp_compute``), so a direct
+  threads of a process have computed (see ``dragoman.backends.llamacpp.compute``), so a direct
   run on the main thread next to the backend's thread would be a handicapped baseline;
 - **backend**: dragoman's ``LlamaCppBackend.stream`` in this process (compute thread, asyncio queue,
   canonical events), no HTTP;
@@ -47,9 +47,9 @@ sys.path.insert(0, str(REPO))
 
 from dragoman.backends.base import BackendDeps, CallOptions  # noqa: E402
 from dragoman.backends.llamacpp import LlamaCppBackend  # noqa: E402
-from dragoman.backends.llamacpp_engine import load_llama  # noqa: E402
-from dragoman.backends.llamacpp_models import LlamaCppSettings  # noqa: E402
-from dragoman.backends.llamacpp_templates import GEMMA, ChatTemplate  # noqa: E402
+from dragoman.backends.llamacpp.engine import load_llama  # noqa: E402
+from dragoman.backends.llamacpp.models import LlamaCppSettings  # noqa: E402
+from dragoman.backends.llamacpp.templates import GEMMA, ChatTemplate  # noqa: E402
 from dragoman.core.events import MessageEnd, PartDelta  # noqa: E402
 from dragoman.core.types import ChatRequest, Message, Role, Sampling, TextPart  # noqa: E402
 

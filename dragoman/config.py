@@ -440,6 +440,16 @@ class RedisConfig(BaseModel):
     pool_wait: float = Field(2.0, gt=0)
 
 
+class ModelLimitsConfig(BaseModel):
+    """One entry of ``limits.models``: what all callers of the matching models share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+    max_parallel: int | None = Field(None, gt=0)
+
+
 class LimitsConfig(BaseModel):
     """``limits:``: how keys' limits and budgets behave (see ``dragoman.gateway.limits``)."""
 
@@ -452,6 +462,9 @@ class LimitsConfig(BaseModel):
     # (first match) in reserve_tokens_by_model.
     reserve_tokens: int = Field(1024, ge=0)
     reserve_tokens_by_model: dict[str, int] = Field(default_factory=dict)
+    # Limits every caller of the matching models shares (model glob, first match), e.g. to stay
+    # under an upstream's quota or a local model's capacity; on top of each key's own.
+    models: dict[str, ModelLimitsConfig] = Field(default_factory=dict)
 
     @field_validator("reserve_tokens_by_model")
     @classmethod

@@ -15,7 +15,7 @@ from dragoman.config import Config
 from dragoman.errors import ErrorKind
 from dragoman.gateway.auth import AnonymousAccess, KeyAccess
 from dragoman.gateway.keys import KeyService, Principal
-from dragoman.gateway.limits import Limiter, MemoryLimiter, RedisLimiter, Reserver
+from dragoman.gateway.limits import Limiter, MemoryLimiter, RateLimits, RedisLimiter, Reserver
 from dragoman.gateway.metrics import Metrics
 from dragoman.gateway.redis_client import connect_redis
 from dragoman.gateway.settings import SettingsStore
@@ -68,16 +68,20 @@ async def open_control_plane(config: Config, metrics: Metrics) -> ControlPlane:
     usage_store = UsageStore(store)
     prices = PriceTable(config.prices)
     reserver = Reserver(config.limits.reserve_tokens, config.limits.reserve_tokens_by_model, prices)
+    model_limits = {glob: RateLimits(lim.rpm, lim.tpm, lim.max_parallel)
+                    for glob, lim in config.limits.models.items()}
     redis: Redis | None = None
     limiter: Limiter
     if config.redis is not None:
         pool = config.redis
         redis = connect_redis(pool.url, max_connections=pool.max_connections, pool_wait=pool.pool_wait)
         limiter = RedisLimiter(redis, budget_source=usage_store, metrics=metrics, reserver=reserver,
+                               model_limits=model_limits,
                                fail_open=config.limits.redis_failure == "open", pool_wait=pool.pool_wait,
                                max_inflight=pool.max_connections - KEY_SERVICE_CONNECTIONS)
     else:
-        limiter = MemoryLimiter(budget_source=usage_store, metrics=metrics, reserver=reserver)
+        limiter = MemoryLimiter(budget_source=usage_store, metrics=metrics, reserver=reserver,
+                                model_limits=model_limits)
     keys = KeyService(store, cache_ttl=config.auth.cache_ttl, redis=redis, static=static_keys(config))
     recorder = UsageRecorder(usage_store, max_queue=config.usage.queue_size, batch_size=config.usage.batch_size,
                              flush_interval=config.usage.flush_interval, prices=prices, metrics=metrics)

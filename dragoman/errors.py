@@ -111,7 +111,8 @@ class DeadlineExceeded(GatewayError):
         return False
 
 
-def invalid_request(message: str, *, param: str | None = None, code: str | None = None) -> GatewayError:
+def invalid_request(message: str, param: str | None = None, *, code: str | None = None) -> GatewayError:
+    """A 400 naming the field at fault (``param``), in every dialect's error shape."""
     return GatewayError(ErrorKind.INVALID_REQUEST, message, param=param, code=code)
 
 

@@ -18,7 +18,7 @@ BACKEND = "local"
 
 def model_entry(spec: str) -> dict[str, Any]:
     """The ``models:`` entry of a llamacpp backend for ``spec``; ``ConfigError`` when it cannot be one."""
-    from dragoman.backends.llamacpp_pull import parse_hub_name
+    from dragoman.backends.llamacpp.pull import parse_hub_name
 
     hub_name = parse_hub_name(spec)
     if hub_name is None:
@@ -31,7 +31,7 @@ def model_entry(spec: str) -> dict[str, Any]:
 
 
 def _hub_file(spec: str, hub_name: Any) -> str:
-    from dragoman.backends.llamacpp_pull import HubFile, hub_files, pick_file
+    from dragoman.backends.llamacpp.pull import HubFile, hub_files, pick_file
 
     try:
         return pick_file(hub_name, hub_files(hub_name.repo, endpoint=None)).filename

@@ -23,7 +23,7 @@ from dragoman.admin.live import LiveSettings
 from dragoman.admin.masking import mask
 from dragoman.admin.queries import RANGES, UsageFilter, distinct_models, iter_usage, series, usage_page
 from dragoman.core.management import PullsModels
-from dragoman.errors import ErrorKind, GatewayError
+from dragoman.errors import ErrorKind, GatewayError, invalid_request
 from dragoman.gateway.keys import KeyInfo, KeyService
 from dragoman.gateway.store import Store
 from dragoman.gateway.timeutil import as_utc, utcnow
@@ -41,10 +41,6 @@ KEY_FIELDS = ("name", "models", "expires_at", "rpm", "tpm", "max_parallel", "bud
               "budget_period", "enabled", "metadata")
 
 
-def invalid(message: str, param: str | None = None) -> GatewayError:
-    return GatewayError(ErrorKind.INVALID_REQUEST, message, param=param)
-
-
 def error_body(exc: GatewayError) -> dict[str, Any]:
     return {"error": {"type": exc.kind.value, "message": exc.message, "param": exc.param}}
 
@@ -54,17 +50,17 @@ async def read_body(request: Request) -> Any:
     if len(body) > MAX_BODY:
         raise GatewayError(ErrorKind.PAYLOAD_TOO_LARGE, "request body is larger than 1 MiB")
     if not body:
-        raise invalid("request body is empty; expected JSON")
+        raise invalid_request("request body is empty; expected JSON")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise invalid(f"request body is not valid JSON: {exc}") from exc
+        raise invalid_request(f"request body is not valid JSON: {exc}") from exc
 
 
 async def read_object(request: Request) -> dict[str, Any]:
     data = await read_body(request)
     if not isinstance(data, dict):
-        raise invalid("request body must be a JSON object")
+        raise invalid_request("request body must be a JSON object")
     return data
 
 
@@ -72,11 +68,11 @@ def parse_time(value: Any, param: str) -> datetime | None:
     if value in (None, ""):
         return None
     if not isinstance(value, str):
-        raise invalid(f"{param} must be an ISO 8601 date/time", param)
+        raise invalid_request(f"{param} must be an ISO 8601 date/time", param)
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise invalid(f"{param} must be an ISO 8601 date/time, not {value!r}", param) from exc
+        raise invalid_request(f"{param} must be an ISO 8601 date/time, not {value!r}", param) from exc
     return as_utc(when)
 
 
@@ -87,9 +83,9 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     try:
         value = int(raw)
     except ValueError as exc:
-        raise invalid(f"{name} must be an integer", name) from exc
+        raise invalid_request(f"{name} must be an integer", name) from exc
     if not low <= value <= high:
-        raise invalid(f"{name} must be between {low} and {high}", name)
+        raise invalid_request(f"{name} must be between {low} and {high}", name)
     return value
 
 
@@ -122,7 +118,7 @@ def key_changes(data: dict[str, Any]) -> dict[str, Any]:
     """The editable key fields of a request body, with dates parsed and blanks as ``None``."""
     unknown = set(data) - set(KEY_FIELDS)
     if unknown:
-        raise invalid(f"unknown key field(s): {', '.join(sorted(unknown))}", sorted(unknown)[0])
+        raise invalid_request(f"unknown key field(s): {', '.join(sorted(unknown))}", sorted(unknown)[0])
     out = dict(data)
     if "expires_at" in out:
         out["expires_at"] = parse_time(out["expires_at"], "expires_at")
@@ -212,7 +208,7 @@ class AdminAPI:
     async def overview(self, request: Request) -> Response:
         name = request.query_params.get("range", "24h")
         if name not in RANGES:
-            raise invalid(f"range must be one of {', '.join(RANGES)}", "range")
+            raise invalid_request(f"range must be one of {', '.join(RANGES)}", "range")
         length, bucket = RANGES[name]
         size = int(bucket.total_seconds())
         end = (int(time.time()) // size + 1) * size
@@ -256,7 +252,7 @@ class AdminAPI:
         data = key_changes(await read_object(request))
         name = data.pop("name", None)
         if not isinstance(name, str):
-            raise invalid("name is required", "name")
+            raise invalid_request("name is required", "name")
         info, secret = await self.keys.create(name, **data)
         return json_response({"key": key_dict(info), "secret": secret}, status=201)
 
@@ -276,7 +272,7 @@ class AdminAPI:
         info = await self.keys.get(request.path_params["key_id"])
         name = request.query_params.get("range", "7d")
         if name not in RANGES:
-            raise invalid(f"range must be one of {', '.join(RANGES)}", "range")
+            raise invalid_request(f"range must be one of {', '.join(RANGES)}", "range")
         length, bucket = RANGES[name]
         size = int(bucket.total_seconds())
         until = datetime.fromtimestamp((int(time.time()) // size + 1) * size, utcnow().tzinfo)
@@ -377,10 +373,10 @@ class AdminAPI:
         q = request.query_params
         status = q.get("status") or None
         if status is not None and status not in ("ok", "error") and not (status.isdigit() and len(status) == 3):
-            raise invalid("status must be ok, error or an HTTP status code", "status")
+            raise invalid_request("status must be ok, error or an HTTP status code", "status")
         since, until = parse_time(q.get("since"), "since"), parse_time(q.get("until"), "until")
         if since is not None and until is not None and until <= since:
-            raise invalid("until must be after since", "until")
+            raise invalid_request("until must be after since", "until")
         return UsageFilter(key_id=q.get("key") or None, model=q.get("model") or None, status=status,
                            since=since, until=until)
 
@@ -438,7 +434,7 @@ class AdminAPI:
         data = await read_object(request)
         name = data.get("name")
         if not isinstance(name, str):
-            raise invalid("name is required", "name")
+            raise invalid_request("name is required", "name")
         entry = self.live.prepare(name, data, None)
         await self.live.save_backend(name, entry, create=True)
         return await self.list_backends(request)
@@ -458,7 +454,7 @@ class AdminAPI:
         data = await read_object(request)
         name = data.get("name") or "test"
         if not isinstance(name, str):
-            raise invalid("name must be a string", "name")
+            raise invalid_request("name must be a string", "name")
         stored = await self.live.backend_settings()
         entry = self.live.prepare(name, data, stored.get(name))
         return json_response(await self.live.test_backend(name, entry))

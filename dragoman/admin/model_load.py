@@ -8,14 +8,10 @@ from typing import Any
 from dragoman.core.duration import parse_duration
 from dragoman.core.management import LoadOptions
 from dragoman.core.service import CallContext
-from dragoman.errors import ErrorKind, GatewayError
+from dragoman.errors import invalid_request
 from dragoman.gateway.principal import Principal
 
 LOAD_FIELDS = ("model", "keep_alive", "n_ctx", "n_threads")
-
-
-def invalid(message: str, param: str) -> GatewayError:
-    return GatewayError(ErrorKind.INVALID_REQUEST, message, param=param)
 
 
 def admin_context() -> CallContext:
@@ -26,7 +22,7 @@ def admin_context() -> CallContext:
 def model_name(data: dict[str, Any]) -> str:
     name = data.get("model")
     if not isinstance(name, str) or not name:
-        raise invalid("model is required (a name as clients use it, e.g. local/gemma3:270m)", "model")
+        raise invalid_request("model is required (a name as clients use it, e.g. local/gemma3:270m)", "model")
     return name
 
 
@@ -34,13 +30,13 @@ def load_options(data: dict[str, Any]) -> LoadOptions:
     """The body's settings: ``keep_alive`` (seconds or "5m", -1 forever), ``n_ctx``, ``n_threads``."""
     unknown = sorted(set(data) - set(LOAD_FIELDS))
     if unknown:
-        raise invalid(f"unknown field(s): {', '.join(unknown)} (known: {', '.join(LOAD_FIELDS)})", unknown[0])
+        raise invalid_request(f"unknown field(s): {', '.join(unknown)} (known: {', '.join(LOAD_FIELDS)})", unknown[0])
     keep_alive = None
     if data.get("keep_alive") is not None:
         try:
             keep_alive = parse_duration(data["keep_alive"])
         except ValueError as exc:
-            raise invalid(str(exc), "keep_alive") from exc
+            raise invalid_request(str(exc), "keep_alive") from exc
     return LoadOptions(keep_alive=keep_alive, n_ctx=_count(data, "n_ctx", 64), n_threads=_count(data, "n_threads", 1))
 
 
@@ -49,5 +45,5 @@ def _count(data: dict[str, Any], name: str, low: int) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise invalid(f"{name} must be an integer of at least {low}", name)
+        raise invalid_request(f"{name} must be an integer of at least {low}", name)
     return value

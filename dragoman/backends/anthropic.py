@@ -21,10 +21,10 @@ canonical events: no :class:`PartTracker` needed. Decisions worth knowing:
   refuse the request).
 * ``json_object`` has no Anthropic equivalent and is not sent; ``json_schema`` becomes
   ``output_config.format``.
-* What an Anthropic client sent that needs no translation (``extensions["anthropic"]``, see the
-  Anthropic dialect) goes on as sent, so a same-protocol hop loses nothing: prompt-caching marks
-  on the same blocks and tools; top-level fields dragoman does not model (``context_management``,
-  ``cache_control``, ``service_tier`` ...); its ``thinking`` when the canonical setting still
+* What an Anthropic client sent that needs no translation (``extensions["anthropic"]``, typed
+  in :mod:`dragoman.protocols.anthropic`) goes on as sent, so a same-protocol hop loses nothing:
+  prompt-caching marks on the same blocks and tools; top-level fields dragoman does not model
+  (``context_management``, ``cache_control``, ``service_tier`` ...); its ``thinking`` when the canonical setting still
   says the same (a budget-less mode such as ``adaptive``, which would otherwise become a budget;
   newer keys such as ``display``); its ``output_config`` (``effort`` follows the canonical effort
   if an override changed it); and its ``anthropic-beta`` header, after the configured ``beta``.
@@ -40,6 +40,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import aiohttp
+import msgspec
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,47 +60,30 @@ from dragoman.core.types import (
     Part,
     ReasoningPart,
     Role,
+    Sampling,
     TextPart,
+    Tool,
     ToolCallPart,
+    ToolChoice,
     ToolResultPart,
     Usage,
 )
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.protocols import anthropic as wire
+from dragoman.protocols.anthropic import (
+    BETA_HEADER,
+    ERROR_KINDS,
+    ERROR_TYPE_STATUS,
+    OUTPUT_EFFORTS,
+    UPSTREAM_STOP_REASONS,
+    message_extension,
+    request_extension,
+)
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-EXTENSION = "anthropic"  # where an Anthropic client's extra data (cache_control marks ...) rides
-BETA_HEADER = "anthropic-beta"
-OUTPUT_EFFORTS = frozenset({"low", "medium", "high", "xhigh", "max"})  # ``output_config.effort`` levels
 DEFAULT_VERSION = "2023-06-01"
 MIN_THINKING_BUDGET = 1024
 DISCOVERY_TTL = 60.0
-
-STOP_REASONS: dict[str, FinishReason] = {
-    "end_turn": FinishReason.STOP,
-    "pause_turn": FinishReason.STOP,
-    "stop_sequence": FinishReason.STOP_SEQUENCE,
-    "max_tokens": FinishReason.LENGTH,
-    "model_context_window_exceeded": FinishReason.LENGTH,
-    "tool_use": FinishReason.TOOL_CALLS,
-    "refusal": FinishReason.CONTENT_FILTER,
-}
-
-# Anthropic's structured ``error.type`` refines the HTTP status table (and is all a mid-stream error has).
-ERROR_TYPES: dict[str, ErrorKind] = {
-    "invalid_request_error": ErrorKind.INVALID_REQUEST,
-    "authentication_error": ErrorKind.AUTHENTICATION,
-    "permission_error": ErrorKind.PERMISSION,
-    "billing_error": ErrorKind.RATE_LIMITED,
-    "not_found_error": ErrorKind.NOT_FOUND,
-    "request_too_large": ErrorKind.PAYLOAD_TOO_LARGE,
-    "rate_limit_error": ErrorKind.RATE_LIMITED,
-    "api_error": ErrorKind.UPSTREAM_ERROR,
-    "overloaded_error": ErrorKind.OVERLOADED,
-    "timeout_error": ErrorKind.TIMEOUT,
-}
-# The status an error type stands for, when it arrives mid-stream without one.
-ERROR_TYPE_STATUS: dict[str, int] = {"overloaded_error": 529, "rate_limit_error": 429, "api_error": 500,
-                                     "timeout_error": 504}
 
 
 class AnthropicSettings(BaseModel):
@@ -138,7 +122,7 @@ class AnthropicBackend(HTTPBackend):
         error = body.get("error") if isinstance(body, dict) else None
         if isinstance(error, dict):
             kind_name = str(error.get("type") or "") or None
-            return ErrorFields(str(error.get("message") or ""), kind_name, ERROR_TYPES.get(kind_name or ""))
+            return ErrorFields(str(error.get("message") or ""), kind_name, ERROR_KINDS.get(kind_name or ""))
         return None
 
     # ------------------------------------------------------------------ models
@@ -230,99 +214,96 @@ class StreamDecoder:
         if not sse.data or sse.event == "ping":
             return []
         try:
-            data = orjson.loads(sse.data)
-        except orjson.JSONDecodeError as exc:
+            event = wire.STREAM_EVENT.decode(sse.data)
+        except msgspec.DecodeError as exc:
             raise GatewayError(ErrorKind.UPSTREAM_ERROR,
-                               f"upstream {self.backend!r} sent an invalid stream event") from exc
-        if not isinstance(data, dict):
-            return []
-        kind = sse.event or data.get("type")
-        if kind == "error" or data.get("type") == "error":
-            raise _stream_error(self.backend, data.get("error"))
+                               f"upstream {self.backend!r} sent an invalid stream event: {exc}") from exc
+        kind = sse.event or event.type
+        if kind == "error" or event.type == "error":
+            raise _stream_error(self.backend, event.error)
         handler = _HANDLERS.get(str(kind))
-        return handler(self, data) if handler is not None else []
+        return handler(self, event) if handler is not None else []
 
-    def _message_start(self, data: dict[str, Any]) -> list[Event]:
-        message = data.get("message") or {}
-        self._usage(message.get("usage") or {})
+    def _message_start(self, event: wire.StreamEvent) -> list[Event]:
+        message = event.message or wire.MessageInfo()
+        self._usage(message.usage)
         self.started = True
-        return [MessageStart(id=str(message.get("id") or random_id("msg_")),
-                             model=str(message.get("model") or self.model), created=now(),
+        return [MessageStart(id=message.id or random_id("msg_"), model=message.model or self.model, created=now(),
                              prompt_tokens=self.input_tokens + self.cache_creation + self.cache_read)]
 
-    def _block_start(self, data: dict[str, Any]) -> list[Event]:
-        block = data.get("content_block") or {}
-        upstream = int(data.get("index", len(self.blocks)))
-        kind = block.get("type")
+    def _block_start(self, event: wire.StreamEvent) -> list[Event]:
+        block = event.content_block or wire.ContentBlock()
+        upstream = event.index if event.index is not None else len(self.blocks)
         index = self.next_index
         events: list[Event]
-        if kind == "text":
+        if block.type == "text":
             events = [PartStart(index, "text")]
-            if block.get("text"):
-                events.append(PartDelta(index, str(block["text"])))
+            if block.text:
+                events.append(PartDelta(index, block.text))
             self.blocks[upstream] = _Block(index, "text")
-        elif kind == "thinking":
+        elif block.type == "thinking":
             events = [PartStart(index, "reasoning")]
-            if block.get("thinking"):
-                events.append(PartDelta(index, str(block["thinking"])))
-            self.blocks[upstream] = _Block(index, "reasoning", signature=block.get("signature") or None)
-        elif kind == "redacted_thinking":
-            events = [PartStart(index, "reasoning", redacted=str(block.get("data") or ""))]
+            if block.thinking:
+                events.append(PartDelta(index, block.thinking))
+            self.blocks[upstream] = _Block(index, "reasoning", signature=block.signature or None)
+        elif block.type == "redacted_thinking":
+            events = [PartStart(index, "reasoning", redacted=block.data or "")]
             self.blocks[upstream] = _Block(index, "reasoning")
-        elif kind == "tool_use":
-            events = [PartStart(index, "tool_call", tool_call_id=str(block.get("id") or random_id("toolu_")),
-                                tool_name=str(block.get("name") or ""))]
-            if block.get("input"):
-                events.append(PartDelta(index, orjson.dumps(block["input"]).decode()))
+        elif block.type == "tool_use":
+            events = [PartStart(index, "tool_call", tool_call_id=block.id or random_id("toolu_"),
+                                tool_name=block.name or "")]
+            if block.input:
+                events.append(PartDelta(index, orjson.dumps(block.input).decode()))
             self.blocks[upstream] = _Block(index, "tool_call")
         else:
             return []  # server-tool blocks and the like: not requested, not modelled
         self.next_index += 1
         return events
 
-    def _block_delta(self, data: dict[str, Any]) -> list[Event]:
-        block = self.blocks.get(int(data.get("index", -1)))
-        delta = data.get("delta") or {}
-        if block is None:
+    def _block_delta(self, event: wire.StreamEvent) -> list[Event]:
+        block = self.blocks.get(event.index if event.index is not None else -1)
+        delta = event.delta
+        if block is None or delta is None:
             return []
-        kind = delta.get("type")
         text = None
-        if kind == "text_delta":
-            text = delta.get("text")
-        elif kind == "thinking_delta":
-            text = delta.get("thinking")
-        elif kind == "input_json_delta":
-            text = delta.get("partial_json")
-        elif kind == "signature_delta":
-            block.signature = str(delta.get("signature") or "") or None
-        return [PartDelta(block.index, str(text))] if text else []
+        if delta.type == "text_delta":
+            text = delta.text
+        elif delta.type == "thinking_delta":
+            text = delta.thinking
+        elif delta.type == "input_json_delta":
+            text = delta.partial_json
+        elif delta.type == "signature_delta":
+            block.signature = delta.signature or None
+        return [PartDelta(block.index, text)] if text else []
 
-    def _block_stop(self, data: dict[str, Any]) -> list[Event]:
-        block = self.blocks.get(int(data.get("index", -1)))
+    def _block_stop(self, event: wire.StreamEvent) -> list[Event]:
+        block = self.blocks.get(event.index if event.index is not None else -1)
         if block is None:
             return []
         return [PartEnd(block.index, signature=block.signature if block.kind == "reasoning" else None)]
 
-    def _message_delta(self, data: dict[str, Any]) -> list[Event]:
-        delta = data.get("delta") or {}
-        reason = delta.get("stop_reason")
-        if reason:
-            self.finish_reason = STOP_REASONS.get(str(reason), FinishReason.STOP)
-            sequence = delta.get("stop_sequence")
-            self.stop_sequence = str(sequence) if sequence is not None else None
-        self._usage(data.get("usage") or {})
+    def _message_delta(self, event: wire.StreamEvent) -> list[Event]:
+        delta = event.delta
+        if delta is not None and delta.stop_reason:
+            self.finish_reason = UPSTREAM_STOP_REASONS.get(delta.stop_reason, FinishReason.STOP)
+            self.stop_sequence = delta.stop_sequence
+        self._usage(event.usage)
         return []
 
-    def _message_stop(self, data: dict[str, Any]) -> list[Event]:
+    def _message_stop(self, event: wire.StreamEvent) -> list[Event]:
         return self._end()
 
-    def _usage(self, usage: dict[str, Any]) -> None:
-        for key, attr in (("input_tokens", "input_tokens"), ("output_tokens", "output_tokens"),
-                          ("cache_creation_input_tokens", "cache_creation"),
-                          ("cache_read_input_tokens", "cache_read")):
-            value = usage.get(key)
-            if isinstance(value, int):
-                setattr(self, attr, value)
+    def _usage(self, usage: wire.Usage | None) -> None:
+        if usage is None:
+            return
+        if usage.input_tokens is not None:
+            self.input_tokens = usage.input_tokens
+        if usage.output_tokens is not None:
+            self.output_tokens = usage.output_tokens
+        if usage.cache_creation_input_tokens is not None:
+            self.cache_creation = usage.cache_creation_input_tokens
+        if usage.cache_read_input_tokens is not None:
+            self.cache_read = usage.cache_read_input_tokens
 
     def _end(self) -> list[Event]:
         if self.ended:
@@ -354,7 +335,7 @@ def _stream_error(backend: str, error: Any) -> GatewayError:
     error = error if isinstance(error, dict) else {}
     kind_name = str(error.get("type") or "api_error")
     message = str(error.get("message") or f"upstream {backend!r} failed mid-stream")
-    return GatewayError(ERROR_TYPES.get(kind_name, ErrorKind.UPSTREAM_ERROR), message,
+    return GatewayError(ERROR_KINDS.get(kind_name, ErrorKind.UPSTREAM_ERROR), message,
                         upstream_status=ERROR_TYPE_STATUS.get(kind_name), code=kind_name)
 
 
@@ -372,7 +353,7 @@ def _unix(value: Any) -> int:
 
 def beta_headers(request: ChatRequest, settings: AnthropicSettings) -> dict[str, str]:
     """An Anthropic client's ``anthropic-beta`` header: as sent, or after the configured betas."""
-    sent = (request.extensions.get(EXTENSION) or {}).get("beta")
+    sent = request_extension(request).beta
     if not sent:
         return {}
     if not settings.beta:
@@ -382,33 +363,52 @@ def beta_headers(request: ChatRequest, settings: AnthropicSettings) -> dict[str,
 
 
 def build_body(request: ChatRequest, model: str, settings: AnthropicSettings) -> dict[str, Any]:
-    s = request.sampling
-    max_tokens = s.max_tokens or settings.default_max_tokens
-    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens}
+    body: dict[str, Any] = {"model": model, "max_tokens": request.sampling.max_tokens or settings.default_max_tokens}
     system = [_marked({"type": "text", "text": p.text}, m, i) for m in request.messages if m.role is Role.SYSTEM
               for i, p in enumerate(m.parts) if isinstance(p, TextPart) and p.text]
     if system:
         body["system"] = system[0]["text"] if len(system) == 1 and "cache_control" not in system[0] else system
     body["messages"] = wire_messages(request.messages)
+    sent = request_extension(request)
+    thinking = _thinking(body, request, sent.thinking or {})
+    _sampling(body, request.sampling, thinking=thinking)
+    if request.tools:
+        body["tools"] = [_tool(tool, sent.tool_cache_control.get(i)) for i, tool in enumerate(request.tools)]
+    choice = request.tool_choice
+    if choice is not None and (request.tools or choice.mode == "none"):
+        body["tool_choice"] = _tool_choice(choice)
+    output = _output_config(request, sent.output_config or {})
+    if output:
+        body["output_config"] = output
+    if request.user:
+        body["metadata"] = {"user_id": request.user}
+    body.update(sent.fields)  # fields dragoman does not model, as the client sent them
+    body["stream"] = True
+    return body
 
-    marks = request.extensions.get(EXTENSION) or {}
-    sent_thinking = marks.get("thinking") or {}  # an Anthropic client's own, as sent
+
+def _thinking(body: dict[str, Any], request: ChatRequest, sent: dict[str, Any]) -> bool:
+    """Set ``thinking`` (and raise ``max_tokens`` above its budget); whether thinking is on.
+    ``sent`` is an Anthropic client's own ``thinking``, kept when it still says the same."""
     budget = _thinking_budget(request)
     if budget is not None and _unsigned_tool_turn(body["messages"]):
         budget = None  # Anthropic refuses thinking when the tool turn it continues has no thinking block
-    if (budget is not None and request.reasoning.budget_tokens is None
-            and sent_thinking.get("type") not in (None, "enabled", "disabled")):
-        body["thinking"] = sent_thinking  # a budget-less mode (adaptive ...)
-    elif budget is not None:
-        if max_tokens <= budget:
-            max_tokens = budget + max_tokens
-        body["max_tokens"] = max_tokens
-        same = sent_thinking.get("type") == "enabled" and sent_thinking.get("budget_tokens") == budget
-        body["thinking"] = sent_thinking if same else {"type": "enabled", "budget_tokens": budget}
-    elif request.reasoning.enabled is False:
-        body["thinking"] = sent_thinking if sent_thinking.get("type") == "disabled" else {"type": "disabled"}
-    thinking = budget is not None
+    if budget is None:
+        if request.reasoning.enabled is False:
+            body["thinking"] = sent if sent.get("type") == "disabled" else {"type": "disabled"}
+        return False
+    if request.reasoning.budget_tokens is None and sent.get("type") not in (None, "enabled", "disabled"):
+        body["thinking"] = sent  # a budget-less mode (adaptive ...)
+        return True
+    if body["max_tokens"] <= budget:
+        body["max_tokens"] += budget
+    same = sent.get("type") == "enabled" and sent.get("budget_tokens") == budget
+    body["thinking"] = sent if same else {"type": "enabled", "budget_tokens": budget}
+    return True
 
+
+def _sampling(body: dict[str, Any], s: Sampling, *, thinking: bool) -> None:
+    """Anthropic's ranges: temperature clamped to 0..1; with thinking only temperature 1, top_p >= 0.95."""
     if s.temperature is not None:
         temperature = min(1.0, max(0.0, s.temperature))
         if not thinking or temperature == 1.0:
@@ -420,37 +420,27 @@ def build_body(request: ChatRequest, model: str, settings: AnthropicSettings) ->
     if s.stop:
         body["stop_sequences"] = s.stop
 
-    if request.tools:
-        tools = []
-        tool_marks = marks.get("tool_cache_control") or {}
-        for i, tool in enumerate(request.tools):
-            definition: dict[str, Any] = {"name": tool.name,
-                                          "input_schema": tool.parameters or {"type": "object", "properties": {}}}
-            if tool.description:
-                definition["description"] = tool.description
-            if tool.strict is not None:
-                definition["strict"] = tool.strict
-            if i in tool_marks:
-                definition["cache_control"] = tool_marks[i]
-            tools.append(definition)
-        body["tools"] = tools
-    choice = request.tool_choice
-    if choice is not None and (request.tools or choice.mode == "none"):
-        mode = {"auto": "auto", "required": "any", "tool": "tool", "none": "none"}[choice.mode]
-        wire: dict[str, Any] = {"type": mode}
-        if mode == "tool":
-            wire["name"] = choice.name
-        if not choice.parallel and mode != "none":
-            wire["disable_parallel_tool_use"] = True
-        body["tool_choice"] = wire
-    output = _output_config(request, marks.get("output_config") or {})
-    if output:
-        body["output_config"] = output
-    if request.user:
-        body["metadata"] = {"user_id": request.user}
-    body.update(marks.get("fields") or {})  # fields dragoman does not model, as the client sent them
-    body["stream"] = True
-    return body
+
+def _tool(tool: Tool, cache_control: dict[str, Any] | None) -> dict[str, Any]:
+    definition: dict[str, Any] = {"name": tool.name,
+                                  "input_schema": tool.parameters or {"type": "object", "properties": {}}}
+    if tool.description:
+        definition["description"] = tool.description
+    if tool.strict is not None:
+        definition["strict"] = tool.strict
+    if cache_control is not None:
+        definition["cache_control"] = cache_control
+    return definition
+
+
+def _tool_choice(choice: ToolChoice) -> dict[str, Any]:
+    mode = {"auto": "auto", "required": "any", "tool": "tool", "none": "none"}[choice.mode]
+    wire_choice: dict[str, Any] = {"type": mode}
+    if mode == "tool":
+        wire_choice["name"] = choice.name
+    if not choice.parallel and mode != "none":
+        wire_choice["disable_parallel_tool_use"] = True
+    return wire_choice
 
 
 def _output_config(request: ChatRequest, sent: dict[str, Any]) -> dict[str, Any]:
@@ -511,9 +501,10 @@ def wire_messages(messages: list[Message]) -> list[dict[str, Any]]:
 
 def _marked(block: dict[str, Any], message: Message, index: int) -> dict[str, Any]:
     """``block`` with the ``cache_control`` mark its part carried from an Anthropic client, if any."""
-    marks = (message.extensions.get(EXTENSION) or {}).get("cache_control") or {}
-    if index in marks:
-        block["cache_control"] = marks[index]
+    extension = message_extension(message)
+    mark = extension.cache_control(index) if extension is not None else None
+    if mark is not None:
+        block["cache_control"] = mark
     return block
 
 

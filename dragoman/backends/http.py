@@ -112,10 +112,13 @@ def exception_error(backend: str, exc: BaseException, timeouts: Timeouts) -> Gat
     raise exc
 
 
-async def read_json(response: aiohttp.ClientResponse, backend: str) -> Any:
+async def read_json(response: aiohttp.ClientResponse, backend: str,
+                    decode: Callable[[bytes], Any] = orjson.loads) -> Any:
+    """The body as JSON; ``decode`` may read it into typed models (raising ``GatewayError`` for
+    a well-formed answer of the wrong shape)."""
     body = await response.read()
     try:
-        return orjson.loads(body)
+        return decode(body)
     except orjson.JSONDecodeError as exc:
         raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {backend!r} sent invalid JSON") from exc
 
@@ -330,18 +333,20 @@ class HTTPBackend(Backend):
         except TimeoutError as exc:
             raise timed_out(self.name, limit, options.timeouts) from exc
 
-    async def post_json(self, path: str, body: dict[str, Any], options: CallOptions) -> Any:
-        """``post`` and read the whole JSON answer: at once when it came with the headers (as it
-        usually does), else chunk by chunk, each wait bounded by the idle timeout and the deadline."""
+    async def post_json(self, path: str, body: dict[str, Any], options: CallOptions,
+                        decode: Callable[[bytes], Any] = orjson.loads) -> Any:
+        """``post`` and read the whole JSON answer (through ``decode``, see ``read_json``): at once
+        when it came with the headers (as it usually does), else chunk by chunk, each wait bounded
+        by the idle timeout and the deadline."""
         response = await self.post(path, body, options)
         try:
             if response.content.is_eof():
-                return await read_json(response, self.name)
+                return await read_json(response, self.name, decode)
             raw = bytearray()
             async for chunk in iter_chunks(response, options, self.name):
                 raw += chunk
             try:
-                return orjson.loads(raw)
+                return decode(bytes(raw))
             except orjson.JSONDecodeError as exc:
                 raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r} sent invalid JSON") from exc
         except (aiohttp.ClientError, OSError) as exc:

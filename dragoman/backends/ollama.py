@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+import msgspec
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +53,8 @@ from dragoman.core.types import (
     Usage,
 )
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.protocols import ollama as wire
+from dragoman.protocols.ollama import THINK_LEVELS, UPSTREAM_DONE_REASONS
 
 # Options Ollama understands (api/types.go Options + Runner); other request.options keys stay here.
 OPTION_NAMES = frozenset({
@@ -59,12 +62,6 @@ OPTION_NAMES = frozenset({
     "temperature", "repeat_penalty", "presence_penalty", "frequency_penalty", "stop", "num_ctx",
     "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread", "draft_num_predict",
 })
-
-DONE_REASONS: dict[str, FinishReason] = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
-
-# Canonical effort -> Ollama ``think`` level.
-THINK_LEVELS: dict[str, str] = {"minimal": "low", "low": "low", "medium": "medium", "high": "high",
-                                "xhigh": "max", "max": "max"}
 
 SHOW_CONCURRENCY = 4
 PULL_IDLE_TIMEOUT = 300.0  # seconds a forwarded pull may go without a progress line
@@ -222,41 +219,38 @@ class OllamaBackend(HTTPBackend):
                           lambda line: self._decode(line, tracker, model),
                           functools.partial(tracked_end, tracker, model, self.name, "line with done: true"))
 
-    def _decode(self, line: bytes, tracker: PartTracker, model: str) -> list[Event]:
+    def _decode(self, raw: bytes, tracker: PartTracker, model: str) -> list[Event]:
         try:
-            chunk = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r} sent an invalid stream line") from exc
-        if not isinstance(chunk, dict):
-            return []
-        if chunk.get("error"):
-            raise GatewayError(ErrorKind.UPSTREAM_ERROR, str(chunk["error"]))
+            line = wire.LINE.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise GatewayError(ErrorKind.UPSTREAM_ERROR,
+                               f"upstream {self.name!r} sent an invalid stream line: {exc}") from exc
+        if line.error:
+            raise GatewayError(ErrorKind.UPSTREAM_ERROR, str(line.error))
         events: list[Event] = []
         if not tracker.started:
-            events += tracker.start(completion_id(), str(chunk.get("model") or model),
-                                    _unix(chunk.get("created_at")) or now())
-        message = chunk.get("message")
-        if isinstance(message, dict):
-            thinking, content, calls = message.get("thinking"), message.get("content"), message.get("tool_calls")
+            events += tracker.start(completion_id(), line.model or model, _unix(line.created_at) or now())
+        message = line.message
+        if message is not None:
+            thinking, content, calls = message.thinking, message.content, message.tool_calls
         else:  # /api/generate
-            thinking, content, calls = chunk.get("thinking"), chunk.get("response"), None
-        if isinstance(thinking, str) and thinking:
+            thinking, content, calls = line.thinking, line.response, None
+        if thinking:
             events += tracker.reasoning(thinking)
-        if isinstance(content, str) and content:
+        if content:
             events += tracker.text(content)
         for call in calls or ():
-            function = call.get("function") if isinstance(call, dict) else None
-            if not isinstance(function, dict):
+            function = call.function
+            if function is None:
                 continue
-            arguments = function.get("arguments")
+            arguments = function.arguments
             text = arguments if isinstance(arguments, str) else orjson.dumps(arguments or {}).decode()
             # Ollama sends each call whole: a fresh key opens and the next one closes it.
-            events += tracker.tool_call(object(), id=call.get("id") or tool_call_id(),
-                                        name=str(function.get("name") or ""), arguments=text)
-        if chunk.get("done"):
-            tracker.finish(DONE_REASONS.get(str(chunk.get("done_reason") or "stop"), FinishReason.STOP))
-            tracker.usage(Usage(prompt_tokens=int(chunk.get("prompt_eval_count") or 0),
-                                completion_tokens=int(chunk.get("eval_count") or 0)))
+            events += tracker.tool_call(object(), id=call.id or tool_call_id(), name=function.name or "",
+                                        arguments=text)
+        if line.done:
+            tracker.finish(UPSTREAM_DONE_REASONS.get(line.done_reason or "stop", FinishReason.STOP))
+            tracker.usage(Usage(prompt_tokens=line.prompt_eval_count or 0, completion_tokens=line.eval_count or 0))
         return events
 
     # -------------------------------------------------------------- embeddings
@@ -439,38 +433,44 @@ async def wire_messages(messages: list[Message], fetcher: ImageFetcher | None) -
     out: list[dict[str, Any]] = []
     for message in messages:
         if message.role is Role.ASSISTANT:
-            wire: dict[str, Any] = {"role": "assistant", "content": message.text}
-            thinking = "".join(p.text for p in message.parts if isinstance(p, ReasoningPart))
-            if thinking:
-                wire["thinking"] = thinking
-            calls = [p for p in message.parts if isinstance(p, ToolCallPart)]
-            if calls:
-                wire["tool_calls"] = [{"id": c.id, "function": {"name": c.name, "arguments": to_object(c.arguments)}}
-                                      for c in calls]
-            out.append(wire)
-            continue
-        texts: list[str] = []
-        images: list[str] = []
-        results = 0
-        for part in message.parts:
-            if isinstance(part, ToolResultPart):
-                result: dict[str, Any] = {"role": "tool", "content": part.text, "tool_call_id": part.tool_call_id}
-                name = part.name or names.get(part.tool_call_id)
-                if name:
-                    result["tool_name"] = name
-                result_images = [await _image(p, fetcher) for p in part.content if isinstance(p, ImagePart)]
-                if result_images:
-                    result["images"] = result_images
-                out.append(result)
-                results += 1
-            elif isinstance(part, TextPart):
-                texts.append(part.text)
-            elif isinstance(part, ImagePart):
-                images.append(await _image(part, fetcher))
-        if texts or images or not results:
-            role = "user" if message.role is Role.TOOL else message.role.value
-            plain: dict[str, Any] = {"role": role, "content": "".join(texts)}
-            if images:
-                plain["images"] = images
-            out.append(plain)
+            out.append(_assistant(message))
+        else:
+            out += await _turn(message, names, fetcher)
+    return out
+
+
+def _assistant(message: Message) -> dict[str, Any]:
+    wire: dict[str, Any] = {"role": "assistant", "content": message.text}
+    thinking = "".join(p.text for p in message.parts if isinstance(p, ReasoningPart))
+    if thinking:
+        wire["thinking"] = thinking
+    calls = [p for p in message.parts if isinstance(p, ToolCallPart)]
+    if calls:
+        wire["tool_calls"] = [{"id": c.id, "function": {"name": c.name, "arguments": to_object(c.arguments)}}
+                              for c in calls]
+    return wire
+
+
+async def _tool_result(part: ToolResultPart, names: dict[str, str], fetcher: ImageFetcher | None) -> dict[str, Any]:
+    result: dict[str, Any] = {"role": "tool", "content": part.text, "tool_call_id": part.tool_call_id}
+    name = part.name or names.get(part.tool_call_id)
+    if name:
+        result["tool_name"] = name
+    images = [await _image(p, fetcher) for p in part.content if isinstance(p, ImagePart)]
+    if images:
+        result["images"] = images
+    return result
+
+
+async def _turn(message: Message, names: dict[str, str], fetcher: ImageFetcher | None) -> list[dict[str, Any]]:
+    """A system, user or tool message: its tool results, then its text and images as one message."""
+    out = [await _tool_result(p, names, fetcher) for p in message.parts if isinstance(p, ToolResultPart)]
+    texts = [p.text for p in message.parts if isinstance(p, TextPart)]
+    images = [await _image(p, fetcher) for p in message.parts if isinstance(p, ImagePart)]
+    if texts or images or not out:
+        role = "user" if message.role is Role.TOOL else message.role.value
+        plain: dict[str, Any] = {"role": role, "content": "".join(texts)}
+        if images:
+            plain["images"] = images
+        out.append(plain)
     return out

@@ -2,9 +2,10 @@
 
 A streaming client's chat streams from the upstream; a client that wants a whole answer gets the
 upstream's whole answer (one JSON body instead of dozens of frames), turned into the events its
-stream would have given. Both go through one ``PartTracker``, which makes block events of the
-upstream's flat deltas; reasoning is read from ``reasoning_content`` or ``reasoning``, whichever
-the upstream sends.
+stream would have given. Both are decoded into the typed structs of
+:mod:`dragoman.protocols.openai` and go through one ``PartTracker``, which makes block events of
+the upstream's flat deltas; reasoning is read from ``reasoning_content`` or ``reasoning``,
+whichever the upstream sends.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
+import msgspec
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,22 +53,8 @@ from dragoman.core.types import (
     Usage,
 )
 from dragoman.errors import ErrorKind, GatewayError
-
-FINISH_REASONS: dict[str, FinishReason] = {
-    "stop": FinishReason.STOP,
-    "length": FinishReason.LENGTH,
-    "tool_calls": FinishReason.TOOL_CALLS,
-    "function_call": FinishReason.TOOL_CALLS,
-    "content_filter": FinishReason.CONTENT_FILTER,
-}
-
-# Structured error codes that refine the status table.
-ERROR_CODES: dict[str, ErrorKind] = {
-    "context_length_exceeded": ErrorKind.CONTEXT_TOO_LONG,
-    "model_not_found": ErrorKind.NOT_FOUND,
-    "rate_limit_exceeded": ErrorKind.RATE_LIMITED,
-    "insufficient_quota": ErrorKind.RATE_LIMITED,
-}
+from dragoman.protocols import openai as wire
+from dragoman.protocols.openai import UPSTREAM_ERROR_CODES, UPSTREAM_FINISH_REASONS
 
 DISCOVERY_TTL = 60.0
 TOKENIZE_TIMEOUT = 30.0  # seconds for an upstream /tokenize or /detokenize
@@ -146,7 +134,7 @@ class OpenAIBackend(HTTPBackend):
         if isinstance(error, dict):
             code = str(error["code"]) if error.get("code") else None
             param = error.get("param")
-            return ErrorFields(str(error.get("message") or ""), code, ERROR_CODES.get(code or ""),
+            return ErrorFields(str(error.get("message") or ""), code, UPSTREAM_ERROR_CODES.get(code or ""),
                                str(param) if param else None)
         if isinstance(error, str):
             return ErrorFields(error)
@@ -177,35 +165,41 @@ class OpenAIBackend(HTTPBackend):
     async def _whole(self, path: str, body: dict[str, Any], options: CallOptions, tracker: PartTracker,
                      model: str, completion: bool) -> list[Event]:
         """A non-streamed upstream answer as the same events its stream would have given."""
-        payload = await self.post_json(path, body, options)
-        if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
+        answer: wire.Completion = await self.post_json(path, body, options, self._answer)
+        if answer.choices is None:
             raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r} sent an answer without choices")
-        events = tracker.start(str(payload.get("id") or completion_id()), str(payload.get("model") or model),
-                               int(payload.get("created") or now()))
-        choice: dict[str, Any] = next((c for c in payload["choices"] if c.get("index", 0) == 0), {})
-        entries = upstream_logprobs(choice.get("logprobs"))
+        events = tracker.start(answer.id or completion_id(), answer.model or model, int(answer.created or now()))
+        choice = next((c for c in answer.choices if not c.index), None) or wire.Choice()
+        entries = upstream_logprobs(choice.logprobs)
         if entries:
             events.append(Logprobs(entries))
         if completion:
-            events += tracker.text(choice.get("text") or "")
-        else:
-            message = choice.get("message") or {}
-            reasoning = message.get("reasoning_content") or message.get("reasoning")
-            if isinstance(reasoning, str):
+            events += tracker.text(choice.text or "")
+        elif choice.message is not None:
+            message = choice.message
+            reasoning = message.reasoning_content or message.reasoning
+            if reasoning is not None:
                 events += tracker.reasoning(reasoning)
-            if isinstance(message.get("content"), str):
-                events += tracker.text(message["content"])
-            for index, call in enumerate(message.get("tool_calls") or ()):
-                function = call.get("function") or {}
-                arguments = function.get("arguments")
+            if message.content is not None:
+                events += tracker.text(message.content)
+            for index, call in enumerate(message.tool_calls or ()):
+                function = call.function or wire.FunctionCall()
+                arguments = function.arguments
                 if not isinstance(arguments, str):
                     arguments = orjson.dumps(arguments if arguments is not None else {}).decode()
-                events += tracker.tool_call(index, id=call.get("id"), name=function.get("name"), arguments=arguments)
-        reason = choice.get("finish_reason")
-        tracker.finish(FINISH_REASONS.get(reason, FinishReason.STOP) if reason else None)
-        if isinstance(payload.get("usage"), dict):
-            tracker.usage(_usage(payload["usage"]))
+                events += tracker.tool_call(index, id=call.id, name=function.name, arguments=arguments)
+        reason = choice.finish_reason
+        tracker.finish(UPSTREAM_FINISH_REASONS.get(reason, FinishReason.STOP) if reason else None)
+        if answer.usage is not None:
+            tracker.usage(_usage(answer.usage))
         return events + tracker.end()
+
+    def _answer(self, raw: bytes) -> wire.Completion:
+        try:
+            return wire.COMPLETION.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r} sent an invalid answer: {exc}"
+                               ) from exc
 
     def _decode(self, data: str, tracker: PartTracker, model: str) -> list[Event]:
         """One ``data:`` payload. The answer is complete once a chunk carried a ``finish_reason``
@@ -217,47 +211,42 @@ class OpenAIBackend(HTTPBackend):
         if not data:
             return []
         try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
+            chunk = wire.COMPLETION.decode(data)
+        except msgspec.DecodeError as exc:
             raise GatewayError(ErrorKind.UPSTREAM_ERROR,
-                               f"upstream {self.name!r} sent an invalid stream chunk") from exc
-        if not isinstance(chunk, dict):
-            return []
-        if chunk.get("error"):
-            error = chunk["error"]
+                               f"upstream {self.name!r} sent an invalid stream chunk: {exc}") from exc
+        if chunk.error:
+            error = chunk.error
             message = error.get("message") if isinstance(error, dict) else str(error)
             raise GatewayError(ErrorKind.UPSTREAM_ERROR, message or f"upstream {self.name!r} failed mid-stream")
         events: list[Event] = []
         if not tracker.started:
-            events += tracker.start(str(chunk.get("id") or completion_id()), str(chunk.get("model") or model),
-                                    int(chunk.get("created") or now()))
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            tracker.usage(_usage(usage))
-        for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
+            events += tracker.start(chunk.id or completion_id(), chunk.model or model, int(chunk.created or now()))
+        if chunk.usage is not None:
+            tracker.usage(_usage(chunk.usage))
+        for choice in chunk.choices or ():
+            if choice.index:
                 continue  # n > 1 runs as separate requests; ignore stray choices
-            entries = upstream_logprobs(choice.get("logprobs"))
-            if entries:
-                events.append(Logprobs(entries))
-            if "text" in choice:  # legacy completions
-                events += tracker.text(choice.get("text") or "")
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                events += tracker.reasoning(reasoning)
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                events += tracker.text(content)
-            for call in delta.get("tool_calls") or ():
-                function = call.get("function") or {}
-                events += tracker.tool_call(
-                    call.get("index", 0), id=call.get("id"), name=function.get("name"),
-                    arguments=function.get("arguments") or "",
-                )
-            reason = choice.get("finish_reason")
-            if reason:
-                tracker.finish(FINISH_REASONS.get(reason, FinishReason.STOP))
+            if choice.logprobs is not None:
+                entries = upstream_logprobs(choice.logprobs)
+                if entries:
+                    events.append(Logprobs(entries))
+            if choice.text is not msgspec.UNSET:  # legacy completions
+                events += tracker.text(choice.text or "")
+            delta = choice.delta
+            if delta is not None:
+                reasoning = delta.reasoning_content or delta.reasoning
+                if reasoning:
+                    events += tracker.reasoning(reasoning)
+                if delta.content:
+                    events += tracker.text(delta.content)
+                for call in delta.tool_calls or ():
+                    function = call.function or wire.FunctionCall()
+                    arguments = function.arguments
+                    events += tracker.tool_call(call.index or 0, id=call.id, name=function.name,
+                                                arguments=arguments if isinstance(arguments, str) else "")
+            if choice.finish_reason:
+                tracker.finish(UPSTREAM_FINISH_REASONS.get(choice.finish_reason, FinishReason.STOP))
         return events
 
     # -------------------------------------------------------------- tokenizing
@@ -488,14 +477,13 @@ def _wire_messages(message: Message) -> list[dict[str, Any]]:
     return out
 
 
-def _usage(raw: dict[str, Any]) -> Usage:
-    details = raw.get("completion_tokens_details") or {}
-    prompt_details = raw.get("prompt_tokens_details") or {}
+def _usage(raw: wire.Usage) -> Usage:
+    details, prompt_details = raw.completion_tokens_details, raw.prompt_tokens_details
     return Usage(
-        prompt_tokens=int(raw.get("prompt_tokens") or 0),
-        completion_tokens=int(raw.get("completion_tokens") or 0),
-        reasoning_tokens=int(details.get("reasoning_tokens") or 0) if isinstance(details, dict) else 0,
-        cached_tokens=int(prompt_details.get("cached_tokens") or 0) if isinstance(prompt_details, dict) else 0,
+        prompt_tokens=raw.prompt_tokens or 0,
+        completion_tokens=raw.completion_tokens or 0,
+        reasoning_tokens=(details.reasoning_tokens or 0) if details is not None else 0,
+        cached_tokens=(prompt_details.cached_tokens or 0) if prompt_details is not None else 0,
     )
 
 

@@ -23,7 +23,7 @@ import orjson
 
 from dragoman.backends.base import BackendDeps, CallOptions
 from dragoman.backends.http import StreamCall
-from dragoman.backends.openai import ERROR_CODES, OpenAIBackend, OpenAISettings
+from dragoman.backends.openai import OpenAIBackend, OpenAISettings
 from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, PartEnd, PartStart
 from dragoman.core.ids import now, random_id
 from dragoman.core.models import Capabilities, ModelInfo
@@ -41,6 +41,7 @@ from dragoman.core.types import (
     Usage,
 )
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.protocols.openai import UPSTREAM_ERROR_CODES
 
 NAMESPACE_SEPARATOR = "__"
 CUSTOM_INPUT = "input"
@@ -364,7 +365,7 @@ class StreamDecoder:
         error = event.get("error") if event.get("type") == "error" else (event.get("response") or {}).get("error")
         error = error if isinstance(error, dict) else {"message": event.get("message"), "code": event.get("code")}
         code = str(error.get("code") or "")
-        raise GatewayError(ERROR_CODES.get(code, ErrorKind.UPSTREAM_ERROR),
+        raise GatewayError(UPSTREAM_ERROR_CODES.get(code, ErrorKind.UPSTREAM_ERROR),
                            str(error.get("message") or f"upstream {self.backend!r} failed"), code=code or None)
 
 

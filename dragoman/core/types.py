@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 
 class Role(StrEnum):
@@ -113,10 +113,15 @@ class ResponseFormat:
 
 
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
-EFFORT_LEVELS: tuple[str, ...] = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+EFFORT_LEVELS: dict[str, ReasoningEffort] = {level: level for level in get_args(ReasoningEffort)}
+
+
+def effort_level(value: str) -> ReasoningEffort | None:
+    """``value`` as an effort level; None when it names none."""
+    return EFFORT_LEVELS.get(value)
 
 # Budgets used when an effort must become a token budget (Anthropic) and back.
-EFFORT_BUDGETS: dict[str, int] = {
+EFFORT_BUDGETS: dict[ReasoningEffort, int] = {
     "minimal": 1024, "low": 2048, "medium": 8192, "high": 16384, "xhigh": 24576, "max": 32768,
 }
 
@@ -130,11 +135,11 @@ class Reasoning:
     """
 
     enabled: bool | None = None
-    effort: str | None = None
+    effort: ReasoningEffort | None = None
     budget_tokens: int | None = None
     exclude: bool = False
 
-    def effective_effort(self) -> str | None:
+    def effective_effort(self) -> ReasoningEffort | None:
         if self.enabled is False:
             return "none"
         if self.effort:

@@ -40,8 +40,8 @@ from sqlalchemy import bindparam, delete, or_, select, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from dragoman.errors import ErrorKind, GatewayError
-from dragoman.gateway.key_fields import EDITABLE, check_budget, invalid, validate
+from dragoman.errors import ErrorKind, GatewayError, invalid_request
+from dragoman.gateway.key_fields import EDITABLE, check_budget, validate
 from dragoman.gateway.logutil import ThrottledLog
 from dragoman.gateway.principal import KeyInfo, Principal
 from dragoman.gateway.static_keys import StaticKey, StaticKeyTable
@@ -410,7 +410,7 @@ class KeyService:
             async with self._store.begin() as conn:
                 await conn.execute(api_keys.insert().values(**row))
         except IntegrityError as exc:
-            raise invalid(f"a key named {values['name']!r} already exists", "name") from exc
+            raise invalid_request(f"a key named {values['name']!r} already exists", "name") from exc
         return await self.get(row["id"]), secret
 
     async def list_keys(self) -> list[KeyInfo]:
@@ -450,7 +450,7 @@ class KeyService:
                 async with self._store.begin() as conn:
                     await conn.execute(update(api_keys).where(api_keys.c.id == current.id).values(**values))
             except IntegrityError as exc:
-                raise invalid(f"a key named {values.get('name')!r} already exists", "name") from exc
+                raise invalid_request(f"a key named {values.get('name')!r} already exists", "name") from exc
             await self._broadcast(current.id)
         return await self.get(current.id)
 

@@ -14,7 +14,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from dragoman.config import OverrideConfig
-from dragoman.core.types import ChatRequest, Reasoning, Sampling
+from dragoman.core.types import ChatRequest, Reasoning, Sampling, effort_level
 
 SAMPLING_FIELDS = frozenset(f.name for f in fields(Sampling))
 # Friendly spellings used by other dialects, mapped to sampling fields.
@@ -133,6 +133,6 @@ def _set(sampling: Sampling, options: dict[str, Any], reasoning: Reasoning, key:
         if isinstance(value, bool):
             reasoning.enabled, reasoning.effort = value, None
         elif value is not None:
-            reasoning.enabled, reasoning.effort = value != "none", str(value)
+            reasoning.enabled, reasoning.effort = value != "none", effort_level(str(value))
     elif not (only_if_unset and key in options):
         options[key] = value

@@ -17,8 +17,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from dragoman.errors import ErrorKind, GatewayError
-from dragoman.gateway.key_fields import check_budget, invalid, validate
+from dragoman.errors import ErrorKind, GatewayError, invalid_request
+from dragoman.gateway.key_fields import check_budget, validate
 from dragoman.gateway.principal import KeyInfo, Principal
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ class StaticKeyTable:
             check_budget(values)
             name = values["name"]
             if self.get(name) is not None:
-                raise invalid(f"two static keys are named {name!r}", "name")
+                raise invalid_request(f"two static keys are named {name!r}", "name")
             info = KeyInfo(
                 id=static_key_id(name), name=name, hint="", models=tuple(values.get("models", ("*",))),
                 expires_at=values.get("expires_at"), rpm=values.get("rpm"), tpm=values.get("tpm"),
@@ -91,7 +91,7 @@ class StaticKeyTable:
     def refuse_name(self, name: str) -> None:
         """A stored key may not take a static key's name (people tell keys apart by name)."""
         if any(info.name == name for info in self._by_hash.values()):
-            raise invalid(f"a key named {name!r} is set in the configuration; choose another name", "name")
+            raise invalid_request(f"a key named {name!r} is set in the configuration; choose another name", "name")
 
     def refuse_changes(self, ref: str) -> None:
         """Static keys belong to the configuration: a 409 that says where to change them."""

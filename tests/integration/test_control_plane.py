@@ -145,6 +145,21 @@ def test_rpm_limit_is_429_with_retry_after(gateway: ServerThread) -> None:
             model="test/echo", max_tokens=5, messages=[{"role": "user", "content": "x"}])
 
 
+def test_model_limits_from_the_config_are_shared_by_every_key(tmp_path: Path) -> None:
+    """``limits.models``: one rpm for all callers of the matching models, on top of each key's own."""
+    config = {**BASE_CONFIG, "database": f"sqlite:///{tmp_path / 'db.sqlite'}",
+              "backends": [{"name": "test", "type": "echo", "models": ["echo", "shared"]}],
+              "limits": {"models": {"test/shared*": {"rpm": 1}}}}
+    with dragoman_server(config) as server:
+        first, second = (openai.OpenAI(base_url=f"{server.url}/v1", api_key=create_key(server, unique_name(n)),
+                                       max_retries=0) for n in ("one", "two"))
+        first.chat.completions.create(model="test/shared", messages=[{"role": "user", "content": "x"}])
+        with pytest.raises(openai.RateLimitError) as info:
+            second.chat.completions.create(model="test/shared", messages=[{"role": "user", "content": "x"}])
+        assert "test/shared*" in info.value.message
+        assert second.chat.completions.create(model="test/echo", messages=[{"role": "user", "content": "x"}])
+
+
 def test_usage_is_recorded_without_prompt_or_key(gateway: ServerThread) -> None:
     name = unique_name("usage")
     secret = create_key(gateway, name)

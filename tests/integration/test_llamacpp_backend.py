@@ -22,7 +22,7 @@ from aiohttp import web  # noqa: E402
 
 from dragoman.backends.base import BackendDeps, CallOptions  # noqa: E402
 from dragoman.backends.llamacpp import LlamaCppBackend  # noqa: E402
-from dragoman.backends.llamacpp_models import LlamaCppSettings  # noqa: E402
+from dragoman.backends.llamacpp.models import LlamaCppSettings  # noqa: E402
 from dragoman.core.accumulate import Accumulator, accumulate  # noqa: E402
 from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta  # noqa: E402
 from dragoman.core.types import (  # noqa: E402
@@ -451,7 +451,7 @@ async def test_a_template_that_refuses_is_a_clear_400(tmp_path: Path) -> None:
 
 
 def test_no_template_at_all_is_a_clear_400_naming_the_model() -> None:
-    from dragoman.backends.llamacpp_engine import Runtime, prompt_tokens
+    from dragoman.backends.llamacpp.engine import Runtime, prompt_tokens
 
     llama = llama_cpp.Llama(str(gemma.assemble()), vocab_only=True, verbose=False)
     try:

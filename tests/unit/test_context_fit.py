@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from dragoman.backends.llamacpp_gguf import GGUFInfo
-from dragoman.backends.llamacpp_models import (
+from dragoman.backends.llamacpp.gguf import GGUFInfo
+from dragoman.backends.llamacpp.models import (
     BASE_MODEL_MAX_TOKENS,
     LlamaCppSettings,
     ModelConfig,

@@ -50,7 +50,8 @@ def test_dialects_never_import_backends_or_gateway() -> None:
 
 
 def test_backends_never_import_dialects_or_gateway() -> None:
-    assert layer_violations("backends", ("dragoman.core", "dragoman.errors", "dragoman.backends")) == []
+    assert layer_violations("backends", ("dragoman.core", "dragoman.errors", "dragoman.protocols",
+                                         "dragoman.backends")) == []
 
 
 def test_shared_dialect_modules_import_no_dialect() -> None:

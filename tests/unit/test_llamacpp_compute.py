@@ -7,7 +7,7 @@ from collections.abc import Generator
 
 import pytest
 
-from dragoman.backends.llamacpp_compute import ComputeThread
+from dragoman.backends.llamacpp.compute import ComputeThread
 
 
 def steps(name: str, count: int, log: list[tuple[str, int, int]]) -> Generator[None, None, str]:

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from dragoman.backends.llamacpp import FifoGate
-from dragoman.backends.llamacpp_engine import StopMatcher, sampling_kwargs
-from dragoman.backends.llamacpp_gguf import GGUFError, human_parameters, read_gguf
-from dragoman.backends.llamacpp_models import LlamaCppSettings, context_size, inspect_file, parse_duration
-from dragoman.backends.llamacpp_templates import (
+from dragoman.backends.llamacpp.engine import StopMatcher, sampling_kwargs
+from dragoman.backends.llamacpp.gguf import GGUFError, human_parameters, read_gguf
+from dragoman.backends.llamacpp.models import LlamaCppSettings, context_size, inspect_file, parse_duration
+from dragoman.backends.llamacpp.slots import FifoGate
+from dragoman.backends.llamacpp.templates import (
     CHATML,
     GEMMA,
     LLAMA3,

@@ -13,8 +13,9 @@ Decisions worth knowing:
 * A thinking block without a signature (reasoning from a non-Anthropic model) is rendered
   with ``"signature": ""``; a signature sent back empty reads as none.
 * What an Anthropic backend needs to send the request on as it came rides in
-  ``extensions["anthropic"]``; other backends ignore it. On a message: the ``cache_control``
-  marks of its blocks, by part index. On the request: ``tool_cache_control`` (by tool index);
+  ``extensions["anthropic"]`` as the typed records of :mod:`dragoman.protocols.anthropic`; other
+  backends ignore it. On a message, a ``MessageExtension``: the ``cache_control`` mark of each
+  block's part. On the request, a ``RequestExtension``: ``tool_cache_control`` (by tool index);
   ``fields``, every top-level field the wire model does not know (``context_management``,
   ``cache_control``, ``service_tier``, ``container`` ...), as sent; ``thinking`` and
   ``output_config`` as sent (newer keys such as ``thinking.display`` included); ``beta``, the
@@ -60,18 +61,14 @@ from dragoman.core.types import (
 from dragoman.dialects.anthropic import wire
 from dragoman.dialects.validation import validated
 from dragoman.errors import ErrorKind, GatewayError
-
-STOP_REASONS: dict[FinishReason, str] = {
-    FinishReason.STOP: "end_turn",
-    FinishReason.STOP_SEQUENCE: "stop_sequence",
-    FinishReason.LENGTH: "max_tokens",
-    FinishReason.TOOL_CALLS: "tool_use",
-    FinishReason.CONTENT_FILTER: "refusal",
-    FinishReason.ERROR: "end_turn",
-}
-
-EXTENSION = "anthropic"  # key of this dialect's data in ``extensions``
-BETA_HEADER = "anthropic-beta"
+from dragoman.protocols.anthropic import (
+    ERROR_KINDS,
+    EXTENSION,
+    STOP_REASONS,
+    MessageExtension,
+    PartExtension,
+    RequestExtension,
+)
 
 # Anthropic's documented default; top_p and top_k have none (the model decides).
 DEFAULTS = Sampling(temperature=1.0)
@@ -102,7 +99,6 @@ KIND_ERROR_TYPES: dict[ErrorKind, str] = {
     ErrorKind.INVALID_REQUEST: "invalid_request_error",
     ErrorKind.CONTEXT_TOO_LONG: "invalid_request_error",
 }
-ERROR_TYPES = frozenset(STATUS_ERROR_TYPES.values())
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -115,7 +111,7 @@ def error_status(error: GatewayError) -> int:
 
 def error_type(error: GatewayError) -> str:
     """Anthropic's ``error.type``: the upstream's own when it was Anthropic, else by kind and status."""
-    if error.code in ERROR_TYPES:
+    if error.code in ERROR_KINDS:
         return str(error.code)
     status = error_status(error)
     if error.kind in KIND_ERROR_TYPES:
@@ -154,19 +150,12 @@ def _chat_request(req: wire.CountTokensRequest, body: dict[str, Any], beta: str 
     """``body`` is the validated request's JSON, whose values go to an Anthropic backend as sent."""
     messages = _system(req.system) + _messages(req.messages)
     tools = _tools(req.tools or [])
-    marks: dict[str, Any] = {}
-    tool_marks = {i: mark for i, t in enumerate(req.tools or []) if (mark := _cache_mark(t)) is not None}
-    if tool_marks:
-        marks["tool_cache_control"] = tool_marks
-    if req.model_extra:
-        marks["fields"] = {name: body[name] for name in req.model_extra}
-    for name in ("thinking", "output_config"):
-        if body.get(name) is not None:
-            marks[name] = body[name]
-    if beta:
-        marks["beta"] = beta
+    extension = RequestExtension(
+        tool_cache_control={i: mark for i, t in enumerate(req.tools or []) if (mark := _cache_mark(t)) is not None},
+        fields={name: body[name] for name in req.model_extra or ()},
+        thinking=body.get("thinking"), output_config=body.get("output_config"), beta=beta or None)
     return ChatRequest(
-        extensions={EXTENSION: marks} if marks else {},
+        extensions={EXTENSION: extension} if extension != RequestExtension() else {},
         model=req.model,
         messages=messages,
         defaults=DEFAULTS,
@@ -192,15 +181,15 @@ def _system_block(block: Any, where: str) -> wire.TextBlock:
     return block
 
 
-def _cache_mark(model: BaseModel) -> Any:
+def _cache_mark(model: BaseModel) -> dict[str, Any] | None:
     """A ``cache_control`` mark the client put on a block or tool (kept as sent)."""
     return (model.model_extra or {}).get("cache_control")
 
 
-def _marks(by_part: dict[int, Any]) -> dict[str, Any]:
+def _marks(by_part: dict[int, dict[str, Any] | None]) -> dict[str, Any]:
     """Message extensions holding the ``cache_control`` marks of its parts, if any."""
-    kept = {i: mark for i, mark in by_part.items() if mark is not None}
-    return {EXTENSION: {"cache_control": kept}} if kept else {}
+    parts = {i: PartExtension(cache_control=mark) for i, mark in by_part.items() if mark is not None}
+    return {EXTENSION: MessageExtension(parts)} if parts else {}
 
 
 def _tools(definitions: list[wire.ToolDefinition]) -> list[Tool]:
@@ -295,7 +284,7 @@ def _user_messages(blocks: list[Any], where: str, tool_names: dict[str, str]) ->
     """Tool results as ``Role.TOOL`` messages, the rest of the turn as one user message after them."""
     out: list[Message] = []
     plain: list[Part] = []
-    plain_marks: dict[int, Any] = {}
+    plain_marks: dict[int, dict[str, Any] | None] = {}
     for j, block in enumerate(blocks):
         at = f"{where}.content[{j}]"
         if isinstance(block, wire.ToolResultBlock):

@@ -19,9 +19,9 @@ from starlette.routing import BaseRoute
 from dragoman.core.dialect import Generation, GenerationRoute, WireError
 from dragoman.core.service import CallContext, GatewayService
 from dragoman.dialects.anthropic import convert
-from dragoman.dialects.anthropic.convert import BETA_HEADER
 from dragoman.dialects.anthropic.stream import PING, PING_INTERVAL, EventEncoder
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.protocols.anthropic import BETA_HEADER
 from dragoman.serving.answers import error_headers, json_response
 from dragoman.serving.body import read_json
 from dragoman.serving.endpoints import Endpoint, guarded, routes

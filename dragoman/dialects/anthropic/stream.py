@@ -20,7 +20,8 @@ import orjson
 from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, PartEnd, PartStart, StreamError
 from dragoman.core.ids import now, random_id
 from dragoman.core.jsonprefix import ObjectPrefix
-from dragoman.dialects.anthropic.convert import STOP_REASONS, error_body, message_id, tool_use_id, usage_body
+from dragoman.dialects.anthropic.convert import error_body, message_id, tool_use_id, usage_body
+from dragoman.protocols.anthropic import STOP_REASONS
 
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 PING_INTERVAL = 10.0

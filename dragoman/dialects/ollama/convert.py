@@ -39,7 +39,6 @@ from dragoman.core.models import ModelEntry, ModelInfo
 from dragoman.core.types import (
     ChatRequest,
     EmbeddingRequest,
-    FinishReason,
     ImagePart,
     Message,
     Part,
@@ -52,28 +51,15 @@ from dragoman.core.types import (
     Tool,
     ToolCallPart,
     ToolResultPart,
+    effort_level,
 )
 from dragoman.dialects.ollama import wire
 from dragoman.dialects.validation import validated
-from dragoman.errors import ErrorKind, GatewayError
+from dragoman.errors import GatewayError, invalid_request
 
 # Ollama's documented defaults (api/types.go DefaultOptions; docs/modelfile.mdx).
 DEFAULTS = Sampling(temperature=0.8, top_p=0.9, top_k=40, min_p=0.0, repeat_penalty=1.0,
                     presence_penalty=0.0, frequency_penalty=0.0)
-
-DONE_REASONS: dict[FinishReason, str] = {
-    FinishReason.STOP: "stop",
-    FinishReason.STOP_SEQUENCE: "stop",
-    FinishReason.TOOL_CALLS: "stop",  # Ollama never says tool_calls
-    FinishReason.LENGTH: "length",
-    FinishReason.CONTENT_FILTER: "stop",
-    FinishReason.ERROR: "stop",
-}
-
-
-def invalid(message: str, param: str | None = None) -> GatewayError:
-    return GatewayError(ErrorKind.INVALID_REQUEST, message, param=param)
-
 
 @dataclass(slots=True)
 class Parsed:
@@ -90,7 +76,7 @@ class Parsed:
 
 def _require_model(name: str | None) -> str:
     if not name:
-        raise invalid("model is required", "model")
+        raise invalid_request("model is required", "model")
     return name
 
 
@@ -127,13 +113,13 @@ def _option_value(key: str, kind: wire.OptionType, value: Any) -> Any:
         if isinstance(value, list):
             if all(isinstance(item, str) for item in value):
                 return list(value)
-            raise invalid(f'option "{key}" must be an array of strings', f"options.{key}")
+            raise invalid_request(f'option "{key}" must be an array of strings', f"options.{key}")
     elif kind == "boolean":
         if isinstance(value, bool):
             return value
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         return int(value) if kind == "integer" else float(value)  # floats truncate, as in Ollama
-    raise invalid(f'option "{key}" must be of type {kind}', f"options.{key}")
+    raise invalid_request(f'option "{key}" must be of type {kind}', f"options.{key}")
 
 
 def parse_think(value: bool | str | None) -> Reasoning:
@@ -142,9 +128,9 @@ def parse_think(value: bool | str | None) -> Reasoning:
     if isinstance(value, bool):
         return Reasoning(enabled=value)
     if value in wire.THINK_LEVELS:
-        return Reasoning(enabled=True, effort=value)
-    raise invalid(f'invalid think value: "{value}" (must be "low", "medium", "high", "max", true, or false)',
-                  "think")
+        return Reasoning(enabled=True, effort=effort_level(value))
+    raise invalid_request(f'invalid think value: "{value}" (must be "low", "medium", "high", "max", true, or false)',
+                          "think")
 
 
 def parse_format(value: str | dict[str, Any] | None) -> ResponseFormat | None:
@@ -154,7 +140,7 @@ def parse_format(value: str | dict[str, Any] | None) -> ResponseFormat | None:
         return ResponseFormat(type="json_object")
     if isinstance(value, dict):
         return ResponseFormat(type="json_schema", schema=value, name="response")
-    raise invalid('invalid format: expected "json" or a JSON schema object', "format")
+    raise invalid_request('invalid format: expected "json" or a JSON schema object', "format")
 
 
 def is_zero_duration(value: float | str | None) -> bool:
@@ -171,7 +157,7 @@ def keep_alive_seconds(value: float | str | None) -> float | None:
     try:
         return parse_duration(value)
     except ValueError as exc:
-        raise invalid(str(exc), "keep_alive") from exc
+        raise invalid_request(str(exc), "keep_alive") from exc
 
 
 def _backend_options(extra: dict[str, Any], keep_alive: float | str | None) -> dict[str, Any]:
@@ -231,7 +217,8 @@ def _messages(wire_messages: list[wire.ChatMessage]) -> list[Message]:
         text = msg.content or ""
         images = _images(msg.images, param)
         if images and role not in ("user", "tool"):
-            raise invalid(f"{param}.images: images are only allowed in user and tool messages", f"{param}.images")
+            raise invalid_request(f"{param}.images: images are only allowed in user and tool messages",
+                                  f"{param}.images")
         if role in ("system", "developer"):
             out.append(Message(Role.SYSTEM, [TextPart(text)]))
         elif role == "user":
@@ -252,7 +239,7 @@ def _messages(wire_messages: list[wire.ChatMessage]) -> list[Message]:
             content: list[TextPart | ImagePart] = [TextPart(text), *images]
             out.append(Message(Role.TOOL, [ToolResultPart(call_id, content, name=name)]))
         else:
-            raise invalid(f"{param}.role: unknown role {msg.role!r}; expected system, user, assistant or tool",
+            raise invalid_request(f"{param}.role: unknown role {msg.role!r}; expected system, user, assistant or tool",
                           f"{param}.role")
     return out
 
@@ -281,7 +268,7 @@ def parse_generate(body: Any) -> Parsed:
     req = validated(wire.GenerateRequest, body)
     model = _require_model(req.model)
     if req.raw and (req.system or req.template or req.context):
-        raise invalid("raw mode does not support template, system, or context", "raw")
+        raise invalid_request("raw mode does not support template, system, or context", "raw")
     sampling, extra = parse_options(body, req.options)
     prompt = req.prompt or ""
     images = _images(req.images, "")
@@ -294,7 +281,7 @@ def parse_generate(body: Any) -> Parsed:
         request.options["context"] = req.context
     if req.raw or req.suffix:
         if images:
-            raise invalid("images are not supported in raw mode or with a suffix", "images")
+            raise invalid_request("images are not supported in raw mode or with a suffix", "images")
         request.prompt = prompt
         request.suffix = req.suffix or None
     else:
@@ -318,7 +305,7 @@ def parse_embed(body: Any) -> EmbeddingRequest:
     elif all(isinstance(item, str) for item in req.input):
         inputs = [str(item) for item in req.input]
     else:
-        raise invalid("invalid input type", "input")
+        raise invalid_request("invalid input type", "input")
     check_embedding_inputs(len(inputs))
     _, extra = parse_options(body, req.options)
     options = _backend_options(extra, req.keep_alive)

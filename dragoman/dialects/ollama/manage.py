@@ -18,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 from dragoman.core.management import ModelRecipe, PullProgress
 from dragoman.core.service import CallContext, GatewayService
 from dragoman.dialects.ollama import convert, wire
-from dragoman.errors import ErrorKind, GatewayError
+from dragoman.errors import ErrorKind, GatewayError, invalid_request
 from dragoman.serving.answers import FrameStreamResponse, json_response
 from dragoman.serving.body import read_json
 from dragoman.serving.context import call_context
@@ -44,13 +44,13 @@ def progress_body(progress: PullProgress) -> dict[str, Any]:
 def model_field(body: Any) -> tuple[str, bool]:
     """``model`` (or the legacy ``name``) and ``stream`` (default true) of a management request."""
     if not isinstance(body, dict):
-        raise convert.invalid("request body must be a JSON object")
+        raise invalid_request("request body must be a JSON object")
     name = body.get("model") or body.get("name")
     if not isinstance(name, str) or not name.strip():
-        raise convert.invalid("model is required", "model")
+        raise invalid_request("model is required", "model")
     stream = body.get("stream", True)
     if not isinstance(stream, bool):
-        raise convert.invalid("stream must be a boolean", "stream")
+        raise invalid_request("stream must be a boolean", "stream")
     return name.strip(), stream
 
 
@@ -79,31 +79,31 @@ def parse_create(name: str, body: dict[str, Any]) -> ModelRecipe:
     ``license``, ``messages``); ``quantize`` and adapters are refused, other fields ignored."""
     for unsupported in ("quantize", "adapters"):
         if body.get(unsupported):
-            raise convert.invalid(f"{unsupported} is not supported by dragoman", unsupported)
+            raise invalid_request(f"{unsupported} is not supported by dragoman", unsupported)
     source = body.get("from")
     if source is not None and (not isinstance(source, str) or not source):
-        raise convert.invalid("from must be a model name", "from")
+        raise invalid_request("from must be a model name", "from")
     files = body.get("files") or {}
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-        raise convert.invalid('files must map file names to "sha256:<hex>" digests', "files")
+        raise invalid_request('files must map file names to "sha256:<hex>" digests', "files")
     for key in ("system", "template"):
         if body.get(key) is not None and not isinstance(body[key], str):
-            raise convert.invalid(f"{key} must be a string", key)
+            raise invalid_request(f"{key} must be a string", key)
     license_value = body.get("license")
     if isinstance(license_value, list):
         license_value = "\n".join(str(item) for item in license_value)
     if license_value is not None and not isinstance(license_value, str):
-        raise convert.invalid("license must be a string or a list of strings", "license")
+        raise invalid_request("license must be a string or a list of strings", "license")
     parameters = body.get("parameters") or {}
     if not isinstance(parameters, dict):
-        raise convert.invalid("parameters must be an object", "parameters")
+        raise invalid_request("parameters must be an object", "parameters")
     convert.parse_options({}, parameters)  # types checked as for a request's options
     known = {k: v for k, v in parameters.items() if k in wire.OPTION_TYPES and v is not None}
     messages = []
     for message in body.get("messages") or []:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
                 or not isinstance(message.get("content"), str):
-            raise convert.invalid("messages must be objects with a role and a content string", "messages")
+            raise invalid_request("messages must be objects with a role and a content string", "messages")
         messages.append((message["role"], message["content"]))
     return ModelRecipe(name=name, source=source, files=tuple(files.items()), system=body.get("system"),
                        template=body.get("template"), parameters=tuple(known.items()), license=license_value,
@@ -173,10 +173,10 @@ class ModelManagement:
             ctx = await self._context(request)
             body = await read_json(request)
             if not isinstance(body, dict):
-                raise convert.invalid("request body must be a JSON object")
+                raise invalid_request("request body must be a JSON object")
             source, destination = body.get("source"), body.get("destination")
             if not isinstance(source, str) or not source or not isinstance(destination, str) or not destination:
-                raise convert.invalid("source and destination are required", "destination")
+                raise invalid_request("source and destination are required", "destination")
             await self.service.copy_model(source, destination, ctx)
         except GatewayError as exc:
             if exc.kind is ErrorKind.NOT_FOUND:

@@ -16,7 +16,8 @@ import orjson
 
 from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, PartEnd, PartStart, StreamError
 from dragoman.core.types import ChatResponse, ToolCallPart, Usage
-from dragoman.dialects.ollama.convert import DONE_REASONS, error_body, timestamp, tool_call_body
+from dragoman.dialects.ollama.convert import error_body, timestamp, tool_call_body
+from dragoman.protocols.ollama import DONE_REASONS
 
 
 class Timing:

@@ -13,7 +13,6 @@ from dragoman.core.types import (
     ChatRequest,
     ChatResponse,
     EmbeddingRequest,
-    FinishReason,
     ImagePart,
     Message,
     Part,
@@ -32,15 +31,7 @@ from dragoman.core.types import (
 from dragoman.dialects.openai import wire
 from dragoman.dialects.validation import validated
 from dragoman.errors import ErrorKind, GatewayError
-
-FINISH_REASONS: dict[FinishReason, str] = {
-    FinishReason.STOP: "stop",
-    FinishReason.STOP_SEQUENCE: "stop",
-    FinishReason.LENGTH: "length",
-    FinishReason.TOOL_CALLS: "tool_calls",
-    FinishReason.CONTENT_FILTER: "content_filter",
-    FinishReason.ERROR: "stop",
-}
+from dragoman.protocols.openai import FINISH_REASONS
 
 # OpenAI's documented defaults, applied when neither the request nor an override sets them.
 CHAT_DEFAULTS = Sampling(temperature=1.0, top_p=1.0, presence_penalty=0.0, frequency_penalty=0.0)

@@ -26,14 +26,13 @@ from dragoman.core.events import (
 )
 from dragoman.core.types import ReasoningPart, Usage
 from dragoman.dialects.openai.convert import (
-    FINISH_REASONS,
     Choices,
     chat_logprobs,
     completion_logprobs,
     reasoning_detail,
     usage_body,
 )
-from dragoman.protocols.openai import error_body
+from dragoman.protocols.openai import FINISH_REASONS, error_body
 
 DONE = b"data: [DONE]\n\n"
 

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from dragoman.core.limits import MAX_EMBEDDING_DIMENSIONS
+from dragoman.core.types import ReasoningEffort as Effort
 
 # The most generations one request may ask for (``n``, times the prompts of a completion): they
 # run one after another, so this bounds what one request can hold a model for.
@@ -114,13 +115,10 @@ class StreamOptions(WireModel):
 class ReasoningConfig(WireModel):
     """OpenRouter-style ``reasoning`` object."""
 
-    effort: str | None = None
+    effort: Effort | None = None
     enabled: bool | None = None
     exclude: bool | None = None
     max_tokens: int | None = Field(None, ge=0)
-
-
-Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
 class ExtraSampling(WireModel):

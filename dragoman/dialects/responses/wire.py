@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from dragoman.core.types import ReasoningEffort as Effort
+
 
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -215,9 +217,6 @@ class TextFormat(WireModel):
 class TextConfig(WireModel):
     format: TextFormat | None = None
     verbosity: Literal["low", "medium", "high"] | None = None
-
-
-Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
 class ReasoningConfig(WireModel):

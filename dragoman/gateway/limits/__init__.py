@@ -8,9 +8,9 @@ request's reservation from admission to release (``reservation``), so concurrent
 overspend it by at most one reservation.
 
 Buckets: the key's own limits apply across all models, or per model with ``per_model=True``.
-``model_limits`` (glob -> :class:`RateLimits`) adds limits that every caller of the matching
-models shares, e.g. to stay under an upstream's quota; a glob's limits are shared by all the
-models it matches (the first matching glob applies).
+``model_limits`` (glob -> :class:`RateLimits`, the config's ``limits.models``) adds limits that
+every caller of the matching models shares, e.g. to stay under an upstream's quota; a glob's
+limits are shared by all the models it matches (the first matching glob applies).
 
 Windows slide over the last ``window`` seconds (60): rpm exactly, tpm exactly in memory and with
 one-second resolution in Redis. Budgets are per UTC day or month; their starting figure for the

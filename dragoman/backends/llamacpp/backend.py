@@ -4,7 +4,7 @@ Each configured model loads on first use in a worker thread and unloads after ``
 idle. One generation runs per model at a time; up to ``max_queue`` more wait in arrival
 order and the next is a 429 (``RATE_LIMITED``: "local model queue is full"). Models load on
 a thread pool; generation and embeddings of all models run on one compute thread (see
-``llamacpp_compute`` for why), a token at a time in turn. Tokens flow from that thread to the
+``compute`` for why), a token at a time in turn. Tokens flow from that thread to the
 event loop through ``call_soon_threadsafe``, so the loop never blocks; closing the stream stops
 the model within one token.
 
@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dragoman.backends.base import Backend, BackendDeps, CallOptions, Requirement, within_deadline
-from dragoman.backends.llamacpp_compute import ComputeThread, once
-from dragoman.backends.llamacpp_engine import (
+from dragoman.backends.llamacpp.compute import ComputeThread, once
+from dragoman.backends.llamacpp.engine import (
     Finished,
     Output,
     Runtime,
@@ -51,8 +51,8 @@ from dragoman.backends.llamacpp_engine import (
     prompt_tokens,
     tokenize_request,
 )
-from dragoman.backends.llamacpp_models import BUILTIN_PREFIX, LlamaCppSettings, ModelConfig
-from dragoman.backends.llamacpp_pull import (
+from dragoman.backends.llamacpp.models import BUILTIN_PREFIX, LlamaCppSettings, ModelConfig
+from dragoman.backends.llamacpp.pull import (
     download,
     downloaded_bytes,
     hub_files,
@@ -62,8 +62,8 @@ from dragoman.backends.llamacpp_pull import (
     remove_incomplete,
     verify,
 )
-from dragoman.backends.llamacpp_slots import FifoGate, ModelSlot
-from dragoman.backends.llamacpp_templates import ParsedCall
+from dragoman.backends.llamacpp.slots import FifoGate, ModelSlot
+from dragoman.backends.llamacpp.templates import ParsedCall
 from dragoman.core.duration import parse_duration
 from dragoman.core.events import Event, Logprobs, MessageEnd
 from dragoman.core.ids import completion_id, now

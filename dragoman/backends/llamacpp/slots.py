@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from dragoman.backends.base import BackendDeps
-from dragoman.backends.llamacpp_engine import Runtime, load_llama
-from dragoman.backends.llamacpp_gguf import human_parameters
-from dragoman.backends.llamacpp_models import (
+from dragoman.backends.llamacpp.engine import Runtime, load_llama
+from dragoman.backends.llamacpp.gguf import human_parameters
+from dragoman.backends.llamacpp.models import (
     LlamaCppSettings,
     ModelConfig,
     ModelFile,
@@ -29,7 +29,7 @@ from dragoman.backends.llamacpp_models import (
     inspect_file,
     resolve_path,
 )
-from dragoman.backends.llamacpp_templates import resolve_template, template_traits
+from dragoman.backends.llamacpp.templates import resolve_template, template_traits
 from dragoman.core.models import Capabilities, ModelDetails, ModelInfo
 from dragoman.errors import ErrorKind, GatewayError
 

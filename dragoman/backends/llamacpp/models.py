@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from dragoman.backends.llamacpp_gguf import GGUFError, GGUFInfo, read_gguf
+from dragoman.backends.llamacpp.gguf import GGUFError, GGUFInfo, read_gguf
 from dragoman.core.duration import parse_duration as parse_duration  # re-exported
 from dragoman.errors import ErrorKind, GatewayError
 

@@ -1,7 +1,7 @@
 """The worker-thread side of the embedded runtime: load a GGUF, build the prompt, generate.
 
 Everything here blocks and runs in a worker thread, never on the event loop (generation and
-embeddings on the backend's one compute thread, see ``llamacpp_compute``). Generation reports
+embeddings on the backend's one compute thread, see ``compute``). Generation reports
 through an ``emit`` callback (the backend forwards it with ``call_soon_threadsafe``) and checks
 a ``threading.Event`` after every sampled token, so a client that goes away stops the model
 within one token.
@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from dragoman.backends.llamacpp_models import unavailable
-from dragoman.backends.llamacpp_templates import ChatTemplate, ParsedCall, ToolCallExtractor
+from dragoman.backends.llamacpp.models import unavailable
+from dragoman.backends.llamacpp.templates import ChatTemplate, ParsedCall, ToolCallExtractor
 from dragoman.core.stops import StopMatcher
 from dragoman.core.types import ChatRequest, FinishReason, ResponseFormat, Sampling
 from dragoman.errors import ErrorKind, GatewayError
