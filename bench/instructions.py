@@ -90,7 +90,7 @@ def check_responses_answer(url: str) -> None:
 def measured(name: str, cmd: list[str], port: int, logdir: Path, *, stream: bool, requests: int,
              connections: int, api: str = "chat") -> float:
     """``cmd`` started under callgrind, checked, measured and stopped."""
-    server = start(name, callgrind(cmd, logdir / name), None, logdir, f"http://127.0.0.1:{port}", ready_within=300)
+    server = start(name, callgrind(cmd, logdir / name), None, logdir, f"http://127.0.0.1:{port}", ready_within=900)
     try:
         check_answers(server.url)
         if api == "responses":

@@ -25,11 +25,12 @@ from dragoman.gateway.router import Started
 
 class GatewayChatStream:
     """The started answer (``core.service.ChatStream``): iterate it for its events, first one
-    included; ``aclose`` stops it early (the client left). A failure after the first event comes
-    as one ``StreamError``, the last event."""
+    included, or take them by :meth:`batch` (what one upstream read delivered); ``aclose`` stops it
+    early (the client left). A failure after the first event comes as one ``StreamError``, the
+    last event."""
 
     __slots__ = ("_clock", "_closed", "_deadline", "_exclude", "_finished", "_first", "_generated_chars",
-                 "_hidden", "_iterated", "_next", "_on_close", "_outcome", "_prompt_estimate", "_shift",
+                 "_hidden", "_iterated", "_next", "_on_close", "_outcome", "_prompt_estimate", "_ready", "_shift",
                  "_started", "headers")
 
     def __init__(self, started: Started, *, headers: dict[str, str], outcome: CallOutcome, exclude_reasoning: bool,
@@ -38,6 +39,8 @@ class GatewayChatStream:
         self._started = started
         self._first: Event | None = started.first
         self._next = started.events.__anext__
+        # Events the backend already has in hand (``backends.http.HTTPEventStream.ready``), if it says.
+        self._ready: Callable[[], list[Event]] | None = getattr(started.events, "ready", None)
         deadline = started.options.deadline
         self._deadline = deadline if deadline is not None else float("inf")
         self._clock = asyncio.get_running_loop().time
@@ -65,7 +68,7 @@ class GatewayChatStream:
                 if self._closed:
                     raise StopAsyncIteration
                 try:
-                    # A clock read per event, no timer: the backends bound their own waits by the
+                    # A clock read per read, no timer: the backends bound their own waits by the
                     # deadline, this ends one that keeps producing.
                     if self._clock() >= self._deadline:
                         raise total_exceeded(self._started.options.timeouts)
@@ -80,28 +83,52 @@ class GatewayChatStream:
                     self._cut()
                     await self._close()
                     raise
-            if type(event) is PartDelta:
-                outcome = self._outcome
-                if outcome.ttft is None:
-                    outcome.ttft = time.perf_counter() - outcome.ctx.started_at
-                self._generated_chars += len(event.text)
-            elif type(event) is MessageEnd:
-                outcome = self._outcome
-                self._finished = True
-                outcome.finish_reason = event.finish_reason
-                outcome.usage = self._usage(event.usage)
-                event = replace(event, usage=outcome.usage)
-            elif type(event) is StreamError:
-                outcome = self._outcome
-                outcome.status, outcome.error_kind = event.error.status, event.error.kind.value
-                await self._close()  # the last event: the call ends before the client reads it
-                return event
-            if self._exclude and isinstance(event, (PartStart, PartDelta, PartEnd)):
-                shown = self._shown(event)
-                if shown is None:
-                    continue
-                event = shown
+            shown = self._observe(event)
+            if shown is not None:
+                if type(shown) is StreamError:
+                    await self._close()  # the last event: the call ends before the client reads it
+                return shown
+
+    async def batch(self) -> list[Event]:
+        """The next event (waited for) and every one the upstream delivered with it, observed
+        alike: what one read brought, to be written to the client at once. Empty at the end."""
+        try:
+            first = await self.__anext__()
+        except StopAsyncIteration:
+            return []
+        batch = [first]
+        ready = self._ready
+        if ready is None or self._closed:
+            return batch
+        for event in ready():
+            shown = self._observe(event)
+            if shown is not None:
+                batch.append(shown)
+                if type(shown) is StreamError:
+                    await self._close()
+                    break
+        return batch
+
+    def _observe(self, event: Event) -> Event | None:
+        """``event`` noted in the outcome, as the client gets it (None: left out)."""
+        if type(event) is PartDelta:
+            outcome = self._outcome
+            if outcome.ttft is None:
+                outcome.ttft = time.perf_counter() - outcome.ctx.started_at
+            self._generated_chars += len(event.text)
+        elif type(event) is MessageEnd:
+            outcome = self._outcome
+            self._finished = True
+            outcome.finish_reason = event.finish_reason
+            outcome.usage = self._usage(event.usage)
+            return replace(event, usage=outcome.usage)
+        elif type(event) is StreamError:
+            outcome = self._outcome
+            outcome.status, outcome.error_kind = event.error.status, event.error.kind.value
             return event
+        if self._exclude and isinstance(event, (PartStart, PartDelta, PartEnd)):
+            return self._shown(event)
+        return event
 
     def _shown(self, event: PartStart | PartDelta | PartEnd) -> Event | None:
         """``event`` as the client sees it with reasoning left out: None when hidden, else renumbered."""
