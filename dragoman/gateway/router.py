@@ -223,7 +223,11 @@ class Router:
                 fresh = [d for d in usable if d.id not in tried]
                 if not fresh and (retries_left <= 0 or not usable):
                     break
-                chosen = await self._choose(strategy, fresh or usable, statuses, cooldowns)
+                candidates = fresh or usable
+                if len(candidates) == 1 and not statuses:  # the common case: one deployment, none cooling
+                    chosen: tuple[Deployment, bool] | None = (candidates[0], False)
+                else:
+                    chosen = await self._choose(strategy, candidates, statuses, cooldowns)
                 if chosen is None:
                     break
                 deployment, probing = chosen
