@@ -384,7 +384,7 @@ class HTTPEventStream:
     A class rather than an async generator: handing out an event already decoded does not
     suspend anything. Its first ``__anext__`` makes the call; ``aclose`` releases the response."""
 
-    __slots__ = ("_backend", "_call", "_done", "_model", "_options", "_pending", "_request", "_response")
+    __slots__ = ("_backend", "_call", "_done", "_failure", "_model", "_options", "_pending", "_request", "_response")
 
     def __init__(self, backend: HTTPBackend, request: ChatRequest, model: str, options: CallOptions) -> None:
         self._backend = backend
@@ -395,6 +395,7 @@ class HTTPEventStream:
         self._response: aiohttp.ClientResponse | None = None
         self._pending: list[Event] = []  # decoded, not handed out yet (in reverse order: pop() is the next)
         self._done = False
+        self._failure: GatewayError | None = None  # a frame's error, after the events before it
 
     def __aiter__(self) -> HTTPEventStream:
         return self
@@ -402,6 +403,9 @@ class HTTPEventStream:
     async def __anext__(self) -> Event:
         while not self._pending:
             if self._done:
+                failure, self._failure = self._failure, None
+                if failure is not None:
+                    raise failure
                 raise StopAsyncIteration
             try:
                 await self._read()
@@ -443,13 +447,20 @@ class HTTPEventStream:
                 raise timed_out(backend.name, limit, options.timeouts) from exc
             decode = call.decode
             events: list[Event] = []
-            if chunk:
-                for frame in call.frames.feed(chunk):
-                    events += decode(frame)
-            else:
-                for frame in call.frames.flush():
-                    events += decode(frame)
-                events += call.end()
+            try:
+                if chunk:
+                    for frame in call.frames.feed(chunk):
+                        events += decode(frame)
+                else:
+                    for frame in call.frames.flush():
+                        events += decode(frame)
+                    events += call.end()
+                    self._done = True
+                    self._release()
+            except GatewayError as exc:
+                if not events:
+                    raise
+                self._failure = exc  # raised once the events decoded before it are out
                 self._done = True
                 self._release()
         except FrameTooLarge as exc:
@@ -472,4 +483,5 @@ class HTTPEventStream:
         """Stop: the upstream call ends here (its connection is not reused mid-answer)."""
         self._done = True
         self._pending = []
+        self._failure = None
         self._release()

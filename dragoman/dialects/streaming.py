@@ -16,6 +16,21 @@ async def encoded(events: ChatStream, encode: Callable[[Event], bytes], *, tail:
     the response ends, ``events`` is closed here, which stops the upstream call.
     """
     source: AsyncIterator[Event | None] = ticks if ticks is not None else aiter(events)
+    batches = getattr(events, "batch", None) if ticks is None else None
+    if batches is not None:  # what one upstream read delivered, written at once
+        try:
+            while batch := await batches():
+                frames = [encode(event) for event in batch]
+                data = b"".join(frames)
+                if data:
+                    yield data
+                if isinstance(batch[-1], StreamError):
+                    break
+        finally:
+            await events.aclose()
+        if tail:
+            yield tail
+        return
     try:
         async for event in source:
             if event is None:
