@@ -45,7 +45,7 @@ from dragoman.core.events import Event, MessageEnd, MessageStart
 from dragoman.core.models import ModelInfo
 from dragoman.core.types import ChatRequest, FinishReason, Message, Role, TextPart, Usage
 from dragoman.gateway.cooldown import CooldownSettings, MemoryCooldownStore
-from dragoman.gateway.route import Deployment, Route, Step, Target
+from dragoman.gateway.deployments import Deployment, ModelRoute, Step, Target
 from dragoman.gateway.router import Router
 
 BENCH = Path(__file__).resolve().parent
@@ -111,10 +111,10 @@ async def _router_cost(requests: int) -> dict[str, float]:
     request = ChatRequest(model="m", messages=[Message(Role.USER, [TextPart("hi")])])
     options = CallOptions()
     shapes = {
-        "one deployment": Route("m", (Step("m", (first,)),)),
-        "two, weighted_random": Route("m", (Step("m", (first, second)),)),
-        "two, least_busy": Route("m", (Step("m", (first, second), "least_busy"),)),
-        "two, lowest_latency": Route("m", (Step("m", (first, second), "lowest_latency"),)),
+        "one deployment": ModelRoute("m", (Step("m", (first,)),)),
+        "two, weighted_random": ModelRoute("m", (Step("m", (first, second)),)),
+        "two, least_busy": ModelRoute("m", (Step("m", (first, second), "least_busy"),)),
+        "two, lowest_latency": ModelRoute("m", (Step("m", (first, second), "lowest_latency"),)),
     }
 
     async def direct() -> None:
@@ -122,9 +122,9 @@ async def _router_cost(requests: int) -> dict[str, float]:
         await anext(events)
         await events.aclose()  # type: ignore[attr-defined]
 
-    async def routed(router: Router, route: Route) -> None:
+    async def routed(router: Router, route: ModelRoute) -> None:
         started = await router.start(route, lambda step, target: (request, options), started_at=0.0)
-        await started.events.aclose()  # type: ignore[attr-defined]
+        await started.aclose()
 
     async def timed(call: Callable[[], Awaitable[None]]) -> float:
         for _ in range(1000):

@@ -9,9 +9,13 @@ and ``paired.py`` stay the judges of the targets; this is for comparing builds. 
 ``--gateway-cmd`` (repeatable, as in ``run.py``) is measured against the same baseline.
 
 Run from the repo root: ``python bench/instructions.py [--requests 1000] [--stream]``
-(about 2 minutes; needs valgrind). ``--responses`` also measures each gateway's Responses API
-(``POST /v1/responses``, the same request in that shape) against the same chat upstream, beside
-its ``/v1/chat/completions``: what the Responses translation costs on top.
+(about 2 minutes; needs valgrind). With ``--stream`` each figure is also given per event: the
+benchmark's upstream streams ``STREAM_EVENTS`` SSE events per answer (``upstream.py``), and the
+bare proxy relays them as they came while dragoman decodes, observes and encodes each one.
+``--keep`` leaves the callgrind dumps for ``callgrind_annotate`` and prints where they are.
+``--responses`` also measures each gateway's Responses API (``POST /v1/responses``, the same
+request in that shape) against the same chat upstream, beside its ``/v1/chat/completions``: what
+the Responses translation costs on top.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from run import (
     loadgen_cmd,
     start,
 )
+from upstream import STREAM_EVENTS
 
 
 def callgrind(cmd: list[str], out: Path) -> list[str]:
@@ -85,7 +90,7 @@ def check_responses_answer(url: str) -> None:
 def measured(name: str, cmd: list[str], port: int, logdir: Path, *, stream: bool, requests: int,
              connections: int, api: str = "chat") -> float:
     """``cmd`` started under callgrind, checked, measured and stopped."""
-    server = start(name, callgrind(cmd, logdir / name), None, logdir, f"http://127.0.0.1:{port}", ready_within=300)
+    server = start(name, callgrind(cmd, logdir / name), None, logdir, f"http://127.0.0.1:{port}", ready_within=900)
     try:
         check_answers(server.url)
         if api == "responses":
@@ -101,6 +106,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--stream", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the callgrind dumps (for callgrind_annotate)")
     parser.add_argument("--responses", action="store_true",
                         help="also measure each gateway's POST /v1/responses")
     parser.add_argument("--gateway-cmd", action="append",
@@ -119,21 +125,32 @@ def main() -> int:
         running.callback(upstream.stop)
         base_cmd = [sys.executable, str(BENCH / "baseline.py"), "--upstream", upstream_url, "--port", str(base_port)]
         base = measured("baseline", base_cmd, base_port, logdir, **measure)
-        print(f"baseline: {base / 1e3:,.0f} k instructions/request", flush=True)
+        print(f"baseline: {base / 1e3:,.0f} k instructions/request{per_event(base, args.stream)}", flush=True)
         for n, template in enumerate(args.gateway_cmd or [GATEWAY_CMD]):
             port = free_port()
             cost = measured(f"dragoman{n}", gateway_command(template, logdir, f"dragoman{n}", port, up_port), port,
                             logdir, **measure)
-            print(f"dragoman{n}: {cost / 1e3:,.0f} k instructions/request, baseline/dragoman {base / cost:.3f}"
-                  f"  ({template})", flush=True)
+            print(f"dragoman{n}: {cost / 1e3:,.0f} k instructions/request{per_event(cost, args.stream)}, "
+                  f"dragoman/baseline {cost / base:.2f}x, baseline/dragoman {base / cost:.3f}  ({template})",
+                  flush=True)
             if args.responses:
                 port = free_port()
                 name = f"dragoman{n}-responses"
                 cost_r = measured(name, gateway_command(template, logdir, name, port, up_port), port, logdir,
                                   **measure, api="responses")
-                print(f"dragoman{n} /v1/responses: {cost_r / 1e3:,.0f} k instructions/request, "
+                print(f"dragoman{n} /v1/responses: {cost_r / 1e3:,.0f} k instructions/request"
+                      f"{per_event(cost_r, args.stream)}, "
                       f"{cost_r / cost:.3f}x its /v1/chat/completions", flush=True)
+    if args.keep:
+        print(f"callgrind dumps: {logdir}", flush=True)
+    else:
+        shutil.rmtree(logdir, ignore_errors=True)
     return 0
+
+
+def per_event(cost: float, stream: bool) -> str:
+    """`` (k per event)`` for a streamed figure: the answer's instructions over its SSE events."""
+    return f" ({cost / STREAM_EVENTS / 1e3:,.1f} k/event over {STREAM_EVENTS} events)" if stream else ""
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import uvloop
 CREATED = 1_700_000_000
 WORDS = ("The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ".")
 STREAM_RE = re.compile(rb'"stream"\s*:\s*true')
+# SSE events in one streamed answer: the role chunk, a chunk per word, the finish and usage chunks, [DONE].
+STREAM_EVENTS = 1 + len(WORDS) + 2 + 1
 
 
 def _chunk(delta: dict[str, object], finish: str | None) -> dict[str, object]:
@@ -53,6 +55,7 @@ def _stream_response() -> bytes:
     usage_chunk["usage"] = usage
     events.append(usage_chunk)
     frames = [b"data: " + orjson.dumps(event) + b"\n\n" for event in events] + [b"data: [DONE]\n\n"]
+    assert len(frames) == STREAM_EVENTS
     out = [b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
            b"transfer-encoding: chunked\r\n\r\n"]
     out += [b"%x\r\n%s\r\n" % (len(frame), frame) for frame in frames]

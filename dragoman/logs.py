@@ -34,6 +34,15 @@ class TextFormatter(logging.Formatter):
             self._second = second
         return f"{self._stamp},{int(record.msecs):03d}"
 
+    def format(self, record: logging.LogRecord) -> str:
+        """``TEXT_FORMAT`` written out (no %-formatting of the record's dict); the general way for a
+        record with an exception or a stack."""
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record)
+        return f"{record.asctime} {record.levelname} {record.name}: {record.message}"
+
 
 class JSONFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:

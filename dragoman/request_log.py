@@ -23,8 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dragoman.core.request_ids import SCOPE_CONTEXT, SCOPE_REQUEST_ID, request_id
 from dragoman.core.service import CallContext
+from dragoman.gateway.outcome import CallOutcome
 from dragoman.gateway.principal import Principal
-from dragoman.pipeline import CallOutcome
 from dragoman.tracing import Tracing
 
 log = logging.getLogger("dragoman.requests")

@@ -19,19 +19,19 @@ from dragoman.admin.security import AdminAuth
 from dragoman.backends.base import TIMEOUT_NAMES, Backend, BackendDeps, Timeouts
 from dragoman.backends.registry import BackendTypes
 from dragoman.config import Config
-from dragoman.control import ControlPlane, make_observer, open_control_plane
 from dragoman.gateway.balance import Balancer
 from dragoman.gateway.catalog import LiveCatalog
+from dragoman.gateway.control import ControlPlane, make_observer, open_control_plane
 from dragoman.gateway.cooldown import CooldownSettings, CooldownStore, cooldown_store
+from dragoman.gateway.deployments import DeploymentSpec, ModelSpec
+from dragoman.gateway.gateway import Gateway
 from dragoman.gateway.health import BackendHealth, HealthMonitor, ReadinessCheck
 from dragoman.gateway.keys import KeyService
 from dragoman.gateway.metrics import Metrics
 from dragoman.gateway.registry import ModelRegistry
-from dragoman.gateway.route import DeploymentSpec, ModelSpec
 from dragoman.gateway.router import Router, RoutingSettings
 from dragoman.gateway.settings import SettingsStore
 from dragoman.gateway.store import Store
-from dragoman.pipeline import Gateway
 from dragoman.tracing import Tracing
 
 log = logging.getLogger("dragoman")

@@ -377,30 +377,116 @@ class HTTPBackend(Backend):
     async def chat_call(self, request: ChatRequest, model: str, options: CallOptions) -> StreamCall[Any] | list[Event]:
         """The streamed call for ``request``, or the answer's events when the backend got it whole."""
 
-    async def stream(self, request: ChatRequest, model: str, options: CallOptions) -> AsyncIterator[Event]:
-        call = await self.chat_call(request, model, options)
-        if isinstance(call, list):
-            for event in call:
-                yield event
+    def stream(self, request: ChatRequest, model: str, options: CallOptions) -> HTTPEventStream:
+        return HTTPEventStream(self, request, model, options)
+
+
+class HTTPEventStream:
+    """One chat call's events, read chunk by chunk: each chunk the upstream sent is split into
+    frames and decoded at once, and its events handed out one by one (``__anext__``) or all that
+    are already here (:meth:`ready`: the gateway relays what one read delivered in one batch).
+
+    A class rather than an async generator: handing out an event already decoded does not
+    suspend anything. Its first ``__anext__`` makes the call; ``aclose`` releases the response."""
+
+    __slots__ = ("_backend", "_call", "_done", "_failure", "_model", "_options", "_pending", "_request", "_response")
+
+    def __init__(self, backend: HTTPBackend, request: ChatRequest, model: str, options: CallOptions) -> None:
+        self._backend = backend
+        self._request = request
+        self._model = model
+        self._options = options
+        self._call: StreamCall[Any] | None = None
+        self._response: aiohttp.ClientResponse | None = None
+        self._pending: list[Event] = []  # decoded, not handed out yet (in reverse order: pop() is the next)
+        self._done = False
+        self._failure: GatewayError | None = None  # a frame's error, after the events before it
+
+    def __aiter__(self) -> HTTPEventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        while not self._pending:
+            if self._done:
+                failure, self._failure = self._failure, None
+                if failure is not None:
+                    raise failure
+                raise StopAsyncIteration
+            try:
+                await self._read()
+            except BaseException:
+                self._done = True
+                self._release()
+                raise
+        return self._pending.pop()
+
+    def ready(self) -> list[Event]:
+        """Every event already decoded (none when the next needs a read), in order."""
+        pending = self._pending
+        if not pending:
+            return pending
+        pending.reverse()
+        self._pending = []
+        return pending
+
+    async def _read(self) -> None:
+        """Decode the next chunk's events into ``_pending`` (the end's, once the body ended)."""
+        backend, options = self._backend, self._options
+        call, response = self._call, self._response
+        if call is None:
+            made = await backend.chat_call(self._request, self._model, options)
+            if isinstance(made, list):  # the answer came whole
+                self._pending = made[::-1]
+                self._done = True
+                return
+            self._call = call = made
+            self._response = response = await backend.post(call.path, call.body, options, call.headers)
             return
-        response = await self.post(call.path, call.body, options, call.headers)
-        frames, decode = call.frames, call.decode
+        assert response is not None
+        limit, at = sooner("idle", asyncio.get_running_loop().time() + options.timeouts.idle, options)
         try:
-            async for chunk in iter_chunks(response, options, self.name):
-                for frame in frames.feed(chunk):
-                    for event in decode(frame):
-                        yield event
-            for frame in frames.flush():
-                for event in decode(frame):
-                    yield event
-            for event in call.end():
-                yield event
+            try:
+                async with asyncio.timeout_at(at):
+                    chunk = await response.content.readany()
+            except TimeoutError as exc:
+                raise timed_out(backend.name, limit, options.timeouts) from exc
+            decode = call.decode
+            events: list[Event] = []
+            try:
+                if chunk:
+                    for frame in call.frames.feed(chunk):
+                        events += decode(frame)
+                else:
+                    for frame in call.frames.flush():
+                        events += decode(frame)
+                    events += call.end()
+                    self._done = True
+                    self._release()
+            except GatewayError as exc:
+                if not events:
+                    raise
+                self._failure = exc  # raised once the events decoded before it are out
+                self._done = True
+                self._release()
         except FrameTooLarge as exc:
             raise GatewayError(ErrorKind.UPSTREAM_ERROR,
-                               f"upstream {self.name!r} sent a stream line longer than {exc.limit} bytes "
+                               f"upstream {backend.name!r} sent a stream line longer than {exc.limit} bytes "
                                "(max_frame_bytes)") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise exception_error(self.name, exc, options.timeouts) from exc
-        finally:
+            raise exception_error(backend.name, exc, options.timeouts) from exc
+        events.reverse()
+        self._pending = events
+
+    def _release(self) -> None:
+        response = self._response
+        if response is not None:
+            self._response = None
             response.release()
             response.close()
+
+    async def aclose(self) -> None:
+        """Stop: the upstream call ends here (its connection is not reused mid-answer)."""
+        self._done = True
+        self._pending = []
+        self._failure = None
+        self._release()

@@ -1,4 +1,4 @@
-"""The pipeline's access policy for each ``auth.mode``.
+"""Who may use the gateway, and what: the access policy, one class for each ``auth.mode``.
 
 * ``keys``: every request needs a dragoman key (``sk-dm-...``); the key decides which models it
   may use and which limits and budgets apply.
@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from dragoman.core.service import CallContext
 from dragoman.core.types import ChatRequest
@@ -20,6 +21,23 @@ from dragoman.gateway.limits import Lease, Limiter
 log = logging.getLogger("dragoman.auth")
 
 _ANONYMOUS = Principal.anonymous()
+
+
+class AccessPolicy(Protocol):
+    """Authentication, model access and limits, as the gateway asks for them."""
+
+    async def authenticate(self, ctx: CallContext) -> None: ...
+
+    def may_use(self, ctx: CallContext, *names: str) -> bool: ...
+
+    def may_manage(self, ctx: CallContext) -> bool:
+        """May pull, create, copy and delete models."""
+        ...
+
+    async def acquire(self, ctx: CallContext, model: str, request: ChatRequest | None = None) -> Lease | None:
+        """Admit a call of ``model`` (``<backend>/<model>``) or raise; a chat passes its
+        ``request``, from which a budget reserves what it may spend until the lease is released."""
+        ...
 
 
 class KeyAccess:
@@ -55,7 +73,8 @@ class KeyAccess:
 
 
 class AnonymousAccess:
-    """``auth.mode: none`` or ``forward``: everyone, every model; only per-model limits apply.
+    """``auth.mode: none`` or ``forward``: everyone, every model; only per-model limits apply
+    (none without a ``limiter``: the gateway's default, everyone unlimited).
     ``manage_models``: whether anyone may pull, create and delete models (``none``: yes, as with
     a local Ollama; ``forward``: no, callers are not known to the gateway)."""
 

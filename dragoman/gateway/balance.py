@@ -17,7 +17,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from dragoman.gateway.route import Deployment, Strategy
+from dragoman.config import Strategy
+from dragoman.gateway.deployments import Deployment
 
 
 class Balancer:

@@ -6,7 +6,7 @@ served by exactly one backend. Anything else is a 404 that lists close matches. 
 lists are cached and refreshed in the background, and refreshed at once on a miss, so new
 upstream models appear without restart.
 
-A name resolves to a :class:`~dragoman.gateway.route.Route`: steps tried in order.
+A name resolves to a :class:`~dragoman.gateway.deployments.ModelRoute`: steps tried in order.
 
 * a ``models:`` entry is one step (its deployments, strategy, retries, timeouts), followed by
   the routes of its ``fallbacks`` in order;
@@ -33,7 +33,7 @@ from dragoman.backends.base import Backend
 from dragoman.core.models import ModelEntry, ModelInfo
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.catalog import Catalog, LiveCatalog
-from dragoman.gateway.route import Deployment, ModelSpec, Route, Step, Target
+from dragoman.gateway.deployments import Deployment, ModelRoute, ModelSpec, Step, Target
 
 __all__ = ["ModelRegistry", "Target"]
 
@@ -57,7 +57,7 @@ class ModelRegistry:
         self._lock = asyncio.Lock()
         # Resolved routes by requested name, for one catalog and one set of model lists (resolution
         # is per request); a new catalog or a refresh starts it afresh.
-        self._routes: dict[str, Route] = {}
+        self._routes: dict[str, ModelRoute] = {}
         self._routes_for: Catalog | None = None
 
     @property
@@ -147,7 +147,7 @@ class ModelRegistry:
 
     # ------------------------------------------------------------- resolution
 
-    async def resolve_route(self, name: str, catalog: Catalog | None = None) -> Route:
+    async def resolve_route(self, name: str, catalog: Catalog | None = None) -> ModelRoute:
         """The steps a request for ``name`` walks through (see the module docstring), in ``catalog``
         (the one the request pinned; by default the current one)."""
         await self.refresh()
@@ -164,22 +164,22 @@ class ModelRegistry:
             self._routes[name] = route
         return route
 
-    async def _missing(self, name: str, catalog: Catalog) -> Route:
+    async def _missing(self, name: str, catalog: Catalog) -> ModelRoute:
         await self.refresh(force=True)  # a model may have appeared upstream
         route = self._route(name, catalog)
         if route is None:
             raise self._not_found(name, catalog)
         return route
 
-    def _route(self, name: str, catalog: Catalog) -> Route | None:
+    def _route(self, name: str, catalog: Catalog) -> ModelRoute | None:
         steps: list[tuple[Step, bool]] = []
         self._steps(name, catalog, steps, set(), top=True)
         if not steps:
             return None
         if len(steps) > 1:  # concrete steps with somewhere else to go are tried once
-            return Route(name, tuple(Step(s.name, s.deployments, s.strategy, 0, s.timeouts) if implicit else s
+            return ModelRoute(name, tuple(Step(s.name, s.deployments, s.strategy, 0, s.timeouts) if implicit else s
                                      for s, implicit in steps))
-        return Route(name, (steps[0][0],))
+        return ModelRoute(name, (steps[0][0],))
 
     def _steps(self, name: str, catalog: Catalog, out: list[tuple[Step, bool]], seen: set[str], *,
                top: bool = False) -> None:

@@ -1,7 +1,7 @@
 """Choosing a deployment and getting a first event out of it: load balancing, retries,
 fallbacks and cooldowns.
 
-A request walks its :class:`~dragoman.gateway.route.Route` step by step (the model, then its
+A request walks its :class:`~dragoman.gateway.deployments.ModelRoute` step by step (the model, then its
 fallbacks). Within a step:
 
 1. Deployments that are cooling down are skipped (only when the route has more than one
@@ -23,7 +23,8 @@ failure of the deployment). What does not: a 4xx the request caused (invalid req
 permission, not found, payload too large) reaches the client at once.
 
 All of this happens only before the first event is handed out, so a client never sees half an
-answer twice. A failure after it ends the stream with an error (and counts toward the cooldown).
+answer twice. A failure after it ends the stream with an error (and counts toward the cooldown:
+the stream's owner reports it through ``Router.stream_failed``).
 
 Each attempt, and the answer after it, ends by the request's total deadline (``CallOptions.deadline``)
 whatever the backend does; once it passes, the request ends (``DeadlineExceeded``: no further
@@ -44,14 +45,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from dragoman.backends.base import CallOptions, total_exceeded, within_deadline
+from dragoman.backends.base import CallOptions, within_deadline
+from dragoman.config import Strategy
 from dragoman.core.events import Event
 from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.balance import Balancer
 from dragoman.gateway.cooldown import CooldownStore, State, Status
+from dragoman.gateway.deployments import Deployment, ModelRoute, Step, Target
 from dragoman.gateway.logutil import ThrottledLog
-from dragoman.gateway.route import Deployment, Route, Step, Strategy, Target
 from dragoman.tracing import Tracing
 
 log = logging.getLogger("dragoman.router")
@@ -74,16 +76,38 @@ class RoutingSettings:
     max_retry_after: float = 10.0  # longer upstream retry-after: move on instead of waiting
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Started:
+    """An answer whose first event came, and the handle its one reader (the gateway's
+    ``GatewayChatStream``) reports back through, so that no wrapper sits between it and the
+    backend's events: a failure after the first event (:meth:`failed`: counts toward the
+    deployment's cooldown) and the end (:meth:`aclose`: closes the upstream call and the
+    deployment's in-flight count). The reader stops at ``options.deadline``."""
+
+    router: Router
     target: Target
     request: ChatRequest  # as planned for this target
     first: Event
-    events: AsyncIterator[Event]
+    events: AsyncIterator[Event]  # the backend's own iterator, after ``first``
     attempts: int
     overhead: float  # seconds dragoman spent itself before the first event (see the module docstring)
-    step: Step | None = None
-    deployment: Deployment | None = None
+    step: Step
+    deployment: Deployment
+    options: CallOptions  # the call's timeouts and total deadline
+    closed: bool = False
+
+    async def failed(self, error: GatewayError) -> None:
+        """The answer failed after its first event."""
+        if error.retryable:
+            await self.router._failed(self.deployment, error)
+
+    async def aclose(self) -> None:
+        """End the call (once; also before the rest was read)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.router.balancer.end(self.deployment.id)
+        await self.events.aclose()  # type: ignore[attr-defined]
 
 
 @dataclass(slots=True)
@@ -112,7 +136,7 @@ class Router:
 
     # ------------------------------------------------------------------ chat
 
-    async def start(self, route: Route, prepare: Callable[[Step, Target], tuple[ChatRequest, CallOptions]],
+    async def start(self, route: ModelRoute, prepare: Callable[[Step, Target], tuple[ChatRequest, CallOptions]],
                     *, started_at: float) -> Started:
         """The first event of the answer from the first deployment that gives one.
 
@@ -144,13 +168,12 @@ class Router:
         done = await self._run(route, lambda step, d: prepare(step, d.target), call)
         first, events = done.result
         overhead = max(0.0, time.perf_counter() - started_at - done.waited)
-        observed = _Observed(self, events, done.deployment, done.planned[1])
-        return Started(done.deployment.target, done.planned[0], first, observed,
-                       done.attempts, overhead, done.step, done.deployment)
+        return Started(self, done.deployment.target, done.planned[0], first, events,
+                       done.attempts, overhead, done.step, done.deployment, done.planned[1])
 
     # ------------------------------------------------------------ embeddings
 
-    async def embed(self, route: Route, request: EmbeddingRequest,
+    async def embed(self, route: ModelRoute, request: EmbeddingRequest,
                     options_for: Callable[[Step, Target], CallOptions]) -> tuple[EmbeddingResponse, Target, int]:
         tracing = self.tracing
 
@@ -175,7 +198,7 @@ class Router:
 
     # ------------------------------------------------------------- the walk
 
-    async def _run(self, route: Route, prepare: Callable[[Step, Deployment], P],
+    async def _run(self, route: ModelRoute, prepare: Callable[[Step, Deployment], P],
                    call: Callable[[Deployment, P], Awaitable[R]]) -> _Outcome[P, R]:
         """Walk the route until a call succeeds (see the module docstring)."""
         settings = self.settings
@@ -200,7 +223,11 @@ class Router:
                 fresh = [d for d in usable if d.id not in tried]
                 if not fresh and (retries_left <= 0 or not usable):
                     break
-                chosen = await self._choose(strategy, fresh or usable, statuses, cooldowns)
+                candidates = fresh or usable
+                if len(candidates) == 1 and not statuses:  # the common case: one deployment, none cooling
+                    chosen: tuple[Deployment, bool] | None = (candidates[0], False)
+                else:
+                    chosen = await self._choose(strategy, candidates, statuses, cooldowns)
                 if chosen is None:
                     break
                 deployment, probing = chosen
@@ -293,46 +320,3 @@ class Router:
         if self.cooldowns is not None and await self.cooldowns.record_failure(deployment.id):
             log.warning("deployment %s keeps failing (%s); skipping it for %gs", deployment.id, error.message,
                         self.cooldowns.settings.period)
-
-
-class _Observed:
-    """The rest of an answer: a failure in it counts toward the deployment's cooldown, and its end
-    (or ``aclose``, even before the first read) closes the upstream call and the in-flight count.
-
-    The total deadline is checked before each event (a clock read, not a timer per event: the
-    backends bound their own waits by it), so a backend that keeps producing still ends there."""
-
-    __slots__ = ("_deadline", "_deployment", "_done", "_events", "_options", "_router")
-
-    def __init__(self, router: Router, events: AsyncIterator[Event], deployment: Deployment,
-                 options: CallOptions) -> None:
-        self._router = router
-        self._events = events
-        self._deployment = deployment
-        self._options = options
-        self._deadline = options.deadline if options.deadline is not None else float("inf")
-        self._done = False
-
-    def __aiter__(self) -> _Observed:
-        return self
-
-    async def __anext__(self) -> Event:
-        try:
-            if asyncio.get_running_loop().time() >= self._deadline:
-                raise total_exceeded(self._options.timeouts)
-            return await anext(self._events)
-        except StopAsyncIteration:
-            await self.aclose()
-            raise
-        except GatewayError as exc:
-            if exc.retryable:
-                await self._router._failed(self._deployment, exc)
-            await self.aclose()
-            raise
-
-    async def aclose(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._router.balancer.end(self._deployment.id)
-        await self._events.aclose()  # type: ignore[attr-defined]

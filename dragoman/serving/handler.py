@@ -7,7 +7,8 @@ headers. A dialect only translates (:class:`dragoman.core.dialect.Dialect`).
 
 Every started stream is closed in one place, :meth:`GenerationHandler._relay` (``async with
 aclosing``), however its answer ends. Streamed events go from the gateway's stream through the
-dialect's encoder straight to ``send``: no generator between them.
+dialect's encoder straight to ``send``: no generator between them, and the events one upstream read
+delivered go out in one write (``batch()``, when the stream offers it).
 """
 
 from __future__ import annotations
@@ -158,12 +159,28 @@ class GenerationHandler:
             if head is not None:
                 await send(head)
             if ping_interval is None:
+                batches = getattr(stream, "batch", None)
+                if batches is not None:
+                    return await _pump_batches(batches, sink, send)
                 return await _pump(stream, sink, send, ping)
             async with aclosing(keepalive(aiter(stream), ping_interval)) as ticks:
                 return await _pump(ticks, sink, send, ping)
 
     def _error(self, error: GatewayError, ctx: CallContext, headers: Mapping[str, str] | None = None) -> Response:
         return wire_error_response(error, self.dialect.render_error(error, ctx), headers)
+
+
+async def _pump_batches(batches: Callable[[], Awaitable[list[Event]]], sink: Callable[[Event], bytes | None],
+                        send: Send) -> bool:
+    """Like :func:`_pump`, for a stream that hands out what one upstream read delivered at once
+    (``GatewayChatStream.batch``): their frames go out in one write."""
+    while batch := await batches():
+        frames = [frame for event in batch if (frame := sink(event))]
+        if frames:
+            await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
+        if batch[-1].__class__ is StreamError:
+            return False
+    return True
 
 
 async def _pump(source: AsyncIterable[Event] | AsyncIterable[Event | None], sink: Callable[[Event], bytes | None],

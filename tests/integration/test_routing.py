@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from dragoman.pipeline import CallOutcome
+from dragoman.gateway.outcome import CallOutcome
 from tests.fakes.openai_upstream import MODELS, FakeOpenAI, wait_until
 from tests.servers import ServerThread, dragoman_server
 from tests.services import REDIS_MISSING, ensure_redis, unique_name

@@ -1,4 +1,4 @@
-"""The import directions of DESIGN.md: core <- dialects, backends <- gateway <- app."""
+"""The import directions of DESIGN.md: core <- protocols <- dialects, backends <- gateway <- app."""
 
 from __future__ import annotations
 
@@ -69,7 +69,9 @@ def test_serving_knows_dialects_only_by_their_interface() -> None:
 
 
 def test_gateway_never_imports_dialects_admin_or_assembly() -> None:
-    """Policy is written once against the canonical model: no wire format, no HTTP surface."""
+    """Policy is written once against the canonical model: no wire format, no HTTP surface. The
+    ``Gateway`` itself, its stream and the control plane live in ``gateway/`` and are checked here."""
+    assert {"gateway.py", "stream.py", "control.py"} <= {path.name for path in (PACKAGE / "gateway").iterdir()}
     assert layer_violations("gateway", ("dragoman.core", "dragoman.errors", "dragoman.backends", "dragoman.config",
                                         "dragoman.extras", "dragoman.tracing", "dragoman.gateway")) == []
 

@@ -21,9 +21,9 @@ from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway.balance import Balancer
 from dragoman.gateway.catalog import Catalog, LiveCatalog
 from dragoman.gateway.cooldown import CooldownSettings, MemoryCooldownStore, RedisCooldownStore, State
+from dragoman.gateway.deployments import Deployment, DeploymentSpec, ModelRoute, ModelSpec, Step, Target
 from dragoman.gateway.redis_client import connect_redis
 from dragoman.gateway.registry import ModelRegistry
-from dragoman.gateway.route import Deployment, DeploymentSpec, ModelSpec, Route, Step, Target
 from dragoman.gateway.router import Router, RoutingSettings
 from tests.gateway_fixtures import FakeClock
 from tests.services import ensure_redis
@@ -79,9 +79,9 @@ def router(cooldowns: MemoryCooldownStore | None = None, **settings: Any) -> tup
                   sleep=sleeps), sleeps
 
 
-async def start(r: Router, route: Route) -> tuple[str, int]:
+async def start(r: Router, route: ModelRoute) -> tuple[str, int]:
     started = await r.start(route, lambda step, t: (request(), CallOptions()), started_at=0.0)
-    await started.events.aclose()  # type: ignore[attr-defined]
+    await started.aclose()
     return started.target.id, started.attempts
 
 
@@ -226,7 +226,7 @@ def test_weighted_random_follows_the_weights() -> None:
 async def test_every_deployment_once_before_any_retry() -> None:
     backend = Scripted("x", ["a", "b"], {"a": [ErrorKind.OVERLOADED] * 5, "b": [ErrorKind.OVERLOADED] * 5})
     r, sleeps = router(retries=2, backoff=1.0, backoff_max=1.5)
-    route = Route("m", (Step("m", (deployment(backend, "a"), deployment(backend, "b"))),))
+    route = ModelRoute("m", (Step("m", (deployment(backend, "a"), deployment(backend, "b"))),))
     with pytest.raises(GatewayError) as info:
         await start(r, route)
     assert info.value.kind is ErrorKind.OVERLOADED
@@ -238,14 +238,14 @@ async def test_every_deployment_once_before_any_retry() -> None:
 async def test_retry_after_is_waited_for_up_to_the_cap() -> None:
     backend = Scripted("x", ["a"], {"a": [ErrorKind.RATE_LIMITED]}, retry_after=3.0)
     r, sleeps = router(retries=1, backoff=0.1, max_retry_after=5)
-    assert await start(r, Route("m", (Step("m", (deployment(backend, "a"),)),))) == ("x/a", 2)
+    assert await start(r, ModelRoute("m", (Step("m", (deployment(backend, "a"),)),))) == ("x/a", 2)
     assert sleeps.delays == [3.0]
 
 
 async def test_request_errors_are_raised_at_once() -> None:
     backend = Scripted("x", ["a", "b"], {"a": [ErrorKind.INVALID_REQUEST]})
     r, _ = router()
-    route = Route("m", (Step("m", (deployment(backend, "a", priority=0), deployment(backend, "b", priority=1))),))
+    route = ModelRoute("m", (Step("m", (deployment(backend, "a", priority=0), deployment(backend, "b", priority=1))),))
     with pytest.raises(GatewayError) as info:
         await start(r, route)
     assert info.value.kind is ErrorKind.INVALID_REQUEST
@@ -255,7 +255,7 @@ async def test_request_errors_are_raised_at_once() -> None:
 async def test_unplannable_targets_are_skipped_and_their_error_kept() -> None:
     backend = Scripted("x", ["a", "b"])
     r, _ = router()
-    route = Route("m", (Step("m", (deployment(backend, "a", priority=0), deployment(backend, "b", priority=1))),))
+    route = ModelRoute("m", (Step("m", (deployment(backend, "a", priority=0), deployment(backend, "b", priority=1))),))
 
     def prepare(step: Step, target: Target) -> tuple[ChatRequest, CallOptions]:
         if target.model == "a":
@@ -263,9 +263,9 @@ async def test_unplannable_targets_are_skipped_and_their_error_kept() -> None:
         return request(), CallOptions(Timeouts(1, 2, 3))
 
     started = await r.start(route, prepare, started_at=0.0)
-    await started.events.aclose()  # type: ignore[attr-defined]
+    await started.aclose()
     assert (started.target.id, started.attempts, backend.calls) == ("x/b", 1, ["b"])
-    only_a = Route("m", (Step("m", (deployment(backend, "a"),)),))
+    only_a = ModelRoute("m", (Step("m", (deployment(backend, "a"),)),))
     with pytest.raises(GatewayError, match="does not accept images"):
         await r.start(only_a, prepare, started_at=0.0)
 
@@ -275,7 +275,7 @@ async def test_a_successful_probe_closes_the_breaker() -> None:
     store = MemoryCooldownStore(CooldownSettings(failures=1, window=10, period=5), clock=clock)
     backend = Scripted("x", ["a", "b"], {"a": [ErrorKind.UPSTREAM_UNAVAILABLE]})
     r, _ = router(store)
-    route = Route("m", (Step("m", (deployment(backend, "a", priority=0), deployment(backend, "b", priority=1))),))
+    route = ModelRoute("m", (Step("m", (deployment(backend, "a", priority=0), deployment(backend, "b", priority=1))),))
     assert await start(r, route) == ("x/b", 2)
     assert await start(r, route) == ("x/b", 1)  # a is cooling down
     clock.advance(5)
@@ -293,11 +293,17 @@ async def test_mid_stream_failures_count_toward_the_cooldown() -> None:
     store = MemoryCooldownStore(CooldownSettings(failures=1, window=10, period=5))
     backend = Breaks("x", ["a", "b"])
     r, _ = router(store)
-    route = Route("m", (Step("m", (deployment(backend, "a"), deployment(backend, "b"))),))
+    route = ModelRoute("m", (Step("m", (deployment(backend, "a"), deployment(backend, "b"))),))
     started = await r.start(route, lambda step, t: (request(), CallOptions()), started_at=0.0)
     with pytest.raises(GatewayError):
-        async for _ in started.events:
-            pass
+        try:  # as the answer's reader (the gateway's stream) does: report the failure, then close
+            async for _ in started.events:
+                pass
+        except GatewayError as exc:
+            await started.failed(exc)
+            raise
+        finally:
+            await started.aclose()
     assert (await store.check([started.target.id]))[started.target.id].state is State.OPEN
     assert r.balancer.in_flight == {}
 

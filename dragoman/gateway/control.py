@@ -1,4 +1,4 @@
-"""The control plane assembled: storage, keys, limits, usage and metrics around the pipeline.
+"""The control plane assembled: storage, keys, limits, usage and metrics around the gateway.
 
 Opened in the app's lifespan (the database is async), closed in reverse order so the usage
 queue is flushed before the database goes away. The request path never waits on the
@@ -13,17 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 from dragoman.config import Config
 from dragoman.errors import ErrorKind
-from dragoman.gateway.auth import AnonymousAccess, KeyAccess
+from dragoman.gateway.auth import AccessPolicy, AnonymousAccess, KeyAccess
 from dragoman.gateway.keys import KeyService, Principal
 from dragoman.gateway.limits import Limiter, MemoryLimiter, RateLimits, RedisLimiter, Reserver
 from dragoman.gateway.metrics import Metrics
+from dragoman.gateway.outcome import CallOutcome
 from dragoman.gateway.redis_client import connect_redis
 from dragoman.gateway.settings import SettingsStore
 from dragoman.gateway.static_keys import static_keys
 from dragoman.gateway.store import Store
 from dragoman.gateway.usage import PriceTable, UsageRecord, UsageRecorder
 from dragoman.gateway.usage_store import UsagePruner, UsageStore
-from dragoman.pipeline import AccessPolicy, CallOutcome
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis  # optional (dragoman[redis]): imported where a client is made
@@ -119,7 +119,7 @@ def usage_record(outcome: CallOutcome) -> UsageRecord:
 
 
 def make_observer(recorder: UsageRecorder, metrics: Metrics) -> Any:
-    """The pipeline observer: one usage record and one metrics update per finished call."""
+    """The gateway's observer: one usage record and one metrics update per finished call."""
 
     def observe(outcome: CallOutcome) -> None:
         recorder.record(usage_record(outcome))

@@ -1,4 +1,4 @@
-"""The request path, written once against the canonical model for every dialect.
+"""The gateway: the request path, written once against the canonical model for every dialect.
 
     authenticate -> plan (resolve name, access, overrides, capabilities)
                  -> route (deployments, retries, fallbacks; only before the first event)
@@ -13,34 +13,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 from dragoman.backends.base import CallOptions, Timeouts
 from dragoman.config import OverrideConfig
-from dragoman.core.events import Event, MessageEnd, PartDelta, PartEnd, PartStart, StreamError
 from dragoman.core.fit import estimate_request_tokens, truncate_oldest
 from dragoman.core.management import LoadOptions, LoadsModels, ModelRecipe, PullProgress
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, TokenCount
 from dragoman.core.tokens import estimate_prompt_tokens
-from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Reasoning, Tokenized, Usage
+from dragoman.core.types import ChatRequest, EmbeddingRequest, EmbeddingResponse, Reasoning, Tokenized
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.gateway import overrides as override_rules
+from dragoman.gateway.auth import AccessPolicy, AnonymousAccess
 from dragoman.gateway.catalog import Catalog
+from dragoman.gateway.deployments import ModelRoute, Step
 from dragoman.gateway.model_store import ModelStore
+from dragoman.gateway.outcome import CallOutcome, Observer
 from dragoman.gateway.recipes import described, with_recipe
 from dragoman.gateway.registry import ModelRegistry, Target
-from dragoman.gateway.route import Route, Step
 from dragoman.gateway.router import Router
+from dragoman.gateway.stream import GatewayChatStream
 
-log = logging.getLogger("dragoman.pipeline")
-
-
-class Lease(Protocol):
-    async def release(self, tokens: int, cost: float = 0.0) -> None: ...
+log = logging.getLogger("dragoman.gateway")
 
 
 class Pricing(Protocol):
@@ -51,62 +49,6 @@ class StreamGauge(Protocol):
     def stream_started(self) -> None: ...
 
     def stream_ended(self) -> None: ...
-
-
-class AccessPolicy(Protocol):
-    """Authentication, model access and limits (the control plane implements it)."""
-
-    async def authenticate(self, ctx: CallContext) -> None: ...
-
-    def may_use(self, ctx: CallContext, *names: str) -> bool: ...
-
-    def may_manage(self, ctx: CallContext) -> bool:
-        """May pull, create, copy and delete models."""
-        ...
-
-    async def acquire(self, ctx: CallContext, model: str, request: ChatRequest | None = None) -> Lease | None:
-        """Admit a call of ``model`` (``<backend>/<model>``) or raise; a chat passes its
-        ``request``, from which a budget reserves what it may spend until the lease is released."""
-        ...
-
-
-class OpenAccess:
-    """``auth.mode: none``: everyone may use everything, unlimited."""
-
-    async def authenticate(self, ctx: CallContext) -> None:
-        return None
-
-    def may_use(self, ctx: CallContext, *names: str) -> bool:
-        return True
-
-    def may_manage(self, ctx: CallContext) -> bool:
-        return True
-
-    async def acquire(self, ctx: CallContext, model: str, request: ChatRequest | None = None) -> Lease | None:
-        return None
-
-
-@dataclass(slots=True)
-class CallOutcome:
-    """One finished request, as usage tracking and metrics see it (no prompt, no key)."""
-
-    ctx: CallContext
-    kind: str  # chat | embeddings
-    requested_model: str
-    stream: bool
-    target: str | None = None  # <backend>/<model> that served (or last failed)
-    backend: str | None = None
-    attempts: int = 0
-    status: int = 200
-    error_kind: str | None = None
-    usage: Usage = field(default_factory=Usage)
-    ttft: float | None = None  # seconds
-    latency: float = 0.0
-    cancelled: bool = False
-    finish_reason: str | None = None
-
-
-Observer = Callable[[CallOutcome], None]
 
 
 class Gateway:
@@ -124,7 +66,7 @@ class Gateway:
         self.registry = registry
         self.live = registry.live
         self.router = router or Router()
-        self.access: AccessPolicy = access or OpenAccess()
+        self.access: AccessPolicy = access or AnonymousAccess()
         self.timeouts = timeouts or Timeouts()
         self.forward_keys = forward_keys
         self.observers: list[Observer] = list(observers)
@@ -244,7 +186,7 @@ class Gateway:
             outcome.status, outcome.error_kind = exc.status, exc.kind.value
             raise
         except asyncio.CancelledError:
-            _cancelled(outcome)
+            outcome.cancel()
             raise
         finally:
             self.live.release(pin)
@@ -274,7 +216,7 @@ class Gateway:
             raise
         except asyncio.CancelledError:  # the client left before the answer started
             self.live.release(pin)
-            _cancelled(outcome)
+            outcome.cancel()
             outcome.latency = time.perf_counter() - ctx.started_at
             self._notify(outcome)
             raise
@@ -308,13 +250,13 @@ class Gateway:
                 self.metrics.stream_ended()
             self._notify(outcome)
 
-        return GatewayChatStream(started.first, started.events, headers=headers, outcome=outcome,
+        return GatewayChatStream(started, headers=headers, outcome=outcome,
                                  exclude_reasoning=plan.reasoning.exclude,
                                  prompt_estimate=lambda: estimate_prompt_tokens(request), on_close=closed)
 
     # ---------------------------------------------------------------- routing
 
-    async def _route(self, name: str, ctx: CallContext, catalog: Catalog) -> Route:
+    async def _route(self, name: str, ctx: CallContext, catalog: Catalog) -> ModelRoute:
         """The route for a requested name, with what this key may not use left out.
 
         A key allowed the requested name may use every deployment and fallback the operator put
@@ -332,7 +274,7 @@ class Gateway:
         if not steps:
             raise GatewayError(ErrorKind.PERMISSION, f"this key may not use model {name!r}",
                                code="model_not_allowed", param="model")
-        return Route(route.name, tuple(steps))
+        return ModelRoute(route.name, tuple(steps))
 
     def _prepare(self, request: ChatRequest, ctx: CallContext, catalog: Catalog, step: Step,
                  target: Target) -> tuple[ChatRequest, CallOptions]:
@@ -430,115 +372,5 @@ def _entry(name: str, first: Target) -> ModelEntry:
                       alias_of=first.id if first.id != name else None)
 
 
-def _cancelled(outcome: CallOutcome) -> None:
-    outcome.cancelled = True
-    outcome.status, outcome.error_kind = 499, ErrorKind.CANCELLED.value
-
-
 def _alias(entry: ModelEntry) -> tuple[str, ...]:
     return (entry.alias_of,) if entry.alias_of else ()
-
-
-class GatewayChatStream:
-    """The started answer: observes events, turns late failures into ``StreamError``."""
-
-    def __init__(self, first: Event, rest: AsyncIterator[Event], *, headers: dict[str, str],
-                 outcome: CallOutcome, exclude_reasoning: bool, prompt_estimate: Callable[[], int],
-                 on_close: Callable[[CallOutcome], Awaitable[None]]) -> None:
-        self.headers = headers
-        self._first: Event | None = first
-        self._rest = rest
-        self._outcome = outcome
-        self._exclude = exclude_reasoning
-        self._prompt_estimate = prompt_estimate
-        self._on_close = on_close
-        self._closed = False
-        self._generated_chars = 0
-        self._iterator = self._iterate()
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self._iterator
-
-    async def _iterate(self) -> AsyncIterator[Event]:
-        outcome = self._outcome
-        hidden: set[int] = set()
-        shift = 0
-        finished = False
-        rest = self._rest
-        event: Event | None = self._first
-        self._first = None
-        try:
-            while True:
-                if event is None:
-                    try:
-                        event = await anext(rest)
-                    except StopAsyncIteration:
-                        break
-                    except GatewayError as exc:
-                        event = StreamError(exc)
-                if isinstance(event, PartDelta):
-                    if outcome.ttft is None:
-                        outcome.ttft = time.perf_counter() - outcome.ctx.started_at
-                    self._generated_chars += len(event.text)
-                elif isinstance(event, MessageEnd):
-                    finished = True
-                    outcome.finish_reason = event.finish_reason
-                    outcome.usage = self._usage(event.usage)
-                    event = replace(event, usage=outcome.usage)
-                elif isinstance(event, StreamError):
-                    outcome.status, outcome.error_kind = event.error.status, event.error.kind.value
-                if self._exclude and isinstance(event, (PartStart, PartDelta, PartEnd)):
-                    if isinstance(event, PartStart) and event.kind == "reasoning":
-                        hidden.add(event.index)
-                        shift += 1
-                        event = None
-                        continue
-                    if event.index in hidden:
-                        event = None
-                        continue
-                    if shift:
-                        event = _reindex(event, event.index - shift)
-                yield event
-                if isinstance(event, StreamError):
-                    return
-                event = None
-        except BaseException:
-            if not finished and outcome.error_kind is None:
-                outcome.cancelled = True
-                outcome.status, outcome.error_kind = 499, ErrorKind.CANCELLED.value
-            raise
-        finally:
-            await self._close()
-
-    def _usage(self, usage: Usage) -> Usage:
-        if usage.prompt_tokens or usage.completion_tokens:
-            return usage
-        return Usage(prompt_tokens=self._prompt_estimate(),
-                     completion_tokens=max(1, self._generated_chars // 4) if self._generated_chars else 0,
-                     estimated=True)
-
-    async def aclose(self) -> None:
-        """Stop early (client gone): closes the upstream call and records the outcome."""
-        await self._iterator.aclose()  # type: ignore[attr-defined]
-        await self._close()
-
-    async def _close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        outcome = self._outcome
-        if not outcome.usage.total_tokens:  # cut short: the upstream still read the prompt and wrote
-            outcome.usage = self._usage(outcome.usage)  # what came so far (for usage and the budget)
-        try:
-            await self._rest.aclose()  # type: ignore[attr-defined]
-        finally:
-            outcome.latency = time.perf_counter() - outcome.ctx.started_at
-            await self._on_close(outcome)
-
-
-def _reindex(event: PartStart | PartDelta | PartEnd, index: int) -> PartStart | PartDelta | PartEnd:
-    if isinstance(event, PartStart):
-        return PartStart(index, event.kind, event.tool_call_id, event.tool_name, event.redacted)
-    if isinstance(event, PartDelta):
-        return PartDelta(index, event.text)
-    return PartEnd(index, event.signature)

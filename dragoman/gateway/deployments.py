@@ -3,7 +3,9 @@
 * A **deployment** is one concrete ``<backend>/<model>`` with a weight and a priority.
 * A **step** is one client-facing model: its deployments and how to spread and retry over them
   (strategy, retries, timeouts). A ``models:`` entry of the config is a step.
-* A **route** is the steps tried in order: the requested model, then its fallbacks.
+* A **model route** is the steps tried in order: the requested model, then its fallbacks
+  (``ModelRoute``; named apart from the HTTP routes of the dialects and the admin site, and
+  walked by :mod:`dragoman.gateway.router`).
 
 These are plain data the registry builds from :class:`ModelSpec` (the config's ``models:``
 entries, translated by the app) and the router walks; the router never reads config.
@@ -12,13 +14,10 @@ entries, translated by the app) and the router walks; the router never reads con
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from dragoman.backends.base import Backend, Timeouts
+from dragoman.config import Strategy
 from dragoman.core.models import ModelInfo
-
-Strategy = Literal["weighted_random", "least_busy", "lowest_latency"]
-STRATEGIES: tuple[Strategy, ...] = ("weighted_random", "least_busy", "lowest_latency")
 
 
 @dataclass(slots=True, frozen=True)
@@ -82,7 +81,7 @@ class Step:
 
 
 @dataclass(slots=True, frozen=True)
-class Route:
+class ModelRoute:
     name: str  # as requested
     steps: tuple[Step, ...]
     deployment_count: int = field(init=False, compare=False)  # distinct deployments over all steps
