@@ -4,6 +4,10 @@ restarts in the settings table, and the progress of running pulls for the admin 
 Which backend pulls a name: ``<backend>/<name>`` names it; otherwise ``pull.backend`` from the
 config, else ``hf.co/...`` names go to the first llamacpp backend and other names to the first
 ollama backend (which forwards the pull).
+
+Several workers or instances share these through the database: every change also writes a new
+``models:stamp``, and :meth:`ModelStore.reload` (the settings watcher's) serves what another
+one created, copied, pulled or deleted once it sees the stamp change.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ log = logging.getLogger("dragoman.models")
 
 HUB_NAME = re.compile(r"(?:https?://)?(?:hf\.co|huggingface\.co)/", re.IGNORECASE)
 PULLED_SETTING = "pulled:"  # + backend name -> that backend's pulled_models()
+STAMP_SETTING = "models:stamp"  # new on every change of the models kept here
 
 
 @dataclass(slots=True)
@@ -55,10 +60,12 @@ class ModelStore:
         self.running: dict[str, RunningPull] = {}
         self.recipes = Recipes(registry)
         self._blob_root = blob_root
+        self._stamp: object = None  # the stamp of what this process serves
 
     async def restore(self, settings: SettingsStore) -> None:
         """Serve again what earlier runs pulled and created (called once the database is open)."""
         self.settings = settings
+        self._stamp = await settings.get(STAMP_SETTING)
         await self.recipes.restore(settings)
         for backend in self.registry.backends.values():
             if isinstance(backend, PullsModels):
@@ -105,8 +112,8 @@ class ModelStore:
             async for progress in backend.pull_model(model):
                 running.status, running.total, running.completed = progress.status, progress.total, progress.completed
                 if progress.status == "success":
-                    await self._save(backend)
-                    await self.registry.refresh(force=True)
+                    await self._save(backend, model)
+                    await self._changed()
                 yield progress
         finally:
             if self.running.get(key) is running:
@@ -114,13 +121,13 @@ class ModelStore:
 
     async def delete(self, name: str) -> None:
         if await self.recipes.remove(name):
-            await self.registry.refresh(force=True)
+            await self._changed()
             return
         backend, model = self.target(name)
         assert isinstance(backend, PullsModels)
         await backend.delete_model(model)
-        await self._save(backend)
-        await self.registry.refresh(force=True)
+        await self._save(backend, model)
+        await self._changed()
 
     # ------------------------------------------------------------------ create and copy
 
@@ -135,7 +142,7 @@ class ModelStore:
                                param="from")
         await self.registry.resolve_route(recipe.source)  # a 404 naming close matches if it is unknown
         await self.recipes.put(recipe)
-        await self.registry.refresh(force=True)
+        await self._changed()
         return [PullProgress("using existing layer"), PullProgress("writing manifest"), PullProgress("success")]
 
     async def _create_from_files(self, recipe: ModelRecipe) -> list[PullProgress]:
@@ -151,8 +158,8 @@ class ModelStore:
         backend, model = self._file_backend(recipe.name)
         assert isinstance(backend, PullsModels)
         backend.restore_models({model: {"path": str(path)}})
-        await self._save(backend)
-        await self.registry.refresh(force=True)
+        await self._save(backend, model)
+        await self._changed()
         return [PullProgress("parsing GGUF"), PullProgress(f"using existing layer {digest}"),
                 PullProgress("writing manifest"), PullProgress("success")]
 
@@ -175,7 +182,7 @@ class ModelStore:
             await self.registry.resolve_route(source)
             recipe = ModelRecipe(name=destination, source=source)
         await self.recipes.put(dataclasses.replace(recipe, name=destination))
-        await self.registry.refresh(force=True)
+        await self._changed()
 
     # -------------------------------------------------------------------------- blobs
 
@@ -215,9 +222,55 @@ class ModelStore:
             partial.unlink(missing_ok=True)
         return True
 
-    async def _save(self, backend: PullsModels) -> None:
+    async def _save(self, backend: PullsModels, model: str) -> None:
+        """Keep ``model`` as the backend now has it (or not): only that entry of the stored ones,
+        which may hold another worker's pulls this one has not seen yet."""
         if self.settings is not None and hasattr(backend, "name"):
-            await self.settings.set(PULLED_SETTING + str(backend.name), backend.pulled_models())
+            key = PULLED_SETTING + str(backend.name)
+            stored = dict(await self.settings.get(key, {}) or {})
+            source = backend.pulled_models().get(model)
+            if source is None:
+                stored.pop(model, None)
+            else:
+                stored[model] = source
+            await self.settings.set(key, stored)
+
+    # ------------------------------------------------------------- several workers
+
+    async def _changed(self) -> None:
+        """List the models again, and tell the other workers (a new stamp)."""
+        await self.registry.refresh(force=True)
+        if self.settings is not None:
+            self._stamp = uuid.uuid4().hex
+            await self.settings.set(STAMP_SETTING, self._stamp)
+
+    async def reload(self) -> bool:
+        """Serve what another worker or instance changed since the last look (True if it had):
+        its created and copied models, and each backend's pulled ones (added, or deleted here)."""
+        if self.settings is None or (stamp := await self.settings.get(STAMP_SETTING)) == self._stamp:
+            return False
+        self._stamp = stamp
+        await self.recipes.restore(self.settings)
+        for backend in list(self.registry.backends.values()):
+            if isinstance(backend, PullsModels):
+                stored = await self.settings.get(PULLED_SETTING + backend.name, {}) or {}
+                await _follow(backend, stored if isinstance(stored, dict) else {})
+        await self.registry.refresh(force=True)
+        return True
+
+
+async def _follow(backend: Backend, stored: dict[str, dict[str, str]]) -> None:
+    """Make ``backend`` serve the pulled models ``stored`` says, as another worker left them."""
+    assert isinstance(backend, PullsModels)
+    have = backend.pulled_models()
+    added = {name: source for name, source in stored.items() if have.get(name) != source}
+    if added:
+        backend.restore_models(added)
+    for name in have.keys() - stored.keys():
+        try:
+            await backend.delete_model(name)  # its file is gone already, or still used by another model
+        except GatewayError as exc:
+            log.warning("backend %s still serves %s, deleted by another worker: %s", backend.name, name, exc.message)
 
 
 DERIVED_SETTING = "models:derived"
@@ -249,6 +302,11 @@ class Recipes:
                         if isinstance(data, dict)}
         self._apply()
 
+    async def _reread(self) -> None:
+        """The stored recipes, which another worker may have changed, before changing them."""
+        if self.settings is not None:
+            await self.restore(self.settings)
+
     def _apply(self) -> None:
         self.registry.set_derived({name: r.source for name, r in self.recipes.items() if r.source})
 
@@ -258,6 +316,7 @@ class Recipes:
             await self.settings.set(DERIVED_SETTING, {name: r.to_json() for name, r in self.recipes.items()})
 
     async def put(self, recipe: ModelRecipe) -> None:
+        await self._reread()
         if recipe.name not in self.recipes and self.registry.is_taken(recipe.name):
             raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} already exists; choose another name",
                                param="model")
@@ -277,6 +336,7 @@ class Recipes:
         return False
 
     async def remove(self, name: str) -> bool:
+        await self._reread()
         if self.recipes.pop(name, None) is None:
             return False
         await self._save()
