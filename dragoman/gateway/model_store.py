@@ -61,6 +61,8 @@ class ModelStore:
         self.recipes = Recipes(registry)
         self._blob_root = blob_root
         self._stamp: object = None  # the stamp of what this process serves
+        self._pulled: dict[str, dict[str, dict[str, str]]] = {}  # backend -> its stored pulls, as last seen
+        self._saving = asyncio.Lock()
 
     async def restore(self, settings: SettingsStore) -> None:
         """Serve again what earlier runs pulled and created (called once the database is open)."""
@@ -70,6 +72,7 @@ class ModelStore:
         for backend in self.registry.backends.values():
             if isinstance(backend, PullsModels):
                 pulled = await settings.get(PULLED_SETTING + backend.name, {}) or {}
+                self._pulled[backend.name] = dict(pulled) if isinstance(pulled, dict) else {}
                 if isinstance(pulled, dict) and pulled:
                     backend.restore_models(pulled)
                     log.info("backend %s serves %d pulled model(s) again", backend.name, len(pulled))
@@ -227,13 +230,15 @@ class ModelStore:
         which may hold another worker's pulls this one has not seen yet."""
         if self.settings is not None and hasattr(backend, "name"):
             key = PULLED_SETTING + str(backend.name)
-            stored = dict(await self.settings.get(key, {}) or {})
-            source = backend.pulled_models().get(model)
-            if source is None:
-                stored.pop(model, None)
-            else:
-                stored[model] = source
-            await self.settings.set(key, stored)
+            async with self._saving:
+                stored = dict(await self.settings.get(key, {}) or {})
+                source = backend.pulled_models().get(model)
+                if source is None:
+                    stored.pop(model, None)
+                else:
+                    stored[model] = source
+                await self.settings.set(key, stored)
+                self._pulled[str(backend.name)] = stored
 
     # ------------------------------------------------------------- several workers
 
@@ -241,8 +246,10 @@ class ModelStore:
         """List the models again, and tell the other workers (a new stamp)."""
         await self.registry.refresh(force=True)
         if self.settings is not None:
-            self._stamp = uuid.uuid4().hex
-            await self.settings.set(STAMP_SETTING, self._stamp)
+            seen, stamp = await self.settings.get(STAMP_SETTING), uuid.uuid4().hex
+            await self.settings.set(STAMP_SETTING, stamp)
+            # Another worker's change not applied here yet: the next reload looks (this stamp is not ours).
+            self._stamp = stamp if seen == self._stamp else None
 
     async def reload(self) -> bool:
         """Serve what another worker or instance changed since the last look (True if it had):
@@ -254,19 +261,23 @@ class ModelStore:
         for backend in list(self.registry.backends.values()):
             if isinstance(backend, PullsModels):
                 stored = await self.settings.get(PULLED_SETTING + backend.name, {}) or {}
-                await _follow(backend, stored if isinstance(stored, dict) else {})
+                stored = dict(stored) if isinstance(stored, dict) else {}
+                await _follow(backend, stored, self._pulled.get(backend.name, {}))
+                self._pulled[backend.name] = stored
         await self.registry.refresh(force=True)
         return True
 
 
-async def _follow(backend: Backend, stored: dict[str, dict[str, str]]) -> None:
-    """Make ``backend`` serve the pulled models ``stored`` says, as another worker left them."""
+async def _follow(backend: Backend, stored: dict[str, dict[str, str]], before: dict[str, dict[str, str]]) -> None:
+    """Make ``backend`` serve the pulled models as another worker left them: those ``stored`` it
+    does not serve (or from elsewhere), without those deleted since ``before`` (a pull of its own
+    that is not stored yet stays)."""
     assert isinstance(backend, PullsModels)
     have = backend.pulled_models()
     added = {name: source for name, source in stored.items() if have.get(name) != source}
     if added:
         backend.restore_models(added)
-    for name in have.keys() - stored.keys():
+    for name in (before.keys() - stored.keys()) & have.keys():
         try:
             await backend.delete_model(name)  # its file is gone already, or still used by another model
         except GatewayError as exc:
@@ -294,18 +305,21 @@ class Recipes:
         self.registry = registry
         self.settings: SettingsStore | None = None
         self.recipes: dict[str, ModelRecipe] = {}
+        self._lock = asyncio.Lock()  # a change is read, made and saved before the next one reads
 
     async def restore(self, settings: SettingsStore) -> None:
-        self.settings = settings
-        stored = await settings.get(DERIVED_SETTING, {}) or {}
-        self.recipes = {name: ModelRecipe.from_json(name, data) for name, data in stored.items()
-                        if isinstance(data, dict)}
-        self._apply()
+        """Serve the stored recipes (at start, and when another worker changed them)."""
+        async with self._lock:
+            self.settings = settings
+            await self._reread()
 
     async def _reread(self) -> None:
-        """The stored recipes, which another worker may have changed, before changing them."""
+        """The stored recipes, which another worker may have changed (read before changing them)."""
         if self.settings is not None:
-            await self.restore(self.settings)
+            stored = await self.settings.get(DERIVED_SETTING, {}) or {}
+            self.recipes = {name: ModelRecipe.from_json(name, data) for name, data in stored.items()
+                            if isinstance(data, dict)}
+            self._apply()
 
     def _apply(self) -> None:
         self.registry.set_derived({name: r.source for name, r in self.recipes.items() if r.source})
@@ -316,15 +330,16 @@ class Recipes:
             await self.settings.set(DERIVED_SETTING, {name: r.to_json() for name, r in self.recipes.items()})
 
     async def put(self, recipe: ModelRecipe) -> None:
-        await self._reread()
-        if recipe.name not in self.recipes and self.registry.is_taken(recipe.name):
-            raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} already exists; choose another name",
-                               param="model")
-        if recipe.source == recipe.name or (recipe.source and self._reaches(recipe.source, recipe.name)):
-            raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} cannot be made from itself",
-                               param="from")
-        self.recipes[recipe.name] = recipe
-        await self._save()
+        async with self._lock:
+            await self._reread()
+            if recipe.name not in self.recipes and self.registry.is_taken(recipe.name):
+                raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} already exists; choose "
+                                                              "another name", param="model")
+            if recipe.source == recipe.name or (recipe.source and self._reaches(recipe.source, recipe.name)):
+                raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} cannot be made from itself",
+                                   param="from")
+            self.recipes[recipe.name] = recipe
+            await self._save()
 
     def _reaches(self, start: str, target: str) -> bool:
         seen, name = set(), start
@@ -336,8 +351,9 @@ class Recipes:
         return False
 
     async def remove(self, name: str) -> bool:
-        await self._reread()
-        if self.recipes.pop(name, None) is None:
-            return False
-        await self._save()
-        return True
+        async with self._lock:
+            await self._reread()
+            if self.recipes.pop(name, None) is None:
+                return False
+            await self._save()
+            return True
