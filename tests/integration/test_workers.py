@@ -137,11 +137,12 @@ def usage_rows(folder: Path, key_id: str) -> Counter[int]:
     return Counter(status for (status,) in rows)
 
 
-def until(check: Any, what: str, timeout: float = TIMEOUT) -> None:
-    """Poll ``check()`` until it is true (the machine may be busy: no fixed sleeps)."""
+def until(check: Any, what: str, timeout: float = TIMEOUT, running: Running | None = None) -> None:
+    """Poll ``check()`` until it is true (the machine may be busy: no fixed sleeps); a failure
+    shows what ``running`` printed."""
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}\n{running.output if running else ''}"
         time.sleep(0.1)
 
 
@@ -415,7 +416,8 @@ def test_pulled_and_deleted_models_reach_every_worker(tmp_path: Path) -> None:
         config = tmp_path / "dragoman.yaml"
         config.write_text(yaml.safe_dump({
             "backends": [{"name": "local", "type": "llamacpp", "hf_endpoint": hub_server.url,
-                          "hf_cache_dir": str(tmp_path / "hf"), "models": []}],
+                          "hf_cache_dir": str(tmp_path / "hf"), "models": []},
+                         {"name": "echo", "type": "echo", "models": ["echo"]}],
             "auth": {"mode": "none"},  # anyone may manage models, as with a local Ollama
             "database": f"sqlite:///{tmp_path / 'dragoman.sqlite'}",
             "server": {"settings_refresh": 0.3, "local_models_per_worker": True},
@@ -424,6 +426,8 @@ def test_pulled_and_deleted_models_reach_every_worker(tmp_path: Path) -> None:
             manager = ollama.Client(host=running.url, timeout=TIMEOUT)
             name = f"hf.co/{REPO}:Q4_K_M"
             assert [p.status for p in manager.pull(name, stream=True)][-1] == "success"
-            until(lambda: every_worker_lists(running, f"local/{name}", True), "the pulled model on every worker")
+            until(lambda: every_worker_lists(running, f"local/{name}", True), "the pulled model on every worker",
+                  running=running)
             manager.delete(f"local/{name}")
-            until(lambda: every_worker_lists(running, f"local/{name}", False), "the deleted model on no worker")
+            until(lambda: every_worker_lists(running, f"local/{name}", False), "the deleted model on no worker",
+                  running=running)
