@@ -27,7 +27,7 @@ from dragoman.gateway.deployments import DeploymentSpec, ModelSpec
 from dragoman.gateway.gateway import Gateway
 from dragoman.gateway.health import BackendHealth, HealthMonitor, ReadinessCheck
 from dragoman.gateway.keys import KeyService
-from dragoman.gateway.metrics import Metrics
+from dragoman.gateway.metrics import Metrics, process_metrics
 from dragoman.gateway.registry import ModelRegistry
 from dragoman.gateway.router import Router, RoutingSettings
 from dragoman.gateway.settings import SettingsStore
@@ -85,7 +85,8 @@ async def open_services(stack: contextlib.AsyncExitStack, config: Config, backen
     """Open every part on ``stack`` (closed in reverse when it closes). ``backends`` are the
     config file's, built but not started; ``given`` the program's (``create_app(backends=)``)."""
     types = types or BackendTypes()
-    metrics = Metrics()
+    metrics = process_metrics()
+    stack.callback(metrics.close)
     control = await open_control_plane(config, metrics)
     stack.push_async_callback(control.aclose)
     box = await secret_key.open()
@@ -117,7 +118,7 @@ async def open_services(stack: contextlib.AsyncExitStack, config: Config, backen
     server = config.server
     refresh = server.settings_refresh or (2.0 if server.worker_count > 1 else None)
     if refresh is not None:  # admin edits made through another worker or instance
-        settings.watch(refresh)
+        settings.watch(refresh, ("models", gateway.model_store.reload))
     return AppServices(config=config, live=live, registry=registry, gateway=gateway, router=router,
                        cooldowns=cooldowns, health=health, control=control, metrics=metrics, settings=settings,
                        admin_auth=auth, readiness_checks=[control.store.check], deps=deps, backend_types=types,

@@ -15,15 +15,30 @@ migrated, the secret key file is created and the admin password and session secr
 and announced (:func:`prepare_shared_state`). :func:`check_workers` refuses what several workers
 cannot do (an in-memory database, embedded llama.cpp models unless ``local_models_per_worker``)
 and says what only holds per worker (limits without Redis).
+
+``/metrics`` reports the whole server: the supervisor makes a private directory for
+prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, see
+:mod:`dragoman.gateway.metrics`), retires the gauges of each worker that ended, and removes the
+directory when it stops. A worker whose supervisor dies (even by SIGKILL, which nothing can
+catch) stops too, as if the supervisor had sent it SIGTERM (:func:`exit_with_supervisor`), so no
+orphan keeps the port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
+import re
+import shutil
+import signal
 import sys
-from collections.abc import Callable
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -32,6 +47,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from dragoman.config import Config, ConfigError
+from dragoman.gateway.metrics import MULTIPROC_DIR
 
 log = logging.getLogger("dragoman.workers")
 
@@ -47,9 +63,11 @@ class WorkerConfig(UvicornConfig):
     def __init__(self, factory: WorkerFactory, **options: Any) -> None:
         super().__init__(app="dragoman.app:create_app", **options)  # a placeholder: load_app builds the app
         self.build_worker = factory
+        self.supervisor = os.getpid()  # built in the supervisor
         self._app: Any = None
 
     def load(self) -> None:
+        exit_with_supervisor(self.supervisor)
         try:
             self._app, self.http = self.build_worker()
         except ConfigError as exc:
@@ -117,4 +135,70 @@ def run_workers(workers: int, factory: WorkerFactory, sockets: list[Any], **opti
     """Serve on ``sockets`` with ``workers`` processes until SIGTERM or SIGINT."""
     config = WorkerConfig(factory, workers=workers, timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT, **options)
     log.info("starting %d workers", workers)
-    Multiprocess(config, sockets=sockets).run()
+    metrics_dir = tempfile.mkdtemp(prefix="dragoman-metrics-")  # mode 0700: this user's only
+    os.environ[MULTIPROC_DIR] = metrics_dir  # the workers inherit it (a user's own value is replaced)
+    try:
+        Supervisor(config, sockets, metrics_dir).run()
+    finally:
+        del os.environ[MULTIPROC_DIR]
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's supervisor, which also retires the metrics of the workers that ended (died,
+    were killed, or were replaced on SIGHUP): their gauges leave the sums, their counters stay."""
+
+    def __init__(self, config: WorkerConfig, sockets: list[Any], metrics_dir: str) -> None:
+        super().__init__(config, sockets)
+        self.metrics_dir = metrics_dir
+
+    def keep_subprocess_alive(self) -> None:
+        super().keep_subprocess_alive()  # every 0.5 s, after SIGHUP's replacements too
+        from prometheus_client.multiprocess import mark_process_dead
+
+        live = {p.pid for p in self.processes if p.process.is_alive()}
+        for pid in ended_workers(self.metrics_dir, live):
+            mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
+
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+def ended_workers(metrics_dir: str, live: Iterable[int | None]) -> set[int]:
+    """The pids with live gauges in ``metrics_dir`` that are not among ``live``."""
+    pids = {int(m.group(1)) for f in Path(metrics_dir).iterdir() if (m := _LIVE_GAUGE_FILE.fullmatch(f.name))}
+    return pids - set(live)
+
+
+# Seconds between two looks at the parent where the kernel cannot be asked to signal its death.
+PARENT_CHECK = 1.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def exit_with_supervisor(supervisor: int) -> None:
+    """SIGTERM this worker when ``supervisor`` (its parent) dies: on Linux the kernel sends it
+    (``prctl(PR_SET_PDEATHSIG)``), elsewhere a thread checks the parent pid every
+    :data:`PARENT_CHECK` seconds. The worker then drains as on the supervisor's own SIGTERM
+    (uvicorn's graceful shutdown, bounded by its timeout) and its lifespan flushes its usage."""
+    if _parent_death_signal(signal.SIGTERM):
+        if os.getppid() != supervisor:  # it died before the kernel was asked
+            os.kill(os.getpid(), signal.SIGTERM)
+        return
+    threading.Thread(target=_watch_parent, args=(supervisor,), name="dragoman-supervisor-watch", daemon=True).start()
+
+
+def _parent_death_signal(sig: signal.Signals) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(supervisor: int) -> None:
+    while os.getppid() == supervisor:
+        time.sleep(PARENT_CHECK)
+    log.warning("worker %d: the supervisor %d is gone; stopping", os.getpid(), supervisor)
+    os.kill(os.getpid(), signal.SIGTERM)

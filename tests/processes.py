@@ -66,8 +66,10 @@ def _pump(running: Running) -> None:
 
 
 @contextlib.contextmanager
-def dragoman_process(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60.0) -> Iterator[Running]:
-    """``dragoman serve <args>`` until the banner (with the curl example) is printed."""
+def dragoman_process(*args: str, env: dict[str, str], cwd: Path, timeout: float = 60.0,
+                     exit_codes: tuple[int, ...] = (0, 130)) -> Iterator[Running]:
+    """``dragoman serve <args>`` until the banner (with the curl example) is printed; it must end
+    with one of ``exit_codes`` (a test that kills it says how)."""
     process = subprocess.Popen([sys.executable, "-m", "dragoman", "serve", *args], cwd=cwd, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     running = Running(process)
@@ -87,7 +89,7 @@ def dragoman_process(*args: str, env: dict[str, str], cwd: Path, timeout: float 
     finally:
         code = _stop(process)
         reader.join(timeout=5)
-    assert code in (0, 130), f"exit code {code} after Ctrl-C:\n{running.output}"
+    assert code in exit_codes, f"exit code {code} after Ctrl-C:\n{running.output}"
 
 
 def _stop(process: subprocess.Popen[str]) -> int:

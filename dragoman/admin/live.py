@@ -16,7 +16,8 @@ encrypted, never in clear (:mod:`dragoman.admin.sealing`).
 Backends a program passed in code (``create_app(backends=)``) always run and cannot be edited here.
 Several workers (``server.workers``) or instances share the database: an edit made through one
 reaches the others when they next look (:meth:`LiveSettings.refresh`, every
-``server.settings_refresh`` seconds; 2 by default with several workers).
+``server.settings_refresh`` seconds; 2 by default with several workers). The same watcher looks
+at the models created, copied, pulled and deleted through another (``ModelStore.reload``).
 """
 
 from __future__ import annotations
@@ -279,18 +280,21 @@ class LiveSettings:
             await self._apply(admin, None)
         return True
 
-    def watch(self, interval: float) -> None:
-        """Call :meth:`refresh` every ``interval`` seconds until :meth:`aclose`."""
+    def watch(self, interval: float, *also: tuple[str, Callable[[], Awaitable[bool]]]) -> None:
+        """Call :meth:`refresh` every ``interval`` seconds until :meth:`aclose`, and then each of
+        ``also``: (what, a refresh that returns True when it applied a change)."""
         if self._watcher is None:
-            self._watcher = asyncio.create_task(self._watch(interval), name="dragoman-settings-refresh")
+            self._watcher = asyncio.create_task(self._watch(interval, also), name="dragoman-settings-refresh")
 
-    async def _watch(self, interval: float) -> None:
+    async def _watch(self, interval: float, also: Sequence[tuple[str, Callable[[], Awaitable[bool]]]]) -> None:
         warn = ThrottledLog(log, 60.0)
+        refreshes = (("admin settings", self.refresh), *also)
         while True:
             await asyncio.sleep(interval)
             try:
-                if await self.refresh():
-                    log.info("applied admin settings changed by another worker or instance")
+                for what, refresh in refreshes:
+                    if await refresh():
+                        log.info("applied %s changed by another worker or instance", what)
             except (SQLAlchemyError, OSError, TimeoutError) as exc:
                 warn(logging.WARNING, "could not read the admin settings from the database (%s); retrying", exc)
             except GatewayError as exc:  # a stored entry this worker cannot parse: the others stay applied

@@ -4,6 +4,10 @@ restarts in the settings table, and the progress of running pulls for the admin 
 Which backend pulls a name: ``<backend>/<name>`` names it; otherwise ``pull.backend`` from the
 config, else ``hf.co/...`` names go to the first llamacpp backend and other names to the first
 ollama backend (which forwards the pull).
+
+Several workers or instances share these through the database: every change also writes a new
+``models:stamp``, and :meth:`ModelStore.reload` (the settings watcher's) serves what another
+one created, copied, pulled or deleted once it sees the stamp change.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ log = logging.getLogger("dragoman.models")
 
 HUB_NAME = re.compile(r"(?:https?://)?(?:hf\.co|huggingface\.co)/", re.IGNORECASE)
 PULLED_SETTING = "pulled:"  # + backend name -> that backend's pulled_models()
+STAMP_SETTING = "models:stamp"  # new on every change of the models kept here
 
 
 @dataclass(slots=True)
@@ -55,14 +60,19 @@ class ModelStore:
         self.running: dict[str, RunningPull] = {}
         self.recipes = Recipes(registry)
         self._blob_root = blob_root
+        self._stamp: object = None  # the stamp of what this process serves
+        self._pulled: dict[str, dict[str, dict[str, str]]] = {}  # backend -> its stored pulls, as last seen
+        self._saving = asyncio.Lock()
 
     async def restore(self, settings: SettingsStore) -> None:
         """Serve again what earlier runs pulled and created (called once the database is open)."""
         self.settings = settings
+        self._stamp = await settings.get(STAMP_SETTING)
         await self.recipes.restore(settings)
         for backend in self.registry.backends.values():
             if isinstance(backend, PullsModels):
                 pulled = await settings.get(PULLED_SETTING + backend.name, {}) or {}
+                self._pulled[backend.name] = dict(pulled) if isinstance(pulled, dict) else {}
                 if isinstance(pulled, dict) and pulled:
                     backend.restore_models(pulled)
                     log.info("backend %s serves %d pulled model(s) again", backend.name, len(pulled))
@@ -105,8 +115,8 @@ class ModelStore:
             async for progress in backend.pull_model(model):
                 running.status, running.total, running.completed = progress.status, progress.total, progress.completed
                 if progress.status == "success":
-                    await self._save(backend)
-                    await self.registry.refresh(force=True)
+                    await self._save(backend, model)
+                    await self._changed()
                 yield progress
         finally:
             if self.running.get(key) is running:
@@ -114,13 +124,13 @@ class ModelStore:
 
     async def delete(self, name: str) -> None:
         if await self.recipes.remove(name):
-            await self.registry.refresh(force=True)
+            await self._changed()
             return
         backend, model = self.target(name)
         assert isinstance(backend, PullsModels)
         await backend.delete_model(model)
-        await self._save(backend)
-        await self.registry.refresh(force=True)
+        await self._save(backend, model)
+        await self._changed()
 
     # ------------------------------------------------------------------ create and copy
 
@@ -135,7 +145,7 @@ class ModelStore:
                                param="from")
         await self.registry.resolve_route(recipe.source)  # a 404 naming close matches if it is unknown
         await self.recipes.put(recipe)
-        await self.registry.refresh(force=True)
+        await self._changed()
         return [PullProgress("using existing layer"), PullProgress("writing manifest"), PullProgress("success")]
 
     async def _create_from_files(self, recipe: ModelRecipe) -> list[PullProgress]:
@@ -151,8 +161,8 @@ class ModelStore:
         backend, model = self._file_backend(recipe.name)
         assert isinstance(backend, PullsModels)
         backend.restore_models({model: {"path": str(path)}})
-        await self._save(backend)
-        await self.registry.refresh(force=True)
+        await self._save(backend, model)
+        await self._changed()
         return [PullProgress("parsing GGUF"), PullProgress(f"using existing layer {digest}"),
                 PullProgress("writing manifest"), PullProgress("success")]
 
@@ -175,7 +185,7 @@ class ModelStore:
             await self.registry.resolve_route(source)
             recipe = ModelRecipe(name=destination, source=source)
         await self.recipes.put(dataclasses.replace(recipe, name=destination))
-        await self.registry.refresh(force=True)
+        await self._changed()
 
     # -------------------------------------------------------------------------- blobs
 
@@ -215,9 +225,63 @@ class ModelStore:
             partial.unlink(missing_ok=True)
         return True
 
-    async def _save(self, backend: PullsModels) -> None:
+    async def _save(self, backend: PullsModels, model: str) -> None:
+        """Keep ``model`` as the backend now has it (or not): only that entry of the stored ones,
+        which may hold another worker's pulls this one has not seen yet."""
         if self.settings is not None and hasattr(backend, "name"):
-            await self.settings.set(PULLED_SETTING + str(backend.name), backend.pulled_models())
+            key = PULLED_SETTING + str(backend.name)
+            async with self._saving:
+                stored = dict(await self.settings.get(key, {}) or {})
+                source = backend.pulled_models().get(model)
+                if source is None:
+                    stored.pop(model, None)
+                else:
+                    stored[model] = source
+                await self.settings.set(key, stored)
+                self._pulled[str(backend.name)] = stored
+
+    # ------------------------------------------------------------- several workers
+
+    async def _changed(self) -> None:
+        """List the models again, and tell the other workers (a new stamp)."""
+        await self.registry.refresh(force=True)
+        if self.settings is not None:
+            seen, stamp = await self.settings.get(STAMP_SETTING), uuid.uuid4().hex
+            await self.settings.set(STAMP_SETTING, stamp)
+            # Another worker's change not applied here yet: the next reload looks (this stamp is not ours).
+            self._stamp = stamp if seen == self._stamp else None
+
+    async def reload(self) -> bool:
+        """Serve what another worker or instance changed since the last look (True if it had):
+        its created and copied models, and each backend's pulled ones (added, or deleted here)."""
+        if self.settings is None or (stamp := await self.settings.get(STAMP_SETTING)) == self._stamp:
+            return False
+        self._stamp = stamp
+        await self.recipes.restore(self.settings)
+        for backend in list(self.registry.backends.values()):
+            if isinstance(backend, PullsModels):
+                stored = await self.settings.get(PULLED_SETTING + backend.name, {}) or {}
+                stored = dict(stored) if isinstance(stored, dict) else {}
+                await _follow(backend, stored, self._pulled.get(backend.name, {}))
+                self._pulled[backend.name] = stored
+        await self.registry.refresh(force=True)
+        return True
+
+
+async def _follow(backend: Backend, stored: dict[str, dict[str, str]], before: dict[str, dict[str, str]]) -> None:
+    """Make ``backend`` serve the pulled models as another worker left them: those ``stored`` it
+    does not serve (or from elsewhere), without those deleted since ``before`` (a pull of its own
+    that is not stored yet stays)."""
+    assert isinstance(backend, PullsModels)
+    have = backend.pulled_models()
+    added = {name: source for name, source in stored.items() if have.get(name) != source}
+    if added:
+        backend.restore_models(added)
+    for name in (before.keys() - stored.keys()) & have.keys():
+        try:
+            await backend.delete_model(name)  # its file is gone already, or still used by another model
+        except GatewayError as exc:
+            log.warning("backend %s still serves %s, deleted by another worker: %s", backend.name, name, exc.message)
 
 
 DERIVED_SETTING = "models:derived"
@@ -241,13 +305,21 @@ class Recipes:
         self.registry = registry
         self.settings: SettingsStore | None = None
         self.recipes: dict[str, ModelRecipe] = {}
+        self._lock = asyncio.Lock()  # a change is read, made and saved before the next one reads
 
     async def restore(self, settings: SettingsStore) -> None:
-        self.settings = settings
-        stored = await settings.get(DERIVED_SETTING, {}) or {}
-        self.recipes = {name: ModelRecipe.from_json(name, data) for name, data in stored.items()
-                        if isinstance(data, dict)}
-        self._apply()
+        """Serve the stored recipes (at start, and when another worker changed them)."""
+        async with self._lock:
+            self.settings = settings
+            await self._reread()
+
+    async def _reread(self) -> None:
+        """The stored recipes, which another worker may have changed (read before changing them)."""
+        if self.settings is not None:
+            stored = await self.settings.get(DERIVED_SETTING, {}) or {}
+            self.recipes = {name: ModelRecipe.from_json(name, data) for name, data in stored.items()
+                            if isinstance(data, dict)}
+            self._apply()
 
     def _apply(self) -> None:
         self.registry.set_derived({name: r.source for name, r in self.recipes.items() if r.source})
@@ -258,14 +330,16 @@ class Recipes:
             await self.settings.set(DERIVED_SETTING, {name: r.to_json() for name, r in self.recipes.items()})
 
     async def put(self, recipe: ModelRecipe) -> None:
-        if recipe.name not in self.recipes and self.registry.is_taken(recipe.name):
-            raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} already exists; choose another name",
-                               param="model")
-        if recipe.source == recipe.name or (recipe.source and self._reaches(recipe.source, recipe.name)):
-            raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} cannot be made from itself",
-                               param="from")
-        self.recipes[recipe.name] = recipe
-        await self._save()
+        async with self._lock:
+            await self._reread()
+            if recipe.name not in self.recipes and self.registry.is_taken(recipe.name):
+                raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} already exists; choose "
+                                                              "another name", param="model")
+            if recipe.source == recipe.name or (recipe.source and self._reaches(recipe.source, recipe.name)):
+                raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} cannot be made from itself",
+                                   param="from")
+            self.recipes[recipe.name] = recipe
+            await self._save()
 
     def _reaches(self, start: str, target: str) -> bool:
         seen, name = set(), start
@@ -277,7 +351,9 @@ class Recipes:
         return False
 
     async def remove(self, name: str) -> bool:
-        if self.recipes.pop(name, None) is None:
-            return False
-        await self._save()
-        return True
+        async with self._lock:
+            await self._reread()
+            if self.recipes.pop(name, None) is None:
+                return False
+            await self._save()
+            return True

@@ -9,8 +9,10 @@ answered) when SIGTERM came.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import signal
+import socket
 import sqlite3
 import time
 from collections import Counter
@@ -19,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import ollama
 import openai
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.processes import Running, clean_environment, dragoman_process, run_dragoman
@@ -131,6 +135,39 @@ def usage_rows(folder: Path, key_id: str) -> Counter[int]:
     with sqlite3.connect(folder / "dragoman.sqlite") as db:
         rows = db.execute("SELECT status FROM usage_records WHERE key_id = ?", (key_id,)).fetchall()
     return Counter(status for (status,) in rows)
+
+
+def until(check: Any, what: str, timeout: float = TIMEOUT, running: Running | None = None) -> None:
+    """Poll ``check()`` until it is true (the machine may be busy: no fixed sleeps); a failure
+    shows what ``running`` printed."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}\n{running.output if running else ''}"
+        time.sleep(0.1)
+
+
+def scrape(running: Running) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """One ``/metrics`` scrape on a new connection (so any worker may answer it): sample -> value."""
+    text = httpx.get(f"{running.url}/metrics", timeout=TIMEOUT, headers={
+        "authorization": f"Bearer {ADMIN_PASSWORD}", "connection": "close"}).text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def metrics_dir(pid: int) -> Path:
+    """The private multiprocess metrics directory the supervisor gave its worker ``pid``."""
+    for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+        if item.startswith(b"PROMETHEUS_MULTIPROC_DIR="):
+            return Path(item.split(b"=", 1)[1].decode())
+    raise AssertionError(f"worker {pid} has no PROMETHEUS_MULTIPROC_DIR")
+
+
+def gone(pid: int) -> bool:
+    """The process has ended (a zombie not yet reaped by whoever adopted it counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
 
 
 def stop(running: Running, sig: signal.Signals = signal.SIGTERM) -> int:
@@ -271,3 +308,126 @@ def test_what_workers_cannot_share_is_refused(tmp_path: Path, changes: dict[str,
                           env=clean_environment(tmp_path), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert problem in result.stderr
+
+
+CHAT = (("dragoman_requests_total", (("dialect", "openai"), ("model", "gpt-test"), ("status", "200"))),
+        ("dragoman_request_duration_seconds_count", (("dialect", "openai"), ("model", "gpt-test"))))
+
+
+def test_metrics_report_the_whole_server_in_every_scrape(
+        upstream: ServerThread, redis_url: str, tmp_path: Path) -> None:
+    with start(tmp_path, write_config(tmp_path, upstream, redis_url)) as running:
+        pids = worker_pids(running)
+        folder = metrics_dir(min(pids))
+        assert folder.is_dir() and folder.stat().st_mode & 0o077 == 0  # private to the user
+        _, secret = create_key(running, rpm=100_000, tpm=10_000_000, max_parallel=64)
+        before = {pid: cpu_ticks(pid) for pid in pids}
+        assert asyncio.run(burst(running.url, secret, 300)) == Counter({200: 300})
+        assert all(cpu_ticks(pid) > before[pid] for pid in pids)  # both workers answered some
+        for _ in range(20):  # each scrape on a new connection, answered by either worker
+            figures = scrape(running)
+            assert [figures.get(sample) for sample in CHAT] == [300, 300]
+            assert figures[("dragoman_active_streams", ())] == 0
+            assert figures[("dragoman_usage_queue_depth", ())] >= 0
+
+        # A worker that dies leaves its counts in the sums; its gauges leave them.
+        victim = min(pids)
+        started = running.output.count("Application startup complete")
+        os.kill(victim, signal.SIGKILL)
+        assert running.wait_for(f"Child process [{victim}] died", timeout=TIMEOUT), running.output
+        until(lambda: running.output.count("Application startup complete") > started, "a new worker")
+        until(lambda: not list(folder.glob(f"gauge_live*_{victim}.db")), "the dead worker's gauges retired")
+        for _ in range(10):
+            assert [scrape(running).get(sample) for sample in CHAT] == [300, 300]
+        assert stop(running) == 0
+    assert not folder.exists()  # removed by the supervisor
+
+
+def test_workers_stop_when_the_supervisor_is_killed(upstream: ServerThread, tmp_path: Path) -> None:
+    env = clean_environment(tmp_path, DRAGOMAN_ADMIN_PASSWORD=ADMIN_PASSWORD)
+    with dragoman_process("--config", str(write_config(tmp_path, upstream, None)), "--port", "0", "--workers", "2",
+                          env=env, cwd=tmp_path, exit_codes=(-signal.SIGKILL,)) as running:
+        pids = worker_pids(running)
+        assert len(pids) == 2
+        folder = metrics_dir(min(pids))
+        port = int(running.url.rsplit(":", 1)[1])
+        assert httpx.get(f"{running.url}/health", timeout=TIMEOUT).status_code == 200
+        running.process.kill()  # SIGKILL: nothing in the supervisor runs
+        running.process.wait(timeout=TIMEOUT)
+        until(lambda: all(gone(pid) for pid in pids), f"workers {pids} ended")
+        until(lambda: port_is_free(port), f"port {port} free")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{port}/health", timeout=TIMEOUT)
+    for item in folder.glob("*"):  # what only the killed supervisor would have removed
+        item.unlink()
+    folder.rmdir()
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on ``port``: it can be bound again (without SO_REUSEPORT, which would share it)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
+
+
+def every_worker_lists(running: Running, name: str, present: bool, secret: str | None = None) -> bool:
+    """40 ``/api/tags`` on new connections (so both workers answer some): each lists ``name`` or not."""
+    headers = {"connection": "close", **({"authorization": f"Bearer {secret}"} if secret else {})}
+    for _ in range(40):
+        tags = httpx.get(f"{running.url}/api/tags", headers=headers, timeout=TIMEOUT).json()
+        if (name in {m["name"] for m in tags["models"]}) != present:
+            return False
+    return True
+
+
+def test_created_copied_and_deleted_models_reach_every_worker(shared: Running) -> None:
+    _, secret = create_key(shared, metadata={"admin": True})
+    manager = ollama.Client(host=shared.url, headers={"authorization": f"Bearer {secret}"}, timeout=TIMEOUT)
+    statuses = [p.status for p in manager.create(model="team-derived", from_="up/gpt-test", stream=True)]
+    assert statuses[-1] == "success"
+    until(lambda: every_worker_lists(shared, "team-derived", True, secret), "team-derived listed by every worker")
+    assert asyncio.run(burst(shared.url, secret, 40, model="team-derived")) == Counter({200: 40})
+
+    manager.copy("team-derived", "team-copy")
+    until(lambda: every_worker_lists(shared, "team-copy", True, secret), "team-copy listed by every worker")
+    assert asyncio.run(burst(shared.url, secret, 40, model="team-copy")) == Counter({200: 40})
+
+    manager.delete("team-derived")
+    until(lambda: every_worker_lists(shared, "team-derived", False, secret), "team-derived gone from every worker")
+    assert asyncio.run(burst(shared.url, secret, 40, model="team-derived")) == Counter({404: 40})
+    assert asyncio.run(burst(shared.url, secret, 40, model="team-copy")) == Counter({200: 40})
+
+
+def test_pulled_and_deleted_models_reach_every_worker(tmp_path: Path) -> None:
+    pytest.importorskip("huggingface_hub", reason="huggingface-hub is not installed (pip install 'dragoman[local]')")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'dragoman[local]')")
+    from tests.fakes.hf_hub import FakeHub
+    from tests.integration.test_model_pull import REPO, tiny_gguf
+
+    hub = FakeHub()
+    hub.add(REPO, "tiny-Q4_K_M.gguf", tiny_gguf("tiny q4"))
+    with ServerThread(hub.app()) as hub_server:
+        config = tmp_path / "dragoman.yaml"
+        config.write_text(yaml.safe_dump({
+            "backends": [{"name": "local", "type": "llamacpp", "hf_endpoint": hub_server.url,
+                          "hf_cache_dir": str(tmp_path / "hf"), "models": []},
+                         {"name": "echo", "type": "echo", "models": ["echo"]}],
+            "auth": {"mode": "none"},  # anyone may manage models, as with a local Ollama
+            "database": f"sqlite:///{tmp_path / 'dragoman.sqlite'}",
+            "server": {"settings_refresh": 0.3, "local_models_per_worker": True},
+        }))
+        with start(tmp_path, config) as running:
+            manager = ollama.Client(host=running.url, timeout=TIMEOUT)
+            name = f"hf.co/{REPO}:Q4_K_M"
+            assert [p.status for p in manager.pull(name, stream=True)][-1] == "success"
+            until(lambda: every_worker_lists(running, f"local/{name}", True), "the pulled model on every worker",
+                  running=running)
+            manager.delete(f"local/{name}")
+            until(lambda: every_worker_lists(running, f"local/{name}", False), "the deleted model on no worker",
+                  running=running)

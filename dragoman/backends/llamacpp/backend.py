@@ -251,7 +251,10 @@ class LlamaCppBackend(Backend):
                             "can be deleted (configured ones are removed from the config)")
         slot = self._slots[name]
         await self.unload_model(name)
-        file = await self._run(partial(slot.file, download=False))
+        try:
+            file = await self._run(partial(slot.file, download=False))
+        except GatewayError:  # its file is gone already (removed by hand, or by another worker's delete)
+            file = None
         self._slots.pop(name, None)
         self._pulled.discard(name)
         others = {s.config.hf + "/" + (s.config.file or "") for s in self._slots.values() if s.config.hf}
