@@ -42,7 +42,6 @@ from dragoman.dialects.ollama.routes import error_response as ollama_error
 from dragoman.dialects.openai.routes import OpenAIDialect
 from dragoman.dialects.openai.routes import error_response as openai_error
 from dragoman.dialects.responses.routes import ResponsesDialect
-from dragoman.dialects.responses.store import ResponseStore
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.extras import config_requirements, require
 from dragoman.gateway.health import readiness
@@ -315,7 +314,7 @@ def serving_app(services: AppServices) -> GatewayApp:
     routes += openai_dialect.routes()
     routes += OllamaDialect(gateway).routes()
     responses = config.responses
-    routes += ResponsesDialect(gateway, ResponseStore(responses.store_entries, responses.store_bytes),
+    routes += ResponsesDialect(gateway, services.response_store, services.background,
                                hosted_tools=responses.hosted_tools).routes()
     routes += admin.routes()
     # Routes are matched in order: the generation endpoints, hit on nearly every request, go first.
