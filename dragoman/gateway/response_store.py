@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 # Statuses a background response is still generating in: only these may change.
 ACTIVE = ("queued", "in_progress")
 PRUNE_INTERVAL = 3600.0
+INSERT_COLUMNS = ("id", "owner", "created_at", "status", "background", "body", "input_items", "history")
 
 
 @dataclass(slots=True, frozen=True)
@@ -65,24 +66,35 @@ class DatabaseResponseStore:
         self.max_bytes = max_bytes
         self._now = now
         self._task: asyncio.Task[None] | None = None
+        # A row is written for nearly every Responses request: the INSERT is compiled once and fed
+        # the JSON already encoded (by orjson, once, which also measures it), as the usage writer does.
+        dialect = store.engine.dialect
+        compiled = insert(responses).compile(dialect=dialect, column_keys=list(INSERT_COLUMNS))
+        if compiled.positiontup != list(INSERT_COLUMNS):
+            raise RuntimeError(f"responses insert takes {compiled.positiontup}, not {INSERT_COLUMNS}")
+        self._insert_sql = str(compiled)
+        self._sqlite = dialect.name == "sqlite"
 
     # ------------------------------------------------------------------------- writes
 
     async def save(self, response_id: str, owner: str, *, status: str, background: bool, body: dict[str, Any],
                    input_items: list[dict[str, Any]], history: list[Any]) -> bool:
         """Insert a response; False (logged) when it is too big or the database failed."""
-        size = len(orjson.dumps([body, input_items, history]))
+        documents = [orjson.dumps(document).decode() for document in (body, input_items, history)]
+        size = sum(map(len, documents))
         if size > self.max_bytes:
             log.info("response %s not stored: %d bytes, more than responses.max_response_bytes (%d)",
                      response_id, size, self.max_bytes)
             return False
-        row = {"id": response_id, "owner": owner, "created_at": self._now(), "status": status,
-               "background": background, "body": body, "input_items": input_items, "history": history}
+        created: Any = self._now()
+        if self._sqlite:  # SQLAlchemy's own DATETIME text, as UTCDateTime stores it
+            created = created.replace(tzinfo=None).isoformat(" ", "microseconds")
+        row = (response_id, owner, created, status, background, *documents)
         return await self._write(response_id, self._insert(row))
 
-    async def _insert(self, row: dict[str, Any]) -> bool:
+    async def _insert(self, row: tuple[Any, ...]) -> bool:
         async with self._store.begin() as conn:
-            await conn.execute(insert(responses).values(**row))
+            await conn.exec_driver_sql(self._insert_sql, row)
         return True
 
     async def finish(self, response_id: str, *, status: str, body: dict[str, Any],
