@@ -8,6 +8,7 @@ skip older rows, and a pruner deletes them now and then.
 
 Reads the request path waits on, and the writes a whole answer waits for, are bounded by the
 store's ``request_timeout``: a write that outlives it still completes, the answer does not wait.
+Answers that finish together share one transaction (a group commit: see ``_commit_queued``).
 A write that fails is logged and the answer served: storing is a convenience, never the answer.
 """
 
@@ -66,6 +67,8 @@ class DatabaseResponseStore:
         self.max_bytes = max_bytes
         self._now = now
         self._task: asyncio.Task[None] | None = None
+        self._queue: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
         # A row is written for nearly every Responses request: the INSERT is compiled once and fed
         # the JSON already encoded (by orjson, once, which also measures it), as the usage writer does.
         dialect = store.engine.dialect
@@ -93,9 +96,35 @@ class DatabaseResponseStore:
         return await self._write(response_id, self._insert(row))
 
     async def _insert(self, row: tuple[Any, ...]) -> bool:
-        async with self._store.begin() as conn:
-            await conn.exec_driver_sql(self._insert_sql, row)
+        """Queue the row for the next group commit and wait for it (the database's error, if any)."""
+        done = asyncio.get_running_loop().create_future()
+        self._queue.append((row, done))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._commit_queued(), name="dragoman-responses-writer")
+        await done
         return True
+
+    async def _commit_queued(self) -> None:
+        """Group commit: the rows queued while one transaction runs go together in the next, so
+        concurrent answers share a commit (SQLite takes one writer at a time anyway)."""
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    async with self._store.begin() as conn:
+                        await conn.exec_driver_sql(self._insert_sql, [row for row, _ in batch])
+                except BaseException as exc:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_exception(exc if isinstance(exc, Exception) else asyncio.CancelledError())
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    for _, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            self._writer = None
 
     async def finish(self, response_id: str, *, status: str, body: dict[str, Any],
                      history: list[Any] | None = None) -> bool:
@@ -193,6 +222,8 @@ class DatabaseResponseStore:
             self._task = asyncio.create_task(self._loop(), name="dragoman-responses-retention")
 
     async def aclose(self) -> None:
+        if self._writer is not None:  # the rows answered last are written, or fail, before the database closes
+            await asyncio.wait([self._writer], timeout=5.0)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

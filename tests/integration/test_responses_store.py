@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,20 @@ def test_a_response_is_its_keys_alone(tmp_path: Path, upstream: ServerThread) ->
         with pytest.raises(openai.NotFoundError):
             client(server).responses.retrieve(mine.id)
         assert rows(tmp_path / "dm.db") == 0
+
+
+def test_concurrent_answers_are_all_stored(tmp_path: Path, upstream: ServerThread) -> None:
+    """Answers finishing together share a commit; every one of them is stored and chains."""
+    with dragoman_server(config(upstream, f"sqlite:///{tmp_path / 'dm.db'}")) as server:
+        sdk = client(server)
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            answers = list(pool.map(lambda n: sdk.responses.create(model="test/echo", input=f"question {n}"),
+                                    range(24)))
+        assert rows(tmp_path / "dm.db") == 24
+        for n, answer in enumerate(answers):
+            assert sdk.responses.retrieve(answer.id).output_text == f"question {n}"
+        follow = sdk.responses.create(model="test/echo", input="again", previous_response_id=answers[7].id)
+        assert follow.previous_response_id == answers[7].id
 
 
 def test_store_false_keeps_nothing(tmp_path: Path, upstream: ServerThread) -> None:
