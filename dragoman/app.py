@@ -42,7 +42,6 @@ from dragoman.dialects.ollama.routes import error_response as ollama_error
 from dragoman.dialects.openai.routes import OpenAIDialect
 from dragoman.dialects.openai.routes import error_response as openai_error
 from dragoman.dialects.responses.routes import ResponsesDialect
-from dragoman.dialects.responses.store import ResponseStore
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.extras import config_requirements, require
 from dragoman.gateway.health import readiness
@@ -64,15 +63,14 @@ ReadyHook = Callable[[AppServices], Awaitable[None]]
 DialectFactory = Callable[[GatewayService], Dialect]
 
 
-def builtin_dialects(config: Config) -> tuple[DialectFactory, ...]:
+def builtin_dialects(services: AppServices) -> tuple[Dialect, ...]:
     """The dialects dragoman speaks, one line each; a new dialect is its package and a line here."""
-    responses = config.responses
-    store = ResponseStore(responses.store_entries, responses.store_bytes)
+    gateway, responses = services.gateway, services.config.responses
     return (
-        OpenAIDialect,
-        AnthropicDialect,
-        OllamaDialect,
-        lambda service: ResponsesDialect(service, store, hosted_tools=responses.hosted_tools),
+        OpenAIDialect(gateway),
+        AnthropicDialect(gateway),
+        OllamaDialect(gateway),
+        ResponsesDialect(gateway, services.response_store, services.background, hosted_tools=responses.hosted_tools),
     )
 
 
@@ -160,7 +158,7 @@ def create_app(config: Config, *, on_ready: ReadyHook | None = None, backends: S
     secret_key = SecretKeySource(config)  # a bad DRAGOMAN_SECRET_KEY stops the start here
     return DragomanApp(config, backends=built, deps=deps, secret_key=secret_key, auth=admin_auth(config),
                        on_ready=on_ready, types=types, given=given, tracing=tracing,
-                       dialects=(*builtin_dialects(config), *dialects))
+                       dialects=dialects)
 
 
 class DragomanApp:
@@ -176,9 +174,9 @@ class DragomanApp:
     def __init__(self, config: Config, *, backends: list[Backend], deps: BackendDeps, secret_key: SecretKeySource,
                  auth: AdminAuth, on_ready: ReadyHook | None = None, types: BackendTypes | None = None,
                  given: Sequence[Backend] = (), tracing: Tracing | None = None,
-                 dialects: Sequence[DialectFactory] | None = None) -> None:
+                 dialects: Sequence[DialectFactory] = ()) -> None:
         self.config = config
-        self.dialects = tuple(dialects) if dialects is not None else builtin_dialects(config)
+        self.dialects = tuple(dialects)  # the program's, served beside the built-in ones
         self.backends = backends  # the config file's (the running ones: app.state.services.backends)
         self._deps = deps
         self._secret_key = secret_key
@@ -248,8 +246,9 @@ def _not_serving(scope: Scope, phase: str) -> Response:
     return openai_error(error)
 
 
-def serving_app(services: AppServices, dialects: Sequence[DialectFactory]) -> GatewayApp:
-    """The routes over the running ``services``, behind their middleware."""
+def serving_app(services: AppServices, dialects: Sequence[DialectFactory] = ()) -> GatewayApp:
+    """The routes over the running ``services`` (the built-in dialects and the program's
+    ``dialects``), behind their middleware."""
     config, gateway, metrics, health_monitor = services.config, services.gateway, services.metrics, services.health
 
     async def root(request: Request) -> Response:
@@ -275,7 +274,7 @@ def serving_app(services: AppServices, dialects: Sequence[DialectFactory]) -> Ga
         Route("/metrics", probes.guard(metrics_route), methods=["GET"]),
     ]
     server = config.server
-    built = [factory(gateway) for factory in dialects]
+    built = [*builtin_dialects(services), *(factory(gateway) for factory in dialects)]
     generations: dict[str, GenerationHandler] = {}
     for dialect in built:
         for route in dialect.generation_routes():

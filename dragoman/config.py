@@ -486,13 +486,16 @@ class ImageFetchConfig(BaseModel):
 
 class ResponsesConfig(BaseModel):
     """The Responses API (``/v1/responses``): hosted tools for models that cannot run them, and the
-    in-memory store behind ``previous_response_id`` (0 entries turns it off)."""
+    stored responses behind ``previous_response_id`` and ``GET /v1/responses/{id}`` (kept in the
+    database for ``retention_days``; one larger than ``max_response_bytes`` is answered, not kept)."""
 
     model_config = ConfigDict(extra="forbid")
 
     hosted_tools: Literal["drop", "reject"] = "drop"
-    store_entries: int = Field(1000, ge=0)
-    store_bytes: int = Field(64 << 20, ge=0)
+    retention_days: float = Field(30, gt=0)
+    max_response_bytes: int = Field(16 << 20, ge=1024)
+    # ``background: true`` responses generating at once in one process; more are a 429.
+    max_background: int = Field(64, ge=0)
 
 
 class PullConfig(BaseModel):

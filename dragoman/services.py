@@ -19,6 +19,7 @@ from dragoman.admin.security import AdminAuth
 from dragoman.backends.base import TIMEOUT_NAMES, Backend, BackendDeps, Timeouts
 from dragoman.backends.registry import BackendTypes
 from dragoman.config import Config
+from dragoman.dialects.responses.background import BackgroundResponses
 from dragoman.gateway.balance import Balancer
 from dragoman.gateway.catalog import LiveCatalog
 from dragoman.gateway.control import ControlPlane, make_observer, open_control_plane
@@ -29,6 +30,7 @@ from dragoman.gateway.health import BackendHealth, HealthMonitor, ReadinessCheck
 from dragoman.gateway.keys import KeyService
 from dragoman.gateway.metrics import Metrics, process_metrics
 from dragoman.gateway.registry import ModelRegistry
+from dragoman.gateway.response_store import DatabaseResponseStore
 from dragoman.gateway.router import Router, RoutingSettings
 from dragoman.gateway.settings import SettingsStore
 from dragoman.gateway.store import Store
@@ -56,6 +58,9 @@ class AppServices:
     readiness_checks: list[ReadinessCheck]
     deps: BackendDeps
     backend_types: BackendTypes
+    # Stored Responses API answers, and the background responses generating (``/v1/responses``).
+    response_store: DatabaseResponseStore
+    background: BackgroundResponses
     given_backends: tuple[str, ...] = ()  # names of the backends built in code (create_app(backends=))
     tracing: Tracing | None = None
 
@@ -89,6 +94,10 @@ async def open_services(stack: contextlib.AsyncExitStack, config: Config, backen
     stack.callback(metrics.close)
     control = await open_control_plane(config, metrics)
     stack.push_async_callback(control.aclose)
+    response_store = DatabaseResponseStore(control.store, retention_days=config.responses.retention_days,
+                                           max_bytes=config.responses.max_response_bytes)
+    await response_store.start()
+    stack.push_async_callback(response_store.aclose)
     box = await secret_key.open()
     resealed = await auth.setup(SettingsStore(control.store), box)
     admin, admin_resealed = await open_admin_entries(control.store, box)
@@ -119,9 +128,13 @@ async def open_services(stack: contextlib.AsyncExitStack, config: Config, backen
     refresh = server.settings_refresh or (2.0 if server.worker_count > 1 else None)
     if refresh is not None:  # admin edits made through another worker or instance
         settings.watch(refresh, ("models", gateway.model_store.reload))
+    # Closed first: the background responses still generating end while their backends are up.
+    background = BackgroundResponses(response_store, limit=config.responses.max_background)
+    stack.push_async_callback(background.aclose)
     return AppServices(config=config, live=live, registry=registry, gateway=gateway, router=router,
                        cooldowns=cooldowns, health=health, control=control, metrics=metrics, settings=settings,
                        admin_auth=auth, readiness_checks=[control.store.check], deps=deps, backend_types=types,
+                       response_store=response_store, background=background,
                        given_backends=tuple(b.name for b in given), tracing=tracing)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import array
 import base64
+import fnmatch
 import functools
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import msgspec
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from dragoman.backends.base import BackendDeps, CallOptions
 from dragoman.backends.http import (
@@ -80,6 +81,34 @@ class OpenAISettings(BaseModel):
     # Which upstream API serves chat: Chat Completions, or the Responses API (``/v1/responses``;
     # ``type: openai-responses`` is the same as ``api: responses``).
     api: Literal["chat", "responses"] = "chat"
+    # Per model (globs, first match wins) where it differs from ``api``; a ``models:`` entry may
+    # also be written ``{name: GLOB, api: responses}``, which lands here.
+    model_api: dict[str, Literal["chat", "responses"]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _models_with_api(cls, value: Any) -> Any:
+        """``models:`` entries written as ``{name, api}``: the glob stays in ``models``, its API in
+        ``model_api``."""
+        if not isinstance(value, dict) or not isinstance(value.get("models"), list):
+            return value
+        models: list[Any] = []
+        apis = dict(value.get("model_api") or {})
+        for entry in value["models"]:
+            if isinstance(entry, dict) and set(entry) <= {"name", "api"} and isinstance(entry.get("name"), str):
+                models.append(entry["name"])
+                if "api" in entry:
+                    apis[entry["name"]] = entry["api"]
+            else:
+                models.append(entry)
+        return {**value, "models": models, **({"model_api": apis} if apis else {})}
+
+    def api_of(self, model: str, default: str) -> str:
+        """The API that serves ``model``: its ``model_api`` glob's, else ``default``."""
+        for pattern, api in self.model_api.items():
+            if fnmatch.fnmatchcase(model, pattern):
+                return api
+        return default
 
     def passes_extra_params(self) -> bool:
         if self.extra_params is not None:
@@ -92,6 +121,7 @@ class OpenAISettings(BaseModel):
 class OpenAIBackend(HTTPBackend):
     type = "openai"
     Settings = OpenAISettings
+    api = "chat"  # the upstream API of models that ``model_api`` does not name
 
     def __new__(cls, name: str, settings: OpenAISettings, deps: BackendDeps | None = None) -> OpenAIBackend:
         """``api: responses`` builds the Responses API backend, which shares these settings."""
@@ -114,8 +144,14 @@ class OpenAIBackend(HTTPBackend):
         names = await self.discovery.select(self.settings.models)
         # Unknown upstream abilities are assumed present: the upstream itself refuses what it cannot do.
         caps = Capabilities(**{"vision": True, "reasoning": True, "logprobs": True, **self.settings.capabilities})
-        return [ModelInfo(name=n, capabilities=caps, context_length=self.settings.context_length)
-                for n in names]
+        # A model served through the Responses API runs its hosted tools (web_search...).
+        hosted = Capabilities(**{"vision": True, "reasoning": True, "hosted_tools": True,
+                                 **self.settings.capabilities})
+        return [ModelInfo(name=n, capabilities=hosted if self.uses_responses(n) else caps,
+                          context_length=self.settings.context_length) for n in names]
+
+    def uses_responses(self, model: str) -> bool:
+        return self.settings.api_of(model, self.api) == "responses"
 
     async def _discover(self) -> dict[str, int]:
         body = await self.request_json("GET", "/models")
@@ -146,6 +182,10 @@ class OpenAIBackend(HTTPBackend):
 
     async def chat_call(self, request: ChatRequest, model: str,
                         options: CallOptions) -> StreamCall[ServerSentEvent] | list[Event]:
+        if self.settings.model_api and self.uses_responses(model):
+            from dragoman.backends.openai_responses import responses_call
+
+            return responses_call(self, request, model)
         completion = request.prompt is not None
         path = "/completions" if completion else "/chat/completions"
         if completion:

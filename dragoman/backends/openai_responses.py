@@ -26,7 +26,6 @@ from dragoman.backends.http import StreamCall
 from dragoman.backends.openai import OpenAIBackend, OpenAISettings
 from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, PartEnd, PartStart
 from dragoman.core.ids import now, random_id
-from dragoman.core.models import Capabilities, ModelInfo
 from dragoman.core.sse import ServerSentEvent, SSEDecoder
 from dragoman.core.types import (
     ChatRequest,
@@ -53,18 +52,16 @@ INCOMPLETE_REASONS: dict[str, FinishReason] = {"max_output_tokens": FinishReason
 
 class OpenAIResponsesBackend(OpenAIBackend):
     type = "openai-responses"
+    api = "responses"
 
     @classmethod
     def from_config(cls, name: str, settings: Mapping[str, Any], deps: BackendDeps) -> OpenAIResponsesBackend:
         return cls(name, OpenAISettings.model_validate(settings))
 
-    async def list_models(self) -> list[ModelInfo]:
-        names = await self.discovery.select(self.settings.models)
-        caps = Capabilities(**{"vision": True, "reasoning": True, "hosted_tools": True, **self.settings.capabilities})
-        return [ModelInfo(name=n, capabilities=caps, context_length=self.settings.context_length) for n in names]
-
     async def count_tokens(self, request: ChatRequest, model: str) -> int | None:
         """The upstream's own count (``/v1/responses/input_tokens``); None (an estimate) when it fails."""
+        if not self.uses_responses(model):
+            return await super().count_tokens(request, model)
         if self.settings.api_key == "forward":
             return None  # the client's key is not at hand here
         body = build_body(request, model)
@@ -80,12 +77,19 @@ class OpenAIResponsesBackend(OpenAIBackend):
 
     async def chat_call(self, request: ChatRequest, model: str,
                         options: CallOptions) -> StreamCall[ServerSentEvent] | list[Event]:
-        if request.prompt is not None:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, f"backend {self.name!r} serves the Responses API, which "
-                               "has no raw text completions; use chat", param="prompt")
-        body = build_body(request, model)
-        decoder = StreamDecoder(self.name, model)
-        return StreamCall("/responses", body, SSEDecoder(self.max_frame_bytes), decoder.decode, decoder.end)
+        if not self.uses_responses(model):  # ``model_api`` names it ``chat``
+            return await super().chat_call(request, model, options)
+        return responses_call(self, request, model)
+
+
+def responses_call(backend: OpenAIBackend, request: ChatRequest, model: str) -> StreamCall[ServerSentEvent]:
+    """The upstream call for a model served through the Responses API (by either backend class)."""
+    if request.prompt is not None:
+        raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {model!r} of backend {backend.name!r} is served "
+                           "through the Responses API, which has no raw text completions; use chat", param="prompt")
+    body = build_body(request, model)
+    decoder = StreamDecoder(backend.name, model)
+    return StreamCall("/responses", body, SSEDecoder(backend.max_frame_bytes), decoder.decode, decoder.end)
 
 
 # ------------------------------------------------------------------------------- the request

@@ -50,9 +50,11 @@ class WireError:
 
 @dataclass(slots=True, frozen=True)
 class Answer:
-    """A whole answer the dialect knows without generating (Ollama's model load and unload)."""
+    """A whole answer the dialect knows without generating (Ollama's model load and unload, a
+    Responses API background response), with its own ``headers``."""
 
     body: Any
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 Starter = Callable[[ChatRequest, CallContext], Awaitable[ChatStream]]
@@ -67,7 +69,10 @@ class Generation:
     whole answer's body from their accumulated responses. ``headers`` join the call's (a header
     in both keeps both values, comma-separated). ``ping`` goes out whenever no event came for
     ``ping_interval`` seconds. ``start`` replaces the gateway's plain ``chat`` when the dialect
-    retries a start (the Responses API's ``truncation: auto``).
+    retries a start (the Responses API's ``truncation: auto``). ``settle`` is awaited after the
+    last event and before the answer's last bytes (a streamed answer's encoder ``tail``, a whole
+    answer's body): the Responses API stores the answer there, so a client that chains right after
+    finds it.
     """
 
     requests: Sequence[ChatRequest]
@@ -79,6 +84,7 @@ class Generation:
     ping_interval: float | None = None
     accumulator: Callable[[], Accumulator] = Accumulator
     start: Starter | None = None
+    settle: Callable[[], Awaitable[None]] | None = None
 
     @property
     def stream(self) -> bool:

@@ -73,7 +73,7 @@ class GenerationHandler:
             if not isinstance(generation, Answer):
                 await self._generate(generation, ctx, scope, receive, send)
                 return
-            response = json_response(generation.body)
+            response = json_response(generation.body, headers=generation.headers or None)
         await response(scope, receive, send)
 
     async def _generate(self, generation: Generation, ctx: CallContext, scope: Scope, receive: Receive,
@@ -119,7 +119,10 @@ class GenerationHandler:
                 responses.append(accumulator.result())
             except GatewayError as exc:
                 return self._error(exc, ctx, stream.headers)
-        return json_response(generation.render(responses), headers=joined(first.headers, generation.headers))
+        body = generation.render(responses)
+        if generation.settle is not None:
+            await generation.settle()
+        return json_response(body, headers=joined(first.headers, generation.headers))
 
     async def _stream(self, generation: Generation, first: ChatStream, ctx: CallContext, watch: DisconnectWatch,
                       send: Send) -> None:
@@ -143,6 +146,8 @@ class GenerationHandler:
                 head = None
                 if not ended:
                     break
+            if generation.settle is not None:
+                await generation.settle()
             await send({"type": "http.response.body", "body": encoder.tail(), "more_body": False})
         except asyncio.CancelledError:
             if not watch.client_left():

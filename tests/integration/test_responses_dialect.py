@@ -363,7 +363,7 @@ def test_streamed_answers_are_stored_unless_store_is_false(client: openai.OpenAI
     ({"model": "test/echo", "input": "x", "text": {"format": {"type": "json_schema", "name": "a"}}},
      "text.format.schema", "schema is required"),
     ({"model": "test/echo", "input": "x", "metadata": {str(i): "v" for i in range(17)}}, "metadata", "at most 16"),
-    ({"model": "test/echo", "input": "x", "background": True}, "background", "not supported"),
+    ({"model": "test/echo", "input": "x", "background": True, "stream": True}, "stream", "cannot be streamed"),
     ({"model": "test/echo", "input": [{"type": "function_call", "call_id": "c", "name": "f"}]},
      "input[0].arguments", "field required"),
     ({"model": "test/echo", "input": "x", "tools": [WEATHER, WEATHER]}, "tools[1]", "used twice"),

@@ -1,5 +1,5 @@
-"""Units of the Responses API dialect and backend: the response store's bounds and owners, and the
-upstream stream decoder on a recorded event sequence cut at every byte."""
+"""Units of the Responses API dialect and backend: the stored conversation's JSON form and owners,
+and the upstream stream decoder on a recorded event sequence cut at every byte."""
 
 from __future__ import annotations
 
@@ -10,39 +10,41 @@ from dragoman.backends.openai_responses import StreamDecoder, build_body
 from dragoman.core.accumulate import Accumulator
 from dragoman.core.events import Event
 from dragoman.core.sse import SSEDecoder
-from dragoman.core.types import ChatRequest, FinishReason, Message, ReasoningPart, Role, TextPart, ToolCallPart
+from dragoman.core.types import (
+    ChatRequest,
+    FinishReason,
+    ImagePart,
+    Message,
+    ReasoningPart,
+    Role,
+    TextPart,
+    ToolCallPart,
+    ToolResultPart,
+)
 from dragoman.dialects.responses.convert import parse_create
-from dragoman.dialects.responses.store import ResponseStore
+from dragoman.dialects.responses.store import history_json, history_of, owner_of
 from dragoman.errors import GatewayError
 
 
-def history(text: str) -> list[Message]:
-    return [Message(Role.USER, [TextPart(text)])]
+def test_a_conversation_survives_its_json_form_byte_exact() -> None:
+    conversation = [
+        Message(Role.SYSTEM, [TextPart("rules")]),
+        Message(Role.USER, [TextPart("look"), ImagePart(data=b"\x89PNG\x00\xff", media_type="image/png", detail="low"),
+                            ImagePart(url="https://example.com/cat.png")], name="ann"),
+        Message(Role.ASSISTANT, [ReasoningPart(text="Hmm.", signature="sig+/="), ReasoningPart(redacted="opaque"),
+                                 TextPart("calling"), ToolCallPart(id="call_1", name="f", arguments='{"a": 1 }')]),
+        Message(Role.TOOL, [ToolResultPart(tool_call_id="call_1", name="f", is_error=True, content=[
+            TextPart("out"), ImagePart(data=b"img", media_type="image/jpeg")])]),
+    ]
+    as_json = history_json(conversation)
+    assert orjson.loads(orjson.dumps(as_json)) == as_json  # plain JSON, nothing else
+    assert history_of(as_json) == conversation
 
 
-def test_store_keeps_the_newest_within_count_and_bytes() -> None:
-    store = ResponseStore(max_entries=2, max_bytes=1 << 20)
-    for n in range(3):
-        assert store.put(f"resp_{n}", "key", {"id": f"resp_{n}"}, history("x"))
-    assert len(store) == 2 and store.get("resp_0", "key") is None and store.get("resp_2", "key") is not None
-    small = ResponseStore(max_entries=100, max_bytes=5000)
-    assert not small.put("huge", "key", {}, history("x" * 10_000))  # bigger than the whole store
-    for n in range(10):
-        small.put(f"r{n}", "key", {}, history("y" * 1000))
-    assert len(small) < 10 and small.get("r9", "key") is not None
-
-
-def test_store_shows_a_response_only_to_its_key() -> None:
-    store = ResponseStore(max_entries=10, max_bytes=1 << 20)
-    store.put("resp_a", "alice", {"id": "resp_a"}, history("x"))
-    assert store.get("resp_a", "bob") is None and store.get("resp_a", None) is None
-    assert not store.delete("resp_a", "bob")
-    assert store.delete("resp_a", "alice") and store.get("resp_a", "alice") is None
-
-
-def test_an_off_store_keeps_nothing() -> None:
-    store = ResponseStore(max_entries=0, max_bytes=1 << 20)
-    assert not store.enabled and not store.put("r", None, {}, history("x"))
+def test_an_owner_is_a_digest_of_the_key() -> None:
+    assert owner_of("sk-1") != owner_of("sk-2")
+    assert owner_of(None) == owner_of("") and len(owner_of("sk-1")) == 64
+    assert "sk-1" not in owner_of("sk-1")
 
 
 def _sse(kind: str, **data: object) -> bytes:
@@ -115,5 +117,5 @@ def test_body_for_the_upstream_keeps_custom_and_namespace_tools() -> None:
         {"type": "custom_tool_call_output", "call_id": "c1", "output": "1"},
         {"type": "function_call", "call_id": "c2", "name": "find", "arguments": "{}", "namespace": "crm"},
         {"type": "function_call_output", "call_id": "c2", "output": "none"}]
-    plain = build_body(ChatRequest(model="m", messages=history("x")), "m")
+    plain = build_body(ChatRequest(model="m", messages=[Message(Role.USER, [TextPart("x")])]), "m")
     assert "tools" not in plain and plain["store"] is False

@@ -115,8 +115,7 @@ class ResponsesRequest:
 def parse_create(body: Any, previous: list[Message] | None = None) -> ResponsesRequest:
     """The request; ``previous`` is the stored conversation ``previous_response_id`` names."""
     req = validated(wire.CreateResponse, body)
-    for name, what in (("background", "background responses"), ("conversation", "conversation objects"),
-                       ("prompt", "prompt templates")):
+    for name, what in (("conversation", "conversation objects"), ("prompt", "prompt templates")):
         if getattr(req, name):
             raise _bad(f"{what} are not supported by this gateway", name)
     include = list(req.include or [])

@@ -1,5 +1,6 @@
-"""The Responses API HTTP surface: ``POST /v1/responses``, ``GET`` and ``DELETE /v1/responses/{id}``,
-``GET /v1/responses/{id}/input_items`` and ``POST /v1/responses/input_tokens``.
+"""The Responses API HTTP surface: ``POST /v1/responses`` and ``POST /v1/responses/input_tokens``;
+stored responses (``GET``, ``DELETE``, ``input_items``, ``cancel``) are :mod:`.stored`'s, and
+``background: true`` is :mod:`.background`'s.
 
 Hosted tools (``web_search``, ``file_search``...) reach a model only when its backend speaks the
 Responses API upstream (capability ``hosted_tools``). For any other model they are dropped, named
@@ -20,13 +21,15 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from dragoman.core.accumulate import replay_events
-from dragoman.core.dialect import Generation, GenerationRoute, WireError
+from dragoman.core.dialect import Answer, Generation, GenerationRoute, WireError
 from dragoman.core.ids import now
 from dragoman.core.service import CallContext, ChatStream, GatewayService
-from dragoman.core.types import ChatRequest, ChatResponse, Message, Role
+from dragoman.core.types import ChatRequest, ChatResponse, Role
 from dragoman.dialects.responses import convert, output
+from dragoman.dialects.responses.background import BackgroundResponses
 from dragoman.dialects.responses.convert import ResponsesRequest
-from dragoman.dialects.responses.store import ResponseStore, StoredResponse
+from dragoman.dialects.responses.store import ResponseStore
+from dragoman.dialects.responses.stored import StoredResponses
 from dragoman.dialects.responses.stream import Completed, ResponseEncoder
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.serving.answers import error_headers, json_response
@@ -48,17 +51,21 @@ def error_response(error: GatewayError, headers: dict[str, str] | None = None) -
 class ResponsesDialect:
     name = "responses"
 
-    def __init__(self, service: GatewayService, store: ResponseStore, *, hosted_tools: HostedPolicy = "drop") -> None:
+    def __init__(self, service: GatewayService, store: ResponseStore, background: BackgroundResponses, *,
+                 hosted_tools: HostedPolicy = "drop") -> None:
         self.service = service
-        self.store = store
+        self.stored = StoredResponses(service, store, background, error_response)
+        self.background = background
         self.hosted_tools = hosted_tools
 
     def routes(self) -> list[BaseRoute]:
+        stored = self.stored
         table: list[tuple[str, Endpoint, list[str]]] = [
             ("/responses/input_tokens", self.input_tokens, ["POST"]),
-            ("/responses/{response_id}", self.retrieve, ["GET"]),
-            ("/responses/{response_id}", self.delete, ["DELETE"]),
-            ("/responses/{response_id}/input_items", self.list_input_items, ["GET"]),
+            ("/responses/{response_id}", stored.retrieve, ["GET"]),
+            ("/responses/{response_id}", stored.delete, ["DELETE"]),
+            ("/responses/{response_id}/input_items", stored.list_input_items, ["GET"]),
+            ("/responses/{response_id}/cancel", stored.cancel, ["POST"]),
         ]
         return routes(table, PREFIXES)
 
@@ -72,26 +79,31 @@ class ResponsesDialect:
     def generation_routes(self) -> Sequence[GenerationRoute]:
         return [GenerationRoute(prefix + "/responses", "create") for prefix in PREFIXES]
 
-    async def parse(self, operation: str, body: Any, headers: Mapping[str, str], ctx: CallContext) -> Generation:
-        req = convert.parse_create(body, self._previous(body, ctx))
+    async def parse(self, operation: str, body: Any, headers: Mapping[str, str],
+                    ctx: CallContext) -> Generation | Answer:
+        req = convert.parse_create(body, await self.stored.previous(body, ctx))
         hosted = await self._hosted(req, ctx)
+        if req.body.background:
+            return Answer(await self.background.create(req, ctx, self._start), headers=hosted)
+        # A kept answer's row is written before its last bytes go out (``settle``), so a client
+        # that chains right after finds it on any worker.
+        completed, pending = self.stored.keeper(req, ctx)
         return Generation(
-            [req.chat], lambda: ResponseEncoder(req, output.response_id(), now(), on_complete=self._keeper(req, ctx)),
-            lambda responses: self._render(req, ctx, responses[0]), headers=hosted,
-            start=lambda request, ctx: self._start(req, ctx))
+            [req.chat], lambda: ResponseEncoder(req, output.response_id(), now(), on_complete=completed),
+            lambda responses: self._render(req, responses[0], completed), headers=hosted,
+            start=lambda request, ctx: self._start(req, ctx), settle=pending.wait if pending is not None else None)
 
     def render_error(self, error: GatewayError, ctx: CallContext) -> WireError:
         return WireError(error.status, output.error_body(error))
 
-    def _render(self, req: ResponsesRequest, ctx: CallContext, response: ChatResponse) -> dict[str, Any]:
+    def _render(self, req: ResponsesRequest, response: ChatResponse, completed: Completed | None) -> dict[str, Any]:
         """The whole answer, built by the stream's encoder from the accumulated answer (and kept)."""
         encoder = ResponseEncoder(req, output.response_id(), now(), frames=False)
         for event in replay_events(response):
             encoder.encode(event)
         assert encoder.final is not None  # replay_events ends with MessageEnd
-        keep = self._keeper(req, ctx)
-        if keep is not None and encoder.final["status"] != "failed":
-            keep(encoder.final, response)
+        if completed is not None and encoder.final["status"] != "failed":
+            completed(encoder.final, response)
         return encoder.final
 
     async def _start(self, req: ResponsesRequest, ctx: CallContext) -> ChatStream:
@@ -106,33 +118,6 @@ class ResponsesDialect:
                     raise
                 log.info("truncation auto: dropped the oldest turns for model %s (request %s)", req.chat.model,
                          ctx.request_id)
-
-    def _previous(self, body: Any, ctx: CallContext) -> list[Message] | None:
-        previous_id = body.get("previous_response_id") if isinstance(body, dict) else None
-        if previous_id is None:
-            return None
-        if not isinstance(previous_id, str):
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "previous_response_id must be a string",
-                               param="previous_response_id")
-        if not self.store.enabled:
-            raise GatewayError(ErrorKind.INVALID_REQUEST, "previous_response_id is not available: this gateway "
-                               "keeps no responses (responses.store_entries is 0); send the whole conversation",
-                               param="previous_response_id")
-        stored = self.store.get(previous_id, ctx.api_key)
-        if stored is None:
-            raise GatewayError(ErrorKind.NOT_FOUND, f"Previous response with id '{previous_id}' not found (this "
-                               "gateway keeps recent responses in memory only)", param="previous_response_id",
-                               code="previous_response_not_found")
-        return stored.history
-
-    def _keeper(self, req: ResponsesRequest, ctx: CallContext) -> Completed | None:
-        if not req.store or not self.store.enabled:
-            return None
-
-        def keep(body: dict[str, Any], response: ChatResponse) -> None:
-            history = [*req.history, Message(Role.ASSISTANT, list(response.parts))]
-            self.store.put(body["id"], ctx.api_key, body, history, output.input_items(req.raw_input))
-        return keep
 
     async def _hosted(self, req: ResponsesRequest, ctx: CallContext) -> dict[str, str]:
         """Pass hosted tools to a model that runs them; otherwise drop them (and say so) or refuse."""
@@ -167,79 +152,12 @@ class ResponsesDialect:
             body = await read_json(request)
             if isinstance(body, dict):
                 body = {**body, "stream": False, "input": body.get("input") or []}
-            req = convert.parse_create(body, self._previous(body, ctx))
+            req = convert.parse_create(body, await self.stored.previous(body, ctx))
             count = await self.service.count_tokens(req.chat, ctx)
         except GatewayError as exc:
             return error_response(exc)
         return json_response({"object": "response.input_tokens", "input_tokens": count.tokens},
                              headers={"x-dragoman-token-count": "exact" if count.exact else "estimated"})
-
-    async def retrieve(self, request: Request) -> Response:
-        try:
-            ctx = await self._context(request)
-            if request.query_params.get("stream") in ("true", "1"):
-                raise GatewayError(ErrorKind.INVALID_REQUEST, "replaying a stored response as a stream is not "
-                                   "supported", param="stream")
-            stored = self._stored(request, ctx)
-        except GatewayError as exc:
-            return error_response(exc)
-        return json_response(stored)
-
-    async def delete(self, request: Request) -> Response:
-        try:
-            ctx = await self._context(request)
-            self._stored(request, ctx)
-        except GatewayError as exc:
-            return error_response(exc)
-        response_id = request.path_params["response_id"]
-        self.store.delete(response_id, ctx.api_key)
-        return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
-
-    async def list_input_items(self, request: Request) -> Response:
-        """A stored response's input items, a page at a time (``order``, ``after``, ``limit``)."""
-        try:
-            ctx = await self._context(request)
-            stored = self._entry(request, ctx)
-            order, after, limit = _page_params(request)
-        except GatewayError as exc:
-            return error_response(exc)
-        items = stored.input_items if order == "asc" else stored.input_items[::-1]
-        if after is not None:
-            ids = [item["id"] for item in items]
-            if after not in ids:
-                return error_response(GatewayError(ErrorKind.NOT_FOUND, f"No input item found with id '{after}'.",
-                                                   param="after", code="not_found"))
-            items = items[ids.index(after) + 1:]
-        page = items[:limit]
-        return json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-                              "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
-
-    def _stored(self, request: Request, ctx: CallContext) -> dict[str, Any]:
-        return self._entry(request, ctx).body
-
-    def _entry(self, request: Request, ctx: CallContext) -> StoredResponse:
-        response_id = request.path_params["response_id"]
-        stored = self.store.get(response_id, ctx.api_key)
-        if stored is None:
-            raise GatewayError(ErrorKind.NOT_FOUND, f"No response found with id '{response_id}'.",
-                               code="not_found")
-        return stored
-
-
-def _page_params(request: Request) -> tuple[str, str | None, int]:
-    """``order`` (``desc`` by default, as the API), ``after`` and ``limit`` (1 to 100, 20 by default)."""
-    query = request.query_params
-    order = query.get("order", "desc")
-    if order not in ("asc", "desc"):
-        raise GatewayError(ErrorKind.INVALID_REQUEST, "order must be 'asc' or 'desc'", param="order")
-    raw_limit = query.get("limit", "20")
-    try:
-        limit = int(raw_limit)
-    except ValueError:
-        limit = 0
-    if not 1 <= limit <= 100:
-        raise GatewayError(ErrorKind.INVALID_REQUEST, "limit must be an integer from 1 to 100", param="limit")
-    return order, query.get("after"), limit
 
 
 def drop_oldest_turns(chat: ChatRequest) -> bool:

@@ -1,94 +1,100 @@
-"""Recent responses kept in memory, for ``previous_response_id`` and ``GET /v1/responses/{id}``.
+"""What the Responses dialect needs of a response store, and the conversation as JSON for it.
 
-Bounded twice: by count and by an estimate of the bytes its conversations hold (text and image
-bytes; chained turns share their messages, so the estimate errs high). The oldest go first. A
-response is visible only to the key that created it (compared as SHA-256 digests, in constant
-time). In-memory and per process: with several processes or instances, a client that chains
-turns must come back to the same one, or send the whole conversation (``store: false``, as
-Codex does).
+The store itself is the gateway's database (:mod:`dragoman.gateway.response_store`): the dialect
+sees only this interface, so it never imports the gateway. A response is saved with its owner (the
+SHA-256 of the key that created it), the response object, its request's input items (with ids)
+and the conversation through it (:func:`history_json`), which ``previous_response_id`` continues.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import hmac
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-import orjson
-
-from dragoman.core.types import ImagePart, Message, ReasoningPart, TextPart, ToolCallPart, ToolResultPart
+from dragoman.core.types import ImagePart, Message, Part, ReasoningPart, Role, TextPart, ToolCallPart, ToolResultPart
 
 
-@dataclass(slots=True)
-class StoredResponse:
-    owner: bytes
-    body: dict[str, Any]  # the response object, as answered
-    history: list[Message]  # the conversation through this answer, without ``instructions``
-    size: int
-    input_items: list[dict[str, Any]] = field(default_factory=list)  # this request's input, with ids
-
-
-def owner_of(api_key: str | None) -> bytes:
-    return hashlib.sha256((api_key or "").encode()).digest()
-
-
-def conversation_size(messages: list[Message]) -> int:
-    size = 0
-    for message in messages:
-        for part in message.parts:
-            if isinstance(part, TextPart):
-                size += len(part.text)
-            elif isinstance(part, ImagePart):
-                size += len(part.data or b"") + len(part.url or "")
-            elif isinstance(part, ToolCallPart):
-                size += len(part.arguments) + len(part.name)
-            elif isinstance(part, ReasoningPart):
-                size += len(part.text) + len(part.signature or "") + len(part.redacted or "")
-            elif isinstance(part, ToolResultPart):
-                size += sum(len(p.text) if isinstance(p, TextPart) else len(p.data or b"") for p in part.content)
-            size += 64  # the part's own overhead
-    return size
-
-
-class ResponseStore:
-    def __init__(self, max_entries: int, max_bytes: int) -> None:
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[str, StoredResponse] = OrderedDict()
-        self._bytes = 0
-
+class StoredRow(Protocol):
     @property
-    def enabled(self) -> bool:
-        return self.max_entries > 0
+    def id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def background(self) -> bool: ...
+    @property
+    def body(self) -> dict[str, Any]: ...
+    @property
+    def input_items(self) -> list[dict[str, Any]]: ...
+    @property
+    def history(self) -> list[Any]: ...
 
-    def __len__(self) -> int:
-        return len(self._entries)
 
-    def put(self, response_id: str, api_key: str | None, body: dict[str, Any], history: list[Message],
-            input_items: list[dict[str, Any]] | None = None) -> bool:
-        """Keep a response; False when it is too big to keep (or the store is off)."""
-        items = input_items or []
-        size = conversation_size(history) + 1024 + (len(orjson.dumps(items)) if items else 0)
-        if not self.enabled or size > self.max_bytes:
-            return False
-        self._entries[response_id] = StoredResponse(owner_of(api_key), body, history, size, items)
-        self._bytes += size
-        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-            _, dropped = self._entries.popitem(last=False)
-            self._bytes -= dropped.size
-        return True
+class ResponseStore(Protocol):
+    """Saves never raise (a failure is logged, False); reads raise a ``GatewayError`` (503) when the
+    store cannot answer, and give None for a response another key created or that expired."""
 
-    def get(self, response_id: str, api_key: str | None) -> StoredResponse | None:
-        entry = self._entries.get(response_id)
-        if entry is None or not hmac.compare_digest(entry.owner, owner_of(api_key)):
-            return None
-        return entry
+    async def save(self, response_id: str, owner: str, *, status: str, background: bool, body: dict[str, Any],
+                   input_items: list[dict[str, Any]], history: list[Any]) -> bool: ...
 
-    def delete(self, response_id: str, api_key: str | None) -> bool:
-        if self.get(response_id, api_key) is None:
-            return False
-        entry = self._entries.pop(response_id)
-        self._bytes -= entry.size
-        return True
+    async def finish(self, response_id: str, *, status: str, body: dict[str, Any],
+                     history: list[Any] | None = None) -> bool: ...
+
+    async def get(self, response_id: str, owner: str) -> StoredRow | None: ...
+
+    async def delete(self, response_id: str, owner: str) -> bool: ...
+
+
+def owner_of(api_key: str | None) -> str:
+    return hashlib.sha256((api_key or "").encode()).hexdigest()
+
+
+# ------------------------------------------------------------------------- the conversation
+
+
+def _part_json(part: Part) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, ImagePart):
+        return {"type": "image", "data": base64.b64encode(part.data).decode() if part.data is not None else None,
+                "url": part.url, "media_type": part.media_type, "detail": part.detail}
+    if isinstance(part, ToolCallPart):
+        return {"type": "tool_call", "id": part.id, "name": part.name, "arguments": part.arguments}
+    if isinstance(part, ToolResultPart):
+        return {"type": "tool_result", "tool_call_id": part.tool_call_id, "name": part.name,
+                "is_error": part.is_error, "content": [_part_json(p) for p in part.content]}
+    return {"type": "reasoning", "text": part.text, "signature": part.signature, "redacted": part.redacted}
+
+
+def _part(raw: dict[str, Any]) -> Part:
+    kind = raw["type"]
+    if kind == "text":
+        return TextPart(raw["text"])
+    if kind == "image":
+        data = raw.get("data")
+        return ImagePart(data=base64.b64decode(data) if data is not None else None, url=raw.get("url"),
+                         media_type=raw.get("media_type"), detail=raw.get("detail"))
+    if kind == "tool_call":
+        return ToolCallPart(id=raw["id"], name=raw["name"], arguments=raw["arguments"])
+    if kind == "tool_result":
+        content = [p for p in map(_part, raw["content"]) if isinstance(p, (TextPart, ImagePart))]
+        return ToolResultPart(tool_call_id=raw["tool_call_id"], content=content, name=raw.get("name"),
+                              is_error=bool(raw.get("is_error")))
+    return ReasoningPart(text=raw.get("text") or "", signature=raw.get("signature"), redacted=raw.get("redacted"))
+
+
+def history_json(messages: list[Message]) -> list[dict[str, Any]]:
+    """The conversation as JSON (images as base64; signatures and arguments byte-exact)."""
+    out = []
+    for message in messages:
+        entry: dict[str, Any] = {"role": message.role.value, "parts": [_part_json(p) for p in message.parts]}
+        if message.name is not None:
+            entry["name"] = message.name
+        out.append(entry)
+    return out
+
+
+def history_of(raw: list[Any]) -> list[Message]:
+    """:func:`history_json`'s conversation back."""
+    return [Message(Role(entry["role"]), [_part(p) for p in entry["parts"]], name=entry.get("name"))
+            for entry in raw]

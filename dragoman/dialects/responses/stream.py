@@ -55,6 +55,7 @@ class ResponseEncoder:
         self._seq = 0
         self._items: dict[int, _Item] = {}
         self._accumulator = Accumulator() if on_complete is not None else None
+        self._held = b""  # a kept answer's terminal event, sent by ``tail`` once the answer is stored
 
     def encode(self, event: Event) -> bytes:
         if self._accumulator is not None and not isinstance(event, StreamError):
@@ -74,9 +75,12 @@ class ResponseEncoder:
         if isinstance(event, MessageEnd):
             status, incomplete = out.status_of(event.finish_reason)
             self.final = self._response(status, usage=event.usage, incomplete=incomplete)
+            terminal = self._frame(f"response.{status}", {"response": self.final})
             if self.on_complete is not None and self._accumulator is not None:
                 self.on_complete(self.final, self._accumulator.result())
-            return self._frame(f"response.{status}", {"response": self.final})
+                self._held = terminal  # after the write the handler awaits (``Generation.settle``)
+                return b""
+            return terminal
         if isinstance(event, StreamError):
             error = out.failed_error(event.error)
             self.final = self._response("failed", error=error)
@@ -87,7 +91,7 @@ class ResponseEncoder:
         return b""
 
     def tail(self) -> bytes:
-        return b""
+        return self._held
 
     # ------------------------------------------------------------------------------- parts
 

@@ -117,3 +117,19 @@ settings = Table(
     Column("value", JSON, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# Stored Responses API answers (``store: true``): the response object, its request's input items and
+# the conversation through it, as JSON; ``owner`` is the SHA-256 of the key that created it.
+responses = Table(
+    "responses",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("background", Boolean, nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("input_items", JSON, nullable=False),
+    Column("history", JSON, nullable=False),
+    Index("ix_responses_created_at", "created_at"),
+)

@@ -42,29 +42,31 @@ async def test_fresh_sqlite_file_is_migrated(tmp_path: Path) -> None:
     store = await Store.open(f"sqlite:///{path}")
     try:
         assert path.exists()
-        assert await store.revision() == "0001"
+        assert await store.revision() == "0002"
         async with store.connect() as conn:
             assert (await conn.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
-            assert {"api_keys", "usage_records", "settings", "alembic_version"} <= await conn.run_sync(_tables)
+            tables = await conn.run_sync(_tables)
+            assert {"api_keys", "usage_records", "settings", "responses", "alembic_version"} <= tables
             assert await conn.run_sync(_schema_diff) == []  # the migrations build exactly schema.py
     finally:
         await store.aclose()
     again = await Store.open(f"sqlite:///{path}")  # idempotent on an up-to-date database
-    assert await again.revision() == "0001"
+    assert await again.revision() == "0002"
     await again.aclose()
 
 
 async def test_postgres_schema_is_migrated() -> None:
     store, schema = await open_pg_store()
     try:
-        assert await store.revision() == "0001"
+        assert await store.revision() == "0002"
         async with store.connect() as conn:
             assert (await conn.execute(text("SELECT current_schema()"))).scalar() == schema
-            assert {"api_keys", "usage_records", "settings", "alembic_version"} <= await conn.run_sync(_tables)
+            tables = await conn.run_sync(_tables)
+            assert {"api_keys", "usage_records", "settings", "responses", "alembic_version"} <= tables
             assert await conn.run_sync(_schema_diff) == []
         url = str(store.engine.url.render_as_string(hide_password=False))
         again = await Store.open(url, schema=schema)  # a second instance starting on the same database
-        assert await again.revision() == "0001"
+        assert await again.revision() == "0002"
         await again.aclose()
     finally:
         await drop_pg_schema(store, schema)
