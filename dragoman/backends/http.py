@@ -183,6 +183,22 @@ class StreamCall(Generic[F]):
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+A = TypeVar("A")
+
+
+@dataclass(slots=True)
+class WholeCall(Generic[A]):
+    """One chat call answered in one JSON body (a client that wants the whole answer): what to
+    POST, how to decode the body, and the events the decoded answer stands for, the same its
+    stream would have given. Like :class:`StreamCall` a description: the call's stream makes it."""
+
+    path: str
+    body: dict[str, Any]
+    decode: Callable[[bytes], A]
+    events: Callable[[A], list[Event]]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
 @dataclass(slots=True, frozen=True)
 class ErrorFields:
     """What an upstream error body says, for ``status_error``."""
@@ -334,11 +350,12 @@ class HTTPBackend(Backend):
             raise timed_out(self.name, limit, options.timeouts) from exc
 
     async def post_json(self, path: str, body: dict[str, Any], options: CallOptions,
-                        decode: Callable[[bytes], Any] = orjson.loads) -> Any:
+                        decode: Callable[[bytes], Any] = orjson.loads,
+                        headers: Mapping[str, str] | None = None) -> Any:
         """``post`` and read the whole JSON answer (through ``decode``, see ``read_json``): at once
         when it came with the headers (as it usually does), else chunk by chunk, each wait bounded
         by the idle timeout and the deadline."""
-        response = await self.post(path, body, options)
+        response = await self.post(path, body, options, headers)
         try:
             if response.content.is_eof():
                 return await read_json(response, self.name, decode)
@@ -374,8 +391,10 @@ class HTTPBackend(Backend):
         return response
 
     @abstractmethod
-    async def chat_call(self, request: ChatRequest, model: str, options: CallOptions) -> StreamCall[Any] | list[Event]:
-        """The streamed call for ``request``, or the answer's events when the backend got it whole."""
+    async def chat_call(self, request: ChatRequest, model: str,
+                        options: CallOptions) -> StreamCall[Any] | WholeCall[Any]:
+        """The call for ``request``, streamed or whole: a description (what to POST, how to decode
+        it), built without talking to the upstream; :class:`HTTPEventStream` makes it."""
 
     def stream(self, request: ChatRequest, model: str, options: CallOptions) -> HTTPEventStream:
         return HTTPEventStream(self, request, model, options)
@@ -435,8 +454,9 @@ class HTTPEventStream:
         call, response = self._call, self._response
         if call is None:
             made = await backend.chat_call(self._request, self._model, options)
-            if isinstance(made, list):  # the answer came whole
-                self._pending = made[::-1]
+            if isinstance(made, WholeCall):
+                answer = await backend.post_json(made.path, made.body, options, made.decode, made.headers)
+                self._pending = made.events(answer)[::-1]
                 self._done = True
                 return
             self._call = call = made

@@ -28,6 +28,7 @@ from dragoman.backends.http import (
     HTTPBackend,
     ModelDiscovery,
     StreamCall,
+    WholeCall,
     read_error,
     read_json,
     tracked_end,
@@ -181,7 +182,7 @@ class OpenAIBackend(HTTPBackend):
     # -------------------------------------------------------------------- chat
 
     async def chat_call(self, request: ChatRequest, model: str,
-                        options: CallOptions) -> StreamCall[ServerSentEvent] | list[Event]:
+                        options: CallOptions) -> StreamCall[ServerSentEvent] | WholeCall[wire.Completion]:
         if self.settings.model_api and self.uses_responses(model):
             from dragoman.backends.openai_responses import responses_call
 
@@ -197,15 +198,14 @@ class OpenAIBackend(HTTPBackend):
             # A whole answer for a client that wants one: one JSON body instead of dozens of frames.
             body["stream"] = False
             body.pop("stream_options", None)
-            return await self._whole(path, body, options, tracker, model, completion)
+            return WholeCall(path, body, self._answer,
+                             lambda answer: self._whole(answer, tracker, model, completion))
         return StreamCall(path, body, SSEDecoder(self.max_frame_bytes),
                           lambda sse: self._decode(sse.data, tracker, model),
                           functools.partial(tracked_end, tracker, model, self.name, "finish_reason"))
 
-    async def _whole(self, path: str, body: dict[str, Any], options: CallOptions, tracker: PartTracker,
-                     model: str, completion: bool) -> list[Event]:
+    def _whole(self, answer: wire.Completion, tracker: PartTracker, model: str, completion: bool) -> list[Event]:
         """A non-streamed upstream answer as the same events its stream would have given."""
-        answer: wire.Completion = await self.post_json(path, body, options, self._answer)
         if answer.choices is None:
             raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r} sent an answer without choices")
         events = tracker.start(answer.id or completion_id(), answer.model or model, int(answer.created or now()))

@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 
 from dragoman.backends.base import BackendDeps, CallOptions
-from dragoman.backends.http import StreamCall
+from dragoman.backends.http import StreamCall, WholeCall
 from dragoman.backends.openai import OpenAIBackend, OpenAISettings
 from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, PartEnd, PartStart
 from dragoman.core.ids import now, random_id
@@ -76,7 +76,7 @@ class OpenAIResponsesBackend(OpenAIBackend):
         return tokens if isinstance(tokens, int) else None
 
     async def chat_call(self, request: ChatRequest, model: str,
-                        options: CallOptions) -> StreamCall[ServerSentEvent] | list[Event]:
+                        options: CallOptions) -> StreamCall[ServerSentEvent] | WholeCall[Any]:
         if not self.uses_responses(model):  # ``model_api`` names it ``chat``
             return await super().chat_call(request, model, options)
         return responses_call(self, request, model)
