@@ -36,11 +36,13 @@ from dragoman.admin.sealing import SecretBox, keep_references, resealed, resolve
 from dragoman.backends.base import Backend, BackendDeps
 from dragoman.backends.registry import PYTHON, BackendTypes, EntryError
 from dragoman.config import BackendEntry, Config, ConfigError, OverrideConfig, describe_validation_error
+from dragoman.core.management import PullsModels
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.extras import missing
 from dragoman.gateway.catalog import Catalog, LiveCatalog
 from dragoman.gateway.health import HealthMonitor
 from dragoman.gateway.logutil import ThrottledLog
+from dragoman.gateway.model_store import PULLED_SETTING
 from dragoman.gateway.settings import SEEDED_PREFIX, SettingsStore
 from dragoman.gateway.store import Store
 
@@ -250,6 +252,7 @@ class LiveSettings:
                         raise
                     log.error("backend %s, as saved by another worker, cannot be built here (%s)", name, exc.message)
                     continue
+                await self._restore_pulled(backend, current.backends.get(name))
                 await backend.start()
                 started.append(backend)
                 backends.append(backend)
@@ -268,6 +271,18 @@ class LiveSettings:
                 self._health.forget(backend.name)
         if self._on_change is not None:
             await self._on_change()
+
+    async def _restore_pulled(self, backend: Backend, old: Backend | None) -> None:
+        """A rebuilt backend serves the models pulled into (or created for) the one it replaces, as
+        at start-up: those the database keeps, and any the old one held that it has not saved yet."""
+        if not isinstance(backend, PullsModels):
+            return
+        pulled = dict(old.pulled_models()) if isinstance(old, PullsModels) and old.type == backend.type else {}
+        stored = await self._settings().get(PULLED_SETTING + backend.name, {})
+        if isinstance(stored, dict):
+            pulled.update(stored)
+        if pulled:
+            backend.restore_models(pulled)
 
     async def refresh(self) -> bool:
         """Apply what another worker or instance saved since the last look; True when the stored

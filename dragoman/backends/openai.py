@@ -29,6 +29,7 @@ from dragoman.backends.http import (
     read_json,
     tracked_end,
 )
+from dragoman.core.choices import ChoiceTrackers
 from dragoman.core.events import Event, Logprobs
 from dragoman.core.ids import completion_id, now
 from dragoman.core.models import Capabilities, ModelInfo
@@ -164,25 +165,43 @@ class OpenAIBackend(HTTPBackend):
             body = build_completion_body(request, model, self.settings)
         else:
             body = build_chat_body(request, model, self.settings)
-        tracker = PartTracker(split_think_tags=self.settings.split_think_tags and not completion)
+        split = self.settings.split_think_tags and not completion
+        tracker = PartTracker(split_think_tags=split)
+        choices = _choice_trackers(request, body, split)
         if not request.stream:
             # A whole answer for a client that wants one: one JSON body instead of dozens of frames.
             body["stream"] = False
             body.pop("stream_options", None)
-            return await self._whole(path, body, options, tracker, model, completion)
+            return await self._whole(path, body, options, tracker, model, completion, choices)
+        end = functools.partial(tracked_end, tracker, model, self.name, "finish_reason")
         return StreamCall(path, body, SSEDecoder(self.max_frame_bytes),
-                          lambda sse: self._decode(sse.data, tracker, model),
-                          functools.partial(tracked_end, tracker, model, self.name, "finish_reason"))
+                          lambda sse: self._decode(sse.data, tracker, model, choices),
+                          end if choices is None else lambda: choices.end() + end())
 
     async def _whole(self, path: str, body: dict[str, Any], options: CallOptions, tracker: PartTracker,
-                     model: str, completion: bool) -> list[Event]:
+                     model: str, completion: bool, choices: ChoiceTrackers | None = None) -> list[Event]:
         """A non-streamed upstream answer as the same events its stream would have given."""
         payload = await self.post_json(path, body, options)
         if not isinstance(payload, dict) or not isinstance(payload.get("choices"), list):
             raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r} sent an answer without choices")
         events = tracker.start(str(payload.get("id") or completion_id()), str(payload.get("model") or model),
-                               int(payload.get("created") or now()))
-        choice: dict[str, Any] = next((c for c in payload["choices"] if c.get("index", 0) == 0), {})
+                               int(payload.get("created") or now()), choices=choices.n if choices else 1)
+        first: dict[str, Any] = next((c for c in payload["choices"] if c.get("index", 0) == 0), {})
+        if choices is not None:  # n passed through: the other choices, each ended, before choice 0's end
+            for other in payload["choices"]:
+                index = other.get("index", 0)
+                if index:
+                    events += choices.wrap(index, self._whole_choice(other, choices.tracker(index), completion))
+            events += choices.end()
+        events += self._whole_choice(first, tracker, completion)
+        if isinstance(payload.get("usage"), dict):
+            tracker.usage(_usage(payload["usage"]))
+        return events + tracker.end()
+
+    @staticmethod
+    def _whole_choice(choice: dict[str, Any], tracker: PartTracker, completion: bool) -> list[Event]:
+        """One choice of a whole answer as its events (its end left to the caller)."""
+        events: list[Event] = []
         entries = upstream_logprobs(choice.get("logprobs"))
         if entries:
             events.append(Logprobs(entries))
@@ -203,11 +222,10 @@ class OpenAIBackend(HTTPBackend):
                 events += tracker.tool_call(index, id=call.get("id"), name=function.get("name"), arguments=arguments)
         reason = choice.get("finish_reason")
         tracker.finish(FINISH_REASONS.get(reason, FinishReason.STOP) if reason else None)
-        if isinstance(payload.get("usage"), dict):
-            tracker.usage(_usage(payload["usage"]))
-        return events + tracker.end()
+        return events
 
-    def _decode(self, data: str, tracker: PartTracker, model: str) -> list[Event]:
+    def _decode(self, data: str, tracker: PartTracker, model: str,
+                choices: ChoiceTrackers | None = None) -> list[Event]:
         """One ``data:`` payload. The answer is complete once a chunk carried a ``finish_reason``
         (some servers then omit ``[DONE]``) or ``[DONE]`` came."""
         if data == "[DONE]":
@@ -230,34 +248,16 @@ class OpenAIBackend(HTTPBackend):
         events: list[Event] = []
         if not tracker.started:
             events += tracker.start(str(chunk.get("id") or completion_id()), str(chunk.get("model") or model),
-                                    int(chunk.get("created") or now()))
+                                    int(chunk.get("created") or now()), choices=choices.n if choices else 1)
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             tracker.usage(_usage(usage))
         for choice in chunk.get("choices") or ():
-            if choice.get("index", 0) != 0:
-                continue  # n > 1 runs as separate requests; ignore stray choices
-            entries = upstream_logprobs(choice.get("logprobs"))
-            if entries:
-                events.append(Logprobs(entries))
-            if "text" in choice:  # legacy completions
-                events += tracker.text(choice.get("text") or "")
-            delta = choice.get("delta") or {}
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-            if isinstance(reasoning, str) and reasoning:
-                events += tracker.reasoning(reasoning)
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                events += tracker.text(content)
-            for call in delta.get("tool_calls") or ():
-                function = call.get("function") or {}
-                events += tracker.tool_call(
-                    call.get("index", 0), id=call.get("id"), name=function.get("name"),
-                    arguments=function.get("arguments") or "",
-                )
-            reason = choice.get("finish_reason")
-            if reason:
-                tracker.finish(FINISH_REASONS.get(reason, FinishReason.STOP))
+            index = choice.get("index", 0)
+            if index == 0:
+                events += _delta_events(choice, tracker)
+            elif choices is not None:  # n passed through: another choice's chunk
+                events += choices.wrap(index, _delta_events(choice, choices.tracker(index)))
         return events
 
     # -------------------------------------------------------------- tokenizing
@@ -331,6 +331,46 @@ class OpenAIBackend(HTTPBackend):
         usage = payload.get("usage") or {}
         return EmbeddingResponse(model=model, vectors=vectors,
                                  usage=Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0)))
+
+
+def _delta_events(choice: dict[str, Any], tracker: PartTracker) -> list[Event]:
+    """One streamed choice's chunk (its delta, logprobs and finish reason) as events."""
+    events: list[Event] = []
+    entries = upstream_logprobs(choice.get("logprobs"))
+    if entries:
+        events.append(Logprobs(entries))
+    if "text" in choice:  # legacy completions
+        events += tracker.text(choice.get("text") or "")
+    delta = choice.get("delta") or {}
+    reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+    if isinstance(reasoning, str) and reasoning:
+        events += tracker.reasoning(reasoning)
+    content = delta.get("content")
+    if isinstance(content, str) and content:
+        events += tracker.text(content)
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") or {}
+        events += tracker.tool_call(
+            call.get("index", 0), id=call.get("id"), name=function.get("name"),
+            arguments=function.get("arguments") or "",
+        )
+    reason = choice.get("finish_reason")
+    if reason:
+        tracker.finish(FINISH_REASONS.get(reason, FinishReason.STOP))
+    return events
+
+
+# ------------------------------------------------------------------------ n passed through
+
+
+def _choice_trackers(request: ChatRequest, body: dict[str, Any], split_think_tags: bool) -> ChoiceTrackers | None:
+    """``n`` sent upstream, which answers every choice in one call; None for one choice. Not when
+    the client hides reasoning: the gateway hides it from choice 0's events only, so such a
+    request takes the one-choice path (the dialect asks for each choice in turn)."""
+    if request.n <= 1 or request.reasoning.exclude:
+        return None
+    body["n"] = request.n
+    return ChoiceTrackers(request.n, split_think_tags=split_think_tags)
 
 
 # ----------------------------------------------------------------------- request bodies

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from typing import Any
 
 from dragoman.core.events import (
+    ChoiceEvent,
     Event,
     Logprobs,
     MessageEnd,
@@ -99,6 +100,30 @@ async def accumulate(events: AsyncIterable[Event]) -> ChatResponse:
     async for event in events:
         acc.add(event)
     return acc.result()
+
+
+async def accumulate_choices(events: AsyncIterable[Event]) -> list[ChatResponse]:
+    """Every choice of a stream (one, unless ``MessageStart.choices`` says more), in choice order.
+    The first carries the usage of all; the others' is zero (see ``core/events.py``)."""
+    first = Accumulator()
+    others: dict[int, Accumulator] = {}
+    start: MessageStart | None = None
+    async for event in events:
+        if isinstance(event, ChoiceEvent):
+            acc = others.get(event.choice)
+            if acc is None:
+                acc = others[event.choice] = Accumulator()
+                if start is not None:
+                    acc.add(start)
+            acc.add(event.event)
+            continue
+        if isinstance(event, MessageStart):
+            start = event
+            for choice in range(1, event.choices):
+                others[choice] = Accumulator()
+                others[choice].add(event)
+        first.add(event)
+    return [first.result(), *(others[c].result() for c in sorted(others))]
 
 
 def replay_events(response: ChatResponse) -> Iterator[Event]:

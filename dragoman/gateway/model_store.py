@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from dragoman.core.management import ModelRecipe, PullProgress, PullsModels
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.gateway.recipes import check_template
 
 if TYPE_CHECKING:
     from dragoman.backends.base import Backend
@@ -133,6 +134,8 @@ class ModelStore:
         if recipe.source == recipe.name:
             raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} cannot be made from itself",
                                param="from")
+        if recipe.template:
+            check_template(recipe.template)
         await self.registry.resolve_route(recipe.source)  # a 404 naming close matches if it is unknown
         await self.recipes.put(recipe)
         await self.registry.refresh(force=True)

@@ -13,10 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from dragoman.core.accumulate import accumulate
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, GatewayService
-from dragoman.core.types import ChatResponse
 from dragoman.dialects.bulk import built, json_bytes_response, object_with_list
 from dragoman.dialects.common import (
     FrameStreamResponse,
@@ -27,7 +25,7 @@ from dragoman.dialects.common import (
     until_disconnect,
 )
 from dragoman.dialects.openai import convert
-from dragoman.dialects.openai.stream import ChunkEncoder, choice_frames, sse_frames
+from dragoman.dialects.openai.stream import ChunkEncoder, choice_frames, sse_frames, whole_choices
 from dragoman.errors import GatewayError
 from dragoman.protocols.openai import error_body
 
@@ -102,19 +100,11 @@ class OpenAIDialect:
         return FrameStreamResponse(frames, media_type="text/event-stream", headers=stream.headers)
 
     async def _whole(self, choices: convert.Choices, ctx: CallContext, *, completion: bool) -> Response:
-        """The whole answer (every choice, one after another); a failure after routing keeps the
-        headers naming the deployment that failed."""
-        responses: list[ChatResponse] = []
-        headers: dict[str, str] | None = None
-        for chat in choices.requests:
-            stream = await self.service.chat(chat, ctx)
-            headers = headers or stream.headers
-            try:
-                responses.append(await accumulate(stream))
-            except GatewayError as exc:
-                return error_response(exc, stream.headers)
-            finally:
-                await stream.aclose()
+        """The whole answer (every choice: at once where the backend can, else one after another);
+        a failure after routing keeps the headers naming the deployment that failed."""
+        responses, headers, failure = await whole_choices(choices, lambda r: self.service.chat(r, ctx))
+        if failure is not None:
+            return error_response(failure, headers)
         first = choices.first
         if len(responses) > 1:
             body = convert.render_choices(responses, choices, first.model, completion=completion)

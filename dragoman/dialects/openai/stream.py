@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from dragoman.core.events import (
+    ChoiceEvent,
     Event,
     Logprobs,
     MessageEnd,
@@ -25,8 +26,9 @@ from dragoman.core.events import (
     PartStart,
     StreamError,
 )
+from dragoman.core.accumulate import accumulate_choices
 from dragoman.core.service import ChatStream
-from dragoman.core.types import ChatRequest, ReasoningPart, Usage
+from dragoman.core.types import ChatRequest, ChatResponse, ReasoningPart, Usage
 from dragoman.dialects.openai.convert import (
     FINISH_REASONS,
     Choices,
@@ -164,43 +166,102 @@ def sse_frames(events: ChatStream, encoder: ChunkEncoder) -> AsyncIterator[bytes
 
 async def choice_frames(first: ChatStream, choices: Choices, start: Callable[[ChatRequest], Awaitable[ChatStream]],
                         *, completion: bool) -> AsyncIterator[bytes]:
-    """Several generations (``n``, or a completion's prompts) as one stream: each choice's chunks
-    in turn, with its index; one usage chunk for all at the end. ``first`` has started; each
-    next one starts when the one before ends, and a failure there ends the stream with an error."""
+    """Several generations (``n``, or a completion's prompts) as one stream, each chunk with its
+    choice's index; one usage chunk for all at the end. Each prompt's first request asks for all
+    ``n``: a backend that answers them at once (``MessageStart.choices``) has its choices relayed as
+    they come; otherwise each next choice starts when the one before ends. ``first`` has started;
+    a failure of a later start ends the stream with an error."""
     model, include_usage = choices.first.model, choices.first.include_usage
-    usages: list[Usage] = []
-    failed = False
+    tally = ChoiceUsage()
     encoder: ChunkEncoder | None = None
-
-    def watch(encode: Callable[[Event], bytes]) -> Callable[[Event], bytes]:
-        def observe(event: Event) -> bytes:
-            nonlocal failed
-            if isinstance(event, MessageEnd):
-                usages.append(event.usage)
-            elif isinstance(event, StreamError):
-                failed = True
-            return encode(event)
-        return observe
-
-    for index, request in enumerate(choices.requests):
-        if index:
-            try:
-                stream = await start(request)
-            except GatewayError as exc:
-                yield b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
+    for group, requests in enumerate(choices.groups):
+        done = 0  # choices of this prompt answered so far
+        while done < len(requests):
+            request = requests[done]
+            if group or done:
+                try:
+                    stream = await start(request)
+                except GatewayError as exc:
+                    yield b"data: " + orjson.dumps(error_body(exc)) + b"\n\n"
+                    return
+            else:
+                stream = first
+            multi = _MultiEncoder(model, include_usage, completion, group * choices.n + done, request, tally, group)
+            async for frame in encoded(stream, multi.encode):
+                yield frame
+            if multi.failed:
                 return
-        else:
-            stream = first
-        encoder = ChunkEncoder(model, include_usage=include_usage, completion=completion, index=index,
-                               usage_chunk=False, prompt_chars=len(request.prompt or ""))
-        async for frame in encoded(stream, watch(encoder.encode)):
-            yield frame
-        if failed:
-            return
+            encoder = multi.encoders[0]
+            done += multi.carried
     if include_usage and encoder is not None:
-        prompts = [u for i, u in enumerate(usages) if i % choices.n == 0]
-        yield encoder.usage_frame(Usage(prompt_tokens=sum(u.prompt_tokens for u in prompts),
-                                        completion_tokens=sum(u.completion_tokens for u in usages),
-                                        reasoning_tokens=sum(u.reasoning_tokens for u in usages),
-                                        cached_tokens=sum(u.cached_tokens for u in prompts)))
+        yield encoder.usage_frame(tally.total)
     yield DONE
+
+
+class ChoiceUsage:
+    """The usage of several generations as OpenAI counts ``n``: each prompt read once, every answer."""
+
+    __slots__ = ("_counted", "total")
+
+    def __init__(self) -> None:
+        self.total = Usage()
+        self._counted: set[int] = set()
+
+    def add(self, usage: Usage, group: int) -> None:
+        if group not in self._counted:
+            self._counted.add(group)
+            self.total.prompt_tokens += usage.prompt_tokens
+            self.total.cached_tokens += usage.cached_tokens
+        self.total.completion_tokens += usage.completion_tokens
+        self.total.reasoning_tokens += usage.reasoning_tokens
+
+
+class _MultiEncoder:
+    """One generation's stream, which may carry several choices (``ChoiceEvent``): one encoder each."""
+
+    def __init__(self, model: str, include_usage: bool, completion: bool, base: int, request: ChatRequest,
+                 tally: ChoiceUsage, group: int) -> None:
+        self._make = lambda index: ChunkEncoder(model, include_usage=include_usage, completion=completion,
+                                                index=index, usage_chunk=False,
+                                                prompt_chars=len(request.prompt or ""))
+        self._base, self._tally, self._group = base, tally, group
+        self.encoders = [self._make(base)]
+        self.carried = 1
+        self.failed = False
+
+    def encode(self, event: Event) -> bytes:
+        if isinstance(event, ChoiceEvent):
+            return self.encoders[event.choice].encode(event.event) if event.choice < self.carried else b""
+        if isinstance(event, MessageStart):
+            self.carried = max(1, event.choices)
+            self.encoders += [self._make(self._base + c) for c in range(1, self.carried)]
+            for encoder in self.encoders[1:]:
+                encoder.encode(event)
+        elif isinstance(event, MessageEnd):
+            self._tally.add(event.usage, self._group)
+        elif isinstance(event, StreamError):
+            self.failed = True
+        return self.encoders[0].encode(event)
+
+
+async def whole_choices(choices: Choices, start: Callable[[ChatRequest], Awaitable[ChatStream]]
+                        ) -> tuple[list[ChatResponse], dict[str, str] | None, GatewayError | None]:
+    """Every choice of a whole answer, in index order (as ``choice_frames`` runs them), the first
+    answer's headers, and a failure after routing (with the failing answer's headers)."""
+    responses: list[ChatResponse] = []
+    headers: dict[str, str] | None = None
+    for requests in choices.groups:
+        done = 0
+        while done < len(requests):
+            stream = await start(requests[done])
+            headers = headers or stream.headers
+            try:
+                answers = await accumulate_choices(stream)
+            except GatewayError as exc:
+                return responses, stream.headers, exc
+            finally:
+                await stream.aclose()
+            answers = answers[:len(requests) - done]
+            responses += answers
+            done += len(answers)
+    return responses, headers, None
