@@ -60,7 +60,8 @@ def check_template(template: str) -> None:
     except TemplateError as exc:
         raise GatewayError(ErrorKind.INVALID_REQUEST,
                            f"template: {exc}. dragoman renders the common subset of Ollama's Go templates "
-                           "(fields, variables, if/else, range, with, eq/ne/lt/le/gt/ge/and/or/not/len/index/slice/json)",
+                           "(fields, variables, if/else, range, with and the functions "
+                           "eq, ne, lt, le, gt, ge, and, or, not, len, index, slice, json)",
                            param="template") from exc
 
 

@@ -78,7 +78,8 @@ CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "co
 MESSAGES_TEMPLATE = ('{{- if .System }}[S]{{ .System }}\n{{ end }}'
                      '{{- range $i, $m := .Messages }}{{ if ne $m.Role "system" }}[{{ $m.Role }}]{{ $m.Content }}\n'
                      '{{- end }}{{ end }}[assistant]')
-LEGACY_TEMPLATE = "{{ if .System }}<<SYS>>{{ .System }}<</SYS>>\n{{ end }}USER: {{ .Prompt }}\nBOT: {{ .Response }}</s>\n"
+LEGACY_TEMPLATE = ("{{ if .System }}<<SYS>>{{ .System }}<</SYS>>\n{{ end }}"
+                   "USER: {{ .Prompt }}\nBOT: {{ .Response }}</s>\n")
 
 
 def test_a_created_models_template_renders_the_conversation(olla: ollama.Client) -> None:

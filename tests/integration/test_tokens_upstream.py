@@ -1,7 +1,7 @@
 """Tokens and sampling against OpenAI-compatible fake upstreams (tests/fakes/openai_upstream.py),
 driven by the official ``openai`` SDK and httpx: ``/tokenize`` forwarded to a vLLM-style upstream
-(a clear 400 where there is none), logprobs passed through, ``n > 1`` (passed through to an OpenAI-compatible upstream as one request,
-one request per choice to Ollama), prompt arrays, the extra
+(a clear 400 where there is none), logprobs passed through, ``n > 1`` (passed through to an
+OpenAI-compatible upstream as one request, one request per choice to Ollama), prompt arrays, the extra
 sampling fields sent or dropped (``extra_params``), per-request ``think`` and ``reasoning.exclude``.
 """
 

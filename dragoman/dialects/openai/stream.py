@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from dragoman.core.accumulate import accumulate_choices
 from dragoman.core.events import (
     ChoiceEvent,
     Event,
@@ -26,7 +27,6 @@ from dragoman.core.events import (
     PartStart,
     StreamError,
 )
-from dragoman.core.accumulate import accumulate_choices
 from dragoman.core.service import ChatStream
 from dragoman.core.types import ChatRequest, ChatResponse, ReasoningPart, Usage
 from dragoman.dialects.openai.convert import (
@@ -221,13 +221,16 @@ class _MultiEncoder:
 
     def __init__(self, model: str, include_usage: bool, completion: bool, base: int, request: ChatRequest,
                  tally: ChoiceUsage, group: int) -> None:
-        self._make = lambda index: ChunkEncoder(model, include_usage=include_usage, completion=completion,
-                                                index=index, usage_chunk=False,
-                                                prompt_chars=len(request.prompt or ""))
+        self._model, self._include_usage, self._completion = model, include_usage, completion
+        self._prompt_chars = len(request.prompt or "")
         self._base, self._tally, self._group = base, tally, group
         self.encoders = [self._make(base)]
         self.carried = 1
         self.failed = False
+
+    def _make(self, index: int) -> ChunkEncoder:
+        return ChunkEncoder(self._model, include_usage=self._include_usage, completion=self._completion, index=index,
+                            usage_chunk=False, prompt_chars=self._prompt_chars)
 
     def encode(self, event: Event) -> bytes:
         if isinstance(event, ChoiceEvent):
