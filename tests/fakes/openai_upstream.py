@@ -192,7 +192,7 @@ class FakeOpenAI:
                                                           "total_tokens": 11 + 7 * n}}))
         return [*out, b"data: [DONE]\n\n"]
 
-    def _choice_frames(self, body: dict[str, Any], index: int) -> list[bytes]:
+    def _choice_frames(self, body: dict[str, Any], choice: int) -> list[bytes]:
         """Choice ``index``'s frames (choice 0 is the whole answer when ``n`` is 1); a choice after
         the first says so at the end of its text, so a test can tell them apart."""
         model = body["model"]
@@ -211,7 +211,7 @@ class FakeOpenAI:
                                                            "bytes": list(token.encode())}
                                                           for i in range(body.get("top_logprobs") or 0)]}],
                             "refusal": None}
-            return _sse({**base, "choices": [{"index": index, "delta": delta, "logprobs": logprobs,
+            return _sse({**base, "choices": [{"index": choice, "delta": delta, "logprobs": logprobs,
                                               "finish_reason": finish}]})
 
         out = [chunk({"role": "assistant", "content": ""})]
@@ -254,7 +254,7 @@ class FakeOpenAI:
             line = chunk({"content": "x" * self.giant_line_bytes})
             out += [line[i:i + GIANT_PIECE] for i in range(0, len(line), GIANT_PIECE)]
         else:
-            text = f"You said: {content}" + (f" #{index}" if index else "")
+            text = f"You said: {content}" + (f" #{choice}" if choice else "")
             for i in range(0, len(text), 4):
                 out.append(chunk({"content": text[i:i + 4]}))
         out.append(chunk({}, finish))
