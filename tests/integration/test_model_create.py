@@ -77,7 +77,7 @@ CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "co
                 {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
 MESSAGES_TEMPLATE = ('{{- if .System }}[S]{{ .System }}\n{{ end }}'
                      '{{- range $i, $m := .Messages }}{{ if ne $m.Role "system" }}[{{ $m.Role }}]{{ $m.Content }}\n'
-                     '{{- end }}{{ end }}[assistant]')
+                     '{{ end }}{{ end }}[assistant]')
 LEGACY_TEMPLATE = ("{{ if .System }}<<SYS>>{{ .System }}<</SYS>>\n{{ end }}"
                    "USER: {{ .Prompt }}\nBOT: {{ .Response }}</s>\n")
 

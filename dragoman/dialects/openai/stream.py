@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from dragoman.core.accumulate import accumulate_choices
+from dragoman.core.accumulate import accumulate, accumulate_choices
 from dragoman.core.events import (
     ChoiceEvent,
     Event,
@@ -258,8 +258,8 @@ async def whole_choices(choices: Choices, start: Callable[[ChatRequest], Awaitab
         while done < len(requests):
             stream = await start(requests[done])
             headers = headers or stream.headers
-            try:
-                answers = await accumulate_choices(stream)
+            try:  # one request, one choice (the common case): the plain accumulation
+                answers = await accumulate_choices(stream) if requests[done].n > 1 else [await accumulate(stream)]
             except GatewayError as exc:
                 return responses, stream.headers, exc
             finally:
