@@ -20,7 +20,8 @@ from dragoman.core.management import ModelRecipe
 from dragoman.core.models import ModelInfo
 from dragoman.core.types import ChatRequest, Message, ReasoningPart, Role, TextPart
 from dragoman.errors import ErrorKind, GatewayError
-from dragoman.gateway.gotemplate import Node, TemplateError, compile_template, render
+from dragoman.gateway.gotemplate import Node, TemplateError, compile_template
+from dragoman.gateway.gotemplate_render import render
 
 ROLES = {"system": Role.SYSTEM, "user": Role.USER, "assistant": Role.ASSISTANT}
 

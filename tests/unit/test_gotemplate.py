@@ -1,4 +1,4 @@
-"""The Go template subset created models render with (dragoman/gateway/gotemplate.py), on
+"""The Go template subset created models render with (dragoman/gateway/gotemplate*.py), on
 Ollama's own templates and on each construct; what it cannot render is refused, never skipped."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from dragoman.gateway.gotemplate import TemplateError, compile_template, render
+from dragoman.gateway.gotemplate import FUNCTION_NAMES, TemplateError, compile_template
+from dragoman.gateway.gotemplate_render import FUNCTIONS, render
 
 # Ollama's llama3 template (the older kind: .System, .Prompt, .Response).
 LLAMA3 = """{{ if .System }}<|start_header_id|>system<|end_header_id|>
@@ -132,3 +133,7 @@ def test_what_is_outside_the_subset_is_refused(template: str, message: str) -> N
 def test_failures_on_the_data_are_template_errors() -> None:
     with pytest.raises(TemplateError, match="index"):
         run("{{ index .Messages 5 }}")
+
+
+def test_the_parser_accepts_exactly_the_functions_the_renderer_runs() -> None:
+    assert set(FUNCTIONS) | {"and", "or"} == FUNCTION_NAMES
