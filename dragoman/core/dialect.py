@@ -67,7 +67,9 @@ class Generation:
     whole answer's body from their accumulated responses. ``headers`` join the call's (a header
     in both keeps both values, comma-separated). ``ping`` goes out whenever no event came for
     ``ping_interval`` seconds. ``start`` replaces the gateway's plain ``chat`` when the dialect
-    retries a start (the Responses API's ``truncation: auto``).
+    retries a start (the Responses API's ``truncation: auto``). ``needed(i)`` is asked before
+    request ``i`` (>= 1) starts, once the ones before it are answered: False skips it (a stream
+    that carried several choices, ``MessageStart.choices``, answered it already).
     """
 
     requests: Sequence[ChatRequest]
@@ -79,6 +81,7 @@ class Generation:
     ping_interval: float | None = None
     accumulator: Callable[[], Accumulator] = Accumulator
     start: Starter | None = None
+    needed: Callable[[int], bool] | None = None
 
     @property
     def stream(self) -> bool:
