@@ -247,9 +247,9 @@ class OpenAIBackend(HTTPBackend):
         for choice in chunk.choices or ():
             index = choice.index
             if not index:
-                events += _delta_events(choice, tracker)
+                _delta_events(choice, tracker, events)
             elif choices is not None:  # n passed through: another choice's chunk
-                events += choices.wrap(index, _delta_events(choice, choices.tracker(index)))
+                events += choices.wrap(index, _delta_events(choice, choices.tracker(index), []))
         return events
 
     # -------------------------------------------------------------- tokenizing
@@ -325,9 +325,8 @@ class OpenAIBackend(HTTPBackend):
                                  usage=Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0)))
 
 
-def _delta_events(choice: wire.Choice, tracker: PartTracker) -> list[Event]:
-    """One streamed choice's chunk (its delta, logprobs and finish reason) as events."""
-    events: list[Event] = []
+def _delta_events(choice: wire.Choice, tracker: PartTracker, events: list[Event]) -> list[Event]:
+    """One streamed choice's chunk (its delta, logprobs and finish reason) as events, added to ``events``."""
     if choice.logprobs is not None:
         entries = upstream_logprobs(choice.logprobs)
         if entries:
