@@ -246,10 +246,33 @@ class OpenAIBackend(HTTPBackend):
             tracker.usage(_usage(chunk.usage))
         for choice in chunk.choices or ():
             index = choice.index
-            if not index:
-                _delta_events(choice, tracker, events)
-            elif choices is not None:  # n passed through: another choice's chunk
-                events += choices.wrap(index, _delta_events(choice, choices.tracker(index), []))
+            out, into = events, tracker
+            if index:  # another choice's chunk: n passed through (else a stray one, ignored)
+                if choices is None:
+                    continue
+                out, into = [], choices.tracker(index)
+            if choice.logprobs is not None:
+                entries = upstream_logprobs(choice.logprobs)
+                if entries:
+                    out.append(Logprobs(entries))
+            if choice.text is not msgspec.UNSET:  # legacy completions
+                out += into.text(choice.text or "")
+            delta = choice.delta
+            if delta is not None:
+                reasoning = delta.reasoning_content or delta.reasoning
+                if reasoning:
+                    out += into.reasoning(reasoning)
+                if delta.content:
+                    out += into.text(delta.content)
+                for call in delta.tool_calls or ():
+                    function = call.function or wire.FunctionCall()
+                    arguments = function.arguments
+                    out += into.tool_call(call.index or 0, id=call.id, name=function.name,
+                                          arguments=arguments if isinstance(arguments, str) else "")
+            if choice.finish_reason:
+                into.finish(UPSTREAM_FINISH_REASONS.get(choice.finish_reason, FinishReason.STOP))
+            if index and choices is not None:
+                events += choices.wrap(index, out)
         return events
 
     # -------------------------------------------------------------- tokenizing
@@ -323,31 +346,6 @@ class OpenAIBackend(HTTPBackend):
         usage = payload.get("usage") or {}
         return EmbeddingResponse(model=model, vectors=vectors,
                                  usage=Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0)))
-
-
-def _delta_events(choice: wire.Choice, tracker: PartTracker, events: list[Event]) -> list[Event]:
-    """One streamed choice's chunk (its delta, logprobs and finish reason) as events, added to ``events``."""
-    if choice.logprobs is not None:
-        entries = upstream_logprobs(choice.logprobs)
-        if entries:
-            events.append(Logprobs(entries))
-    if choice.text is not msgspec.UNSET:  # legacy completions
-        events += tracker.text(choice.text or "")
-    delta = choice.delta
-    if delta is not None:
-        reasoning = delta.reasoning_content or delta.reasoning
-        if reasoning:
-            events += tracker.reasoning(reasoning)
-        if delta.content:
-            events += tracker.text(delta.content)
-        for call in delta.tool_calls or ():
-            function = call.function or wire.FunctionCall()
-            arguments = function.arguments
-            events += tracker.tool_call(call.index or 0, id=call.id, name=function.name,
-                                        arguments=arguments if isinstance(arguments, str) else "")
-    if choice.finish_reason:
-        tracker.finish(UPSTREAM_FINISH_REASONS.get(choice.finish_reason, FinishReason.STOP))
-    return events
 
 
 # ------------------------------------------------------------------------ n passed through
