@@ -119,7 +119,7 @@ async def open_services(stack: contextlib.AsyncExitStack, config: Config, backen
     stack.push_async_callback(health.aclose)
     settings = LiveSettings(config=config, live=live, entries=entries, deps=deps, store=control.store, box=box,
                             health=health, types=types, given=given, seen=admin,
-                            on_change=lambda: registry.refresh(force=True))
+                            on_change=lambda: registry.refresh(force=True), models=gateway.model_store)
     stack.push_async_callback(settings.aclose)
     await registry.refresh(force=True)
     await health.check_all()

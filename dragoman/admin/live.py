@@ -42,6 +42,7 @@ from dragoman.extras import missing
 from dragoman.gateway.catalog import Catalog, LiveCatalog
 from dragoman.gateway.health import HealthMonitor
 from dragoman.gateway.logutil import ThrottledLog
+from dragoman.gateway.model_store import ModelStore
 from dragoman.gateway.settings import SEEDED_PREFIX, SettingsStore
 from dragoman.gateway.store import Store
 
@@ -162,10 +163,11 @@ class LiveSettings:
     def __init__(self, *, config: Config, live: LiveCatalog, entries: Mapping[str, Any], deps: BackendDeps,
                  store: Store, box: SecretBox, health: HealthMonitor | None = None,
                  types: BackendTypes | None = None, given: Sequence[Backend] = (), seen: AdminEntries | None = None,
-                 on_change: Callable[[], Awaitable[None]] | None = None) -> None:
+                 on_change: Callable[[], Awaitable[None]] | None = None, models: ModelStore | None = None) -> None:
         """``given``: the backends a program built in code (``create_app(backends=)``): served, never
         edited here. ``seen``: the admin layer the catalog was built from (what :meth:`refresh`
-        compares with). ``on_change``: called after a change (the registry re-lists models)."""
+        compares with). ``on_change``: called after a change (the registry re-lists models).
+        ``models``: gives a rebuilt backend the models pulled into the one it replaces."""
         self._config = config
         self._live = live
         self._entries = dict(entries)  # what each backend was built from (edited form), by name
@@ -178,6 +180,7 @@ class LiveSettings:
         self._given = {b.name: b for b in given}
         self._seen = seen
         self._on_change = on_change
+        self._models = models
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
 
@@ -251,6 +254,8 @@ class LiveSettings:
                         raise
                     log.error("backend %s, as saved by another worker, cannot be built here (%s)", name, exc.message)
                     continue
+                if self._models is not None:  # it keeps the models pulled into the one it replaces
+                    await self._models.rebuilt(backend, current.backends.get(name))
                 await backend.start()
                 started.append(backend)
                 backends.append(backend)

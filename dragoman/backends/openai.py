@@ -33,6 +33,7 @@ from dragoman.backends.http import (
     read_json,
     tracked_end,
 )
+from dragoman.core.choices import ChoiceTrackers
 from dragoman.core.events import Event, Logprobs
 from dragoman.core.ids import completion_id, now
 from dragoman.core.models import Capabilities, ModelInfo
@@ -193,23 +194,43 @@ class OpenAIBackend(HTTPBackend):
             body = build_completion_body(request, model, self.settings)
         else:
             body = build_chat_body(request, model, self.settings)
-        tracker = PartTracker(split_think_tags=self.settings.split_think_tags and not completion)
+        split = self.settings.split_think_tags and not completion
+        tracker = PartTracker(split_think_tags=split)
+        choices = _choice_trackers(request, body, split)
         if not request.stream:
             # A whole answer for a client that wants one: one JSON body instead of dozens of frames.
             body["stream"] = False
             body.pop("stream_options", None)
             return WholeCall(path, body, self._answer,
-                             lambda answer: self._whole(answer, tracker, model, completion))
+                             lambda answer: self._whole(answer, tracker, model, completion, choices))
+        end = functools.partial(tracked_end, tracker, model, self.name, "finish_reason")
         return StreamCall(path, body, SSEDecoder(self.max_frame_bytes),
-                          lambda sse: self._decode(sse.data, tracker, model),
-                          functools.partial(tracked_end, tracker, model, self.name, "finish_reason"))
+                          lambda sse: self._decode(sse.data, tracker, model, choices),
+                          end if choices is None else lambda: choices.end() + end())
 
-    def _whole(self, answer: wire.Completion, tracker: PartTracker, model: str, completion: bool) -> list[Event]:
+    def _whole(self, answer: wire.Completion, tracker: PartTracker, model: str, completion: bool,
+               choices: ChoiceTrackers | None = None) -> list[Event]:
         """A non-streamed upstream answer as the same events its stream would have given."""
         if answer.choices is None:
             raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r} sent an answer without choices")
-        events = tracker.start(answer.id or completion_id(), answer.model or model, int(answer.created or now()))
-        choice = next((c for c in answer.choices if not c.index), None) or wire.Choice()
+        events = tracker.start(answer.id or completion_id(), answer.model or model, int(answer.created or now()),
+                               choices=choices.n if choices else 1)
+        first = next((c for c in answer.choices if not c.index), None) or wire.Choice()
+        if choices is not None:  # n passed through: the other choices, each ended, before choice 0's end
+            for other in answer.choices:
+                if other.index:
+                    events += choices.wrap(other.index,
+                                           self._whole_choice(other, choices.tracker(other.index), completion))
+            events += choices.end()
+        events += self._whole_choice(first, tracker, completion)
+        if answer.usage is not None:
+            tracker.usage(_usage(answer.usage))
+        return events + tracker.end()
+
+    @staticmethod
+    def _whole_choice(choice: wire.Choice, tracker: PartTracker, completion: bool) -> list[Event]:
+        """One choice of a whole answer as its events (its end left to the caller)."""
+        events: list[Event] = []
         entries = upstream_logprobs(choice.logprobs)
         if entries:
             events.append(Logprobs(entries))
@@ -230,9 +251,7 @@ class OpenAIBackend(HTTPBackend):
                 events += tracker.tool_call(index, id=call.id, name=function.name, arguments=arguments)
         reason = choice.finish_reason
         tracker.finish(UPSTREAM_FINISH_REASONS.get(reason, FinishReason.STOP) if reason else None)
-        if answer.usage is not None:
-            tracker.usage(_usage(answer.usage))
-        return events + tracker.end()
+        return events
 
     def _answer(self, raw: bytes) -> wire.Completion:
         try:
@@ -241,7 +260,8 @@ class OpenAIBackend(HTTPBackend):
             raise GatewayError(ErrorKind.UPSTREAM_ERROR, f"upstream {self.name!r} sent an invalid answer: {exc}"
                                ) from exc
 
-    def _decode(self, data: str, tracker: PartTracker, model: str) -> list[Event]:
+    def _decode(self, data: str, tracker: PartTracker, model: str,
+                choices: ChoiceTrackers | None = None) -> list[Event]:
         """One ``data:`` payload. The answer is complete once a chunk carried a ``finish_reason``
         (some servers then omit ``[DONE]``) or ``[DONE]`` came."""
         if data == "[DONE]":
@@ -261,32 +281,39 @@ class OpenAIBackend(HTTPBackend):
             raise GatewayError(ErrorKind.UPSTREAM_ERROR, message or f"upstream {self.name!r} failed mid-stream")
         events: list[Event] = []
         if not tracker.started:
-            events += tracker.start(chunk.id or completion_id(), chunk.model or model, int(chunk.created or now()))
+            events += tracker.start(chunk.id or completion_id(), chunk.model or model, int(chunk.created or now()),
+                                    choices=choices.n if choices else 1)
         if chunk.usage is not None:
             tracker.usage(_usage(chunk.usage))
         for choice in chunk.choices or ():
-            if choice.index:
-                continue  # n > 1 runs as separate requests; ignore stray choices
+            index = choice.index
+            out, into = events, tracker
+            if index:  # another choice's chunk: n passed through (else a stray one, ignored)
+                if choices is None:
+                    continue
+                out, into = [], choices.tracker(index)
             if choice.logprobs is not None:
                 entries = upstream_logprobs(choice.logprobs)
                 if entries:
-                    events.append(Logprobs(entries))
+                    out.append(Logprobs(entries))
             if choice.text is not msgspec.UNSET:  # legacy completions
-                events += tracker.text(choice.text or "")
+                out += into.text(choice.text or "")
             delta = choice.delta
             if delta is not None:
                 reasoning = delta.reasoning_content or delta.reasoning
                 if reasoning:
-                    events += tracker.reasoning(reasoning)
+                    out += into.reasoning(reasoning)
                 if delta.content:
-                    events += tracker.text(delta.content)
+                    out += into.text(delta.content)
                 for call in delta.tool_calls or ():
                     function = call.function or wire.FunctionCall()
                     arguments = function.arguments
-                    events += tracker.tool_call(call.index or 0, id=call.id, name=function.name,
-                                                arguments=arguments if isinstance(arguments, str) else "")
+                    out += into.tool_call(call.index or 0, id=call.id, name=function.name,
+                                          arguments=arguments if isinstance(arguments, str) else "")
             if choice.finish_reason:
-                tracker.finish(UPSTREAM_FINISH_REASONS.get(choice.finish_reason, FinishReason.STOP))
+                into.finish(UPSTREAM_FINISH_REASONS.get(choice.finish_reason, FinishReason.STOP))
+            if index and choices is not None:
+                events += choices.wrap(index, out)
         return events
 
     # -------------------------------------------------------------- tokenizing
@@ -360,6 +387,19 @@ class OpenAIBackend(HTTPBackend):
         usage = payload.get("usage") or {}
         return EmbeddingResponse(model=model, vectors=vectors,
                                  usage=Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0)))
+
+
+# ------------------------------------------------------------------------ n passed through
+
+
+def _choice_trackers(request: ChatRequest, body: dict[str, Any], split_think_tags: bool) -> ChoiceTrackers | None:
+    """``n`` sent upstream, which answers every choice in one call; None for one choice. Not when
+    the client hides reasoning: the gateway hides it from choice 0's events only, so such a
+    request takes the one-choice path (the dialect asks for each choice in turn)."""
+    if request.n <= 1 or request.reasoning.exclude:
+        return None
+    body["n"] = request.n
+    return ChoiceTrackers(request.n, split_think_tags=split_think_tags)
 
 
 # ----------------------------------------------------------------------- request bodies

@@ -6,10 +6,11 @@ unstreamed answer to the same request can never disagree.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from typing import Any
 
 from dragoman.core.events import (
+    ChoiceEvent,
     Event,
     Logprobs,
     MessageEnd,
@@ -93,12 +94,50 @@ class Accumulator:
             logprobs=self._logprobs,
         )
 
+    def results(self) -> list[ChatResponse]:
+        """Every choice the stream carried, in choice order: here the one (see :class:`ChoicesAccumulator`)."""
+        return [self.result()]
+
 
 async def accumulate(events: AsyncIterable[Event]) -> ChatResponse:
     acc = Accumulator()
     async for event in events:
         acc.add(event)
     return acc.result()
+
+
+class ChoicesAccumulator(Accumulator):
+    """An accumulator for a stream that may carry several choices (``MessageStart.choices``, the
+    others' events in ``ChoiceEvent``): :meth:`results` gives every choice, in choice order; the
+    first carries the usage of all, the others' is zero (see ``core/events.py``). ``on_start`` is
+    told how many choices the stream carries (the plain :class:`Accumulator` keeps choice 0 only)."""
+
+    __slots__ = ("_on_start", "_others")
+
+    def __init__(self, on_start: Callable[[MessageStart], object] | None = None) -> None:
+        super().__init__()
+        self._on_start = on_start
+        self._others: dict[int, Accumulator] = {}
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, ChoiceEvent):
+            acc = self._others.get(event.choice)
+            if acc is None:
+                acc = self._others[event.choice] = Accumulator()
+                if self._start is not None:
+                    acc.add(self._start)
+            acc.add(event.event)
+            return
+        if isinstance(event, MessageStart):
+            for choice in range(1, event.choices):
+                self._others[choice] = Accumulator()
+                self._others[choice].add(event)
+            if self._on_start is not None:
+                self._on_start(event)
+        super().add(event)
+
+    def results(self) -> list[ChatResponse]:
+        return [self.result(), *(self._others[c].result() for c in sorted(self._others))]
 
 
 def replay_events(response: ChatResponse) -> Iterator[Event]:

@@ -69,10 +69,12 @@ class Generation:
     whole answer's body from their accumulated responses. ``headers`` join the call's (a header
     in both keeps both values, comma-separated). ``ping`` goes out whenever no event came for
     ``ping_interval`` seconds. ``start`` replaces the gateway's plain ``chat`` when the dialect
-    retries a start (the Responses API's ``truncation: auto``). ``settle`` is awaited after the
-    last event and before the answer's last bytes (a streamed answer's encoder ``tail``, a whole
-    answer's body): the Responses API stores the answer there, so a client that chains right after
-    finds it.
+    retries a start (the Responses API's ``truncation: auto``). ``needed(i)`` is asked before
+    request ``i`` (>= 1) starts, once the ones before it are answered: False skips it (a stream
+    that carried several choices, ``MessageStart.choices``, answered it already). ``settle`` is
+    awaited after the last event and before the answer's last bytes (a streamed answer's encoder
+    ``tail``, a whole answer's body): the Responses API stores the answer there, so a client that
+    chains right after finds it.
     """
 
     requests: Sequence[ChatRequest]
@@ -85,6 +87,7 @@ class Generation:
     accumulator: Callable[[], Accumulator] = Accumulator
     start: Starter | None = None
     settle: Callable[[], Awaitable[None]] | None = None
+    needed: Callable[[int], bool] | None = None
 
     @property
     def stream(self) -> bool:

@@ -9,6 +9,13 @@ Parts are sequential: one is closed before the next opens, and ``index`` counts 
 the order parts started, which is exactly Anthropic's content-block index and the position
 in ``ChatResponse.parts``. OpenAI's encoder flattens, Ollama's buffers tool calls until
 ``PartEnd``.
+
+Several choices in one stream (OpenAI's ``n``, passed through to an upstream that answers them all
+at once): ``MessageStart.choices`` says how many; choice 0's events are the plain ones above, and
+every event of choice ``c >= 1`` comes wrapped as ``ChoiceEvent(c, event)`` (its parts indexed from
+0 within the choice, its end a ``MessageEnd`` with zero usage). The stream's own ``MessageEnd`` ends
+choice 0 and the stream, and carries the usage of all choices, so usage is counted once. A consumer
+that knows nothing of choices sees a valid one-choice stream.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ class MessageStart:
     model: str
     created: int
     prompt_tokens: int | None = None  # known up front by some backends (Anthropic, local)
+    choices: int = 1  # how many choices the stream carries (``ChatRequest.n`` honoured upstream)
 
 
 @dataclass(slots=True)
@@ -78,4 +86,12 @@ class StreamError:
     error: GatewayError
 
 
-Event = MessageStart | PartStart | PartDelta | PartEnd | MessageEnd | Logprobs | StreamError
+@dataclass(slots=True)
+class ChoiceEvent:
+    """An event of choice ``choice`` (>= 1) of a multi-choice stream."""
+
+    choice: int
+    event: Event
+
+
+Event = MessageStart | PartStart | PartDelta | PartEnd | MessageEnd | Logprobs | StreamError | ChoiceEvent

@@ -50,9 +50,10 @@ class PartTracker:
 
     # ------------------------------------------------------------------ inputs
 
-    def start(self, id: str, model: str, created: int, prompt_tokens: int | None = None) -> list[Event]:
+    def start(self, id: str, model: str, created: int, prompt_tokens: int | None = None,
+              choices: int = 1) -> list[Event]:
         self.started = True
-        return [MessageStart(id=id, model=model, created=created, prompt_tokens=prompt_tokens)]
+        return [MessageStart(id=id, model=model, created=created, prompt_tokens=prompt_tokens, choices=choices)]
 
     def text(self, delta: str) -> list[Event]:
         if not delta:

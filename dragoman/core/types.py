@@ -211,6 +211,10 @@ class ChatRequest:
     options: dict[str, Any] = field(default_factory=dict)
     extensions: dict[str, Any] = field(default_factory=dict)
     logprobs: int | None = None  # None: none; k >= 0: each answer token's, with its k likeliest alternatives
+    # How many choices the client wants from this one request (OpenAI's ``n``). A backend that can
+    # answer them all at once (``type: openai``) does, and says so in ``MessageStart.choices``; the
+    # others answer one, and the dialect asks for the rest one at a time.
+    n: int = 1
 
     @property
     def system_text(self) -> str:

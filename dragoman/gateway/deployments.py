@@ -78,6 +78,9 @@ class Step:
     strategy: Strategy | None = None
     retries: int | None = None
     timeouts: Timeouts | None = None
+    # The created model (``/api/create`` with ``from``) this step was reached through, if any: its
+    # system prompt, template and parameters apply, whether it was asked for by name or via an alias.
+    recipe: str | None = None
 
 
 @dataclass(slots=True, frozen=True)

@@ -199,7 +199,7 @@ class Gateway:
         try:
             catalog = pin.catalog
             route = await self._route(request.model, ctx, catalog)
-            request, truncated = await self._fit_context(request, route.first_target, catalog)
+            request, truncated = await self._fit_context(request, route, catalog)
             lease = await self.access.acquire(ctx, route.first_target.id, request)
             try:
                 started = await self.router.start(
@@ -270,7 +270,7 @@ class Gateway:
         for step in route.steps:
             allowed = tuple(d for d in step.deployments if self.access.may_use(ctx, step.name, d.id))
             if allowed:
-                steps.append(Step(step.name, allowed, step.strategy, step.retries, step.timeouts))
+                steps.append(Step(step.name, allowed, step.strategy, step.retries, step.timeouts, step.recipe))
         if not steps:
             raise GatewayError(ErrorKind.PERMISSION, f"this key may not use model {name!r}",
                                code="model_not_allowed", param="model")
@@ -279,11 +279,12 @@ class Gateway:
     def _prepare(self, request: ChatRequest, ctx: CallContext, catalog: Catalog, step: Step,
                  target: Target) -> tuple[ChatRequest, CallOptions]:
         """The request as one target gets it (the router calls this per attempted target)."""
-        return self._plan(request, target, catalog), self._call_options(ctx, target, catalog, step)
+        return self._plan(request, target, catalog, step.recipe), self._call_options(ctx, target, catalog, step)
 
-    def _plan(self, request: ChatRequest, target: Target, catalog: Catalog) -> ChatRequest:
+    def _plan(self, request: ChatRequest, target: Target, catalog: Catalog,
+              recipe_name: str | None = None) -> ChatRequest:
         rules = override_rules.matching(catalog.overrides, target.id, request.model)
-        recipe = self.model_store.recipes.recipes.get(request.model)
+        recipe = self.model_store.recipes.recipes.get(recipe_name) if recipe_name else None
         if recipe is not None:  # a created model: its parameters win over the overrides of what it is made from
             rules.append(OverrideConfig(**dict(recipe.parameters)))
             request = with_recipe(request, recipe)
@@ -314,19 +315,21 @@ class Gateway:
             planned = replace(planned, reasoning=Reasoning(exclude=planned.reasoning.exclude))
         return planned
 
-    async def _fit_context(self, request: ChatRequest, target: Target,
+    async def _fit_context(self, request: ChatRequest, route: ModelRoute,
                            catalog: Catalog) -> tuple[ChatRequest, int]:
         """``context: truncate_oldest``: the request without the oldest messages that would not fit
         the first target's window (counted exactly where the backend has a tokenizer), and how
         many were left out."""
         if not catalog.overrides:  # the common case: nothing to fit
             return request, 0
+        target = route.first_target
         rules = override_rules.matching(catalog.overrides, target.id, request.model)
         window = target.info.context_length
         if override_rules.context_policy(rules) != "truncate_oldest" or not window or request.prompt is not None:
             return request, 0
         try:
-            planned = self._plan(request, target, catalog)  # counted as the target will get it (tools dropped ...)
+            # counted as the target will get it (tools dropped ...)
+            planned = self._plan(request, target, catalog, route.steps[0].recipe)
         except GatewayError:
             return request, 0  # the router reports it
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from dragoman.core.management import ModelRecipe, PullProgress, PullsModels
 from dragoman.errors import ErrorKind, GatewayError
+from dragoman.gateway.recipes import check_template
 
 if TYPE_CHECKING:
     from dragoman.backends.base import Backend
@@ -76,6 +77,20 @@ class ModelStore:
                 if isinstance(pulled, dict) and pulled:
                     backend.restore_models(pulled)
                     log.info("backend %s serves %d pulled model(s) again", backend.name, len(pulled))
+
+    async def rebuilt(self, backend: Backend, old: Backend | None) -> None:
+        """A backend rebuilt by an admin edit (before it starts) serves the models pulled into (or
+        created for) the one it replaces, as at start-up: those the database keeps, and any the old
+        one held that it has not saved yet. What it read is what :meth:`reload` compares with next."""
+        if not isinstance(backend, PullsModels):
+            return
+        pulled = dict(old.pulled_models()) if isinstance(old, PullsModels) and old.type == backend.type else {}
+        stored = await self.settings.get(PULLED_SETTING + backend.name, {}) if self.settings is not None else {}
+        stored = dict(stored) if isinstance(stored, dict) else {}
+        self._pulled[backend.name] = stored
+        pulled.update(stored)
+        if pulled:
+            backend.restore_models(pulled)
 
     def target(self, name: str) -> tuple[Backend, str]:
         """The backend that pulls (or deletes) ``name``, and the name as that backend knows it."""
@@ -143,6 +158,8 @@ class ModelStore:
         if recipe.source == recipe.name:
             raise GatewayError(ErrorKind.INVALID_REQUEST, f"model {recipe.name!r} cannot be made from itself",
                                param="from")
+        if recipe.template:
+            check_template(recipe.template)
         await self.registry.resolve_route(recipe.source)  # a 404 naming close matches if it is unknown
         await self.recipes.put(recipe)
         await self._changed()

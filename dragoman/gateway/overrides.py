@@ -90,7 +90,7 @@ def _with_sampling(request: ChatRequest, sampling: Sampling) -> ChatRequest:
         model=r.model, messages=r.messages, stream=r.stream, sampling=sampling, defaults=r.defaults, tools=r.tools,
         tool_choice=r.tool_choice, response_format=r.response_format, reasoning=r.reasoning,
         include_usage=r.include_usage, prompt=r.prompt, suffix=r.suffix, user=r.user, options=r.options,
-        extensions=r.extensions, logprobs=r.logprobs,
+        extensions=r.extensions, logprobs=r.logprobs, n=r.n,
     )
 
 

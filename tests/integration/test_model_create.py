@@ -17,7 +17,7 @@ import httpx
 import ollama
 
 from tests.fakes.ollama_upstream import FakeOllama
-from tests.integration.test_model_pull import tiny_gguf
+from tests.model_servers import names, served, tiny_gguf
 from tests.servers import ServerThread, dragoman_server
 
 
@@ -41,23 +41,11 @@ def config(workdir: Path, upstream_url: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("create")
+def upstream_url(upstream: tuple[FakeOllama, ServerThread]) -> str:
+    return upstream[1].url
 
 
-@pytest.fixture(scope="module")
-def server(workdir: Path, upstream: tuple[FakeOllama, ServerThread]) -> Iterator[ServerThread]:
-    with dragoman_server(config(workdir, upstream[1].url), workdir=workdir) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def olla(server: ServerThread) -> ollama.Client:
-    return ollama.Client(host=server.url, timeout=60)
-
-
-def names(client: ollama.Client) -> set[str]:
-    return {m.model for m in client.list().models if m.model}
+workdir, server, olla = served("create", config)
 
 
 def test_a_created_model_brings_its_system_prompt_messages_and_parameters(
@@ -66,7 +54,7 @@ def test_a_created_model_brings_its_system_prompt_messages_and_parameters(
         model="pirate", from_="up/llama3:latest", system="You are a pirate.", stream=True,
         parameters={"temperature": 0.2, "num_ctx": 4096, "stop": ["<end>"]},
         messages=[{"role": "user", "content": "Ahoy?"}, {"role": "assistant", "content": "Arr!"}],
-        license="MIT", template="{{ .Prompt }}")]
+        license="MIT")]
     assert statuses[-1] == "success"
     assert "pirate" in names(olla)
     olla.chat(model="pirate", messages=[{"role": "user", "content": "Hello"}], stream=False)
@@ -81,8 +69,62 @@ def test_a_created_model_brings_its_system_prompt_messages_and_parameters(
     sent = upstream[0].last("/api/chat").body
     assert sent["messages"][0] == {"role": "system", "content": "Be kind."} and sent["options"]["temperature"] == 0.9
     shown = olla.show("pirate")
-    assert shown.license == "MIT" and shown.template == "{{ .Prompt }}"
+    assert shown.license == "MIT"
     assert shown.parameters is not None and "temperature 0.2" in shown.parameters
+
+
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
+MESSAGES_TEMPLATE = ('{{- if .System }}[S]{{ .System }}\n{{ end }}'
+                     '{{- range $i, $m := .Messages }}{{ if ne $m.Role "system" }}[{{ $m.Role }}]{{ $m.Content }}\n'
+                     '{{ end }}{{ end }}[assistant]')
+LEGACY_TEMPLATE = ("{{ if .System }}<<SYS>>{{ .System }}<</SYS>>\n{{ end }}"
+                   "USER: {{ .Prompt }}\nBOT: {{ .Response }}</s>\n")
+
+
+def test_a_created_models_template_renders_the_conversation(olla: ollama.Client) -> None:
+    """The echo backend answers with the raw prompt it read: the template's rendering, verbatim."""
+    olla.create(model="bracket", from_="echo/echo", template=MESSAGES_TEMPLATE)
+    answer = olla.chat(model="bracket", messages=CONVERSATION)
+    assert answer.message.content == "[S]Be brief.\n[user]Hi\n[assistant]Hello\n[user]Bye\n[assistant]"
+    assert olla.show("bracket").template == MESSAGES_TEMPLATE
+    # A template of Ollama's older kind: each exchange rendered in turn, the last cut after .Response.
+    olla.create(model="legacy", from_="echo/echo", template=LEGACY_TEMPLATE, system="Be kind.")
+    answer = olla.chat(model="legacy", messages=CONVERSATION[1:])
+    assert answer.message.content == "<<SYS>>Be kind.<</SYS>>\nUSER: Hi\nBOT: Hello</s>\nUSER: Bye\nBOT: "
+    assert olla.generate(model="legacy", prompt="Yo").response == "<<SYS>>Be kind.<</SYS>>\nUSER: Yo\nBOT: "
+    assert olla.generate(model="legacy", prompt="Yo", raw=True).response == "Yo"  # raw: no template
+    with pytest.raises(ollama.ResponseError) as refused:
+        olla.chat(model="legacy", messages=[{"role": "user", "content": "x"}],
+                  tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}])
+    assert refused.value.status_code == 400 and "without tools" in refused.value.error
+
+
+def test_an_ollama_models_template_goes_upstream_as_a_raw_prompt(
+        olla: ollama.Client, upstream: tuple[FakeOllama, ServerThread]) -> None:
+    """Ollama's /api/chat takes no template: the rendered conversation goes to /api/generate, raw."""
+    olla.create(model="up-legacy", from_="up/llama3:latest", template=LEGACY_TEMPLATE)
+    answer = olla.chat(model="up-legacy", messages=CONVERSATION)
+    sent = upstream[0].last("/api/generate").body
+    assert sent["raw"] is True and sent["model"] == "llama3:latest"
+    assert sent["prompt"] == "<<SYS>>Be brief.<</SYS>>\nUSER: Hi\nBOT: Hello</s>\nUSER: Bye\nBOT: "
+    assert answer.message.content == "Generated: " + sent["prompt"]
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("{{ .Prompt | upper }}", "pipes ('|') are not supported"),
+    ('{{ printf "%s" .Prompt }}', "function 'printf' is not supported"),
+    ("{{ if .System }}{{ .System }}", "'{{ if }}' without '{{ end }}'"),
+    ('{{ template "x" . }}', "'{{ template }}' is not supported"),
+    ("{{ .Suffix }}", "field .Suffix is not one Ollama templates are given"),
+    ("{{ .Prompt }", "unclosed action"),
+])
+def test_a_template_outside_the_supported_subset_is_refused_at_create(
+        server: ServerThread, olla: ollama.Client, template: str, message: str) -> None:
+    response = httpx.post(server.url + "/api/create", json={"model": "tmpl-bad", "from": "echo/echo",
+                                                            "template": template, "stream": False})
+    assert response.status_code == 400 and message in response.json()["error"], response.text
+    assert "tmpl-bad" not in names(olla)
 
 
 def test_copy_and_delete(olla: ollama.Client) -> None:
@@ -169,7 +211,7 @@ def test_created_models_live_beside_admin_aliases_overrides_and_backend_edits(
     (workdir / "live").mkdir()
     with dragoman_server(settings, workdir=workdir / "live") as s:
         olla = ollama.Client(host=s.url, timeout=60)
-        olla.create(model="scribe", from_="up/llama3:latest", system="You write.")
+        olla.create(model="scribe", from_="up/llama3:latest", system="You write.", parameters={"top_k": 7})
         admin = httpx.Client(base_url=s.url, headers={"authorization": "Bearer create-pass-123"}, timeout=30)
         assert admin.put("/admin/api/overrides/scribe", json={"max_tokens_cap": 5}).status_code == 200
         assert admin.put("/admin/api/aliases/writer", json={"targets": ["scribe"]}).status_code == 200
@@ -178,7 +220,11 @@ def test_created_models_live_beside_admin_aliases_overrides_and_backend_edits(
         assert sent["messages"][0] == {"role": "system", "content": "You write."}
         assert sent["options"]["num_predict"] == 5
         olla.chat(model="writer", messages=[{"role": "user", "content": "Hi"}])
-        assert upstream[0].last("/api/chat").body["model"] == "llama3:latest"
+        via_alias = upstream[0].last("/api/chat").body
+        assert via_alias["model"] == "llama3:latest"
+        # Through an alias, the created model is still itself: its system prompt and parameters apply.
+        assert via_alias["messages"][0] == {"role": "system", "content": "You write."}
+        assert via_alias["options"]["top_k"] == 7
         edited = admin.put("/admin/api/backends/up", json={"type": "ollama", "settings": {
             "base_url": upstream[1].url, "headers": {"x-edited": "yes"}}})
         assert edited.status_code == 200, edited.text
@@ -186,3 +232,15 @@ def test_created_models_live_beside_admin_aliases_overrides_and_backend_edits(
         again = upstream[0].last("/api/chat")
         assert again.headers.get("x-edited") == "yes" and again.body["messages"][0]["content"] == "You write."
         assert {"scribe", "writer"} <= names(olla)
+        # A backend rebuilt by an admin edit keeps the models pulled or created into it.
+        gguf = tiny_gguf("live", padding=1 << 16)
+        digest = "sha256:" + hashlib.sha256(gguf).hexdigest()
+        assert httpx.post(f"{s.url}/api/blobs/{digest}", content=gguf).status_code == 201
+        olla.create(model="live-file", files={"live.gguf": digest})
+        assert "local/live-file" in names(olla)
+        edited = admin.put("/admin/api/backends/local", json={"type": "llamacpp", "settings": {
+            "models": [], "max_queue": 4}})
+        assert edited.status_code == 200, edited.text
+        assert "local/live-file" in names(olla)
+        shown = olla.show("local/live-file")
+        assert shown.details is not None and shown.details.format == "gguf"

@@ -4,7 +4,6 @@ admin scope, ``DELETE /api/delete`` and pulled models surviving a restart."""
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,24 +17,12 @@ import httpx
 import ollama
 
 from tests.fakes.hf_hub import FakeHub
+from tests.model_servers import names, served, tiny_gguf
 from tests.servers import ServerThread, dragoman_server
 
 REPO = "acme/tiny-GGUF"
 ADMIN_KEY = "sk-dm-admin-key-for-pull-tests-0001"
 USER_KEY = "sk-dm-user-key-for-pull-tests-00001"
-
-
-def tiny_gguf(name: str, padding: int = 3 << 20) -> bytes:
-    """A header-only GGUF (enough to list and show it) padded to ``padding`` bytes of 'weights'."""
-    def string(text: str) -> bytes:
-        raw = text.encode()
-        return struct.pack("<Q", len(raw)) + raw
-    kvs = [("general.architecture", 8, string("llama")), ("general.name", 8, string(name)),
-           ("llama.context_length", 4, struct.pack("<I", 2048)), ("general.file_type", 4, struct.pack("<I", 15))]
-    body = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs))
-    for key, kind, value in kvs:
-        body += string(key) + struct.pack("<I", kind) + value
-    return body + bytes(range(256)) * (padding // 256)
 
 
 @pytest.fixture(scope="module")
@@ -61,23 +48,11 @@ def config(workdir: Path, endpoint: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("pull")
+def upstream_url(hub: tuple[FakeHub, ServerThread]) -> str:
+    return hub[1].url
 
 
-@pytest.fixture(scope="module")
-def server(workdir: Path, hub: tuple[FakeHub, ServerThread]) -> Iterator[ServerThread]:
-    with dragoman_server(config(workdir, hub[1].url), workdir=workdir) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def olla(server: ServerThread) -> ollama.Client:
-    return ollama.Client(host=server.url, timeout=60)
-
-
-def names(client: ollama.Client) -> set[str]:
-    return {m.model for m in client.list().models if m.model}
+workdir, server, olla = served("pull", config)
 
 
 def test_pull_streams_ollama_progress_and_serves_the_model(olla: ollama.Client, workdir: Path) -> None:

@@ -19,7 +19,7 @@ pytest.importorskip("huggingface_hub", reason="huggingface-hub is not installed 
 
 from tests.fakes.hf_hub import FakeHub
 from tests.fakes.ollama_upstream import FakeOllama
-from tests.integration.test_model_pull import tiny_gguf
+from tests.model_servers import tiny_gguf
 from tests.servers import ServerThread, dragoman_server
 
 KEY = "sk-dm-open-webui-admin-key-000001"

@@ -1,6 +1,7 @@
 """Tokens and sampling against OpenAI-compatible fake upstreams (tests/fakes/openai_upstream.py),
 driven by the official ``openai`` SDK and httpx: ``/tokenize`` forwarded to a vLLM-style upstream
-(a clear 400 where there is none), logprobs passed through, ``n > 1``, prompt arrays, the extra
+(a clear 400 where there is none), logprobs passed through, ``n > 1`` (passed through to an
+OpenAI-compatible upstream as one request, one request per choice to Ollama), prompt arrays, the extra
 sampling fields sent or dropped (``extra_params``), per-request ``think`` and ``reasoning.exclude``.
 """
 
@@ -12,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from tests.fakes.ollama_upstream import FakeOllama
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.servers import ServerThread, dragoman_server
 
@@ -41,6 +43,20 @@ def gateway(vllm: FakeOpenAI, plain: FakeOpenAI) -> Iterator[ServerThread]:
             ],
             "routing": {"retries": 0},
         }
+        with dragoman_server(config) as server:
+            yield server
+
+
+@pytest.fixture(scope="module")
+def ollama() -> FakeOllama:
+    return FakeOllama()
+
+
+@pytest.fixture(scope="module")
+def ollama_gateway(ollama: FakeOllama) -> Iterator[ServerThread]:
+    with ServerThread(ollama.app()) as upstream:
+        config = {"backends": [{"name": "ollama", "type": "ollama", "base_url": upstream.url}],
+                  "routing": {"retries": 0}}
         with dragoman_server(config) as server:
             yield server
 
@@ -108,18 +124,23 @@ def test_logprobs_for_a_backend_without_them_is_a_400(oai: openai.OpenAI) -> Non
         oai.chat.completions.create(model="vllm/gpt-test", messages=[{"role": "user", "content": "x"}], top_logprobs=2)
 
 
-def test_n_choices_whole_and_streamed(oai: openai.OpenAI, vllm: FakeOpenAI) -> None:
+def test_n_is_passed_through_to_an_openai_upstream_as_one_request(oai: openai.OpenAI, vllm: FakeOpenAI) -> None:
     before = len(vllm.requests)
     whole = oai.chat.completions.create(model="vllm/gpt-test", messages=[{"role": "user", "content": "hey"}], n=3,
                                         seed=7)
-    assert [c.index for c in whole.choices] == [0, 1, 2]
-    assert {c.message.content for c in whole.choices} == {"You said: hey"}
+    assert [(c.index, c.message.content) for c in whole.choices] == [
+        (0, "You said: hey"), (1, "You said: hey #1"), (2, "You said: hey #2")]
+    assert {c.finish_reason for c in whole.choices} == {"stop"}
     sent = [r.body for r in vllm.requests[before:] if r.path.endswith("/chat/completions")]
-    assert [b["seed"] for b in sent] == [7, 8, 9]  # each choice its own seed: different, reproducible
-    assert whole.usage is not None and whole.usage.prompt_tokens == 11 and whole.usage.completion_tokens == 21
+    assert [(b["n"], b["seed"], b["stream"]) for b in sent] == [(3, 7, False)]  # one upstream request with n
+    # The upstream's usage, once: the prompt read once, every choice's answer (7 tokens each).
+    assert whole.usage is not None and (whole.usage.prompt_tokens, whole.usage.completion_tokens) == (11, 21)
 
+    before = len(vllm.requests)
     chunks = list(oai.chat.completions.create(model="vllm/gpt-test", messages=[{"role": "user", "content": "hey"}],
                                               n=2, stream=True, stream_options={"include_usage": True}))
+    sent = [r.body for r in vllm.requests[before:] if r.path.endswith("/chat/completions")]
+    assert [(b["n"], b["stream"]) for b in sent] == [(2, True)]
     texts: dict[int, str] = {}
     finished = set()
     for chunk in chunks:
@@ -127,16 +148,50 @@ def test_n_choices_whole_and_streamed(oai: openai.OpenAI, vllm: FakeOpenAI) -> N
             texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
             if choice.finish_reason:
                 finished.add(choice.index)
-    assert texts == {0: "You said: hey", 1: "You said: hey"} and finished == {0, 1}
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 14
+    assert texts == {0: "You said: hey", 1: "You said: hey #1"} and finished == {0, 1}
+    indexes = [c.index for chunk in chunks for c in chunk.choices if c.delta.content]
+    assert indexes[:2] == [0, 1]  # relayed as the upstream interleaves them, not one after the other
+    assert [c.usage is not None for c in chunks].count(True) == 1
+    assert chunks[-1].usage is not None and (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) \
+        == (11, 14)
     with pytest.raises(openai.BadRequestError):
         oai.chat.completions.create(model="vllm/gpt-test", messages=[{"role": "user", "content": "x"}], n=17)
 
 
-def test_completion_prompt_arrays(oai: openai.OpenAI) -> None:
+def test_n_with_hidden_reasoning_asks_for_each_choice_in_turn(oai: openai.OpenAI, plain: FakeOpenAI) -> None:
+    """``reasoning.exclude`` is applied by the gateway to a one-choice stream, so such a request
+    keeps the sequential path (each choice its own upstream request, none showing reasoning)."""
+    before = len(plain.requests)
+    answer = oai.chat.completions.create(model="plain/gpt-reason", messages=[{"role": "user", "content": "x"}], n=2,
+                                         extra_body={"reasoning": {"exclude": True}})
+    sent = [r.body for r in plain.requests[before:] if r.path.endswith("/chat/completions")]
+    assert len(sent) == 2 and all("n" not in b for b in sent)
+    assert [c.message.content for c in answer.choices] == ["Answer.", "Answer."]
+    assert all(getattr(c.message, "reasoning_content", None) is None for c in answer.choices)
+
+
+def test_n_to_an_ollama_backend_runs_each_choice_in_turn(ollama_gateway: ServerThread, ollama: FakeOllama) -> None:
+    with openai.OpenAI(base_url=ollama_gateway.url + "/v1", api_key="unused", max_retries=0) as client:
+        before = ollama.count("/api/chat")
+        whole = client.chat.completions.create(model="ollama/llama3:latest", n=2,
+                                               messages=[{"role": "user", "content": "hey"}])
+        assert ollama.count("/api/chat") - before == 2  # Ollama has no n: one request per choice
+        assert [(c.index, c.message.content) for c in whole.choices] == [(0, "You said: hey"), (1, "You said: hey")]
+        chunks = list(client.chat.completions.create(model="ollama/llama3:latest", n=2, stream=True,
+                                                     messages=[{"role": "user", "content": "hey"}],
+                                                     stream_options={"include_usage": True}))
+        assert ollama.count("/api/chat") - before == 4
+        assert {c.index for chunk in chunks for c in chunk.choices} == {0, 1}
+        assert "n" not in ollama.last("/api/chat").body and "n" not in ollama.last("/api/chat").body.get("options", {})
+
+
+def test_completion_prompt_arrays(oai: openai.OpenAI, vllm: FakeOpenAI) -> None:
+    before = len(vllm.requests)
     answer = oai.completions.create(model="vllm/gpt-test", prompt=["one", "two"], n=2)
+    sent = [r.body for r in vllm.requests[before:] if r.path.endswith("/completions")]
+    assert [(b["prompt"], b["n"]) for b in sent] == [("one", 2), ("two", 2)]  # each prompt once, with n
     assert [(c.index, c.text) for c in answer.choices] == [
-        (0, "completed: one"), (1, "completed: one"), (2, "completed: two"), (3, "completed: two")]
+        (0, "completed: one"), (1, "completed: one #1"), (2, "completed: two"), (3, "completed: two #1")]
     assert answer.usage is not None and answer.usage.prompt_tokens == 4 and answer.usage.completion_tokens == 12
     streamed = list(oai.completions.create(model="vllm/gpt-test", prompt=["one", "two"], stream=True))
     texts: dict[int, str] = {}
@@ -144,6 +199,15 @@ def test_completion_prompt_arrays(oai: openai.OpenAI) -> None:
         for choice in chunk.choices:
             texts[choice.index] = texts.get(choice.index, "") + choice.text
     assert texts == {0: "completed: one", 1: "completed: two"}
+    streamed = list(oai.completions.create(model="vllm/gpt-test", prompt=["one", "two"], n=2, stream=True,
+                                           stream_options={"include_usage": True}))
+    texts = {}
+    for chunk in streamed:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+    assert texts == {0: "completed: one", 1: "completed: one #1", 2: "completed: two", 3: "completed: two #1"}
+    assert streamed[-1].usage is not None and (streamed[-1].usage.prompt_tokens,
+                                               streamed[-1].usage.completion_tokens) == (4, 12)
     with pytest.raises(openai.BadRequestError, match="more than the 16"):
         oai.completions.create(model="vllm/gpt-test", prompt=["a"] * 9, n=2)
 

@@ -45,7 +45,9 @@ COMPLETION_DEFAULTS = Sampling(temperature=1.0, top_p=1.0, max_tokens=16)
 @dataclass(slots=True)
 class Choices:
     """The generations one OpenAI request asks for, in choice-index order: ``n`` per prompt (a
-    completion may send several prompts). Each runs as its own request, one after another."""
+    completion may send several prompts). Each prompt's first request carries ``n``: a backend
+    that answers all ``n`` at once does (an OpenAI-compatible upstream); otherwise the prompt's
+    other requests run one after another."""
 
     requests: list[ChatRequest]
     n: int = 1
@@ -66,8 +68,11 @@ def _choices(requests: list[ChatRequest], n: int) -> Choices:
     for request in requests:
         for j in range(n):
             seed = request.sampling.seed
-            out.append(request if j == 0 or seed is None else
-                       replace(request, sampling=replace(request.sampling, seed=seed + j)))
+            if j == 0:
+                out.append(request if n == 1 else replace(request, n=n))
+            else:
+                out.append(request if seed is None else
+                           replace(request, sampling=replace(request.sampling, seed=seed + j)))
     return Choices(out, n)
 
 

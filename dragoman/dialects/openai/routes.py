@@ -17,13 +17,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from dragoman.core.dialect import FrameEncoder, Generation, GenerationRoute, WireError
+from dragoman.core.accumulate import ChoicesAccumulator
+from dragoman.core.dialect import Generation, GenerationRoute, WireError
 from dragoman.core.models import ModelEntry
 from dragoman.core.service import CallContext, GatewayService
 from dragoman.core.types import ChatResponse
 from dragoman.dialects.bulk import built, json_bytes_response, object_with_list
 from dragoman.dialects.openai import convert
-from dragoman.dialects.openai.stream import ChoicesEncoder, ChunkEncoder
+from dragoman.dialects.openai.stream import ChoicePlan, ChoicesEncoder, ChunkEncoder
 from dragoman.errors import GatewayError
 from dragoman.protocols.openai import error_body
 from dragoman.serving.answers import error_headers, json_response
@@ -77,14 +78,18 @@ class OpenAIDialect:
         choices = convert.parse_completion(body) if completion else convert.parse_chat(body)
         first = choices.first
 
-        def encoder() -> FrameEncoder:
-            if len(choices.requests) > 1:
-                return ChoicesEncoder(choices, completion=completion)
-            return ChunkEncoder(first.model, include_usage=first.include_usage, completion=completion,
-                                prompt_chars=len(first.prompt or ""))
+        def whole(responses: list[ChatResponse]) -> dict[str, Any]:
+            return render(responses, choices, completion=completion)
 
-        return Generation(choices.requests, encoder,
-                          lambda responses: render(responses, choices, completion=completion))
+        if len(choices.requests) == 1:
+            return Generation(choices.requests, lambda: ChunkEncoder(
+                first.model, include_usage=first.include_usage, completion=completion,
+                prompt_chars=len(first.prompt or "")), whole)
+        # Several choices: each prompt's first request asks for all ``n``; the plan skips the rest
+        # of a prompt's requests when its stream carried them (an OpenAI-compatible upstream).
+        plan = ChoicePlan(choices.n)
+        return Generation(choices.requests, lambda: ChoicesEncoder(choices, completion=completion, plan=plan), whole,
+                          accumulator=lambda: ChoicesAccumulator(plan.started), needed=plan.needed)
 
     def render_error(self, error: GatewayError, ctx: CallContext) -> WireError:
         return WireError(error.status, error_body(error))

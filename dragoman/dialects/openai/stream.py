@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from dragoman.core.events import (
+    ChoiceEvent,
     Event,
     Logprobs,
     MessageEnd,
@@ -156,42 +157,76 @@ class ChunkEncoder:
                            + self._pending() + b',"finish_reason":null}]')
 
 
-class ChoicesEncoder:
-    """Several generations (``n``, or a completion's prompts) as one stream: each choice's chunks
-    in turn, with its index (a choice starts at its ``MessageStart``); one usage chunk for all at
-    the end. After an error the stream ends there, without ``[DONE]``."""
+class ChoicePlan:
+    """Which of a request's generations (``Choices.requests``, in choice order) still have to run.
+    Each prompt's first request asks for all ``n``: a stream that carried them
+    (``MessageStart.choices``) answered the prompt's other requests too (``Generation.needed``)."""
 
-    def __init__(self, choices: Choices, *, completion: bool) -> None:
+    __slots__ = ("answered", "n")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.answered = 0  # choices answered or under way so far
+
+    def started(self, event: MessageStart) -> int:
+        """A stream began: the index of its first choice (it carries ``event.choices`` from there,
+        never past its prompt's last)."""
+        base = self.answered
+        self.answered += max(1, min(event.choices, self.n - base % self.n))
+        return base
+
+    def needed(self, index: int) -> bool:
+        return index >= self.answered
+
+
+class ChoicesEncoder:
+    """Several generations (``n``, or a completion's prompts) as one stream, each chunk with its
+    choice's index: a stream carrying several choices (``ChoiceEvent``) has one encoder per choice,
+    its chunks interleaved as they come; otherwise each choice's chunks in turn (a stream starts at
+    its ``MessageStart``). One usage chunk for all at the end, each prompt read once. After an
+    error the stream ends there, without ``[DONE]``."""
+
+    def __init__(self, choices: Choices, *, completion: bool, plan: ChoicePlan | None = None) -> None:
         self.choices = choices
         self.completion = completion
-        self._encoder: ChunkEncoder | None = None
-        self._next = 0  # the index of the choice the next MessageStart begins
-        self._usages: list[Usage] = []
+        self.plan = plan or ChoicePlan(choices.n)
+        self._encoders: list[ChunkEncoder] = []  # the current stream's, one per choice it carries
+        self._base = 0  # the index of the current stream's first choice
+        self._usages: list[tuple[int, Usage]] = []  # each stream's first choice index and usage
         self._failed = False
 
+    def _encoder(self, index: int) -> ChunkEncoder:
+        index = min(index, len(self.choices.requests) - 1)
+        first = self.choices.first
+        return ChunkEncoder(first.model, include_usage=first.include_usage, completion=self.completion, index=index,
+                            usage_chunk=False, prompt_chars=len(self.choices.requests[index].prompt or ""))
+
     def encode(self, event: Event) -> bytes:
-        encoder = self._encoder
-        if encoder is None or isinstance(event, MessageStart):
-            index = min(self._next, len(self.choices.requests) - 1)
-            self._next += 1
-            first = self.choices.first
-            encoder = self._encoder = ChunkEncoder(
-                first.model, include_usage=first.include_usage, completion=self.completion, index=index,
-                usage_chunk=False, prompt_chars=len(self.choices.requests[index].prompt or ""))
+        encoders = self._encoders
+        if isinstance(event, ChoiceEvent):
+            return encoders[event.choice].encode(event.event) if event.choice < len(encoders) else b""
+        if isinstance(event, MessageStart):
+            base = self._base = self.plan.started(event)
+            encoders = self._encoders = [self._encoder(base + c) for c in range(self.plan.answered - base)]
+            for encoder in encoders[1:]:
+                encoder.encode(event)
+        elif not encoders:
+            encoders = self._encoders = [self._encoder(self.plan.answered)]
         if isinstance(event, MessageEnd):
-            self._usages.append(event.usage)
+            self._usages.append((self._base, event.usage))
         elif isinstance(event, StreamError):
             self._failed = True
-        return encoder.encode(event)
+        return encoders[0].encode(event)
 
     def tail(self) -> bytes:
         if self._failed:
             return b""
-        usages, encoder = self._usages, self._encoder
-        if not self.choices.first.include_usage or encoder is None:
+        if not self.choices.first.include_usage or not self._encoders:
             return DONE
-        prompts = [u for i, u in enumerate(usages) if i % self.choices.n == 0]
-        return encoder.usage_frame(Usage(prompt_tokens=sum(u.prompt_tokens for u in prompts),
-                                         completion_tokens=sum(u.completion_tokens for u in usages),
-                                         reasoning_tokens=sum(u.reasoning_tokens for u in usages),
-                                         cached_tokens=sum(u.cached_tokens for u in prompts))) + DONE
+        n = self.choices.n
+        usages = [u for _, u in self._usages]
+        prompts = [u for base, u in self._usages if base % n == 0]
+        return self._encoders[0].usage_frame(Usage(prompt_tokens=sum(u.prompt_tokens for u in prompts),
+                                                   completion_tokens=sum(u.completion_tokens for u in usages),
+                                                   reasoning_tokens=sum(u.reasoning_tokens for u in usages),
+                                                   cached_tokens=sum(u.cached_tokens for u in prompts))) + DONE

@@ -52,7 +52,7 @@ def test_planning_copies_every_request_field() -> None:
         sampling=Sampling(temperature=0.5), defaults=Sampling(top_p=0.9), tools=[Tool("f", "d", {})],
         tool_choice=ToolChoice("required"), response_format=ResponseFormat("json_object"),
         reasoning=Reasoning(effort="low"), include_usage=True, prompt="p", suffix="s", user="u",
-        options={"num_ctx": 8}, extensions={"openai": {"x": 1}}, logprobs=3,
+        options={"num_ctx": 8}, extensions={"openai": {"x": 1}}, logprobs=3, n=2,
     )
     planned = overrides.apply(request, [])
     assert planned == replace(request, sampling=Sampling(temperature=0.5, top_p=0.9))
