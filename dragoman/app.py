@@ -30,7 +30,7 @@ from dragoman.admin.secret_key import SecretKeySource
 from dragoman.admin.security import AdminAuth
 from dragoman.backends.base import Backend, BackendDeps
 from dragoman.backends.fetch import SafeImageFetcher
-from dragoman.backends.registry import BackendTypes, EntryError
+from dragoman.backends.types import BackendTypes, EntryError
 from dragoman.config import Config, ConfigError
 from dragoman.core.dialect import Dialect
 from dragoman.core.ids import random_id

@@ -17,7 +17,7 @@ from dragoman.admin.live import LiveSettings, open_admin_entries
 from dragoman.admin.secret_key import SecretKeySource
 from dragoman.admin.security import AdminAuth
 from dragoman.backends.base import TIMEOUT_NAMES, Backend, BackendDeps, Timeouts
-from dragoman.backends.registry import BackendTypes
+from dragoman.backends.types import BackendTypes
 from dragoman.config import Config
 from dragoman.dialects.responses.background import BackgroundResponses
 from dragoman.gateway.balance import Balancer

@@ -35,7 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from dragoman.admin.masking import contains_mask, unmask
 from dragoman.admin.sealing import SecretBox, keep_references, resealed, resolve, seal, typed_references, unseal
 from dragoman.backends.base import Backend, BackendDeps
-from dragoman.backends.registry import PYTHON, BackendTypes, EntryError
+from dragoman.backends.types import PYTHON, BackendTypes, EntryError
 from dragoman.config import BackendEntry, Config, ConfigError, OverrideConfig, describe_validation_error
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.extras import missing

@@ -129,7 +129,7 @@ class Backend(ABC):
 
     Construction is typed: every backend class is built as ``cls(name, settings, deps)``, with
     ``settings`` an instance of its ``Settings`` model. Reading a config entry into that model is
-    the registry's work (:mod:`dragoman.backends.registry`), so a backend never sees raw config;
+    the backend types' work (:mod:`dragoman.backends.types`), so a backend never sees raw config;
     a program that embeds dragoman builds one the same way, without a config entry at all.
     ``__init__`` may raise ``ValueError`` for settings that are valid alone but not together.
     """

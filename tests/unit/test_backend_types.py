@@ -16,7 +16,7 @@ import pytest
 from dragoman.app import build_backends, create_app
 from dragoman.backends.base import BackendDeps
 from dragoman.backends.echo import EchoBackend
-from dragoman.backends.registry import BUILT_IN, GROUP, BackendTypes
+from dragoman.backends.types import BUILT_IN, GROUP, BackendTypes
 from dragoman.config import Config, ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
