@@ -196,16 +196,10 @@ class DatabaseResponseStore:
     async def prune(self, *, chunk: int = 1000) -> int:
         """Delete responses past the retention, ``chunk`` rows per transaction."""
         cutoff = self._now() - self.retention
-        total = 0
-        while True:
-            ids = select(responses.c.id).where(responses.c.created_at < cutoff).limit(chunk).scalar_subquery()
-            async with self._store.begin() as conn:
-                deleted = (await conn.execute(delete(responses).where(responses.c.id.in_(ids)))).rowcount or 0
-            total += deleted
-            if deleted < chunk:
-                if total:
-                    log.info("pruned %d stored responses older than %s", total, cutoff.isoformat())
-                return total
+        total = await self._store.delete_older(responses.c.id, responses.c.created_at, cutoff, chunk=chunk)
+        if total:
+            log.info("pruned %d stored responses older than %s", total, cutoff.isoformat())
+        return total
 
     async def _loop(self) -> None:
         # A short retention (tests, privacy-minded setups) is pruned as often as it expires.

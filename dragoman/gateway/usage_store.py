@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import String, case, delete, func, select
+from sqlalchemy import String, case, func, select
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -200,14 +200,7 @@ class UsageStore:
     async def prune(self, before: datetime, *, chunk: int = 5000) -> int:
         """Delete records older than ``before``, ``chunk`` rows per transaction so a large backlog
         never holds a long lock on the table the usage writer needs."""
-        total = 0
-        while True:
-            ids = select(usage.c.id).where(usage.c.ts < before).limit(chunk).scalar_subquery()
-            async with self._store.begin() as conn:
-                deleted = (await conn.execute(delete(usage).where(usage.c.id.in_(ids)))).rowcount or 0
-            total += deleted
-            if deleted < chunk:
-                return total
+        return await self._store.delete_older(usage.c.id, usage.c.ts, before, chunk=chunk)
 
 
 class UsagePruner:

@@ -28,17 +28,6 @@ WEATHER_TOOL = {"name": "get_weather", "description": "Weather for a city",
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    yield FakeOpenAI()
-
-
-@pytest.fixture(scope="module")
-def upstream(fake: FakeOpenAI) -> Iterator[ServerThread]:
-    with ServerThread(fake.app()) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def gateway(upstream: ServerThread) -> Iterator[ServerThread]:
     config = {
         "backends": [

@@ -33,17 +33,6 @@ pytestmark = pytest.mark.redis
 BURST_SECONDS = 60.0  # a bound on every burst: a hung request fails the test instead of stalling it
 
 
-@pytest.fixture(scope="module")
-def fake() -> FakeOpenAI:
-    return FakeOpenAI()
-
-
-@pytest.fixture(scope="module")
-def upstream(fake: FakeOpenAI) -> Iterator[ServerThread]:
-    with ServerThread(fake.app()) as server:
-        yield server
-
-
 def gateway_config(upstream: ServerThread, database: Path, redis_url: str | None) -> dict[str, Any]:
     config: dict[str, Any] = {
         "backends": [

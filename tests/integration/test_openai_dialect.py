@@ -24,17 +24,6 @@ PNG = base64.b64decode(
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOpenAI]:
-    yield FakeOpenAI()
-
-
-@pytest.fixture(scope="module")
-def upstream(fake: FakeOpenAI) -> Iterator[ServerThread]:
-    with ServerThread(fake.app()) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def gateway(upstream: ServerThread) -> Iterator[ServerThread]:
     config = {
         "backends": [

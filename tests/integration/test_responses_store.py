@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,6 @@ from tests.services import _psql, ensure_postgres, unique_name
 
 ALICE = "sk-dm-alice-responses-store-key-0001"
 BOB = "sk-dm-bob-responses-store-key-000002"
-
-
-@pytest.fixture(scope="module")
-def fake() -> FakeOpenAI:
-    return FakeOpenAI()
-
-
-@pytest.fixture(scope="module")
-def upstream(fake: FakeOpenAI) -> Iterator[ServerThread]:
-    with ServerThread(fake.app()) as server:
-        yield server
 
 
 def config(upstream: ServerThread, database: str, **extra: Any) -> dict[str, Any]:

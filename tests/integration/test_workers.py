@@ -39,17 +39,6 @@ TIMEOUT = 60.0
 
 
 @pytest.fixture(scope="module")
-def fake() -> FakeOpenAI:
-    return FakeOpenAI()
-
-
-@pytest.fixture(scope="module")
-def upstream(fake: FakeOpenAI) -> Iterator[ServerThread]:
-    with ServerThread(fake.app()) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
 def redis_url() -> str:
     url = ensure_redis()
     if url is None:

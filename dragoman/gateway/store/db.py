@@ -17,15 +17,17 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
+from sqlalchemy import delete, event, select, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.elements import ColumnElement
 
 log = logging.getLogger(__name__)
 
@@ -199,6 +201,20 @@ class Store:
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             return f"database unreachable: {type(exc).__name__}"
         return None
+
+    async def delete_older(self, key: ColumnElement[Any], at: ColumnElement[Any], before: datetime, *,
+                           chunk: int) -> int:
+        """Delete the rows of ``key``'s table whose ``at`` is before ``before``, ``chunk`` rows per
+        transaction, so a large backlog never holds a long lock on a table that writers need."""
+        table = key.table  # type: ignore[attr-defined]
+        total = 0
+        while True:
+            ids = select(key).where(at < before).limit(chunk).scalar_subquery()
+            async with self.begin() as conn:
+                deleted = (await conn.execute(delete(table).where(key.in_(ids)))).rowcount or 0
+            total += deleted
+            if deleted < chunk:
+                return total
 
     async def compact(self) -> None:
         """After overwriting secrets: leave no old copy in the file. SQLite keeps deleted rows in free
