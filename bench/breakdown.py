@@ -54,7 +54,11 @@ ABLATIONS: dict[str, tuple[dict[str, str], str]] = {
     "log-off": ({"DRAGOMAN_LOG_LEVEL": "warning"}, ""),
 }
 # The components an ablation switches off, for its apportioned estimate.
-ESTIMATES: dict[str, tuple[str, ...]] = {"log-off": ("logging", "dragoman.request_log")}
+ESTIMATES: dict[str, tuple[str, ...]] = {
+    "log-off": ("logging", "dragoman.request_log"),
+    # a scratch copy whose UsageRecorder.record returns at once (--scratch usage-off=DIR)
+    "usage-off": ("dragoman.gateway.usage_store", "sqlalchemy", "other threads"),
+}
 
 
 @dataclass
@@ -253,7 +257,8 @@ def label(key: tuple[str, int, str]) -> str:
             idx = len(parts) - 1 - parts[::-1].index(root)
             rel = "/".join(parts[idx + (1 if root == "site-packages" else 0):])
             return f"{rel}:{line} {func}"
-    return f"{Path(filename).name}:{line} {func}"
+    shown = "/".join(parts[-2:]) if parts and parts[-1] == "__init__.py" else Path(filename).name
+    return f"{shown}:{line} {func}"
 
 
 # The main thread's shared objects whose own instructions are Python code's (the interpreter, and the C
@@ -270,16 +275,29 @@ class Apportioned:
     components: dict[str, float]
     time_share: dict[str, tuple[float, float, float]]  # cProfile: own share, inclusive share, calls/request
     pool: float
+    rates: tuple[float, float]  # interpreter instructions per bytecode: shared stack's, own code's
 
 
-def apportion(cg: Callgrind, prof: Profile, requests: int) -> Apportioned:
+def apportion(cg: Callgrind, prof: Profile, requests: int, shared: tuple[float, set[str]] | None = None) -> Apportioned:
+    """The interpreter's instructions spread over Python functions by bytecodes; C extensions as measured.
+
+    ``shared``: the bare proxy's instructions per bytecode and its functions. Its process runs almost
+    nothing but the shared stack (aiohttp, uvicorn, asyncio), so that rate is the stack's: the same
+    functions in dragoman are charged at it, and dragoman's own code gets the rest of the interpreter's
+    instructions over its bytecodes (one average rate for both would move dragoman's dearer bytecodes,
+    heavy in calls and object creation, onto the stack's).
+    """
     pool = sum(v for obj, v in cg.by_object.items() if obj in POOL)
-    total_ops = sum(n for _, n in prof.opcodes.values()) or 1
+    total_ops = sum(n for _, n in prof.opcodes.values()) / requests or 1.0  # bytecodes per request
+    rate_shared, shared_labels = shared if shared else (pool / total_ops, set())
+    names = {key: label((key[0], key[1], name)) for key, (name, _) in prof.opcodes.items()}
+    shared_ops = sum(n for key, (_, n) in prof.opcodes.items() if names[key] in shared_labels) / requests
+    rate_own = (pool - shared_ops * rate_shared) / max(total_ops - shared_ops, 1)
     functions: dict[str, float] = defaultdict(float)
     components: dict[str, float] = defaultdict(float)
     for (filename, line), (name, n) in prof.opcodes.items():
-        cost = pool * n / total_ops
-        functions[label((filename, line, name))] += cost
+        cost = n / requests * (rate_shared if names[(filename, line)] in shared_labels else rate_own)
+        functions[names[(filename, line)]] += cost
         components[component((filename, line, name))] += cost
     for obj, v in cg.by_object.items():
         if obj not in POOL:
@@ -292,7 +310,7 @@ def apportion(cg: Callgrind, prof: Profile, requests: int) -> Apportioned:
             continue
         name = prof.opcodes.get((filename, line), (func, 0))[0]
         time_share[label((filename, line, name))] = (tt / timed, min(ct / timed, 1.0), nc / requests)
-    return Apportioned(dict(functions), dict(components), time_share, pool)
+    return Apportioned(dict(functions), dict(components), time_share, pool, (rate_shared, rate_own))
 
 
 def package(components: dict[str, float]) -> dict[str, float]:
@@ -330,6 +348,8 @@ def report(mode: str, requests: int, stream: bool, base_cg: Callgrind, drag_cg: 
     print(f"| other threads (usage writer, SQLite) | {base_cg.others / k:,.0f} | {drag_cg.others / k:,.0f} |")
     print(f"| main thread, interpreter + libc: apportioned by bytecodes | {base.pool / k:,.0f} | "
           f"{drag.pool / k:,.0f} |")
+    print(f"| interpreter instructions per bytecode (stack's, dragoman's own) | {base.rates[0]:.0f} | "
+          f"{drag.rates[0]:.0f}, {drag.rates[1]:.0f} |")
     print(f"| main thread, C extensions (exact) | {(base_cg.main - base.pool) / k:,.0f} | "
           f"{(drag_cg.main - drag.pool) / k:,.0f} |")
     print("\nBy package, k instructions per request (main thread; C extensions exact, Python by bytecodes):\n")
@@ -378,8 +398,10 @@ def measure_all(logdir: Path, args: argparse.Namespace) -> None:
             cg = measure_callgrind(name, [sys.executable, *target_cmd(name, logdir, port, up_port)], port, logdir,
                                    **measure)
             print(f"{name}: {cg.total / 1e3:,.0f} k instr/request", file=sys.stderr, flush=True)
-        for name in args.ablate:
-            env, extra = ABLATIONS[name]
+        variants = [(name, *ABLATIONS[name]) for name in args.ablate]
+        variants += [(name, {"PYTHONPATH": folder}, "") for name, _, folder in
+                     (spec.partition("=") for spec in args.scratch)]
+        for name, env, extra in variants:
             port = free_port()
             cg = measure_callgrind(f"dragoman-{name}", with_env(env, [sys.executable, *target_cmd(
                 f"dragoman-{name}", logdir, port, up_port, extra)]), port, logdir, **measure)
@@ -394,6 +416,9 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--ablate", action="append", default=[], choices=sorted(ABLATIONS),
                         help="also measure dragoman with this piece off, by instructions (repeatable)")
+    parser.add_argument("--scratch", action="append", default=[], metavar="NAME=DIR",
+                        help="also measure a scratch copy of dragoman in DIR (its parent folder, with a piece "
+                             "switched off) as ablation NAME (repeatable)")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("--keep", action="store_true", help="keep the dumps and profiles")
     parser.add_argument("--from", dest="source", type=Path,
@@ -406,13 +431,17 @@ def main() -> int:
     if args.source is None:
         measure_all(logdir, args)
     grinds = {name: read_callgrind(logdir, name, args.requests) for name in ("baseline", "dragoman")}
-    split = {name: apportion(grinds[name], Profile.load(logdir / f"{name}-opcodes.opcodes",
-                                                        logdir / f"{name}-cprofile.cprofile"), args.requests)
-             for name in grinds}
+    profiles = {name: Profile.load(logdir / f"{name}-opcodes.opcodes", logdir / f"{name}-cprofile.cprofile")
+                for name in grinds}
+    split = {"baseline": apportion(grinds["baseline"], profiles["baseline"], args.requests)}
+    base_ops = sum(n for _, n in profiles["baseline"].opcodes.values()) / args.requests
+    split["dragoman"] = apportion(grinds["dragoman"], profiles["dragoman"], args.requests,
+                                  (split["baseline"].pool / base_ops, set(split["baseline"].functions)))
     mode = "streaming" if args.stream else "non-streaming"
     figures = {mode: report(mode, args.requests, args.stream, grinds["baseline"], grinds["dragoman"],
                             split["baseline"], split["dragoman"], args.top)}
-    ablations = [name for name in ABLATIONS if any(logdir.glob(f"dragoman-{name}.*-01"))]
+    ablations = sorted({m.group(1) for p in logdir.glob("dragoman-*-01")
+                        if (m := re.fullmatch(r"dragoman-(.+)\.\d+\.\d+-01", p.name))})
     if ablations:
         print("\nAblations (callgrind, all threads), k instructions per request:\n")
         print("| ablation | dragoman | saved | apportioned estimate |\n|---|---|---|---|")
@@ -421,6 +450,8 @@ def main() -> int:
         saved = grinds["dragoman"].total - cg.total
         parts = ESTIMATES.get(name, ())
         estimate = sum(split["dragoman"].components.get(c, 0.0) for c in parts)
+        if "other threads" in parts:
+            estimate += grinds["dragoman"].others
         print(f"| {name} | {cg.total / 1e3:,.0f} | {saved / 1e3:,.0f} | {estimate / 1e3:,.0f} "
               f"({' + '.join(parts)}) |", flush=True)
         figures.setdefault("ablations", {})[name] = {"total": cg.total, "saved": saved, "estimate": estimate}
