@@ -355,9 +355,14 @@ def report(mode: str, requests: int, stream: bool, base_cg: Callgrind, drag_cg: 
     print("\nBy package, k instructions per request (main thread; C extensions exact, Python by bytecodes):\n")
     print(f"| package | bare proxy | dragoman |{cols}\n|---|---|---|{sep}")
     b_pkg, d_pkg = package(base.components), package(drag.components)
+    small_b = small_d = 0.0
     for pkg in sorted(set(d_pkg) | set(b_pkg), key=lambda c: -d_pkg.get(c, 0.0)):
         b, d = b_pkg.get(pkg, 0.0), d_pkg.get(pkg, 0.0)
+        if max(b, d) < 2 * k:
+            small_b, small_d = small_b + b, small_d + d
+            continue
         print(f"| {pkg} | {b / k:,.0f} | {d / k:,.0f} |{per_event(d)}")
+    print(f"| (the rest, each under 2k) | {small_b / k:,.0f} | {small_d / k:,.0f} |{per_event(small_d)}")
     print(f"| other threads (usage writer: SQLite) | {base_cg.others / k:,.0f} | {drag_cg.others / k:,.0f} |"
           f"{per_event(drag_cg.others)}")
     print(f"| **total** | {base_cg.total / k:,.0f} | {drag_cg.total / k:,.0f} |{per_event(drag_cg.total)}")
@@ -444,7 +449,8 @@ def main() -> int:
                         if (m := re.fullmatch(r"dragoman-(.+)\.\d+\.\d+-01", p.name))})
     if ablations:
         print("\nAblations (callgrind, all threads), k instructions per request:\n")
-        print("| ablation | dragoman | saved | apportioned estimate |\n|---|---|---|---|")
+        print("| ablation | dragoman | saved | of it main thread | other threads | apportioned estimate |\n"
+              "|---|---|---|---|---|---|")
     for name in ablations:
         cg = read_callgrind(logdir, f"dragoman-{name}", args.requests)
         saved = grinds["dragoman"].total - cg.total
@@ -452,7 +458,9 @@ def main() -> int:
         estimate = sum(split["dragoman"].components.get(c, 0.0) for c in parts)
         if "other threads" in parts:
             estimate += grinds["dragoman"].others
-        print(f"| {name} | {cg.total / 1e3:,.0f} | {saved / 1e3:,.0f} | {estimate / 1e3:,.0f} "
+        main_saved, others_saved = grinds["dragoman"].main - cg.main, grinds["dragoman"].others - cg.others
+        print(f"| {name} | {cg.total / 1e3:,.0f} | {saved / 1e3:,.0f} | {main_saved / 1e3:,.0f} | "
+              f"{others_saved / 1e3:,.0f} | {estimate / 1e3:,.0f} "
               f"({' + '.join(parts)}) |", flush=True)
         figures.setdefault("ablations", {})[name] = {"total": cg.total, "saved": saved, "estimate": estimate}
     if args.json:
