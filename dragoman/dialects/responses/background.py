@@ -16,14 +16,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from dragoman.core.accumulate import accumulate, replay_events
+from dragoman.core.accumulate import accumulate
 from dragoman.core.ids import now
 from dragoman.core.service import CallContext, ChatStream
-from dragoman.core.types import Message, Role
 from dragoman.dialects.responses import output
 from dragoman.dialects.responses.convert import ResponsesRequest
-from dragoman.dialects.responses.store import ResponseStore, history_json, owner_of
-from dragoman.dialects.responses.stream import ResponseEncoder
+from dragoman.dialects.responses.store import ResponseStore, answered_history, history_json, owner_of
+from dragoman.dialects.responses.stream import whole_response
 from dragoman.errors import ErrorKind, GatewayError
 
 log = logging.getLogger("dragoman.responses")
@@ -110,7 +109,6 @@ def _background(body: dict[str, Any]) -> dict[str, Any]:
 async def _generate(req: ResponsesRequest, ctx: CallContext, start: Starter, response_id: str,
                     created_at: int) -> tuple[dict[str, Any], list[Any] | None]:
     """The whole answer as the response object, and the conversation through it (None when it failed)."""
-    encoder = ResponseEncoder(req, response_id, created_at, frames=False)
     try:
         stream = await start(req, ctx)
         try:
@@ -121,8 +119,4 @@ async def _generate(req: ResponsesRequest, ctx: CallContext, start: Starter, res
         failed = output.response_object(req, response_id, created_at, status="failed", output=[],
                                         error=output.failed_error(exc))
         return _background(failed), None
-    for event in replay_events(response):
-        encoder.encode(event)
-    assert encoder.final is not None  # replay_events ends with MessageEnd
-    history = history_json([*req.history, Message(Role.ASSISTANT, list(response.parts))])
-    return _background(encoder.final), history
+    return _background(whole_response(req, response_id, created_at, response)), answered_history(req.history, response)

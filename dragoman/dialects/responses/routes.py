@@ -20,7 +20,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from dragoman.core.accumulate import replay_events
 from dragoman.core.dialect import Answer, Generation, GenerationRoute, WireError
 from dragoman.core.ids import now
 from dragoman.core.service import CallContext, ChatStream, GatewayService
@@ -30,7 +29,7 @@ from dragoman.dialects.responses.background import BackgroundResponses
 from dragoman.dialects.responses.convert import ResponsesRequest
 from dragoman.dialects.responses.store import ResponseStore
 from dragoman.dialects.responses.stored import StoredResponses
-from dragoman.dialects.responses.stream import Completed, ResponseEncoder
+from dragoman.dialects.responses.stream import Completed, ResponseEncoder, whole_response
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.serving.answers import error_headers, json_response
 from dragoman.serving.body import read_json
@@ -97,14 +96,11 @@ class ResponsesDialect:
         return WireError(error.status, output.error_body(error))
 
     def _render(self, req: ResponsesRequest, response: ChatResponse, completed: Completed | None) -> dict[str, Any]:
-        """The whole answer, built by the stream's encoder from the accumulated answer (and kept)."""
-        encoder = ResponseEncoder(req, output.response_id(), now(), frames=False)
-        for event in replay_events(response):
-            encoder.encode(event)
-        assert encoder.final is not None  # replay_events ends with MessageEnd
-        if completed is not None and encoder.final["status"] != "failed":
-            completed(encoder.final, response)
-        return encoder.final
+        """The whole answer's response object (and kept)."""
+        body = whole_response(req, output.response_id(), now(), response)
+        if completed is not None and body["status"] != "failed":
+            completed(body, response)
+        return body
 
     async def _start(self, req: ResponsesRequest, ctx: CallContext) -> ChatStream:
         """Start the answer; with ``truncation: auto``, a prompt too long for the model loses its

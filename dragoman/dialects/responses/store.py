@@ -12,7 +12,17 @@ import base64
 import hashlib
 from typing import Any, Protocol
 
-from dragoman.core.types import ImagePart, Message, Part, ReasoningPart, Role, TextPart, ToolCallPart, ToolResultPart
+from dragoman.core.types import (
+    ChatResponse,
+    ImagePart,
+    Message,
+    Part,
+    ReasoningPart,
+    Role,
+    TextPart,
+    ToolCallPart,
+    ToolResultPart,
+)
 
 
 class StoredRow(Protocol):
@@ -81,6 +91,11 @@ def _part(raw: dict[str, Any]) -> Part:
         return ToolResultPart(tool_call_id=raw["tool_call_id"], content=content, name=raw.get("name"),
                               is_error=bool(raw.get("is_error")))
     return ReasoningPart(text=raw.get("text") or "", signature=raw.get("signature"), redacted=raw.get("redacted"))
+
+
+def answered_history(history: list[Message], response: ChatResponse) -> list[dict[str, Any]]:
+    """The conversation through ``response`` (``history`` plus the answer), as JSON to store."""
+    return history_json([*history, Message(Role.ASSISTANT, list(response.parts))])
 
 
 def history_json(messages: list[Message]) -> list[dict[str, Any]]:

@@ -18,11 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dragoman.core.service import CallContext, GatewayService
-from dragoman.core.types import ChatResponse, Message, Role
+from dragoman.core.types import ChatResponse, Message
 from dragoman.dialects.responses import output
 from dragoman.dialects.responses.background import BackgroundResponses
 from dragoman.dialects.responses.convert import ResponsesRequest
-from dragoman.dialects.responses.store import ResponseStore, StoredRow, history_json, history_of, owner_of
+from dragoman.dialects.responses.store import ResponseStore, StoredRow, answered_history, history_of, owner_of
 from dragoman.dialects.responses.stream import Completed
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.serving.answers import json_response
@@ -78,7 +78,7 @@ class StoredResponses:
     async def keep(self, req: ResponsesRequest, ctx: CallContext, body: dict[str, Any],
                    response: ChatResponse) -> bool:
         """Store an answer (never raises; False when it was not stored)."""
-        history = history_json([*req.history, Message(Role.ASSISTANT, list(response.parts))])
+        history = answered_history(req.history, response)
         return await self.store.save(body["id"], owner_of(ctx.api_key), status=body["status"], background=False,
                                      body=body, input_items=output.input_items(req.raw_input), history=history)
 

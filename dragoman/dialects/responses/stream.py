@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from dragoman.core.accumulate import Accumulator
+from dragoman.core.accumulate import Accumulator, replay_events
 from dragoman.core.events import Event, MessageEnd, MessageStart, PartDelta, PartEnd, PartStart, StreamError
 from dragoman.core.types import ChatResponse
 from dragoman.dialects.responses import output as out
@@ -190,3 +190,13 @@ class ResponseEncoder:
         data = {"type": kind, **data, "sequence_number": self._seq}
         self._seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+def whole_response(req: ResponsesRequest, response_id: str, created_at: int, response: ChatResponse) -> dict[str, Any]:
+    """A whole answer's response object, built by the stream's own encoder from the accumulated
+    answer (so whole and streamed answers cannot drift apart)."""
+    encoder = ResponseEncoder(req, response_id, created_at, frames=False)
+    for event in replay_events(response):
+        encoder.encode(event)
+    assert encoder.final is not None  # replay_events ends with MessageEnd
+    return encoder.final
