@@ -13,7 +13,7 @@ Errors are OpenAI's ``{"error": {...}}`` before the stream starts, an ``error`` 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from starlette.requests import Request
@@ -31,10 +31,9 @@ from dragoman.dialects.responses.store import ResponseStore
 from dragoman.dialects.responses.stored import StoredResponses
 from dragoman.dialects.responses.stream import Completed, ResponseEncoder, whole_response
 from dragoman.errors import ErrorKind, GatewayError
-from dragoman.serving.answers import error_headers, json_response
+from dragoman.serving.answers import json_response
 from dragoman.serving.body import read_json
-from dragoman.serving.context import call_context
-from dragoman.serving.endpoints import Endpoint, routes
+from dragoman.serving.endpoints import Endpoint, guarded, routes
 
 log = logging.getLogger("dragoman.responses")
 
@@ -43,35 +42,29 @@ PREFIXES = ("/v1", "")
 HostedPolicy = Literal["drop", "reject"]
 
 
-def error_response(error: GatewayError, headers: dict[str, str] | None = None) -> Response:
-    return json_response(output.error_body(error), status=error.status, headers=error_headers(error, headers))
-
-
 class ResponsesDialect:
     name = "responses"
 
     def __init__(self, service: GatewayService, store: ResponseStore, background: BackgroundResponses, *,
                  hosted_tools: HostedPolicy = "drop") -> None:
         self.service = service
-        self.stored = StoredResponses(service, store, background, error_response)
+        self.stored = StoredResponses(service, store, background)
         self.background = background
         self.hosted_tools = hosted_tools
 
     def routes(self) -> list[BaseRoute]:
-        stored = self.stored
+        stored, endpoint = self.stored, self.endpoint
         table: list[tuple[str, Endpoint, list[str]]] = [
-            ("/responses/input_tokens", self.input_tokens, ["POST"]),
-            ("/responses/{response_id}", stored.retrieve, ["GET"]),
-            ("/responses/{response_id}", stored.delete, ["DELETE"]),
-            ("/responses/{response_id}/input_items", stored.list_input_items, ["GET"]),
-            ("/responses/{response_id}/cancel", stored.cancel, ["POST"]),
+            ("/responses/input_tokens", endpoint(self.input_tokens), ["POST"]),
+            ("/responses/{response_id}", endpoint(stored.retrieve), ["GET"]),
+            ("/responses/{response_id}", endpoint(stored.delete), ["DELETE"]),
+            ("/responses/{response_id}/input_items", endpoint(stored.list_input_items), ["GET"]),
+            ("/responses/{response_id}/cancel", endpoint(stored.cancel), ["POST"]),
         ]
         return routes(table, PREFIXES)
 
-    async def _context(self, request: Request) -> CallContext:
-        ctx = call_context(request.scope, self.name)
-        await self.service.authenticate(ctx)
-        return ctx
+    def endpoint(self, handler: Callable[[Request, CallContext], Awaitable[Response]]) -> Endpoint:
+        return guarded(self.name, self.service, self.render_error, handler)
 
     # ------------------------------------------------------------------ generation
 
@@ -140,18 +133,14 @@ class ResponsesDialect:
                  ctx.request_id)
         return {DROPPED_HEADER: ",".join(kinds)}
 
-    async def input_tokens(self, request: Request) -> Response:
+    async def input_tokens(self, request: Request, ctx: CallContext) -> Response:
         """The prompt's token count: exact when the model's backend has a tokenizer (or its own
         count), else an estimate, which the ``x-dragoman-token-count`` header says."""
-        try:
-            ctx = await self._context(request)
-            body = await read_json(request)
-            if isinstance(body, dict):
-                body = {**body, "stream": False, "input": body.get("input") or []}
-            req = convert.parse_create(body, await self.stored.previous(body, ctx))
-            count = await self.service.count_tokens(req.chat, ctx)
-        except GatewayError as exc:
-            return error_response(exc)
+        body = await read_json(request)
+        if isinstance(body, dict):
+            body = {**body, "stream": False, "input": body.get("input") or []}
+        req = convert.parse_create(body, await self.stored.previous(body, ctx))
+        count = await self.service.count_tokens(req.chat, ctx)
         return json_response({"object": "response.input_tokens", "input_tokens": count.tokens},
                              headers={"x-dragoman-token-count": "exact" if count.exact else "estimated"})
 

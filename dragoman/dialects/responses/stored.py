@@ -11,7 +11,6 @@ first). A failed write is logged and the answer served all the same.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -26,9 +25,7 @@ from dragoman.dialects.responses.store import ResponseStore, StoredRow, answered
 from dragoman.dialects.responses.stream import Completed
 from dragoman.errors import ErrorKind, GatewayError
 from dragoman.serving.answers import json_response
-from dragoman.serving.context import call_context
 
-ErrorRenderer = Callable[[GatewayError], Response]
 # Statuses whose conversation can be continued.
 FINISHED = ("completed", "incomplete")
 
@@ -49,12 +46,10 @@ class Pending:
 
 
 class StoredResponses:
-    def __init__(self, service: GatewayService, store: ResponseStore, background: BackgroundResponses,
-                 error_response: ErrorRenderer) -> None:
+    def __init__(self, service: GatewayService, store: ResponseStore, background: BackgroundResponses) -> None:
         self.service = service
         self.store = store
         self.background = background
-        self.error_response = error_response
 
     # ------------------------------------------------------------------ the generation path
 
@@ -92,12 +87,7 @@ class StoredResponses:
             pending.task = asyncio.ensure_future(self.keep(req, ctx, body, response))
         return completed, pending
 
-    # ------------------------------------------------------------------------------ routes
-
-    async def _context(self, request: Request) -> CallContext:
-        ctx = call_context(request.scope, "responses")
-        await self.service.authenticate(ctx)
-        return ctx
+    # ------------------------------------------------------- routes (the dialect wraps them: serving.endpoints.guarded)
 
     async def _row(self, request: Request, ctx: CallContext) -> StoredRow:
         response_id = request.path_params["response_id"]
@@ -106,65 +96,51 @@ class StoredResponses:
             raise GatewayError(ErrorKind.NOT_FOUND, f"No response found with id '{response_id}'.", code="not_found")
         return stored
 
-    async def _answer(self, request: Request, work: Callable[[CallContext], Awaitable[Response]]) -> Response:
-        try:
-            return await work(await self._context(request))
-        except GatewayError as exc:
-            return self.error_response(exc)
+    async def retrieve(self, request: Request, ctx: CallContext) -> Response:
+        if request.query_params.get("stream") in ("true", "1"):
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "replaying a stored response as a stream is not "
+                               "supported", param="stream")
+        return json_response((await self._row(request, ctx)).body)
 
-    async def retrieve(self, request: Request) -> Response:
-        async def work(ctx: CallContext) -> Response:
-            if request.query_params.get("stream") in ("true", "1"):
-                raise GatewayError(ErrorKind.INVALID_REQUEST, "replaying a stored response as a stream is not "
-                                   "supported", param="stream")
-            return json_response((await self._row(request, ctx)).body)
-        return await self._answer(request, work)
+    async def delete(self, request: Request, ctx: CallContext) -> Response:
+        response_id = request.path_params["response_id"]
+        if not await self.store.delete(response_id, owner_of(ctx.api_key)):
+            raise GatewayError(ErrorKind.NOT_FOUND, f"No response found with id '{response_id}'.",
+                               code="not_found")
+        self.background.cancel(response_id)
+        return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
-    async def delete(self, request: Request) -> Response:
-        async def work(ctx: CallContext) -> Response:
-            response_id = request.path_params["response_id"]
-            if not await self.store.delete(response_id, owner_of(ctx.api_key)):
-                raise GatewayError(ErrorKind.NOT_FOUND, f"No response found with id '{response_id}'.",
-                                   code="not_found")
-            self.background.cancel(response_id)
-            return json_response({"id": response_id, "object": "response.deleted", "deleted": True})
-        return await self._answer(request, work)
-
-    async def cancel(self, request: Request) -> Response:
+    async def cancel(self, request: Request, ctx: CallContext) -> Response:
         """Cancel a background response still queued or in progress; one that has ended is returned
         as it is; a response that was not created in the background cannot be cancelled (400)."""
-        async def work(ctx: CallContext) -> Response:
-            row = await self._row(request, ctx)
-            if not row.background:
-                raise GatewayError(ErrorKind.INVALID_REQUEST, "Cannot cancel a synchronous response: only "
-                                   "responses created with background=true can be cancelled.")
-            body = row.body
-            if row.status in ("queued", "in_progress"):
-                cancelled = {**body, "status": "cancelled"}
-                if await self.store.finish(row.id, status="cancelled", body=cancelled):
-                    body = cancelled
-                    self.background.cancel(row.id)
-                else:  # it ended meanwhile: as it ended
-                    body = (await self._row(request, ctx)).body
-            return json_response(body)
-        return await self._answer(request, work)
+        row = await self._row(request, ctx)
+        if not row.background:
+            raise GatewayError(ErrorKind.INVALID_REQUEST, "Cannot cancel a synchronous response: only "
+                               "responses created with background=true can be cancelled.")
+        body = row.body
+        if row.status in ("queued", "in_progress"):
+            cancelled = {**body, "status": "cancelled"}
+            if await self.store.finish(row.id, status="cancelled", body=cancelled):
+                body = cancelled
+                self.background.cancel(row.id)
+            else:  # it ended meanwhile: as it ended
+                body = (await self._row(request, ctx)).body
+        return json_response(body)
 
-    async def list_input_items(self, request: Request) -> Response:
+    async def list_input_items(self, request: Request, ctx: CallContext) -> Response:
         """A stored response's input items, a page at a time (``order``, ``after``, ``limit``)."""
-        async def work(ctx: CallContext) -> Response:
-            stored = await self._row(request, ctx)
-            order, after, limit = _page_params(request)
-            items = stored.input_items if order == "asc" else stored.input_items[::-1]
-            if after is not None:
-                ids = [item["id"] for item in items]
-                if after not in ids:
-                    raise GatewayError(ErrorKind.NOT_FOUND, f"No input item found with id '{after}'.",
-                                       param="after", code="not_found")
-                items = items[ids.index(after) + 1:]
-            page = items[:limit]
-            return json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-                                  "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
-        return await self._answer(request, work)
+        stored = await self._row(request, ctx)
+        order, after, limit = _page_params(request)
+        items = stored.input_items if order == "asc" else stored.input_items[::-1]
+        if after is not None:
+            ids = [item["id"] for item in items]
+            if after not in ids:
+                raise GatewayError(ErrorKind.NOT_FOUND, f"No input item found with id '{after}'.",
+                                   param="after", code="not_found")
+            items = items[ids.index(after) + 1:]
+        page = items[:limit]
+        return json_response({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                              "last_id": page[-1]["id"] if page else None, "has_more": len(items) > limit})
 
 
 def _page_params(request: Request) -> tuple[str, str | None, int]:
